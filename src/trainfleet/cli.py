@@ -1,0 +1,364 @@
+"""The `trainfleet` command. User mistakes end here as one line and a non-zero exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from trainfleet.errors import TrainfleetError, UsageError
+
+FLEET_HELP = "fleet file (default ./fleet.yaml, or $TRAINFLEET_FLEET)"
+fleet_option = click.option("-f", "--fleet", "fleet_file", metavar="FILE", help=FLEET_HELP)
+nodes_option = click.option("-n", "--nodes", "node_names", metavar="NAMES",
+                            help="comma-separated node names (default: all)")
+
+
+def _load(fleet_file: str | None):  # type: ignore[no-untyped-def]
+    from trainfleet.spec import fleet_path, load_fleet
+
+    return load_fleet(fleet_path(fleet_file))
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def _echo_err(text: str) -> None:
+    click.echo(text, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="trainfleet")
+def cli() -> None:
+    """Run torchrun jobs on every machine of a fleet over SSH."""
+
+
+# ---- fleet files -------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("-o", "--out", default="fleet.yaml", show_default=True, help="where to write it")
+@click.option("--force", is_flag=True, help="overwrite an existing file")
+def init(out: str, force: bool) -> None:
+    """Write a commented fleet.yaml to start from."""
+    from trainfleet.templates import FLEET_TEMPLATE
+
+    _write_new(Path(out), FLEET_TEMPLATE, force)
+    click.echo(f"wrote {out}: list your machines under `nodes:`, then run `trainfleet exec -- hostname`")
+
+
+def _write_new(path: Path, text: str, force: bool) -> None:
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists", fix="pass --force to overwrite it, or -o another file")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+@cli.group(name="import")
+def import_group() -> None:
+    """Make a fleet.yaml from a DeepSpeed/MPI hostfile or ~/.ssh/config."""
+
+
+@import_group.command(name="hostfile")
+@click.argument("hostfile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--ssh-config", type=click.Path(dir_okay=False, path_type=Path),
+              help="resolve host aliases through this file (default ~/.ssh/config)")
+@click.option("-o", "--out", default="fleet.yaml", show_default=True)
+@click.option("--force", is_flag=True, help="overwrite an existing file")
+def import_hostfile(hostfile: Path, ssh_config: Path | None, out: str, force: bool) -> None:
+    """`host slots=N` lines, as DeepSpeed's --hostfile reads them."""
+    from trainfleet.errors import SpecError
+    from trainfleet.importing import SSHConfig, parse_hostfile
+    from trainfleet.spec import dump_fleet_yaml, fleet_from_data
+
+    try:
+        text = hostfile.read_text()
+    except OSError as exc:
+        raise SpecError(f"{hostfile}: cannot read hostfile: {exc.strerror}") from None
+    config = SSHConfig.load(ssh_config) if ssh_config else SSHConfig.load_default()
+    data = parse_hostfile(text, str(hostfile), config)
+    fleet = fleet_from_data(data, str(hostfile))
+    _write_new(Path(out), f"# imported from {hostfile}\n" + dump_fleet_yaml(data), force)
+    click.echo(f"wrote {out} with {len(fleet.nodes)} node(s), {sum(n.slots for n in fleet.nodes)} slot(s)")
+
+
+@import_group.command(name="ssh-config")
+@click.argument("aliases", nargs=-1)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="default ~/.ssh/config")
+@click.option("--slots", default=1, show_default=True, type=int, help="processes (GPUs) per node")
+@click.option("-o", "--out", default="fleet.yaml", show_default=True)
+@click.option("--force", is_flag=True, help="overwrite an existing file")
+def import_ssh_config(aliases: tuple[str, ...], config_path: Path | None, slots: int, out: str, force: bool) -> None:
+    """Host aliases (all concrete ones if none are named)."""
+    from trainfleet.importing import SSHConfig, fleet_data_from_ssh_config
+    from trainfleet.spec import dump_fleet_yaml, fleet_from_data
+
+    config = SSHConfig.load(config_path) if config_path else SSHConfig.load_default()
+    data = fleet_data_from_ssh_config(config, list(aliases), slots)
+    fleet = fleet_from_data(data, config.source)
+    _write_new(Path(out), f"# imported from {config.source}\n" + dump_fleet_yaml(data), force)
+    click.echo(f"wrote {out} with {len(fleet.nodes)} node(s)")
+
+
+@cli.command(name="check")
+@fleet_option
+def check_fleet(fleet_file: str | None) -> None:
+    """Validate the fleet file and print the resolved nodes."""
+    fleet = _load(fleet_file)
+    for node in fleet.nodes:
+        via = f" via {node.jump}" if node.jump else ""
+        click.echo(f"{node.name}: {node.ssh_target}{via} slots={node.slots} address={node.address}"
+                   f" interface={node.interface or '(detected at launch)'}")
+
+
+# ---- remote commands ---------------------------------------------------------------
+
+
+@cli.command(name="exec", context_settings={"ignore_unknown_options": True})
+@fleet_option
+@nodes_option
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document with every node's result")
+@click.option("--timeout", type=float, help="seconds before a node's command is abandoned")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_command(fleet_file: str | None, node_names: str | None, as_json: bool, timeout: float | None,
+                 command: tuple[str, ...]) -> None:
+    """Run a shell command on every node at once (like pdsh): `trainfleet exec -- nvidia-smi -L`."""
+    from trainfleet.remote import run_on_nodes
+
+    fleet = _load(fleet_file)
+    nodes = fleet.select(_names(node_names))
+    text = " ".join(command)
+
+    def show(node: str, stream: str, line: str) -> None:
+        click.echo(f"{node}: {line}", err=stream == "stderr")
+
+    result = asyncio.run(run_on_nodes(fleet, nodes, text, on_output=None if as_json else show, timeout=timeout))
+    if as_json:
+        click.echo(json.dumps({"ok": result.ok, "nodes": [r.to_json() for r in result.results]}, indent=2))
+    else:
+        for nodes_folded, reason in result.grouped_failures():
+            _echo_err(f"trainfleet: {nodes_folded}: {reason}")
+    sys.exit(result.exit_code())
+
+
+@cli.command()
+@fleet_option
+@nodes_option
+@click.argument("source", default=".", type=click.Path(file_okay=False, exists=True, path_type=Path))
+def sync(fleet_file: str | None, node_names: str | None, source: Path) -> None:
+    """Copy a directory (default: the current one) into every node's workdir with rsync."""
+    fleet = _load(fleet_file)
+    _sync(fleet, fleet.select(_names(node_names)), source)
+
+
+def _sync(fleet, nodes, source: Path) -> None:  # type: ignore[no-untyped-def]
+    from trainfleet.sync import sync_code
+
+    resolved = source.resolve()
+    if resolved == Path("/") or resolved == Path.home().resolve():
+        raise UsageError(f"refusing to sync {resolved} to every node",
+                         fix="run from your project directory, or pass --sync-dir DIR")
+    result = asyncio.run(sync_code(fleet, nodes, resolved))
+    if not result.ok:
+        reasons = "; ".join(f"{n}: {r}" for n, r in result.grouped_failures())
+        raise TrainfleetError(f"sync of {resolved} failed on {reasons}")
+    slowest = max(r.seconds for r in result.results)
+    click.echo(f"[trainfleet] synced {resolved} to {fleet.workdir} on {len(nodes)} node(s) in {slowest:.1f}s",
+               err=True)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@fleet_option
+@click.option("--nproc-per-node", type=int, help="processes per node (default: each node's slots)")
+@click.option("-m", "--module", is_flag=True, help="SCRIPT is a Python module name, as in `python -m`")
+@click.option("--port", type=int, help="rendezvous port on node 0 (default: 29500 if free, else any free one)")
+@click.option("--dry-run", is_flag=True, help="print every node's exact command and environment, run nothing")
+@click.option("--json", "as_json", is_flag=True, help="with --dry-run: print the plan as JSON")
+@click.option("--sync-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=".",
+              show_default=True, help="directory copied into the workdir before launch")
+@click.option("--no-sync", is_flag=True, help="the code is already on the nodes")
+@click.option("--max-restarts", type=int, default=0, show_default=True, help="torchrun's restarts on failure")
+@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="where per-node logs go (default ./trainfleet-runs/JOB_ID)")
+@click.option("--grace", type=float, default=10.0, show_default=True,
+              help="seconds between SIGTERM and SIGKILL at teardown")
+@click.argument("script")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run(fleet_file: str | None, nproc_per_node: int | None, module: bool, port: int | None, dry_run: bool,
+        as_json: bool, sync_dir: Path, no_sync: bool, max_restarts: int, log_dir: Path | None, grace: float,
+        script: str, args: tuple[str, ...]) -> None:
+    """Start SCRIPT on every node with torchrun and stream every rank's output."""
+    from trainfleet.plan import DEFAULT_RDZV_PORT, Job, LaunchFacts, new_job_id, plan_torchrun
+
+    fleet = _load(fleet_file)
+    job = Job(entrypoint=script, args=args, module=module, nproc_per_node=nproc_per_node,
+              max_restarts=max_restarts, job_id=new_job_id())
+    if dry_run:
+        plan = plan_torchrun(fleet, job, LaunchFacts(rdzv_port=port or DEFAULT_RDZV_PORT))
+        click.echo(json.dumps(plan.to_json(), indent=2) if as_json else plan.render(), nl=as_json)
+        return
+    sys.exit(_launch(fleet, job, port=port, sync_dir=None if no_sync else sync_dir, log_dir=log_dir, grace=grace))
+
+
+def _launch(fleet, job, *, port: int | None, sync_dir: Path | None, log_dir: Path | None,  # type: ignore[no-untyped-def]
+            grace: float) -> int:
+    from trainfleet.plan import plan_torchrun
+    from trainfleet.supervise import Supervisor, probe_facts
+
+    if sync_dir is not None:
+        _sync(fleet, fleet.nodes, sync_dir)
+    facts = asyncio.run(probe_facts(fleet, port))
+    plan = plan_torchrun(fleet, job, facts)
+    logs = log_dir or Path("trainfleet-runs") / job.job_id
+    click.echo(f"[trainfleet] job {plan.job_id}: {plan.world_size} process(es) on {len(plan.nodes)} node(s), "
+               f"rendezvous {plan.rdzv_endpoint}, logs in {logs}", err=True)
+    outcome = asyncio.run(_supervise(Supervisor(fleet, plan, logs, _print_line, grace=grace)))
+    if outcome.left_running:
+        leftovers = "; ".join(f"{node}: pids {[p['pid'] for p in procs]}" for node, procs in outcome.left_running.items())
+        raise TrainfleetError(f"job {plan.job_id}: processes still running after teardown ({leftovers})",
+                              fix="end them by hand with `trainfleet exec -- kill -9 PID`")
+    if outcome.cancelled:
+        _echo_err(f"trainfleet: job {plan.job_id} cancelled; stopped on every node, nothing left running")
+    elif outcome.failure is not None:
+        failure = outcome.failure
+        _echo_err(f"trainfleet: job {plan.job_id}: {failure.describe()}; every node stopped. Last output:")
+        for line in failure.tail.splitlines():
+            _echo_err(f"  | {line}")
+        _echo_err(f"trainfleet: full logs in {logs}")
+    else:
+        _echo_err(f"trainfleet: job {plan.job_id} finished on every node in {outcome.seconds:.1f}s")
+    return outcome.exit_code
+
+
+def _print_line(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+async def _supervise(supervisor):  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, supervisor.cancel.set)
+    try:
+        return await supervisor.run()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+# ---- sandbox -----------------------------------------------------------------------
+
+
+@cli.group()
+def sandbox() -> None:
+    """A real multi-node cluster on this Linux machine (network namespaces, one sshd per node)."""
+
+
+@sandbox.command(name="up")
+@click.option("--nodes", "count", type=int, default=2, show_default=True)
+@click.option("--name", default="tf", show_default=True, help="several sandboxes can coexist under different names")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="where to write its fleet file")
+@click.option("--slots", type=int, default=2, show_default=True, help="slots per node in the fleet file")
+@click.option("--private-network", is_flag=True,
+              help="add a second network for training traffic, with NIC names that differ between nodes")
+def sandbox_up(count: int, name: str, out: Path | None, slots: int, private_network: bool) -> None:
+    """Create the cluster and print the path of its fleet file."""
+    from trainfleet import sandbox as sb
+
+    state = sb.up(count, name=name, out=out, slots=slots, private_network=private_network)
+    _echo_err(f"sandbox {state.name}: {len(state.nodes)} node(s) on {state.subnet}"
+              + (f", training network {state.private_subnet}" if state.private_subnet else ""))
+    click.echo(state.fleet_file)
+
+
+@sandbox.command(name="down")
+@click.option("--name", default="tf", show_default=True)
+@click.option("--all", "everything", is_flag=True, help="remove every sandbox")
+def sandbox_down(name: str, everything: bool) -> None:
+    """Remove every namespace, link, process and file of the sandbox."""
+    from trainfleet import sandbox as sb
+
+    names = [s.name for s in sb.list_states()] if everything else [name]
+    for each in names:
+        removed = sb.down(each, missing_ok=everything)
+        click.echo(f"sandbox {each}: removed {len(removed)} item(s)")
+
+
+@sandbox.command(name="status")
+@click.option("--name", help="one sandbox (default: all)")
+@click.option("--json", "as_json", is_flag=True)
+def sandbox_status(name: str | None, as_json: bool) -> None:
+    """List sandboxes and, per node, namespace, addresses and sshd pid."""
+    from trainfleet import sandbox as sb
+
+    report = sb.status(name)
+    if as_json:
+        click.echo(json.dumps(report if name is None else report[0], indent=2))
+        return
+    if not report:
+        click.echo("no sandboxes")
+    for entry in report:
+        click.echo(f"{entry['name']}: subnet {entry['subnet']}, fleet file {entry['fleet_file']}")
+        for node in entry["nodes"]:  # type: ignore[union-attr]
+            state = "up" if node["sshd_running"] else "DOWN"
+            click.echo(f"  {node['name']:8} {node['namespace']:18} {node['address']:15} "
+                       f"{node['interface']:7} sshd {node['sshd_pid']} {state}")
+
+
+# ---- demo --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--steps", type=int, default=60, show_default=True)
+@click.option("--name", default="demo", show_default=True, help="sandbox name to use")
+def demo(steps: int, name: str) -> None:
+    """Sandbox up (2 nodes), train the example across both, show the loss falling, sandbox down."""
+    from trainfleet import sandbox as sb
+    from trainfleet.examples_path import example_dir
+    from trainfleet.plan import Job, new_job_id
+    from trainfleet.spec import load_fleet
+
+    example = example_dir("charlm")
+    state = sb.up(2, name=name, slots=2)
+    try:
+        fleet = load_fleet(Path(state.fleet_file))
+        _echo_err(f"[trainfleet] sandbox {name}: 2 nodes ({', '.join(n.address for n in state.nodes)}); "
+                  f"training {example.name} with 2 processes per node")
+        job = Job(entrypoint="train.py", args=("--steps", str(steps), "--checkpoint-dir", "checkpoints"),
+                  job_id=new_job_id())
+        code = _launch(fleet, job, port=None, sync_dir=example, log_dir=None, grace=5.0)
+    finally:
+        sb.down(name, missing_ok=True)
+        _echo_err(f"[trainfleet] sandbox {name} removed")
+    sys.exit(code)
+
+
+def main() -> NoReturn:
+    try:
+        cli.main(standalone_mode=False)
+    except TrainfleetError as exc:
+        _echo_err(f"trainfleet: error: {exc.one_line()}")
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _echo_err("trainfleet: aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        _echo_err(f"trainfleet: error: {exc.format_message()}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _echo_err("trainfleet: interrupted")
+        sys.exit(130)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

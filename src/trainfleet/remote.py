@@ -1,0 +1,269 @@
+"""Remote execution over SSH: one asyncssh event loop, bounded fan-out, verified host keys.
+
+This is the only module that opens SSH connections. Host keys are always checked
+against the fleet's known_hosts file; an unknown or changed key is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+from trainfleet.results import FleetResult, NodeResult
+from trainfleet.spec import Fleet, Node, SSHSettings
+
+if TYPE_CHECKING:
+    import asyncssh
+
+OutputCallback = Callable[[str, str, str], None]
+"""Called as (node name, "stdout" | "stderr", line without its newline)."""
+
+_KEEP_CHARS = 256 * 1024
+
+
+class NodeUnreachable(Exception):
+    """SSH to a node failed before any command ran; the message names cause and fix."""
+
+    def __init__(self, node: Node, reason: str) -> None:
+        super().__init__(f"{node.name} ({node.ssh_target}): {reason}")
+        self.node = node
+        self.reason = reason
+
+
+def _host_in_known_hosts(path: str, host: str, port: int) -> bool:
+    wanted = host if port == 22 else f"[{host}]:{port}"
+    try:
+        with open(path) as handle:
+            for line in handle:
+                fields = line.split()
+                if fields and not line.startswith("#") and wanted in fields[0].split(","):
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def _explain(node: Node, ssh: SSHSettings, exc: BaseException) -> str:
+    import asyncssh
+
+    target = f"{node.host}:{node.port}"
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        if _host_in_known_hosts(ssh.known_hosts, node.host, node.port):
+            return (f"host key of {target} does not match {ssh.known_hosts}: refusing to connect "
+                    f"(the machine was replaced, or someone is in the middle); fix: if the change is "
+                    f"expected, remove its line with `ssh-keygen -R '[{node.host}]:{node.port}' -f "
+                    f"{ssh.known_hosts}` and check the new fingerprint")
+        return (f"host key of {target} is not in {ssh.known_hosts}; fix: verify its fingerprint "
+                f"and add it (`ssh-keyscan -p {node.port} {node.host}` shows it)")
+    if isinstance(exc, asyncssh.PermissionDenied):
+        key = node.identity_file or "your default keys / agent"
+        return f"authentication failed as {node.user!r} with {key}; fix: install the public key in {node.user}'s ~/.ssh/authorized_keys"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused at {target}; fix: start sshd there or correct `port:`"
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return (f"no answer from {target} within {ssh.connect_timeout:g}s; fix: check the address, "
+                f"that the machine is up, and firewalls on the path")
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"file not found: {exc.filename}"
+    if isinstance(exc, OSError):
+        return f"cannot reach {target}: {exc.strerror or exc}"
+    if isinstance(exc, asyncssh.Error):
+        return f"ssh error from {target}: {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _known_hosts_arg(ssh: SSHSettings) -> str:
+    if not os.path.isfile(ssh.known_hosts):
+        raise FileNotFoundError(2, "known_hosts file does not exist", ssh.known_hosts)
+    return ssh.known_hosts
+
+
+async def connect(node: Node, ssh: SSHSettings) -> asyncssh.SSHClientConnection:
+    """An authenticated connection, or NodeUnreachable with the cause and a fix."""
+    import asyncssh
+
+    tunnel = None
+    try:
+        known_hosts = _known_hosts_arg(ssh)
+        common = {
+            "known_hosts": known_hosts,
+            "config": (),
+            "connect_timeout": ssh.connect_timeout,
+            "login_timeout": ssh.connect_timeout,
+            "keepalive_interval": 15,
+            "keepalive_count_max": 4,
+        }
+        if node.identity_file:
+            common["client_keys"] = [node.identity_file]
+        if node.jump is not None:
+            tunnel = await asyncssh.connect(node.jump.host, port=node.jump.port,
+                                            username=node.jump.user or node.user, **common)
+        return await asyncssh.connect(node.host, port=node.port, username=node.user,
+                                      tunnel=tunnel, **common)
+    except Exception as exc:
+        if tunnel is not None:
+            tunnel.close()
+        raise NodeUnreachable(node, _explain(node, ssh, exc)) from None
+
+
+async def stream_process(
+    process: asyncssh.SSHClientProcess,
+    node: str,
+    on_output: OutputCallback | None,
+) -> tuple[str, str]:
+    """Read stdout and stderr line by line until both close; returns their (bounded) text."""
+    kept: dict[str, list[str]] = {"stdout": [], "stderr": []}
+    sizes = {"stdout": 0, "stderr": 0}
+
+    async def pump(reader: asyncssh.SSHReader[str], name: str) -> None:
+        async for line in reader:
+            if not line:  # the reader's end-of-stream marker
+                continue
+            text = line.rstrip("\n")
+            if on_output is not None:
+                on_output(node, name, text)
+            kept[name].append(line)
+            sizes[name] += len(line)
+            while sizes[name] > _KEEP_CHARS and len(kept[name]) > 1:
+                sizes[name] -= len(kept[name].pop(0))
+
+    await asyncio.gather(pump(process.stdout, "stdout"), pump(process.stderr, "stderr"))
+    return "".join(kept["stdout"]), "".join(kept["stderr"])
+
+
+async def run_command(
+    node: Node,
+    ssh: SSHSettings,
+    command: str,
+    *,
+    on_output: OutputCallback | None = None,
+    timeout: float | None = None,
+    stdin_text: str | None = None,
+) -> NodeResult:
+    started = time.monotonic()
+
+    def result(**kwargs: object) -> NodeResult:
+        return NodeResult(node=node.name, command=command, seconds=time.monotonic() - started, **kwargs)  # type: ignore[arg-type]
+
+    try:
+        conn = await connect(node, ssh)
+    except NodeUnreachable as exc:
+        return result(exit_status=None, error=exc.reason)
+    try:
+        async with conn:
+            process = await conn.create_process(command, encoding="utf-8", errors="replace")
+            if stdin_text is not None:
+                process.stdin.write(stdin_text)
+            process.stdin.write_eof()
+            try:
+                stdout, stderr = await asyncio.wait_for(stream_process(process, node.name, on_output), timeout)
+                completed = await asyncio.wait_for(process.wait(), timeout)
+            except (asyncio.TimeoutError, TimeoutError):
+                process.kill()
+                return result(exit_status=None, error=f"`{command}` timed out after {timeout:g}s")
+            status = completed.exit_status
+            if status is None and completed.exit_signal:
+                signal_name = completed.exit_signal[0]
+                return result(exit_status=None, stdout=stdout, stderr=stderr,
+                              error=f"`{command}` was killed by SIG{signal_name}")
+            return result(exit_status=status, stdout=stdout, stderr=stderr)
+    except Exception as exc:  # the connection broke mid-command
+        return result(exit_status=None, error=f"connection lost while running `{command}`: {exc}")
+
+
+async def gather_bounded(jobs: Sequence[Callable[[], Awaitable[NodeResult]]], fanout: int) -> FleetResult:
+    limit = asyncio.Semaphore(fanout)
+
+    async def bounded(job: Callable[[], Awaitable[NodeResult]]) -> NodeResult:
+        async with limit:
+            return await job()
+
+    return FleetResult(tuple(await asyncio.gather(*(bounded(job) for job in jobs))))
+
+
+async def run_on_nodes(
+    fleet: Fleet,
+    nodes: Sequence[Node],
+    command: str | Callable[[Node], str],
+    *,
+    on_output: OutputCallback | None = None,
+    timeout: float | None = None,
+    stdin_text: str | None = None,
+) -> FleetResult:
+    """Run a shell command on every node concurrently (at most `ssh.fanout` at once)."""
+
+    def job(node: Node) -> Callable[[], Awaitable[NodeResult]]:
+        text = command(node) if callable(command) else command
+        return lambda: run_command(node, fleet.ssh, text, on_output=on_output, timeout=timeout,
+                                   stdin_text=stdin_text)
+
+    return await gather_bounded([job(node) for node in nodes], fleet.ssh.fanout)
+
+
+_AGENT_SOURCE: str | None = None
+
+
+def agent_command(python: str) -> str:
+    """The remote command line that starts the agent; the agent itself comes over stdin."""
+    return f"exec {shlex.quote(python)} -c 'import sys,json;exec(json.loads(sys.stdin.readline()))'"
+
+
+def agent_stdin(mode: str, spec: dict[str, object]) -> str:
+    global _AGENT_SOURCE
+    if _AGENT_SOURCE is None:
+        from importlib.resources import files
+
+        _AGENT_SOURCE = files("trainfleet").joinpath("agent.py").read_text()
+    return json.dumps(_AGENT_SOURCE) + "\n" + json.dumps({"mode": mode, **spec}) + "\n"
+
+
+async def run_agent_on_nodes(
+    fleet: Fleet,
+    nodes: Sequence[Node],
+    mode: str,
+    spec_for: Callable[[Node], dict[str, object]],
+    *,
+    timeout: float = 60,
+) -> tuple[FleetResult, dict[str, dict[str, object]]]:
+    """Run one agent mode everywhere; returns the raw results and each node's JSON answer."""
+
+    def job(node: Node) -> Callable[[], Awaitable[NodeResult]]:
+        return lambda: run_command(node, fleet.ssh, agent_command(fleet.python), timeout=timeout,
+                                   stdin_text=agent_stdin(mode, spec_for(node)))
+
+    result = await gather_bounded([job(node) for node in nodes], fleet.ssh.fanout)
+    answers: dict[str, dict[str, object]] = {}
+    for node_result in result.results:
+        if node_result.ok:
+            try:
+                answers[node_result.node] = json.loads(node_result.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                pass
+    return result, answers
+
+
+def openssh_options(fleet: Fleet, node: Node) -> list[str]:
+    """The same trust settings for OpenSSH-based tools (rsync, pdsh): keys checked, no prompts."""
+    options = [
+        "-p", str(node.port),
+        "-l", node.user,
+        "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={fleet.ssh.known_hosts}",
+        "-o", f"ConnectTimeout={max(1, int(fleet.ssh.connect_timeout))}",
+    ]
+    if node.identity_file:
+        options += ["-i", node.identity_file, "-o", "IdentitiesOnly=yes"]
+    if node.jump is not None:
+        jump_user = node.jump.user or node.user
+        options += ["-J", f"{jump_user}@{node.jump.host}:{node.jump.port}"]
+    return options
+
+
+def openssh_command(fleet: Fleet, node: Node) -> str:
+    return shlex.join(["ssh", *openssh_options(fleet, node)])

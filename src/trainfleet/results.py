@@ -1,0 +1,117 @@
+"""Per-node outcomes of one fleet operation, gathered into one value."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """What one node did. `error` is set when the command never ran to an exit status."""
+
+    node: str
+    command: str
+    exit_status: int | None
+    stdout: str = ""
+    stderr: str = ""
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.exit_status == 0
+
+    def tail(self, lines: int = TAIL_LINES) -> str:
+        text = (self.stdout + ("\n" if self.stdout and self.stderr else "") + self.stderr).rstrip("\n")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def describe(self) -> str:
+        if self.error is not None:
+            return f"{self.node}: {self.error}"
+        return f"{self.node}: `{self.command}` exited with status {self.exit_status}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "node": self.node,
+            "command": self.command,
+            "exit_status": self.exit_status,
+            "ok": self.ok,
+            "error": self.error,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class FleetResult:
+    results: tuple[NodeResult, ...] = field(default_factory=tuple)
+
+    @property
+    def succeeded(self) -> tuple[NodeResult, ...]:
+        return tuple(r for r in self.results if r.ok)
+
+    @property
+    def failed(self) -> tuple[NodeResult, ...]:
+        return tuple(r for r in self.results if not r.ok)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def exit_code(self) -> int:
+        """0 only when every node succeeded; else the first failing exit status (255 when none)."""
+        for result in self.results:
+            if not result.ok:
+                status = result.exit_status
+                return status if status and 0 < status < 256 else 255
+        return 0
+
+    def by_node(self) -> dict[str, NodeResult]:
+        return {r.node: r for r in self.results}
+
+    def grouped_failures(self) -> list[tuple[str, str]]:
+        """(folded node set, reason) with identical reasons merged, as ClusterShell does."""
+        groups: dict[str, list[str]] = {}
+        for result in self.failed:
+            reason = result.error or f"exit status {result.exit_status}"
+            groups.setdefault(reason, []).append(result.node)
+        return [(fold_nodes(nodes), reason) for reason, nodes in groups.items()]
+
+
+_SPLIT_NUMBER = re.compile(r"^(.*?)(\d+)$")
+
+
+def fold_nodes(names: Iterable[str]) -> str:
+    """`node0,node1,node2,gpu7` -> `gpu7,node[0-2]` (zero-padded widths kept apart)."""
+    prefixes: dict[tuple[str, int], list[int]] = {}
+    plain: list[str] = []
+    for name in names:
+        match = _SPLIT_NUMBER.match(name)
+        if not match:
+            plain.append(name)
+            continue
+        digits = match.group(2)
+        width = len(digits) if digits.startswith("0") and len(digits) > 1 else 0
+        prefixes.setdefault((match.group(1), width), []).append(int(digits))
+    parts = sorted(set(plain))
+    for (prefix, width), numbers in sorted(prefixes.items()):
+        numbers = sorted(set(numbers))
+        if len(numbers) == 1:
+            parts.append(f"{prefix}{numbers[0]:0{width}d}")
+            continue
+        ranges: list[str] = []
+        start = prev = numbers[0]
+        for number in numbers[1:] + [None]:  # type: ignore[list-item]
+            if number is not None and number == prev + 1:
+                prev = number
+                continue
+            ranges.append(f"{start:0{width}d}" if start == prev else f"{start:0{width}d}-{prev:0{width}d}")
+            if number is not None:
+                start = prev = number
+        parts.append(f"{prefix}[{','.join(ranges)}]")
+    return ",".join(parts)

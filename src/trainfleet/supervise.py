@@ -1,0 +1,282 @@
+"""Carrying out a LaunchPlan: start every node's torchrun, stream, and tear down.
+
+The engines do the real work (torchrun's elastic agent: rendezvous, ranks, restarts);
+this module starts them together over SSH through the node agent, relays their output
+with `[node:rank]` prefixes, and makes sure that when the job ends, fails or is
+cancelled, nothing of it is left running on any node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from trainfleet.errors import TrainfleetError
+from trainfleet.plan import DEFAULT_RDZV_PORT, LaunchFacts, LaunchPlan, NodeLaunch
+from trainfleet.remote import NodeUnreachable, agent_command, agent_stdin, connect, run_agent_on_nodes
+from trainfleet.results import fold_nodes
+from trainfleet.spec import Fleet
+
+if TYPE_CHECKING:
+    import asyncssh
+
+_RANK_LINE = re.compile(r"^\[tf:rank(\d+)\] ?(.*)$")
+_ROOT_CAUSE_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)")
+_ROOT_CAUSE_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
+TAIL = 20
+
+
+@dataclass(frozen=True)
+class RankFailure:
+    node: str
+    rank: int | None
+    exit_code: int
+    tail: str
+
+    def describe(self) -> str:
+        who = f"rank {self.rank} on node {self.node}" if self.rank is not None else f"node {self.node}"
+        return f"{who} failed with exit code {self.exit_code}"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    exit_code: int
+    failure: RankFailure | None
+    cancelled: bool
+    left_running: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Teardown(TrainfleetError):
+    """Processes of the job survived every attempt to end them."""
+
+
+@dataclass
+class _NodeStream:
+    """Output bookkeeping for one node: its log file, recent lines, recent lines per rank."""
+
+    launch: NodeLaunch
+    log: IO[str]
+    recent: deque[str] = field(default_factory=lambda: deque(maxlen=400))
+    by_rank: dict[int, deque[str]] = field(default_factory=dict)
+    exit_code: int | None = None
+    finished_at: float | None = None
+
+
+Printer = Callable[[str], None]
+
+
+async def probe_facts(fleet: Fleet, wanted_port: int | None) -> LaunchFacts:
+    """Ask the nodes what planning needs: a free rendezvous port on node 0, and each
+    node's interface towards its peers where the fleet file names none."""
+    head = fleet.head
+    peers = {node.name: (fleet.nodes[1].address if node is head else head.address)
+             for node in fleet.nodes} if len(fleet.nodes) > 1 else {}
+
+    def spec(node) -> dict[str, object]:  # type: ignore[no-untyped-def]
+        request: dict[str, object] = {}
+        if node.interface is None and node.name in peers:
+            request["peer"] = peers[node.name]
+        if node is head:
+            request["port_address"] = head.address
+            request["port"] = wanted_port or DEFAULT_RDZV_PORT
+        return request
+
+    result, answers = await run_agent_on_nodes(fleet, fleet.nodes, "probe", spec, timeout=30)
+    if not result.ok:
+        raise TrainfleetError(_unreachable_message(result))
+    port = int(answers[head.name]["port"])  # type: ignore[arg-type]
+    if wanted_port and port != wanted_port:
+        raise TrainfleetError(f"port {wanted_port} is already in use on {head.name} ({head.address})",
+                              fix=f"pick another --port, or leave it out to use a free one (e.g. {port})")
+    interfaces = {name: str(a["interface"]) for name, a in answers.items() if a.get("interface")}
+    return LaunchFacts(rdzv_port=port, interfaces=interfaces)
+
+
+def _unreachable_message(result) -> str:  # type: ignore[no-untyped-def]
+    parts = []
+    for nodes, reason in result.grouped_failures():
+        parts.append(f"{nodes}: {reason}")
+    return "; ".join(parts)
+
+
+class Supervisor:
+    def __init__(self, fleet: Fleet, plan: LaunchPlan, log_dir: Path, printer: Printer,
+                 grace: float = 10.0) -> None:
+        self.fleet = fleet
+        self.plan = plan
+        self.log_dir = log_dir
+        self.print = printer
+        self.grace = grace
+        self.cancel = asyncio.Event()
+        self.streams: dict[str, _NodeStream] = {}
+        self.first_failure: str | None = None
+
+    # ---- output ------------------------------------------------------------------
+    def _on_line(self, node: str, line: str) -> None:
+        stream = self.streams[node]
+        match = _RANK_LINE.match(line)
+        if match:
+            rank, text = int(match.group(1)), match.group(2)
+            prefix = f"[{node}:{rank}]"
+            stream.by_rank.setdefault(rank, deque(maxlen=TAIL)).append(text)
+        else:
+            text, prefix = line, f"[{node}]"
+        shown = f"{prefix} {text}"
+        stream.recent.append(line)
+        stream.log.write(shown + "\n")
+        self.print(shown)
+
+    async def _pump(self, node: str, process: asyncssh.SSHClientProcess) -> None:
+        async def pump(reader: asyncssh.SSHReader[str]) -> None:
+            async for line in reader:
+                if line:  # an empty string marks the end of the stream
+                    self._on_line(node, line.rstrip("\n"))
+
+        await asyncio.gather(pump(process.stdout), pump(process.stderr))
+
+    # ---- lifecycle ---------------------------------------------------------------
+    async def run(self) -> RunOutcome:
+        started = time.monotonic()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        (self.log_dir / "plan.txt").write_text(self.plan.render())
+        nodes = [self.fleet.node(launch.node) for launch in self.plan.nodes]
+        connections = await asyncio.gather(*(connect(n, self.fleet.ssh) for n in nodes), return_exceptions=True)
+        failures = [c for c in connections if isinstance(c, BaseException)]
+        if failures:
+            for conn in connections:
+                if not isinstance(conn, BaseException):
+                    conn.close()
+            reasons = "; ".join(str(f) for f in failures if isinstance(f, NodeUnreachable)) or str(failures[0])
+            raise TrainfleetError(f"cannot start the job, not every node is reachable: {reasons}")
+        conns: dict[str, asyncssh.SSHClientConnection] = {
+            launch.node: conn for launch, conn in zip(self.plan.nodes, connections)  # type: ignore[misc]
+        }
+        processes: dict[str, asyncssh.SSHClientProcess] = {}
+        tasks: dict[asyncio.Task[None], str] = {}
+        try:
+            for launch in self.plan.nodes:
+                log = open(self.log_dir / f"{launch.node}.log", "w", buffering=1)
+                self.streams[launch.node] = _NodeStream(launch=launch, log=log)
+                process = await conns[launch.node].create_process(
+                    agent_command(self.fleet.python), encoding="utf-8", errors="replace")
+                process.stdin.write(agent_stdin("launch", {
+                    "job_id": self.plan.job_id,
+                    "argv": list(launch.argv),
+                    "env": dict(launch.env),
+                    "cwd": launch.workdir,
+                    "grace": self.grace,
+                }))
+                processes[launch.node] = process
+                tasks[asyncio.ensure_future(self._watch(launch.node, process))] = launch.node
+            cancelled = await self._wait(tasks)
+            await self._stop(processes, tasks)
+            left = await self._sweep()
+        finally:
+            for conn in conns.values():
+                conn.close()
+            for stream in self.streams.values():
+                stream.log.close()
+        failure = self._failure()
+        if cancelled:
+            code = 130
+        elif failure is not None:
+            code = failure.exit_code if 0 < failure.exit_code < 256 else 1
+        else:
+            code = 0
+        return RunOutcome(exit_code=code, failure=None if cancelled else failure, cancelled=cancelled,
+                          left_running=left, seconds=time.monotonic() - started)
+
+    async def _watch(self, node: str, process: asyncssh.SSHClientProcess) -> None:
+        await self._pump(node, process)
+        completed = await process.wait()
+        stream = self.streams[node]
+        stream.exit_code = completed.exit_status if completed.exit_status is not None else 255
+        stream.finished_at = time.monotonic()
+        if stream.exit_code != 0 and self.first_failure is None and not self.cancel.is_set():
+            self.first_failure = node
+
+    async def _wait(self, tasks: dict[asyncio.Task[None], str]) -> bool:
+        """Until every node ends, one fails, or the user cancels. True when cancelled."""
+        pending = set(tasks)
+        cancel_wait = asyncio.ensure_future(self.cancel.wait())
+        try:
+            while pending:
+                done, _ = await asyncio.wait(pending | {cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if cancel_wait in done:
+                    return True
+                pending -= done
+                if self.first_failure is not None:
+                    return False
+            return False
+        finally:
+            cancel_wait.cancel()
+
+    async def _stop(self, processes: dict[str, asyncssh.SSHClientProcess],
+                    tasks: dict[asyncio.Task[None], str]) -> None:
+        running = [t for t in tasks if not t.done()]
+        if not running:
+            return
+        self.print(f"[trainfleet] stopping the job on {fold_nodes(tasks[t] for t in running)}")
+        for task in running:
+            process = processes[tasks[task]]
+            try:
+                process.stdin.write("stop\n")
+                process.stdin.write_eof()
+            except Exception:  # the channel may already be closing
+                pass
+        done, still = await asyncio.wait(running, timeout=self.grace + 10)
+        for task in still:
+            processes[tasks[task]].close()
+            task.cancel()
+
+    async def _sweep(self) -> dict[str, list[dict[str, object]]]:
+        """Kill and list anything of this job still alive on any node (checked, not assumed)."""
+        nodes = [self.fleet.node(launch.node) for launch in self.plan.nodes]
+        result, answers = await run_agent_on_nodes(
+            self.fleet, nodes, "sweep", lambda node: {"job_id": self.plan.job_id, "kill": True, "grace": 3},
+            timeout=30)
+        left: dict[str, list[dict[str, object]]] = {}
+        for node in nodes:
+            answer = answers.get(node.name)
+            if answer is None:
+                left[node.name] = [{"pid": None, "cmdline": "could not check: "
+                                    + (result.by_node()[node.name].error or "no answer")}]
+            elif answer["left"]:
+                left[node.name] = answer["left"]  # type: ignore[assignment]
+        return left
+
+    # ---- diagnosis ---------------------------------------------------------------
+    def _failure(self) -> RankFailure | None:
+        if self.first_failure is None:
+            return None
+        stream = self.streams[self.first_failure]
+        rank, exit_code = _root_cause(list(stream.recent))
+        if rank is not None and rank in stream.by_rank:
+            tail = "\n".join(stream.by_rank[rank])
+        else:
+            tail = "\n".join(list(stream.recent)[-TAIL:])
+        return RankFailure(node=self.first_failure, rank=rank,
+                           exit_code=exit_code if exit_code is not None else (stream.exit_code or 1), tail=tail)
+
+
+def _root_cause(lines: list[str]) -> tuple[int | None, int | None]:
+    """Rank and exit code from torchrun's 'Root Cause (first observed failure)' block."""
+    starts = [index for index, line in enumerate(lines) if "Root Cause" in line]
+    if not starts:
+        return None, None
+    start = starts[-1]
+    rank = exit_code = None
+    for line in lines[start:]:
+        text = _RANK_LINE.sub(r"\2", line)
+        if rank is None and (match := _ROOT_CAUSE_RANK.match(text)):
+            rank = int(match.group(1))
+        elif exit_code is None and (match := _ROOT_CAUSE_EXIT.match(text)):
+            exit_code = int(match.group(1))
+    return rank, exit_code

@@ -1,0 +1,40 @@
+"""Text that `trainfleet init` writes."""
+
+FLEET_TEMPLATE = """\
+# trainfleet fleet file: every machine once, with how to reach it.
+# Check it with `trainfleet check`, then `trainfleet exec -- hostname`.
+
+# Where jobs run on every node (created if missing; `trainfleet sync` copies code here).
+workdir: ~/trainfleet
+
+# The Python on the nodes that has torch installed (a venv or conda path works too).
+python: python3
+
+# Environment for every rank on every node (not for secrets).
+env: {}
+#   NCCL_DEBUG: WARN
+
+# SSH defaults; each node below may override user, port, identity_file and jump.
+ssh:
+  user: ubuntu
+  port: 22
+  identity_file: ~/.ssh/id_ed25519
+  # Host keys are always verified against this file; unknown or changed keys are refused.
+  known_hosts: ~/.ssh/known_hosts
+  connect_timeout: 10
+  # jump: user@bastion.example.com:22
+
+nodes:
+  # host: what SSH connects to (address or name). slots: processes (GPUs) to start there.
+  # address: the address peers use for training traffic, when it differs from host
+  #          (e.g. a private network); interface: its NIC name (detected when left out).
+  - host: 203.0.113.10
+    name: node0
+    slots: 8
+    # address: 10.0.0.10
+    # interface: ens5
+  - host: 203.0.113.11
+    name: node1
+    slots: 8
+    # port: 2222
+"""
