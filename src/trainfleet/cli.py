@@ -191,17 +191,18 @@ def _sync(fleet, nodes, source: Path) -> None:  # type: ignore[no-untyped-def]
               help="where per-node logs go (default ./trainfleet-runs/JOB_ID)")
 @click.option("--grace", type=float, default=10.0, show_default=True,
               help="seconds between SIGTERM and SIGKILL at teardown")
+@click.option("--job-id", help="rendezvous id and log name (default: tf-DATE-TIME-RANDOM)")
 @click.argument("script")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(fleet_file: str | None, nproc_per_node: int | None, module: bool, port: int | None, dry_run: bool,
         as_json: bool, sync_dir: Path, no_sync: bool, max_restarts: int, log_dir: Path | None, grace: float,
-        script: str, args: tuple[str, ...]) -> None:
+        job_id: str | None, script: str, args: tuple[str, ...]) -> None:
     """Start SCRIPT on every node with torchrun and stream every rank's output."""
     from trainfleet.plan import DEFAULT_RDZV_PORT, Job, LaunchFacts, new_job_id, plan_torchrun
 
     fleet = _load(fleet_file)
     job = Job(entrypoint=script, args=args, module=module, nproc_per_node=nproc_per_node,
-              max_restarts=max_restarts, job_id=new_job_id())
+              max_restarts=max_restarts, job_id=job_id or new_job_id())
     if dry_run:
         plan = plan_torchrun(fleet, job, LaunchFacts(rdzv_port=port or DEFAULT_RDZV_PORT))
         click.echo(json.dumps(plan.to_json(), indent=2) if as_json else plan.render(), nl=as_json)

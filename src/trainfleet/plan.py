@@ -7,6 +7,7 @@ golden tests compare it byte for byte.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import secrets
 import shlex
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from trainfleet.errors import UsageError
 from trainfleet.spec import Fleet
 
 DEFAULT_RDZV_PORT = 29500
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RANK_PREFIX = "[tf:rank${rank}] "
 """torchrun tees every worker line with this prefix; the supervisor parses it back."""
 
@@ -53,7 +55,19 @@ class NodeLaunch:
 
     def shell_line(self) -> str:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env)
-        return f"cd {shlex.quote(self.workdir)} && env {env} {shlex.join(self.argv)}"
+        return f"cd {_shell_path(self.workdir)} && env {env} {shlex.join(self.argv)}"
+
+    @property
+    def interface(self) -> str | None:
+        return dict(self.env).get("NCCL_SOCKET_IFNAME")
+
+
+def _shell_path(path: str) -> str:
+    """Quote a path for a shell, leaving a leading ~/ to expand as the node's home."""
+    if path == "~" or path.startswith("~/"):
+        rest = path[2:]
+        return "~/" + shlex.quote(rest) if rest else "~"
+    return shlex.quote(path)
 
 
 @dataclass(frozen=True)
@@ -70,7 +84,9 @@ class LaunchPlan:
             f"c10d rendezvous at {self.rdzv_endpoint}",
         ]
         for launch in self.nodes:
-            lines.append(f"[{launch.node}] node_rank={launch.node_rank} nproc={launch.nproc} host={launch.host}")
+            interface = launch.interface or "(detected on the node at launch)"
+            lines.append(f"[{launch.node}] node_rank={launch.node_rank} nproc={launch.nproc} host={launch.host} "
+                         f"interface={interface}")
             lines.append(f"  {launch.shell_line()}")
         return "\n".join(lines) + "\n"
 
@@ -105,8 +121,9 @@ def plan_torchrun(fleet: Fleet, job: Job, facts: LaunchFacts) -> LaunchPlan:
     matching is wrong when hostnames don't resolve or all nodes share one) and
     `--local-addr` (else rank 0 advertises a hostname the others cannot resolve).
     """
-    if not job.job_id:
-        raise UsageError("a job needs an id before it is planned")
+    if not JOB_ID_PATTERN.match(job.job_id):
+        raise UsageError(f"job id {job.job_id!r} is not usable",
+                         fix="use letters, digits, '.', '_' and '-' (it names log directories)")
     if job.nproc_per_node is not None and job.nproc_per_node < 1:
         raise UsageError(f"--nproc-per-node must be >= 1 (got {job.nproc_per_node})")
     head = fleet.head

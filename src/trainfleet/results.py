@@ -90,14 +90,18 @@ def fold_nodes(names: Iterable[str]) -> str:
     """`node0,node1,node2,gpu7` -> `gpu7,node[0-2]` (zero-padded widths kept apart)."""
     prefixes: dict[tuple[str, int], list[int]] = {}
     plain: list[str] = []
+    numbered: list[tuple[str, str]] = []
     for name in names:
         match = _SPLIT_NUMBER.match(name)
-        if not match:
+        if match:
+            numbered.append((match.group(1), match.group(2)))
+        else:
             plain.append(name)
-            continue
-        digits = match.group(2)
-        width = len(digits) if digits.startswith("0") and len(digits) > 1 else 0
-        prefixes.setdefault((match.group(1), width), []).append(int(digits))
+    # n01 and n10 are one zero-padded series; n1 and n10 are one unpadded series.
+    padded = {(prefix, len(digits)) for prefix, digits in numbered if len(digits) > 1 and digits[0] == "0"}
+    for prefix, digits in numbered:
+        width = len(digits) if (prefix, len(digits)) in padded else 0
+        prefixes.setdefault((prefix, width), []).append(int(digits))
     parts = sorted(set(plain))
     for (prefix, width), numbers in sorted(prefixes.items()):
         numbers = sorted(set(numbers))

@@ -512,8 +512,16 @@ def list_states() -> list[SandboxState]:
     return _all_states(sandbox_root())
 
 
+def _running(pid: int | None) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def node_status(node: SandboxNode) -> dict[str, object]:
-    alive = bool(node.sshd_pid) and Path(f"/proc/{node.sshd_pid}").exists()
+    alive = _running(node.sshd_pid)
     return {
         "name": node.name,
         "namespace": node.namespace,

@@ -7,7 +7,6 @@ trainfleet reads. Nothing in this module touches the network.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -177,14 +176,6 @@ def _expand_local(path: str | None) -> str | None:
     return os.path.expanduser(path) if path else None
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def resolve(model: FleetModel, source: str, base_dir: Path) -> Fleet:
     """Fill each node's SSH settings from the fleet defaults and check the whole."""
 
@@ -206,13 +197,13 @@ def resolve(model: FleetModel, source: str, base_dir: Path) -> Fleet:
         if not NAME_PATTERN.match(name):
             raise SpecError(f"{where}.name: {name!r} is not a usable node name",
                             fix="set `name:` to letters, digits, '.', '_' or '-'")
-        if name in seen_names:
-            raise SpecError(f"{where}.name: duplicate node name {name!r} (also nodes[{seen_names[name]}])",
-                            fix="give every node a different `name:`")
         if (spec.host, port) in seen_targets:
             raise SpecError(
                 f"{where}.host: duplicate host {spec.host}:{port} (also nodes[{seen_targets[(spec.host, port)]}])",
                 fix="list each machine once; use `slots:` for several processes on one machine")
+        if name in seen_names:
+            raise SpecError(f"{where}.name: duplicate node name {name!r} (also nodes[{seen_names[name]}])",
+                            fix="give every node a different `name:`")
         seen_names[name] = index
         seen_targets[(spec.host, port)] = index
         identity = local_path(spec.identity_file or defaults.identity_file)
@@ -305,5 +296,5 @@ def dump_fleet_yaml(fleet_data: Mapping[str, Any]) -> str:
 
 __all__ = [
     "Fleet", "Node", "Jump", "SSHSettings", "load_fleet", "fleet_from_data", "fleet_path",
-    "dump_fleet_yaml", "_is_ip",
+    "dump_fleet_yaml",
 ]

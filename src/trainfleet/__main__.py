@@ -1,0 +1,3 @@
+from trainfleet.cli import main
+
+main()
