@@ -211,7 +211,7 @@ def run(fleet_file: str | None, nproc_per_node: int | None, module: bool, port: 
 
 
 def _launch(fleet, job, *, port: int | None, sync_dir: Path | None, log_dir: Path | None,  # type: ignore[no-untyped-def]
-            grace: float) -> int:
+            grace: float, printer=None) -> int:
     from trainfleet.plan import plan_torchrun
     from trainfleet.supervise import Supervisor, probe_facts
 
@@ -222,7 +222,7 @@ def _launch(fleet, job, *, port: int | None, sync_dir: Path | None, log_dir: Pat
     logs = log_dir or Path("trainfleet-runs") / job.job_id
     click.echo(f"[trainfleet] job {plan.job_id}: {plan.world_size} process(es) on {len(plan.nodes)} node(s), "
                f"rendezvous {plan.rdzv_endpoint}, logs in {logs}", err=True)
-    outcome = asyncio.run(_supervise(Supervisor(fleet, plan, logs, _print_line, grace=grace)))
+    outcome = asyncio.run(_supervise(Supervisor(fleet, plan, logs, printer or _print_line, grace=grace)))
     if outcome.left_running:
         leftovers = "; ".join(f"{node}: pids {[p['pid'] for p in procs]}" for node, procs in outcome.left_running.items())
         raise TrainfleetError(f"job {plan.job_id}: processes still running after teardown ({leftovers})",
@@ -336,10 +336,20 @@ def demo(steps: int, name: str) -> None:
                   f"training {example.name} with 2 processes per node")
         job = Job(entrypoint="train.py", args=("--steps", str(steps), "--checkpoint-dir", "checkpoints"),
                   job_id=new_job_id())
-        code = _launch(fleet, job, port=None, sync_dir=example, log_dir=None, grace=5.0)
+        losses: list[str] = []
+
+        def show(line: str) -> None:
+            if line.startswith(f"[{fleet.head.name}:0] step ") and " loss " in line:
+                losses.append(line.split(" loss ")[1].split()[0])
+            _print_line(line)
+
+        code = _launch(fleet, job, port=None, sync_dir=example, log_dir=None, grace=5.0, printer=show)
     finally:
         sb.down(name, missing_ok=True)
         _echo_err(f"[trainfleet] sandbox {name} removed")
+    if code == 0 and len(losses) >= 2:
+        _echo_err(f"[trainfleet] demo: loss fell from {losses[0]} to {losses[-1]} in {steps} steps across "
+                  f"2 nodes x 2 processes")
     sys.exit(code)
 
 
