@@ -10,7 +10,7 @@ import pytest
 from conftest import tf
 from trainfleet.errors import UsageError
 from trainfleet.plan import Job, LaunchFacts, plan_torchrun
-from trainfleet.spec import fleet_from_data
+from trainfleet.fleetfile import fleet_from_data
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("TRAINFLEET_UPDATE_GOLDEN") == "1"

@@ -163,3 +163,23 @@ def test_fold_nodes() -> None:
     assert fold_nodes(["node0", "node1", "node2", "node5", "gpu"]) == "gpu,node[0-2,5]"
     assert fold_nodes(["n01", "n02", "n10"]) == "n[01-02,10]"
     assert fold_nodes(["a"]) == "a"
+
+
+def test_unchanged_fleet_loads_from_cache_without_pydantic(tmp_path: Path, key: Path) -> None:
+    import subprocess
+    import sys
+
+    path = write(tmp_path, f"ssh: {{identity_file: {key}}}\nnodes:\n  - {{host: h1, slots: 2}}\n")
+    probe = ("import sys; from pathlib import Path; from trainfleet.spec import load_fleet; "
+             f"f = load_fleet(Path({str(path)!r})); print(f.nodes[0].slots, 'pydantic' in sys.modules)")
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    runs = [subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env).stdout.split()
+            for _ in range(2)]
+    assert runs == [["2", "True"], ["2", "False"]]
+    # A change to the file is a different entry; a deleted key file is noticed despite the cache.
+    path.write_text(path.read_text().replace("slots: 2", "slots: 3"))
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=env).stdout.split() == ["3", "True"]
+    key.unlink()
+    failed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+    assert "key file" in failed.stderr and "does not exist" in failed.stderr

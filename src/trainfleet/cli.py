@@ -77,7 +77,7 @@ def import_hostfile(hostfile: Path, ssh_config: Path | None, out: str, force: bo
     """`host slots=N` lines, as DeepSpeed's --hostfile reads them."""
     from trainfleet.errors import SpecError
     from trainfleet.importing import SSHConfig, parse_hostfile
-    from trainfleet.spec import dump_fleet_yaml, fleet_from_data
+    from trainfleet.fleetfile import dump_fleet_yaml, fleet_from_data
 
     try:
         text = hostfile.read_text()
@@ -100,7 +100,7 @@ def import_hostfile(hostfile: Path, ssh_config: Path | None, out: str, force: bo
 def import_ssh_config(aliases: tuple[str, ...], config_path: Path | None, slots: int, out: str, force: bool) -> None:
     """Host aliases (all concrete ones if none are named)."""
     from trainfleet.importing import SSHConfig, fleet_data_from_ssh_config
-    from trainfleet.spec import dump_fleet_yaml, fleet_from_data
+    from trainfleet.fleetfile import dump_fleet_yaml, fleet_from_data
 
     config = SSHConfig.load(config_path) if config_path else SSHConfig.load_default()
     data = fleet_data_from_ssh_config(config, list(aliases), slots)
@@ -132,16 +132,20 @@ def check_fleet(fleet_file: str | None) -> None:
 def exec_command(fleet_file: str | None, node_names: str | None, as_json: bool, timeout: float | None,
                  command: tuple[str, ...]) -> None:
     """Run a shell command on every node at once (like pdsh): `trainfleet exec -- nvidia-smi -L`."""
-    from trainfleet.remote import run_on_nodes
-
     fleet = _load(fleet_file)
     nodes = fleet.select(_names(node_names))
+    from trainfleet.remote import start_tcp
+
+    sockets = start_tcp(nodes[:fleet.ssh.fanout])
+    from trainfleet.remote import run_on_nodes
+
     text = " ".join(command)
 
     def show(node: str, stream: str, line: str) -> None:
         click.echo(f"{node}: {line}", err=stream == "stderr")
 
-    result = asyncio.run(run_on_nodes(fleet, nodes, text, on_output=None if as_json else show, timeout=timeout))
+    result = asyncio.run(run_on_nodes(fleet, nodes, text, on_output=None if as_json else show, timeout=timeout,
+                                      sockets=sockets))
     if as_json:
         click.echo(json.dumps({"ok": result.ok, "nodes": [r.to_json() for r in result.results]}, indent=2))
     else:

@@ -7,9 +7,11 @@ against the fleet's known_hosts file; an unknown or changed key is refused.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import shlex
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
@@ -83,12 +85,57 @@ def _known_hosts_arg(ssh: SSHSettings) -> str:
     return ssh.known_hosts
 
 
-async def connect(node: Node, ssh: SSHSettings) -> asyncssh.SSHClientConnection:
+def start_tcp(nodes: Sequence[Node]) -> dict[str, socket.socket]:
+    """Begin TCP connections to nodes (no jump host) before the SSH library is even loaded.
+
+    Each sshd forks and re-executes itself on accept; starting that now lets the nodes
+    do it while this process is still importing asyncssh (about 0.2 s). `connect`
+    finishes the handshake on these sockets, and falls back to a fresh connection.
+    """
+    sockets: dict[str, socket.socket] = {}
+    for node in nodes:
+        if node.jump is not None:
+            continue
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                node.host, node.port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)[0]
+        except (socket.gaierror, IndexError):
+            continue  # a name to resolve: asyncssh does that itself
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        if sock.connect_ex(address) not in (0, errno.EINPROGRESS):
+            sock.close()
+            continue
+        sockets[node.name] = sock
+    return sockets
+
+
+async def _connected(sock: socket.socket, timeout: float) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    writable = loop.create_future()
+    loop.add_writer(sock.fileno(), lambda: writable.done() or writable.set_result(None))
+    try:
+        await asyncio.wait_for(writable, timeout)
+    finally:
+        loop.remove_writer(sock.fileno())
+    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))
+    return sock
+
+
+async def connect(node: Node, ssh: SSHSettings, sock: socket.socket | None = None) -> asyncssh.SSHClientConnection:
     """An authenticated connection, or NodeUnreachable with the cause and a fix."""
     import asyncssh
 
     tunnel = None
     try:
+        if sock is not None:
+            try:
+                sock = await _connected(sock, ssh.connect_timeout)
+            except OSError:
+                sock.close()
+                raise
         known_hosts = _known_hosts_arg(ssh)
         common = {
             "known_hosts": known_hosts,
@@ -104,7 +151,7 @@ async def connect(node: Node, ssh: SSHSettings) -> asyncssh.SSHClientConnection:
             tunnel = await asyncssh.connect(node.jump.host, port=node.jump.port,
                                             username=node.jump.user or node.user, **common)
         return await asyncssh.connect(node.host, port=node.port, username=node.user,
-                                      tunnel=tunnel, **common)
+                                      tunnel=tunnel, sock=sock, **common)
     except Exception as exc:
         if tunnel is not None:
             tunnel.close()
@@ -144,6 +191,7 @@ async def run_command(
     on_output: OutputCallback | None = None,
     timeout: float | None = None,
     stdin_text: str | None = None,
+    sock: socket.socket | None = None,
 ) -> NodeResult:
     started = time.monotonic()
 
@@ -151,7 +199,7 @@ async def run_command(
         return NodeResult(node=node.name, command=command, seconds=time.monotonic() - started, **kwargs)  # type: ignore[arg-type]
 
     try:
-        conn = await connect(node, ssh)
+        conn = await connect(node, ssh, sock)
     except NodeUnreachable as exc:
         return result(exit_status=None, error=exc.reason)
     try:
@@ -194,13 +242,17 @@ async def run_on_nodes(
     on_output: OutputCallback | None = None,
     timeout: float | None = None,
     stdin_text: str | None = None,
+    sockets: dict[str, socket.socket] | None = None,
 ) -> FleetResult:
-    """Run a shell command on every node concurrently (at most `ssh.fanout` at once)."""
+    """Run a shell command on every node concurrently (at most `ssh.fanout` at once).
+
+    `sockets` may hold connections begun early by `start_tcp`."""
+    early = sockets or {}
 
     def job(node: Node) -> Callable[[], Awaitable[NodeResult]]:
         text = command(node) if callable(command) else command
         return lambda: run_command(node, fleet.ssh, text, on_output=on_output, timeout=timeout,
-                                   stdin_text=stdin_text)
+                                   stdin_text=stdin_text, sock=early.get(node.name))
 
     return await gather_bounded([job(node) for node in nodes], fleet.ssh.fanout)
 

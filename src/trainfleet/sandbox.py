@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trainfleet.errors import SandboxError, UsageError
-from trainfleet.spec import dump_fleet_yaml
+from trainfleet.fleetfile import dump_fleet_yaml
 
 SANDBOX_ROOT_ENV = "TRAINFLEET_SANDBOX_ROOT"
 DEFAULT_ROOT = "/var/lib/trainfleet/sandbox"

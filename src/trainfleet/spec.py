@@ -1,21 +1,19 @@
 """The fleet: which machines, how to reach them, where jobs run on them.
 
-`fleet.yaml` is validated by the pydantic models here (unknown keys are rejected with
-their path) and resolved into plain frozen `Fleet` / `Node` values that the rest of
-trainfleet reads. Nothing in this module touches the network.
+`fleet.yaml` is validated by the pydantic models in `fleetfile.py` (unknown keys are
+rejected with their path) and resolved into the plain frozen `Fleet` / `Node` values
+here, which the rest of trainfleet reads. Nothing in this module touches the network.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trainfleet.errors import SpecError
 
@@ -103,168 +101,58 @@ class Fleet:
     def head(self) -> Node:
         return self.nodes[0]
 
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
 
-# ---- the file format -------------------------------------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SSHDefaultsModel(_Strict):
-    user: str | None = None
-    port: int = Field(default=22, ge=1, le=65535)
-    identity_file: str | None = None
-    known_hosts: str = "~/.ssh/known_hosts"
-    connect_timeout: float = Field(default=10.0, gt=0)
-    fanout: int = Field(default=64, ge=1)
-    jump: str | None = None
-
-
-class NodeModel(_Strict):
-    host: str = Field(min_length=1)
-    name: str | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
-    user: str | None = None
-    identity_file: str | None = None
-    slots: int = Field(default=1, ge=1)
-    address: str | None = None
-    interface: str | None = None
-    jump: str | None = None
-
-    @field_validator("name")
     @classmethod
-    def _name_is_simple(cls, value: str | None) -> str | None:
-        if value is not None and not NAME_PATTERN.match(value):
-            raise ValueError("use letters, digits, '.', '_' and '-' only")
-        return value
-
-
-class FleetModel(_Strict):
-    nodes: list[NodeModel] = Field(min_length=1)
-    workdir: str = "~/trainfleet"
-    python: str = "python3"
-    env: dict[str, str] = Field(default_factory=dict)
-    ssh: SSHDefaultsModel = Field(default_factory=SSHDefaultsModel)
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-                raise ValueError(f"{key!r} is not a valid environment variable name")
-        return value
-
-
-def _format_location(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def _describe(error: Mapping[str, Any]) -> str:
-    where = _format_location(tuple(error["loc"]))
-    if error["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
-    if error["type"] == "missing":
-        return f"{where}: required key is missing"
-    return f"{where}: {error['msg']} (got {error.get('input')!r})"
-
-
-def _expand_local(path: str | None) -> str | None:
-    return os.path.expanduser(path) if path else None
-
-
-def resolve(model: FleetModel, source: str, base_dir: Path) -> Fleet:
-    """Fill each node's SSH settings from the fleet defaults and check the whole."""
-
-    def local_path(path: str | None) -> str | None:
-        expanded = _expand_local(path)
-        if expanded and not os.path.isabs(expanded):
-            expanded = str((base_dir / expanded).resolve())
-        return expanded
-
-    defaults = model.ssh
-    hosts = [n.host for n in model.nodes]
-    nodes: list[Node] = []
-    seen_names: dict[str, int] = {}
-    seen_targets: dict[tuple[str, int], int] = {}
-    for index, spec in enumerate(model.nodes):
-        where = f"{source}: nodes[{index}]"
-        port = spec.port or defaults.port
-        name = spec.name or (spec.host if hosts.count(spec.host) == 1 else f"{spec.host}-{port}")
-        if not NAME_PATTERN.match(name):
-            raise SpecError(f"{where}.name: {name!r} is not a usable node name",
-                            fix="set `name:` to letters, digits, '.', '_' or '-'")
-        if (spec.host, port) in seen_targets:
-            raise SpecError(
-                f"{where}.host: duplicate host {spec.host}:{port} (also nodes[{seen_targets[(spec.host, port)]}])",
-                fix="list each machine once; use `slots:` for several processes on one machine")
-        if name in seen_names:
-            raise SpecError(f"{where}.name: duplicate node name {name!r} (also nodes[{seen_names[name]}])",
-                            fix="give every node a different `name:`")
-        seen_names[name] = index
-        seen_targets[(spec.host, port)] = index
-        identity = local_path(spec.identity_file or defaults.identity_file)
-        if identity and not os.path.isfile(identity):
-            field_name = "identity_file" if spec.identity_file else "ssh.identity_file"
-            raise SpecError(f"{where} ({name}): {field_name}: key file {identity} does not exist",
-                            fix="point it at an existing private key, or run `ssh-keygen -t ed25519`")
-        jump_text = spec.jump or defaults.jump
-        try:
-            jump = Jump.parse(jump_text) if jump_text else None
-        except ValueError as exc:
-            raise SpecError(f"{where} ({name}): jump: {exc}", fix="write it as user@host:port") from None
-        address = spec.address or spec.host
-        nodes.append(Node(
-            name=name,
-            host=spec.host,
-            port=port,
-            user=spec.user or defaults.user or _local_user(),
-            slots=spec.slots,
-            identity_file=identity,
-            address=address,
-            interface=spec.interface,
-            jump=jump,
-        ))
-    return Fleet(
-        nodes=tuple(nodes),
-        workdir=model.workdir,
-        python=model.python,
-        env=dict(model.env),
-        ssh=SSHSettings(
-            known_hosts=local_path(defaults.known_hosts) or "",
-            connect_timeout=defaults.connect_timeout,
-            fanout=defaults.fanout,
-        ),
-        source=source,
-    )
-
-
-def _local_user() -> str:
-    import getpass
-
-    return getpass.getuser()
-
-
-def fleet_from_data(data: Any, source: str, base_dir: Path | None = None) -> Fleet:
-    if not isinstance(data, dict):
-        raise SpecError(f"{source}: expected a mapping with a `nodes:` list, got {type(data).__name__}",
-                        fix="run `trainfleet init` for a commented example")
-    try:
-        model = FleetModel.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        more = len(exc.errors()) - 1
-        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-        raise SpecError(f"{source}: {_describe(first)}{suffix}",
-                        fix="see `trainfleet init` for every allowed key") from None
-    return resolve(model, source, base_dir or Path.cwd())
+    def from_json(cls, data: dict) -> Fleet:  # type: ignore[type-arg]
+        nodes = tuple(Node(**{**n, "jump": Jump(**n["jump"]) if n["jump"] else None}) for n in data["nodes"])
+        return cls(nodes=nodes, workdir=data["workdir"], python=data["python"], env=dict(data["env"]),
+                   ssh=SSHSettings(**data["ssh"]), source=data["source"])
 
 
 def fleet_path(option: str | None) -> Path:
     return Path(option or os.environ.get(FLEET_ENV_VAR) or DEFAULT_FLEET_FILE)
+
+
+def _cache_file(path: Path, text: str) -> Path | None:
+    """Where a fleet resolved from exactly this text, at this path, for this user is kept.
+
+    Validation builds pydantic models, about 0.15 s per command; a content-addressed
+    cache of the result makes repeated commands on an unchanged fleet file start faster.
+    """
+    if os.environ.get("TRAINFLEET_NO_CACHE"):
+        return None
+    from trainfleet import __version__
+
+    root = Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "trainfleet" / "fleets"
+    identity = json.dumps([__version__, str(path.resolve()), os.path.expanduser("~"), _local_user(), text])
+    return root / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.json"
+
+
+def _cached(cache: Path | None) -> Fleet | None:
+    if cache is None:
+        return None
+    try:
+        fleet = Fleet.from_json(json.loads(cache.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    # A key file deleted since: validate afresh, which names it.
+    if any(n.identity_file and not os.path.isfile(n.identity_file) for n in fleet.nodes):
+        return None
+    return fleet
+
+
+def _store(cache: Path | None, fleet: Fleet) -> None:
+    if cache is None:
+        return
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(fleet.to_json()))
+        tmp.replace(cache)
+    except OSError:
+        pass  # a read-only home only costs speed
 
 
 def load_fleet(path: Path) -> Fleet:
@@ -277,24 +165,17 @@ def load_fleet(path: Path) -> Fleet:
                         fix="run `trainfleet init`, pass -f FILE, or set TRAINFLEET_FLEET") from None
     except OSError as exc:
         raise SpecError(f"{source}: cannot read fleet file: {exc.strerror}") from None
-    from trainfleet.importing import looks_like_hostfile, parse_hostfile
+    cache = _cache_file(path, text)
+    fleet = _cached(cache)
+    if fleet is None:
+        from trainfleet.fleetfile import parse_fleet_text
 
-    if looks_like_hostfile(text):
-        return fleet_from_data(parse_hostfile(text, source), source, path.parent)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{source}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    return fleet_from_data(data, source, path.parent)
+        fleet = parse_fleet_text(text, source, path.parent)
+        _store(cache, fleet)
+    return fleet
 
 
-def dump_fleet_yaml(fleet_data: Mapping[str, Any]) -> str:
-    return yaml.safe_dump(dict(fleet_data), sort_keys=False, default_flow_style=False)
+def _local_user() -> str:
+    import getpass
 
-
-__all__ = [
-    "Fleet", "Node", "Jump", "SSHSettings", "load_fleet", "fleet_from_data", "fleet_path",
-    "dump_fleet_yaml",
-]
+    return getpass.getuser()
