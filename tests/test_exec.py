@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,32 @@ def test_wrong_key_is_an_authentication_failure(fleet3: Path, tmp_path: Path) ->
     completed = tf("exec", "-f", str(fleet), "-n", "node0", "--", "true")
     assert completed.returncode == 255
     assert "node0: authentication failed as 'root'" in completed.stderr
+
+
+def test_timeout_ends_the_remote_command_tree(fleet3: Path, cluster3: sb.SandboxState) -> None:
+    from conftest import job_processes_on
+
+    completed = tf("exec", "-f", str(fleet3), "--timeout", "1", "--", "sleep 61 & sleep 62")
+    assert completed.returncode == 255
+    assert "node[0-2]: `sleep 61 & sleep 62` timed out after 1s" in completed.stderr
+    time.sleep(0.5)
+    assert [job_processes_on(n) for n in cluster3.nodes] == [[], [], []]
+
+
+def test_ctrl_c_ends_the_remote_command_tree(fleet3: Path, cluster3: sb.SandboxState) -> None:
+    import signal
+    import sys
+
+    from conftest import job_processes_on
+
+    process = subprocess.Popen([sys.executable, "-m", "trainfleet", "exec", "-f", str(fleet3), "--",
+                                "echo started; sleep 63"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    assert [process.stdout.readline() for _ in range(3)]  # every node has started
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=30)
+    assert process.returncode == 130
+    deadline = time.monotonic() + 10
+    while any(job_processes_on(n) for n in cluster3.nodes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [job_processes_on(n) for n in cluster3.nodes] == [[], [], []]

@@ -183,6 +183,20 @@ async def stream_process(
     return "".join(kept["stdout"]), "".join(kept["stderr"])
 
 
+# The command's stdin is /dev/null; the channel's stdin stays open as a liveness pipe.
+# When it reaches EOF (timeout, Ctrl-C, or the controller died and sshd closed it),
+# the watcher ends the whole process group of the session, as a pty hangup would.
+# (sh gives background lists /dev/null as stdin, hence the explicit fd 3.)
+_WATCHDOG = ('exec 3<&0; { eval "$1"; } </dev/null 3<&- & c=$!; '
+             '{ while read -r _; do :; done <&3; kill -TERM 0; } & w=$!; '
+             'exec 3<&-; wait $c; s=$?; kill $w 2>/dev/null; exit $s')
+
+
+def watched_command(command: str) -> str:
+    """`command` run by sh under the watchdog above (works whatever the login shell is)."""
+    return f"exec sh -c {shlex.quote(_WATCHDOG)} trainfleet {shlex.quote(command)}"
+
+
 async def run_command(
     node: Node,
     ssh: SSHSettings,
@@ -204,15 +218,21 @@ async def run_command(
         return result(exit_status=None, error=exc.reason)
     try:
         async with conn:
-            process = await conn.create_process(command, encoding="utf-8", errors="replace")
             if stdin_text is not None:
+                process = await conn.create_process(command, encoding="utf-8", errors="replace")
                 process.stdin.write(stdin_text)
-            process.stdin.write_eof()
+                process.stdin.write_eof()
+            else:
+                process = await conn.create_process(watched_command(command), encoding="utf-8", errors="replace")
             try:
                 stdout, stderr = await asyncio.wait_for(stream_process(process, node.name, on_output), timeout)
                 completed = await asyncio.wait_for(process.wait(), timeout)
             except (asyncio.TimeoutError, TimeoutError):
-                process.kill()
+                process.stdin.write_eof()
+                try:
+                    await asyncio.wait_for(process.wait(), 5)
+                except (asyncio.TimeoutError, TimeoutError):
+                    process.close()
                 return result(exit_status=None, error=f"`{command}` timed out after {timeout:g}s")
             status = completed.exit_status
             if status is None and completed.exit_signal:
