@@ -11,7 +11,8 @@ Modes (second stdin line, JSON):
   (the controller went away or asked), SIGTERM first and SIGKILL after a grace period.
 - sweep: find processes of a job (by the TRAINFLEET_JOB_ID in their environment),
   optionally kill them, and report what is left as JSON.
-- probe: report facts that planning needs (a free port, the interface towards a peer).
+- facts: report what doctor and run need to know of the node (sections on request).
+- listen / connect: hold test listeners / try connections, for the port checks.
 """
 
 import json
@@ -152,33 +153,348 @@ def free_port(address):
         probe.close()
 
 
-def interface_towards(peer):
+# ---- facts: what doctor and run ask of every node ------------------------------------
+
+
+def run_quiet(argv, timeout=5.0):
     try:
-        out = subprocess.run(["ip", "-o", "route", "get", peer], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, universal_newlines=True, timeout=5).stdout
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              universal_newlines=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError):
         return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def interfaces():
+    """Every interface with its IPv4 addresses and what kind of link it is."""
+    found = []
+    text = run_quiet(["ip", "-j", "-d", "addr", "show"])
+    if text is None:
+        return found
+    for link in json.loads(text):
+        info = link.get("linkinfo", {}) or {}
+        found.append({
+            "name": link.get("ifname"),
+            "up": "UP" in link.get("flags", []) and link.get("operstate") != "DOWN",
+            "loopback": "LOOPBACK" in link.get("flags", []),
+            "kind": info.get("info_kind") or "",
+            "master": link.get("master"),
+            "addrs": ["%s/%s" % (a["local"], a["prefixlen"]) for a in link.get("addr_info", [])
+                      if a.get("family") == "inet"],
+        })
+    return found
+
+
+def route_to(peer):
+    out = run_quiet(["ip", "-o", "route", "get", peer])
+    if not out:
+        return None
     fields = out.split()
-    if "dev" in fields:
-        return fields[fields.index("dev") + 1]
-    return None
+    route = {}
+    for key in ("dev", "src", "via"):
+        if key in fields:
+            route[key] = fields[fields.index(key) + 1]
+    return route
 
 
-def probe(spec):
-    facts = {"hostname": socket.gethostname(), "python": sys.version.split()[0]}
-    if spec.get("peer"):
-        facts["interface"] = interface_towards(spec["peer"])
-    if spec.get("port_address"):
-        address, wanted = spec["port_address"], int(spec.get("port", 0))
-        facts["port"] = wanted if wanted and port_is_free(address, wanted) else free_port(address)
-        facts["wanted_port_free"] = bool(wanted) and facts["port"] == wanted
-    print(json.dumps(facts))
+def package_version(name):
+    try:
+        from importlib import metadata
+    except ImportError:
+        return None
+    try:
+        return metadata.version(name)
+    except Exception:
+        return None
+
+
+def torch_facts():
+    """Versions without importing torch (seconds of CPU on every node otherwise)."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    facts = {"version": package_version("torch"), "cuda": None}
+    path = os.path.join(list(spec.submodule_search_locations)[0], "version.py")
+    try:
+        with open(path) as handle:
+            match = re.search(r"^cuda\s*(?::\s*[^=]+)?=\s*['\"]([^'\"]+)['\"]", handle.read(), re.MULTILINE)
+        facts["cuda"] = match.group(1) if match else None
+    except OSError:
+        pass
+    for name in ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11"):
+        if package_version(name):
+            facts["nccl"] = package_version(name)
+            break
+    return facts
+
+
+def gpu_facts():
+    if run_quiet(["sh", "-c", "command -v nvidia-smi"]) is None:
+        return None
+    gpus = run_quiet(["nvidia-smi", "--query-gpu=index,uuid,name,driver_version,memory.used",
+                      "--format=csv,noheader,nounits"], timeout=15)
+    if gpus is None:
+        return {"error": "nvidia-smi failed"}
+    apps = run_quiet(["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,process_name",
+                      "--format=csv,noheader"], timeout=15) or ""
+    busy = {}
+    for line in apps.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 2:
+            busy.setdefault(parts[0], []).append({"pid": parts[1], "name": parts[2] if len(parts) > 2 else ""})
+    found = []
+    for line in gpus.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 4:
+            found.append({"index": parts[0], "uuid": parts[1], "name": parts[2], "driver": parts[3],
+                          "busy": busy.get(parts[1], [])})
+    return {"gpus": found}
+
+
+def disk_free(path):
+    path = os.path.expanduser(path)
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        stats = os.statvfs(path or "/")
+    except OSError:
+        return None
+    return {"path": path, "free": stats.f_bavail * stats.f_frsize, "total": stats.f_blocks * stats.f_frsize}
+
+
+def docker_root():
+    try:
+        with open("/etc/docker/daemon.json") as handle:
+            return json.load(handle).get("data-root") or "/var/lib/docker"
+    except (OSError, ValueError):
+        pass
+    return "/var/lib/docker" if os.path.isdir("/var/lib/docker") else None
+
+
+CODE_SUFFIXES = (".py", ".sh", ".yaml", ".yml", ".json", ".toml", ".cfg", ".txt", ".ini")
+
+
+def code_hash(workdir, limit=5000):
+    import hashlib
+
+    root = os.path.expanduser(workdir)
+    if not os.path.isdir(root):
+        return None
+    digest = hashlib.sha256()
+    count = 0
+    for current, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in ("__pycache__", "checkpoints"))
+        for name in sorted(files):
+            if not name.endswith(CODE_SUFFIXES):
+                continue
+            path = os.path.join(current, name)
+            try:
+                if os.path.getsize(path) > 4 * 1024 * 1024:
+                    continue
+                with open(path, "rb") as handle:
+                    digest.update(os.path.relpath(path, root).encode() + b"\0" + handle.read() + b"\0")
+            except OSError:
+                continue
+            count += 1
+            if count >= limit:
+                break
+    return {"sha256": digest.hexdigest()[:16], "files": count}
+
+
+def stale_jobs():
+    found = {}
+    prefix = ("%s=" % JOB_VARIABLE).encode()
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open("/proc/%s/environ" % entry, "rb") as handle:
+                environ = handle.read().split(b"\0")
+            with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(prefix):
+                job = item[len(prefix):].decode(errors="replace")
+                found.setdefault(job, []).append({"pid": int(entry), "cmdline": cmdline[:120]})
+    return [{"job_id": job, "processes": procs} for job, procs in sorted(found.items())]
+
+
+def port_holder(port):
+    """pid and command of whoever listens on a TCP port (from /proc/net/tcp*)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                next(handle)
+                for line in handle:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(fields[9])
+        except (OSError, StopIteration):
+            continue
+    if not inodes:
+        return None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            for fd in os.listdir("/proc/%s/fd" % entry):
+                target = os.readlink("/proc/%s/fd/%s" % (entry, fd))
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                        cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                    return {"pid": int(entry), "cmdline": cmdline[:120]}
+        except OSError:
+            continue
+    return {"pid": None, "cmdline": "(another user's process)"}
+
+
+def login_shell_facts(python):
+    shell = os.environ.get("SHELL") or "/bin/sh"
+    out = run_quiet([shell, "-lc", "command -v %s; echo \"PATH=$PATH\"" % python], timeout=10)
+    if out is None:
+        return None
+    lines = out.strip().splitlines()
+    found = [line for line in lines if not line.startswith("PATH=")]
+    path = [line[5:] for line in lines if line.startswith("PATH=")]
+    return {"python": found[-1] if found else None, "path": path[-1] if path else ""}
+
+
+def facts(spec):
+    import shutil
+
+    wanted = set(spec.get("sections", []))
+    result = {"hostname": socket.gethostname(), "time": time.time()}
+    if "net" in wanted:
+        result["interfaces"] = interfaces()
+        result["routes"] = dict((peer, route_to(peer)) for peer in spec.get("peers", []))
+    if "ports" in wanted:
+        address = spec.get("port_address") or "0.0.0.0"
+        result["ports"] = dict((str(p), None if port_is_free(address, p) else (port_holder(p) or {"pid": None}))
+                               for p in spec.get("ports", []))
+        result["free_port"] = free_port(address)
+    if "software" in wanted:
+        result["python"] = {"version": sys.version.split()[0], "executable": sys.executable}
+        result["python_found"] = shutil.which(spec.get("python", "python3"))
+        result["path"] = os.environ.get("PATH", "")
+        result["login"] = login_shell_facts(spec.get("python", "python3"))
+        result["torch"] = torch_facts()
+        result["code"] = code_hash(spec.get("workdir", "~"))
+    if "gpu" in wanted:
+        result["gpu"] = gpu_facts()
+        try:
+            with open("/proc/driver/nvidia/version") as handle:
+                result["driver"] = handle.readline().strip()
+        except OSError:
+            result["driver"] = None
+    if "disk" in wanted:
+        result["disk"] = disk_free(spec.get("workdir", "~"))
+        root = docker_root()
+        result["docker_disk"] = disk_free(root) if root else None
+    if "stale" in wanted:
+        result["stale"] = stale_jobs()
+    print(json.dumps(result))
+    return 0
+
+
+# ---- listen / connect: the port reachability tests ------------------------------------
+
+
+def listen(spec):
+    """Hold listeners on the given ports (0 = any) until stdin closes; report what was bound."""
+    address = spec.get("address") or "0.0.0.0"
+    bound = {}
+    sockets = []
+    for port in spec["ports"]:
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            server.bind((address, int(port)))
+            server.listen(64)
+        except OSError as exc:
+            bound[str(port)] = {"error": exc.strerror}
+            server.close()
+            continue
+        bound[str(port)] = {"port": server.getsockname()[1]}
+        sockets.append(server)
+    print(json.dumps(bound))
+    sys.stdout.flush()
+
+    def accept_all(server):
+        while True:
+            try:
+                conn, _ = server.accept()
+                conn.close()
+            except OSError:
+                return
+
+    for server in sockets:
+        threading.Thread(target=accept_all, args=(server,), daemon=True).start()
+    deadline = time.monotonic() + float(spec.get("max_seconds", 60))
+    watcher = threading.Thread(target=lambda: sys.stdin.read(), daemon=True)
+    watcher.start()
+    while watcher.is_alive() and time.monotonic() < deadline:
+        watcher.join(0.2)
+    return 0
+
+
+def try_connect(address, port, timeout):
+    import errno
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe.settimeout(timeout)
+    started = time.monotonic()
+    try:
+        probe.connect((address, int(port)))
+        return {"result": "ok", "ms": round((time.monotonic() - started) * 1000, 1)}
+    except socket.timeout:
+        return {"result": "timeout"}
+    except ConnectionRefusedError:
+        return {"result": "refused"}
+    except OSError as exc:
+        if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return {"result": "unreachable", "error": exc.strerror}
+        return {"result": "error", "error": exc.strerror}
+    finally:
+        probe.close()
+
+
+def connect_targets(spec):
+    timeout = float(spec.get("timeout", 2))
+    results = []
+    threads = []
+
+    def attempt(target):
+        outcome = try_connect(target["address"], target["port"], timeout)
+        outcome.update(target)
+        results.append(outcome)
+
+    for target in spec.get("targets", []):
+        thread = threading.Thread(target=attempt, args=(target,))
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+    resolved = {}
+    for name in spec.get("resolve", []):
+        try:
+            resolved[name] = socket.gethostbyname(name)
+        except OSError:
+            resolved[name] = None
+    print(json.dumps({"connects": results, "resolved": resolved}))
     return 0
 
 
 def main():
     spec = json.loads(sys.stdin.readline())
-    modes = {"launch": launch, "sweep": sweep, "probe": probe}
+    modes = {"launch": launch, "sweep": sweep, "facts": facts, "listen": listen,
+             "connect": connect_targets}
     sys.stdout.flush()
     sys.exit(modes[spec["mode"]](spec))
 

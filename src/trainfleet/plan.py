@@ -41,6 +41,8 @@ class LaunchFacts:
 
     rdzv_port: int = DEFAULT_RDZV_PORT
     interfaces: Mapping[str, str] = field(default_factory=dict)
+    addresses: Mapping[str, str] = field(default_factory=dict)
+    """Training addresses chosen on the nodes; a node missing here uses its `address`."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def plan_torchrun(fleet: Fleet, job: Job, facts: LaunchFacts) -> LaunchPlan:
     if job.nproc_per_node is not None and job.nproc_per_node < 1:
         raise UsageError(f"--nproc-per-node must be >= 1 (got {job.nproc_per_node})")
     head = fleet.head
-    endpoint = _endpoint(head.address, facts.rdzv_port)
+    endpoint = _endpoint(facts.addresses.get(head.name, head.address), facts.rdzv_port)
     launches = []
     for rank, node in enumerate(fleet.nodes):
         nproc = job.nproc_per_node or node.slots
@@ -152,7 +154,7 @@ def plan_torchrun(fleet: Fleet, job: Job, facts: LaunchFacts) -> LaunchPlan:
             f"--rdzv-endpoint={endpoint}",
             f"--rdzv-id={job.job_id}",
             f"--rdzv-conf=is_host={'true' if rank == 0 else 'false'}",
-            f"--local-addr={node.address}",
+            f"--local-addr={facts.addresses.get(node.name, node.address)}",
             f"--max-restarts={job.max_restarts}",
             "--tee=3",
             f"--log-dir=.trainfleet/logs/{job.job_id}",

@@ -20,14 +20,15 @@ from typing import IO, TYPE_CHECKING
 from trainfleet.errors import TrainfleetError
 from trainfleet.plan import DEFAULT_RDZV_PORT, LaunchFacts, LaunchPlan, NodeLaunch
 from trainfleet.remote import NodeUnreachable, agent_command, agent_stdin, connect, run_agent_on_nodes
-from trainfleet.results import fold_nodes
-from trainfleet.spec import Fleet
+from trainfleet.results import FleetResult, fold_nodes
+from trainfleet.spec import Fleet, Node
 
 if TYPE_CHECKING:
     import asyncssh
 
 _RANK_LINE = re.compile(r"^\[tf:rank(\d+)\] ?(.*)$")
 _ROOT_CAUSE_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)")
+# e.g. "  exitcode  : -15 (pid: 983)  (SIGTERM)"
 _ROOT_CAUSE_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
 TAIL = 20
 
@@ -72,48 +73,63 @@ class _NodeStream:
 Printer = Callable[[str], None]
 
 
+async def gather_facts(fleet: Fleet, sections: dict[str, list[str]], extra: dict[str, object] | None = None,
+                       timeout: float = 30) -> tuple[FleetResult, dict[str, dict[str, object]]]:
+    """One agent round trip per node; `sections` maps node name to what to collect there."""
+    peers = sorted({n.address for n in fleet.nodes} | {n.host for n in fleet.nodes})
+
+    def spec(node: Node) -> dict[str, object]:
+        return {"sections": sections.get(node.name, []), "peers": peers, "python": fleet.python,
+                "workdir": fleet.workdir, **(extra or {})}
+
+    return await run_agent_on_nodes(fleet, fleet.nodes, "facts", spec, timeout=timeout)
+
+
 async def probe_facts(fleet: Fleet, wanted_port: int | None) -> LaunchFacts:
     """Ask the nodes what planning needs: a free rendezvous port on node 0, and each
-    node's interface towards its peers where the fleet file names none."""
+    node's training interface and address (the same choice `doctor` reports)."""
+    from trainfleet.netchoice import choose
+
     head = fleet.head
-    peers = {node.name: (fleet.nodes[1].address if node is head else head.address)
-             for node in fleet.nodes} if len(fleet.nodes) > 1 else {}
-
-    def spec(node) -> dict[str, object]:  # type: ignore[no-untyped-def]
-        request: dict[str, object] = {}
-        if node.interface is None and node.name in peers:
-            request["peer"] = peers[node.name]
-        if node is head:
-            request["port_address"] = head.address
-            request["port"] = wanted_port or DEFAULT_RDZV_PORT
-        return request
-
-    result, answers = await run_agent_on_nodes(fleet, fleet.nodes, "probe", spec, timeout=30)
+    port = wanted_port or DEFAULT_RDZV_PORT
+    sections = {n.name: ["net"] for n in fleet.nodes}
+    sections[head.name] = ["net", "ports"]
+    result, answers = await gather_facts(fleet, sections, {"ports": [port]})
     if not result.ok:
-        raise TrainfleetError(_unreachable_message(result))
-    port = int(answers[head.name]["port"])  # type: ignore[arg-type]
-    if wanted_port and port != wanted_port:
-        raise TrainfleetError(f"port {wanted_port} is already in use on {head.name} ({head.address})",
-                              fix=f"pick another --port, or leave it out to use a free one (e.g. {port})")
-    interfaces = {name: str(a["interface"]) for name, a in answers.items() if a.get("interface")}
-    return LaunchFacts(rdzv_port=port, interfaces=interfaces)
+        raise TrainfleetError(f"cannot start the job: {_unreachable_message(result)}")
+    choices = choose(fleet, {name: a.get("interfaces", []) for name, a in answers.items()},  # type: ignore[misc]
+                     {name: a.get("routes", {}) for name, a in answers.items()})  # type: ignore[misc]
+    problems = [f"{c.node}: {c.problem}" for c in choices.values() if c.problem]
+    if problems:
+        raise TrainfleetError("cannot pick a training network: " + "; ".join(problems),
+                              fix="correct `address:`/`interface:` in the fleet file (`trainfleet doctor` shows each node's interfaces)")
+    holder = answers[head.name]["ports"][str(port)]  # type: ignore[index]
+    if holder is not None:
+        who = f" by pid {holder['pid']} ({holder['cmdline']})" if holder.get("pid") else ""
+        if wanted_port:
+            raise TrainfleetError(f"port {port} is already in use on {head.name}{who}",
+                                  fix="pick another --port, or leave it out to use a free one")
+        port = int(answers[head.name]["free_port"])  # type: ignore[arg-type, index]
+    return LaunchFacts(
+        rdzv_port=port,
+        interfaces={name: c.interface for name, c in choices.items() if c.interface},
+        addresses={name: c.address for name, c in choices.items()},
+    )
 
 
-def _unreachable_message(result) -> str:  # type: ignore[no-untyped-def]
-    parts = []
-    for nodes, reason in result.grouped_failures():
-        parts.append(f"{nodes}: {reason}")
-    return "; ".join(parts)
+def _unreachable_message(result: FleetResult) -> str:
+    return "; ".join(f"{nodes}: {reason}" for nodes, reason in result.grouped_failures())
 
 
 class Supervisor:
     def __init__(self, fleet: Fleet, plan: LaunchPlan, log_dir: Path, printer: Printer,
-                 grace: float = 10.0) -> None:
+                 grace: float = 10.0, settle: float = 3.0) -> None:
         self.fleet = fleet
         self.plan = plan
         self.log_dir = log_dir
         self.print = printer
         self.grace = grace
+        self.settle = settle
         self.cancel = asyncio.Event()
         self.streams: dict[str, _NodeStream] = {}
         self.first_failure: str | None = None
@@ -203,17 +219,27 @@ class Supervisor:
             self.first_failure = node
 
     async def _wait(self, tasks: dict[asyncio.Task[None], str]) -> bool:
-        """Until every node ends, one fails, or the user cancels. True when cancelled."""
+        """Until every node ends, one fails, or the user cancels. True when cancelled.
+
+        After the first failure the other nodes get `settle` seconds to fail on their
+        own: the node that exits first is not always the one whose rank failed first
+        (its ranks may only have lost their peer), and `_failure` needs every report.
+        """
         pending = set(tasks)
         cancel_wait = asyncio.ensure_future(self.cancel.wait())
+        deadline: float | None = None
         try:
             while pending:
-                done, _ = await asyncio.wait(pending | {cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done, _ = await asyncio.wait(pending | {cancel_wait}, timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
                 if cancel_wait in done:
                     return True
-                pending -= done
-                if self.first_failure is not None:
+                if not done:
                     return False
+                pending -= done
+                if self.first_failure is not None and deadline is None:
+                    deadline = time.monotonic() + self.settle
             return False
         finally:
             cancel_wait.cancel()
@@ -254,29 +280,72 @@ class Supervisor:
 
     # ---- diagnosis ---------------------------------------------------------------
     def _failure(self) -> RankFailure | None:
+        """The rank that failed first, from every failed node's torchrun report."""
         if self.first_failure is None:
             return None
-        stream = self.streams[self.first_failure]
-        rank, exit_code = _root_cause(list(stream.recent))
-        if rank is not None and rank in stream.by_rank:
-            tail = "\n".join(stream.by_rank[rank])
-        else:
-            tail = "\n".join(list(stream.recent)[-TAIL:])
-        return RankFailure(node=self.first_failure, rank=rank,
-                           exit_code=exit_code if exit_code is not None else (stream.exit_code or 1), tail=tail)
+        reports: list[tuple[tuple[int, str, int], str, _RankReport]] = []
+        for order, (node, stream) in enumerate(self.streams.items()):
+            if stream.exit_code in (None, 0) or stream.finished_at is None:
+                continue
+            for report in _rank_reports(list(stream.recent)):
+                reports.append(((report.consequence, report.time, order), node, report))
+        if not reports:
+            stream = self.streams[self.first_failure]
+            return RankFailure(node=self.first_failure, rank=None, exit_code=stream.exit_code or 1,
+                               tail="\n".join(list(stream.recent)[-TAIL:]))
+        _, node, report = min(reports, key=lambda item: (item[0], self.streams[item[1]].finished_at or 0))
+        ranked = self.streams[node].by_rank.get(report.rank)
+        tail = "\n".join(ranked) if ranked else "\n".join(list(self.streams[node].recent)[-TAIL:])
+        return RankFailure(node=node, rank=report.rank, exit_code=report.exit_code, tail=tail)
 
 
-def _root_cause(lines: list[str]) -> tuple[int | None, int | None]:
-    """Rank and exit code from torchrun's 'Root Cause (first observed failure)' block."""
-    starts = [index for index, line in enumerate(lines) if "Root Cause" in line]
+@dataclass(frozen=True)
+class _RankReport:
+    rank: int
+    exit_code: int
+    time: str
+    consequence: int
+    """1 when this rank only died of another's failure (lost peer, SIGTERM from its agent)."""
+
+
+_CONSEQUENCES = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted",
+                 "SIGTERM", "SIGKILL", "Broken pipe")
+
+
+def _rank_reports(lines: list[str]) -> list[_RankReport]:
+    """Every failed rank in torchrun's failure summary ('Failures:' and 'Root Cause')."""
+    reports: list[_RankReport] = []
+    entry: dict[str, object] | None = None
+    texts = [_RANK_LINE.sub(r"\2", line) for line in lines]
+    starts = [i for i, text in enumerate(texts) if text.strip() == "Failures:" or "Root Cause" in text]
     if not starts:
-        return None, None
-    start = starts[-1]
-    rank = exit_code = None
-    for line in lines[start:]:
-        text = _RANK_LINE.sub(r"\2", line)
-        if rank is None and (match := _ROOT_CAUSE_RANK.match(text)):
-            rank = int(match.group(1))
-        elif exit_code is None and (match := _ROOT_CAUSE_EXIT.match(text)):
-            exit_code = int(match.group(1))
-    return rank, exit_code
+        return reports
+
+    def close() -> None:
+        if entry and "rank" in entry:
+            body = str(entry.get("body", ""))
+            reports.append(_RankReport(rank=int(entry["rank"]), exit_code=int(entry.get("exit", 1)),  # type: ignore[call-overload]
+                                       time=str(entry.get("time", "")),
+                                       consequence=int(any(c in body for c in _CONSEQUENCES))))
+
+    for text in texts[starts[0]:]:
+        if re.match(r"^\s*\[\d+\]:\s*$", text) or text.startswith("====") or text.startswith("----"):
+            close()
+            entry = {} if text.strip().startswith("[") else None
+            continue
+        if entry is None:
+            continue
+        if match := _ROOT_CAUSE_RANK.match(text):
+            entry["rank"] = int(match.group(1))
+        elif match := _ROOT_CAUSE_EXIT.match(text):
+            entry["exit"] = int(match.group(1))
+            entry["body"] = str(entry.get("body", "")) + text
+        elif match := re.match(r"^\s*time\s*:\s*(\S+)", text):
+            entry["time"] = match.group(1)
+        else:
+            entry["body"] = str(entry.get("body", "")) + text + "\n"
+    close()
+    unique: dict[int, _RankReport] = {}
+    for report in reports:
+        unique.setdefault(report.rank, report)
+    return list(unique.values())
