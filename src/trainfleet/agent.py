@@ -301,6 +301,8 @@ def code_hash(workdir, limit=5000):
             count += 1
             if count >= limit:
                 break
+    if count == 0:
+        return None  # an empty workdir holds no code, like a missing one
     return {"sha256": digest.hexdigest()[:16], "files": count}
 
 
@@ -426,13 +428,35 @@ def listen(spec):
     print(json.dumps(bound))
     sys.stdout.flush()
 
+    def serve(conn):
+        # A bare connect closes at once; a throughput test sends an 8-byte length, then
+        # that many bytes, and waits for one byte back once they have all arrived.
+        try:
+            header = b""
+            while len(header) < 8:
+                chunk = conn.recv(8 - len(header))
+                if not chunk:
+                    return
+                header += chunk
+            remaining = int.from_bytes(header, "big")
+            while remaining > 0:
+                chunk = conn.recv(min(remaining, 1 << 20))
+                if not chunk:
+                    return
+                remaining -= len(chunk)
+            conn.sendall(b"k")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
     def accept_all(server):
         while True:
             try:
                 conn, _ = server.accept()
-                conn.close()
             except OSError:
                 return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
     for server in sockets:
         threading.Thread(target=accept_all, args=(server,), daemon=True).start()
@@ -444,7 +468,7 @@ def listen(spec):
     return 0
 
 
-def try_connect(address, port, timeout):
+def try_connect(address, port, timeout, payload=0):
     import errno
 
     probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -452,7 +476,21 @@ def try_connect(address, port, timeout):
     started = time.monotonic()
     try:
         probe.connect((address, int(port)))
-        return {"result": "ok", "ms": round((time.monotonic() - started) * 1000, 1)}
+        outcome = {"result": "ok", "ms": round((time.monotonic() - started) * 1000, 2)}
+        if payload:
+            block = b"\0" * (1 << 20)
+            began = time.monotonic()
+            probe.settimeout(max(timeout, 10.0))
+            probe.sendall(int(payload).to_bytes(8, "big"))
+            left = int(payload)
+            while left > 0:
+                sent = probe.send(block[:min(left, len(block))])
+                left -= sent
+            if probe.recv(1) != b"k":
+                return {"result": "error", "error": "throughput test was cut short"}
+            seconds = time.monotonic() - began
+            outcome["mbit_s"] = round(payload * 8 / seconds / 1e6, 1)
+        return outcome
     except socket.timeout:
         return {"result": "timeout"}
     except ConnectionRefusedError:
@@ -471,7 +509,7 @@ def connect_targets(spec):
     threads = []
 
     def attempt(target):
-        outcome = try_connect(target["address"], target["port"], timeout)
+        outcome = try_connect(target["address"], target["port"], timeout, target.get("bytes", 0))
         outcome.update(target)
         results.append(outcome)
 
@@ -482,11 +520,18 @@ def connect_targets(spec):
     for thread in threads:
         thread.join()
     resolved = {}
-    for name in spec.get("resolve", []):
+
+    def resolve(name):
         try:
             resolved[name] = socket.gethostbyname(name)
         except OSError:
             resolved[name] = None
+
+    lookups = [threading.Thread(target=resolve, args=(name,), daemon=True) for name in spec.get("resolve", [])]
+    for lookup in lookups:
+        lookup.start()
+    for lookup in lookups:
+        lookup.join(3.0)  # a resolver that hangs is itself the answer: not resolvable in time
     print(json.dumps({"connects": results, "resolved": resolved}))
     return 0
 

@@ -260,6 +260,28 @@ async def _supervise(supervisor):  # type: ignore[no-untyped-def]
             loop.remove_signal_handler(signum)
 
 
+# ---- doctor ------------------------------------------------------------------------
+
+
+@cli.command()
+@fleet_option
+@click.option("--port", type=int, default=29500, show_default=True, help="rendezvous port to test on node 0")
+@click.option("--json", "as_json", is_flag=True, help="print the findings as JSON")
+@click.option("--all", "show_all", is_flag=True, help="also list the checks that passed")
+def doctor(fleet_file: str | None, port: int, as_json: bool, show_all: bool) -> None:
+    """Find what is broken before GPU time is spent: node, cause and fix for each problem."""
+    from trainfleet.doctor import examine
+    from trainfleet.render import doctor_table
+
+    fleet = _load(fleet_file)
+    report = asyncio.run(examine(fleet, rdzv_port=port))
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(doctor_table(report, show_all=show_all))
+    sys.exit(0 if report.ok else 1)
+
+
 # ---- sandbox -----------------------------------------------------------------------
 
 
@@ -317,6 +339,96 @@ def sandbox_status(name: str | None, as_json: bool) -> None:
             state = "up" if node["sshd_running"] else "DOWN"
             click.echo(f"  {node['name']:8} {node['namespace']:18} {node['address']:15} "
                        f"{node['interface']:7} sshd {node['sshd_pid']} {state}")
+
+
+@sandbox.group(name="fault")
+def sandbox_fault() -> None:
+    """Break a sandbox node on purpose (and `clear` it): see what doctor and run say."""
+
+
+sandbox_name = click.option("--name", default="tf", show_default=True, help="the sandbox")
+
+
+def _inject(name: str, node: str, kind_name: str, **params: object) -> None:
+    from trainfleet.faults import FaultKind, inject
+
+    fault = inject(name, node, FaultKind(kind_name), **params)  # type: ignore[arg-type]
+    click.echo(f"sandbox {name}: {fault.node}: {fault.kind.value} ({fault.detail})")
+
+
+@sandbox_fault.command(name="block-port")
+@click.argument("node")
+@click.argument("port", type=int)
+@click.option("--mode", type=click.Choice(["drop", "reject"]), default="drop", show_default=True)
+@sandbox_name
+def fault_block_port(node: str, port: int, mode: str, name: str) -> None:
+    """Firewall incoming TCP PORT on NODE (DROP: silence; REJECT: refused)."""
+    _inject(name, node, "block-port", port=port, mode=mode)
+
+
+@sandbox_fault.command(name="cap")
+@click.argument("node")
+@click.argument("rate")
+@sandbox_name
+def fault_cap(node: str, rate: str, name: str) -> None:
+    """Cap NODE's links at RATE (e.g. 100mbit) in both directions."""
+    _inject(name, node, "cap", rate=rate)
+
+
+@sandbox_fault.command(name="latency")
+@click.argument("node")
+@click.argument("delay")
+@sandbox_name
+def fault_latency(node: str, delay: str, name: str) -> None:
+    """Delay every packet NODE sends by DELAY (e.g. 50ms)."""
+    _inject(name, node, "latency", delay=delay)
+
+
+@sandbox_fault.command(name="cut")
+@click.argument("node")
+@sandbox_name
+def fault_cut(node: str, name: str) -> None:
+    """Take NODE's network links down."""
+    _inject(name, node, "cut")
+
+
+@sandbox_fault.command(name="fill-disk")
+@click.argument("node")
+@sandbox_name
+def fault_fill_disk(node: str, name: str) -> None:
+    """Replace NODE's workdir with a small tmpfs that is full."""
+    _inject(name, node, "fill-disk")
+
+
+@sandbox_fault.command(name="kill")
+@click.argument("node")
+@sandbox_name
+def fault_kill(node: str, name: str) -> None:
+    """Kill every process of NODE, sshd included (`clear` boots it again)."""
+    _inject(name, node, "kill")
+
+
+@sandbox_fault.command(name="clear")
+@click.argument("node", required=False)
+@sandbox_name
+def fault_clear(node: str | None, name: str) -> None:
+    """Undo the faults of NODE (default: of every node)."""
+    from trainfleet.faults import clear
+
+    undone = clear(name, node)
+    click.echo(f"sandbox {name}: cleared {len(undone)} fault(s)"
+               + "".join(f"\n  {f.node}: {f.kind.value} ({f.detail})" for f in undone))
+
+
+@sandbox_fault.command(name="list")
+@sandbox_name
+def fault_list(name: str) -> None:
+    """List the faults in force."""
+    from trainfleet.faults import active
+    from trainfleet.sandbox import load_state
+
+    faults = active(load_state(name))
+    click.echo("\n".join(f"{f.node}: {f.kind.value} ({f.detail})" for f in faults) or "no faults")
 
 
 # ---- demo --------------------------------------------------------------------------

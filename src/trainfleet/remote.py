@@ -207,39 +207,56 @@ async def run_command(
     stdin_text: str | None = None,
     sock: socket.socket | None = None,
 ) -> NodeResult:
+    """Connect, run one command, disconnect."""
     started = time.monotonic()
-
-    def result(**kwargs: object) -> NodeResult:
-        return NodeResult(node=node.name, command=command, seconds=time.monotonic() - started, **kwargs)  # type: ignore[arg-type]
-
     try:
         conn = await connect(node, ssh, sock)
     except NodeUnreachable as exc:
-        return result(exit_status=None, error=exc.reason)
+        return NodeResult(node=node.name, command=command, exit_status=None, error=exc.reason,
+                          seconds=time.monotonic() - started)
+    async with conn:
+        return await run_on_connection(conn, node.name, command, on_output=on_output, timeout=timeout,
+                                       stdin_text=stdin_text)
+
+
+async def run_on_connection(
+    conn: asyncssh.SSHClientConnection,
+    node: str,
+    command: str,
+    *,
+    on_output: OutputCallback | None = None,
+    timeout: float | None = None,
+    stdin_text: str | None = None,
+) -> NodeResult:
+    """One command on an open connection. With `stdin_text` (the agent) it is sent and
+    stdin closed; without, the command runs under the watchdog and stdin stays open."""
+    started = time.monotonic()
+
+    def result(**kwargs: object) -> NodeResult:
+        return NodeResult(node=node, command=command, seconds=time.monotonic() - started, **kwargs)  # type: ignore[arg-type]
+
     try:
-        async with conn:
-            if stdin_text is not None:
-                process = await conn.create_process(command, encoding="utf-8", errors="replace")
-                process.stdin.write(stdin_text)
-                process.stdin.write_eof()
-            else:
-                process = await conn.create_process(watched_command(command), encoding="utf-8", errors="replace")
+        if stdin_text is not None:
+            process = await conn.create_process(command, encoding="utf-8", errors="replace")
+            process.stdin.write(stdin_text)
+            process.stdin.write_eof()
+        else:
+            process = await conn.create_process(watched_command(command), encoding="utf-8", errors="replace")
+        try:
+            stdout, stderr = await asyncio.wait_for(stream_process(process, node, on_output), timeout)
+            completed = await asyncio.wait_for(process.wait(), timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            process.stdin.write_eof()
             try:
-                stdout, stderr = await asyncio.wait_for(stream_process(process, node.name, on_output), timeout)
-                completed = await asyncio.wait_for(process.wait(), timeout)
+                await asyncio.wait_for(process.wait(), 5)
             except (asyncio.TimeoutError, TimeoutError):
-                process.stdin.write_eof()
-                try:
-                    await asyncio.wait_for(process.wait(), 5)
-                except (asyncio.TimeoutError, TimeoutError):
-                    process.close()
-                return result(exit_status=None, error=f"`{command}` timed out after {timeout:g}s")
-            status = completed.exit_status
-            if status is None and completed.exit_signal:
-                signal_name = completed.exit_signal[0]
-                return result(exit_status=None, stdout=stdout, stderr=stderr,
-                              error=f"`{command}` was killed by SIG{signal_name}")
-            return result(exit_status=status, stdout=stdout, stderr=stderr)
+                process.close()
+            return result(exit_status=None, error=f"`{command}` timed out after {timeout:g}s")
+        status = completed.exit_status
+        if status is None and completed.exit_signal:
+            return result(exit_status=None, stdout=stdout, stderr=stderr,
+                          error=f"`{command}` was killed by SIG{completed.exit_signal[0]}")
+        return result(exit_status=status, stdout=stdout, stderr=stderr)
     except Exception as exc:  # the connection broke mid-command
         return result(exit_status=None, error=f"connection lost while running `{command}`: {exc}")
 
@@ -309,14 +326,18 @@ async def run_agent_on_nodes(
                                    stdin_text=agent_stdin(mode, spec_for(node)))
 
     result = await gather_bounded([job(node) for node in nodes], fleet.ssh.fanout)
-    answers: dict[str, dict[str, object]] = {}
-    for node_result in result.results:
-        if node_result.ok:
-            try:
-                answers[node_result.node] = json.loads(node_result.stdout.strip().splitlines()[-1])
-            except (ValueError, IndexError):
-                pass
+    answers = {r.node: answer for r in result.results if (answer := agent_answer(r)) is not None}
     return result, answers
+
+
+def agent_answer(result: NodeResult) -> dict[str, object] | None:
+    """The JSON document an agent mode printed last, if it ran to success."""
+    if not result.ok:
+        return None
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    except (ValueError, IndexError):
+        return None
 
 
 def openssh_options(fleet: Fleet, node: Node) -> list[str]:

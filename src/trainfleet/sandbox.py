@@ -127,7 +127,7 @@ def check_prerequisites() -> dict[str, str]:
     return tools
 
 
-def _run(argv: Sequence[str], *, check: bool = True, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(argv: Sequence[str], *, check: bool = True, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
     completed = subprocess.run(list(argv), capture_output=True, text=True, input=input_text)
     if check and completed.returncode != 0:
         detail = (completed.stderr or completed.stdout).strip().splitlines()
@@ -136,12 +136,12 @@ def _run(argv: Sequence[str], *, check: bool = True, input_text: str | None = No
     return completed
 
 
-def _netns(namespace: str, *argv: str) -> list[str]:
+def netns(namespace: str, *argv: str) -> list[str]:
     return ["ip", "netns", "exec", namespace, *argv]
 
 
 def _existing_namespaces() -> list[str]:
-    out = _run(["ip", "netns", "list"], check=False).stdout
+    out = run(["ip", "netns", "list"], check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
@@ -149,7 +149,7 @@ def _networks_in_use() -> list[ipaddress.IPv4Network]:
     used: list[ipaddress.IPv4Network] = []
     for args in (["ip", "-4", "-j", "route", "show", "table", "all"], ["ip", "-4", "-j", "addr", "show"]):
         try:
-            entries = json.loads(_run(args, check=False).stdout or "[]")
+            entries = json.loads(run(args, check=False).stdout or "[]")
         except json.JSONDecodeError:
             continue
         for entry in entries:
@@ -230,7 +230,7 @@ def _node_boot_script(node: SandboxNode, node_dir: Path, sshd: str) -> str:
     ])
 
 
-def _wait_for_port(address: str, port: int, timeout: float) -> bool:
+def wait_for_port(address: str, port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -288,7 +288,7 @@ def up(nodes: int, name: str = "tf", out: Path | None = None, slots: int = 2,
         directory.mkdir(mode=0o700)
         # Claim the subnets before releasing the lock: a concurrent `up` must see them.
         provisional = _state(name, directory, subnet, private_subnet, out, [])
-        _save(provisional)
+        save(provisional)
     try:
         return _build(provisional, nodes, slots, tools)
     except BaseException:
@@ -313,7 +313,7 @@ def _state(name: str, directory: Path, subnet: ipaddress.IPv4Network,
     )
 
 
-def _save(state: SandboxState) -> None:
+def save(state: SandboxState) -> None:
     path = Path(state.directory) / "state.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state.to_json(), indent=2))
@@ -327,21 +327,21 @@ def _build(state: SandboxState, count: int, slots: int, tools: dict[str, str]) -
     prefix = subnet.prefixlen
     home = os.path.expanduser("~")
     key = directory / "id_ed25519"
-    _run([tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-C", f"trainfleet-sandbox-{state.name}",
+    run([tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-C", f"trainfleet-sandbox-{state.name}",
           "-f", str(key)])
     public_key = (directory / "id_ed25519.pub").read_text()
 
     bridge_ns = state.bridge_namespace
-    _run(["ip", "netns", "add", bridge_ns])
-    _run(_netns(bridge_ns, "ip", "link", "set", "lo", "up"))
+    run(["ip", "netns", "add", bridge_ns])
+    run(netns(bridge_ns, "ip", "link", "set", "lo", "up"))
     bridges = ["br0"] + (["br1"] if private else [])
     for bridge in bridges:
-        _run(_netns(bridge_ns, "ip", "link", "add", bridge, "type", "bridge"))
-        _run(_netns(bridge_ns, "ip", "link", "set", bridge, "up"))
-    _run(["ip", "link", "add", state.host_interface, "type", "veth", "peer", "name", "up0", "netns", bridge_ns])
-    _run(["ip", "addr", "add", f"{state.controller_address}/{prefix}", "dev", state.host_interface])
-    _run(["ip", "link", "set", state.host_interface, "up"])
-    _run(_netns(bridge_ns, "ip", "link", "set", "up0", "master", "br0", "up"))
+        run(netns(bridge_ns, "ip", "link", "add", bridge, "type", "bridge"))
+        run(netns(bridge_ns, "ip", "link", "set", bridge, "up"))
+    run(["ip", "link", "add", state.host_interface, "type", "veth", "peer", "name", "up0", "netns", bridge_ns])
+    run(["ip", "addr", "add", f"{state.controller_address}/{prefix}", "dev", state.host_interface])
+    run(["ip", "link", "set", state.host_interface, "up"])
+    run(netns(bridge_ns, "ip", "link", "set", "up0", "master", "br0", "up"))
 
     nodes: list[SandboxNode] = []
     known_hosts: list[str] = []
@@ -354,59 +354,62 @@ def _build(state: SandboxState, count: int, slots: int, tools: dict[str, str]) -
         node = SandboxNode(name=name, namespace=namespace, hostname=f"{state.name}-{name}", address=address,
                            private_address=private_address, private_interface=private_interface,
                            sshd_pid=None, home=home)
-        _run(["ip", "netns", "add", namespace])
-        _run(_netns(namespace, "ip", "link", "set", "lo", "up"))
-        _run(["ip", "link", "add", "eth0", "netns", namespace, "type", "veth",
+        run(["ip", "netns", "add", namespace])
+        run(netns(namespace, "ip", "link", "set", "lo", "up"))
+        run(["ip", "link", "add", "eth0", "netns", namespace, "type", "veth",
               "peer", "name", f"p{index}", "netns", bridge_ns])
-        _run(_netns(namespace, "ip", "addr", "add", f"{address}/{prefix}", "dev", "eth0"))
-        _run(_netns(namespace, "ip", "link", "set", "eth0", "up"))
-        _run(_netns(bridge_ns, "ip", "link", "set", f"p{index}", "master", "br0", "up"))
+        run(netns(namespace, "ip", "addr", "add", f"{address}/{prefix}", "dev", "eth0"))
+        run(netns(namespace, "ip", "link", "set", "eth0", "up"))
+        run(netns(bridge_ns, "ip", "link", "set", f"p{index}", "master", "br0", "up"))
         if private and private_interface and private_address:
-            _run(["ip", "link", "add", private_interface, "netns", namespace, "type", "veth",
+            run(["ip", "link", "add", private_interface, "netns", namespace, "type", "veth",
                   "peer", "name", f"q{index}", "netns", bridge_ns])
-            _run(_netns(namespace, "ip", "addr", "add", f"{private_address}/{private.prefixlen}",
+            run(netns(namespace, "ip", "addr", "add", f"{private_address}/{private.prefixlen}",
                         "dev", private_interface))
-            _run(_netns(namespace, "ip", "link", "set", private_interface, "up"))
-            _run(_netns(bridge_ns, "ip", "link", "set", f"q{index}", "master", "br1", "up"))
+            run(netns(namespace, "ip", "link", "set", private_interface, "up"))
+            run(netns(bridge_ns, "ip", "link", "set", f"q{index}", "master", "br1", "up"))
 
         node_dir = directory / "nodes" / name
         (node_dir / "ssh").mkdir(parents=True, mode=0o700)
         (node_dir / "tmp").mkdir(mode=0o700)
         os.chmod(node_dir / "tmp", 0o1777)
         _write_private(node_dir / "ssh" / "authorized_keys", public_key)
-        _run([tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-C", f"{node.hostname}",
+        run([tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-C", f"{node.hostname}",
               "-f", str(node_dir / "ssh_host_ed25519_key")])
         (node_dir / "sshd_config").write_text(_sshd_config(node_dir, address))
         host_key = (node_dir / "ssh_host_ed25519_key.pub").read_text().split()
         known_hosts.append(f"{address} {host_key[0]} {host_key[1]}")
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        log = open(node_dir / "sshd.log", "ab")
-        launcher = subprocess.Popen(
-            _netns(namespace, tools["unshare"], "--uts", "--mount", "--pid", "--fork", "--mount-proc",
-                   "--propagation", "private", "/bin/sh", "-c", _node_boot_script(node, node_dir, tools["sshd"])),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-        )
-        log.close()
-        sshd_pid = _child_pid(launcher.pid)
-        nodes.append(SandboxNode(**{**asdict(node), "sshd_pid": sshd_pid}))
-        _save(_replace_nodes(state, nodes))
+        nodes.append(SandboxNode(**{**asdict(node), "sshd_pid": start_node(node, node_dir, tools)}))
+        save(replace_nodes(state, nodes))
 
     for node in nodes:
-        if not _wait_for_port(node.address, 22, timeout=15):
+        if not wait_for_port(node.address, 22, timeout=15):
             log_tail = (directory / "nodes" / node.name / "sshd.log").read_text(errors="replace")[-400:]
             raise SandboxError(f"sshd of sandbox node {node.name} did not start: {log_tail.strip()}")
 
     _write_private(directory / "known_hosts", "\n".join(known_hosts) + "\n", 0o644)
-    state = _replace_nodes(state, nodes)
+    state = replace_nodes(state, nodes)
     fleet_file = Path(state.fleet_file)
     fleet_file.parent.mkdir(parents=True, exist_ok=True)
     fleet_file.write_text(f"# trainfleet sandbox {state.name!r}: written by `trainfleet sandbox up`\n"
                           + dump_fleet_yaml(fleet_data(state, slots, str(key))))
-    _save(state)
+    save(state)
     return state
 
 
-def _replace_nodes(state: SandboxState, nodes: list[SandboxNode]) -> SandboxState:
+def start_node(node: SandboxNode, node_dir: Path, tools: dict[str, str]) -> int | None:
+    """Boot the node's sshd in fresh UTS, mount and PID namespaces; returns its host pid."""
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    with open(node_dir / "sshd.log", "ab") as log:
+        launcher = subprocess.Popen(
+            netns(node.namespace, tools["unshare"], "--uts", "--mount", "--pid", "--fork", "--mount-proc",
+                   "--propagation", "private", "/bin/sh", "-c", _node_boot_script(node, node_dir, tools["sshd"])),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
+    return _child_pid(launcher.pid)
+
+
+def replace_nodes(state: SandboxState, nodes: list[SandboxNode]) -> SandboxState:
     return SandboxState(**{**{k: v for k, v in asdict(state).items() if k != "nodes"}, "nodes": tuple(nodes)})
 
 
@@ -448,7 +451,7 @@ def load_state(name: str) -> SandboxState:
 
 
 def _namespace_pids(namespace: str) -> list[int]:
-    out = _run(["ip", "netns", "pids", namespace], check=False).stdout
+    out = run(["ip", "netns", "pids", namespace], check=False).stdout
     return [int(p) for p in out.split() if p.isdigit()]
 
 
@@ -490,11 +493,11 @@ def down(name: str, missing_ok: bool = False) -> list[str]:
             continue
         _kill_namespace(namespace)
     for namespace in namespaces:
-        _run(["ip", "netns", "del", namespace], check=False)
+        run(["ip", "netns", "del", namespace], check=False)
         removed.append(f"namespace {namespace}")
     host_interface = f"tfc-{name}"
-    if _run(["ip", "link", "show", host_interface], check=False).returncode == 0:
-        _run(["ip", "link", "del", host_interface], check=False)
+    if run(["ip", "link", "show", host_interface], check=False).returncode == 0:
+        run(["ip", "link", "del", host_interface], check=False)
         removed.append(f"link {host_interface}")
     if state is not None:
         fleet_file = Path(state.fleet_file)
@@ -512,7 +515,7 @@ def list_states() -> list[SandboxState]:
     return _all_states(sandbox_root())
 
 
-def _running(pid: int | None) -> bool:
+def running(pid: int | None) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -521,7 +524,7 @@ def _running(pid: int | None) -> bool:
 
 
 def node_status(node: SandboxNode) -> dict[str, object]:
-    alive = _running(node.sshd_pid)
+    alive = running(node.sshd_pid)
     return {
         "name": node.name,
         "namespace": node.namespace,
