@@ -282,6 +282,54 @@ def doctor(fleet_file: str | None, port: int, as_json: bool, show_all: bool) -> 
     sys.exit(0 if report.ok else 1)
 
 
+# ---- benchmarks ----------------------------------------------------------------------
+
+
+@cli.group()
+def bench() -> None:
+    """Measure the fleet."""
+
+
+@bench.command(name="net")
+@fleet_option
+@click.option("--min-size", default="1K", show_default=True)
+@click.option("--max-size", default="256M", show_default=True)
+@click.option("--p2p-size", default="32M", show_default=True, help="bytes per point-to-point transfer (0: skip)")
+@click.option("--nproc-per-node", type=int, default=1, show_default=True,
+              help="ranks per node (1 measures the network; slots measures what training sees)")
+@click.option("--min-iters", type=int, default=3, show_default=True)
+@click.option("--seconds-per-size", type=float, default=1.0, show_default=True)
+@click.option("--port", type=int, help="rendezvous port on node 0")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="also show every rank's output")
+def bench_net(fleet_file: str | None, min_size: str, max_size: str, p2p_size: str, nproc_per_node: int,
+              min_iters: int, seconds_per_size: float, port: int | None, as_json: bool, verbose: bool) -> None:
+    """All-reduce bandwidth (algbw, busbw) from --min-size to --max-size through torch.distributed
+    (gloo on CPU, NCCL on GPU), and a point-to-point matrix that names the slowest link."""
+    from trainfleet.netbench import JOB_DIR, REMOTE_JOB_DIR, NetBenchResult, job_args, parse_size, size_ladder
+    from trainfleet.plan import Job, new_job_id
+    from trainfleet.sync import sync_code
+
+    fleet = _load(fleet_file)
+    sizes = size_ladder(parse_size(min_size), parse_size(max_size))
+    result = asyncio.run(sync_code(fleet, fleet.nodes, JOB_DIR, f"{fleet.workdir.rstrip('/')}/{REMOTE_JOB_DIR}"))
+    if not result.ok:
+        raise TrainfleetError("copying the benchmark job failed: " + "; ".join(
+            f"{n}: {r}" for n, r in result.grouped_failures()))
+    numbers = NetBenchResult()
+
+    def collect(line: str) -> None:
+        if not numbers.take(line) and verbose:
+            _print_line(line)
+
+    job = Job(entrypoint=f"{REMOTE_JOB_DIR}/netbench.py", nproc_per_node=nproc_per_node, job_id=new_job_id(),
+              args=job_args(sizes, parse_size(p2p_size), min_iters, seconds_per_size))
+    code = _launch(fleet, job, port=port, sync_dir=None, log_dir=None, grace=5.0, printer=collect)
+    if code == 0:
+        click.echo(json.dumps(numbers.to_json(), indent=2) if as_json else numbers.render())
+    sys.exit(code)
+
+
 # ---- sandbox -----------------------------------------------------------------------
 
 
