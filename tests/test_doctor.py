@@ -82,8 +82,8 @@ def test_latency_fault_is_named(fleet3: Path, faulty: str) -> None:
 def test_stale_job_and_busy_port_are_found(fleet3: Path) -> None:
     """A process of an earlier job that holds the rendezvous port on node 0."""
     holder = ("TRAINFLEET_JOB_ID=tf-old-job nohup python3 -c \"import socket,time; s=socket.socket(); "
-              "s.bind(('0.0.0.0', 29500)); s.listen(); time.sleep(60)\" >/dev/null 2>&1 & sleep 0.5")
-    tf("exec", "-f", str(fleet3), "-n", "node0", "--", holder, check=True)
+              "s.bind(('0.0.0.0', 29500)); s.listen(); time.sleep(60)\" >/dev/null 2>&1 & echo $!; sleep 0.5")
+    pid = tf("exec", "-f", str(fleet3), "-n", "node0", "--", holder, check=True).stdout.split()[-1]
     try:
         code, report = doctor(fleet3)
         assert code == 1
@@ -91,7 +91,7 @@ def test_stale_job_and_busy_port_are_found(fleet3: Path) -> None:
         assert "tf-old-job" in found["stale"]["summary"] and found["stale"]["nodes"] == ["node0"]
         assert "rendezvous port 29500 is in use by pid" in found["ports"]["summary"]
     finally:
-        tf("exec", "-f", str(fleet3), "-n", "node0", "--", "pkill -f 'time.sleep(60)'")
+        tf("exec", "-f", str(fleet3), "-n", "node0", "--", f"kill {pid}", check=True)
 
 
 def test_python_missing_on_a_node(fleet3: Path, tmp_path: Path) -> None:

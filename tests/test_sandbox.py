@@ -118,4 +118,6 @@ def test_sandbox_refuses_without_root(tmp_path: Path) -> None:
 def test_duplicate_name_is_refused(cluster3: sb.SandboxState) -> None:
     completed = tf("sandbox", "up", "--nodes", "1", "--name", cluster3.name)
     assert completed.returncode == 1 and "already exists" in completed.stderr
-    assert sb.load_state(cluster3.name).nodes == cluster3.nodes  # untouched
+    untouched = sb.load_state(cluster3.name)
+    assert [(n.name, n.namespace, n.address) for n in untouched.nodes] == \
+        [(n.name, n.namespace, n.address) for n in cluster3.nodes]
