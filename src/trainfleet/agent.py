@@ -119,6 +119,10 @@ def launch(spec):
             kill_job(spec["job_id"], signal.SIGKILL)
             wait_gone(spec["job_id"], 5.0)
     code = child.wait()
+    for path in spec.get("remove_after", []):
+        import shutil
+
+        shutil.rmtree(os.path.expanduser(path), ignore_errors=True)
     return code if code >= 0 else 128 - code
 
 

@@ -219,6 +219,7 @@ def _launch(fleet, job, *, port: int | None, sync_dir: Path | None, log_dir: Pat
     from trainfleet.plan import plan_torchrun
     from trainfleet.supervise import Supervisor, probe_facts
 
+    secrets = _secret_values(fleet)
     if sync_dir is not None:
         _sync(fleet, fleet.nodes, sync_dir)
     facts = asyncio.run(probe_facts(fleet, port))
@@ -226,7 +227,8 @@ def _launch(fleet, job, *, port: int | None, sync_dir: Path | None, log_dir: Pat
     logs = log_dir or Path("trainfleet-runs") / job.job_id
     click.echo(f"[trainfleet] job {plan.job_id}: {plan.world_size} process(es) on {len(plan.nodes)} node(s), "
                f"rendezvous {plan.rdzv_endpoint}, logs in {logs}", err=True)
-    outcome = asyncio.run(_supervise(Supervisor(fleet, plan, logs, printer or _print_line, grace=grace)))
+    outcome = asyncio.run(_supervise(Supervisor(fleet, plan, logs, printer or _print_line, grace=grace,
+                                                secrets=secrets)))
     if outcome.left_running:
         leftovers = "; ".join(f"{node}: pids {[p['pid'] for p in procs]}" for node, procs in outcome.left_running.items())
         raise TrainfleetError(f"job {plan.job_id}: processes still running after teardown ({leftovers})",
@@ -242,6 +244,22 @@ def _launch(fleet, job, *, port: int | None, sync_dir: Path | None, log_dir: Pat
     else:
         _echo_err(f"trainfleet: job {plan.job_id} finished on every node in {outcome.seconds:.1f}s")
     return outcome.exit_code
+
+
+def _secret_values(fleet) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Each secret from this process's environment, else typed at a prompt; never stored."""
+    import getpass
+
+    values = {}
+    for name in fleet.secrets:
+        value = os.environ.get(name)
+        if value is None:
+            if not sys.stdin.isatty():
+                raise UsageError(f"{fleet.source}: secret {name} has no value",
+                                 fix=f"export {name}=... before running, or run from a terminal to be asked")
+            value = getpass.getpass(f"{name} (secret, not echoed): ")
+        values[name] = value
+    return values
 
 
 def _print_line(text: str) -> None:

@@ -56,7 +56,18 @@ class FleetModel(_Strict):
     workdir: str = "~/trainfleet"
     python: str = "python3"
     env: dict[str, str] = Field(default_factory=dict)
+    secrets: list[str] = Field(default_factory=list)
     ssh: SSHDefaultsModel = Field(default_factory=SSHDefaultsModel)
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+                raise ValueError(f"{name!r} is not a valid environment variable name")
+        if len(set(value)) != len(value):
+            raise ValueError("a secret is listed twice")
+        return value
 
     @field_validator("env")
     @classmethod
@@ -144,6 +155,7 @@ def resolve(model: FleetModel, source: str, base_dir: Path) -> Fleet:
         workdir=model.workdir,
         python=model.python,
         env=dict(model.env),
+        secrets=tuple(model.secrets),
         ssh=SSHSettings(
             known_hosts=local_path(defaults.known_hosts) or "",
             connect_timeout=defaults.connect_timeout,

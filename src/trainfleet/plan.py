@@ -106,6 +106,12 @@ class LaunchPlan:
         }
 
 
+def tee_dir(job_id: str, node: str) -> str:
+    """Where torchrun tees each worker's output on a node: in memory, outside the
+    workdir, and removed by the node agent when the job ends (output may hold secrets)."""
+    return f"/dev/shm/trainfleet-{job_id}-{node}"
+
+
 def new_job_id(now: _dt.datetime | None = None) -> str:
     moment = now or _dt.datetime.now()
     return f"tf-{moment:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
@@ -157,7 +163,7 @@ def plan_torchrun(fleet: Fleet, job: Job, facts: LaunchFacts) -> LaunchPlan:
             f"--local-addr={facts.addresses.get(node.name, node.address)}",
             f"--max-restarts={job.max_restarts}",
             "--tee=3",
-            f"--log-dir=.trainfleet/logs/{job.job_id}",
+            f"--log-dir={tee_dir(job.job_id, node.name)}",
             *entry,
             *job.args,
         ]

@@ -83,6 +83,8 @@ class Fleet:
     python: str
     env: Mapping[str, str]
     ssh: SSHSettings
+    secrets: tuple[str, ...] = ()
+    """Names of environment variables whose values are asked for at run time, never stored."""
     source: str = field(default="<memory>", compare=False)
 
     def node(self, name: str) -> Node:
@@ -108,7 +110,7 @@ class Fleet:
     def from_json(cls, data: dict) -> Fleet:  # type: ignore[type-arg]
         nodes = tuple(Node(**{**n, "jump": Jump(**n["jump"]) if n["jump"] else None}) for n in data["nodes"])
         return cls(nodes=nodes, workdir=data["workdir"], python=data["python"], env=dict(data["env"]),
-                   ssh=SSHSettings(**data["ssh"]), source=data["source"])
+                   ssh=SSHSettings(**data["ssh"]), secrets=tuple(data["secrets"]), source=data["source"])
 
 
 def fleet_path(option: str | None) -> Path:

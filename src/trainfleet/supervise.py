@@ -12,13 +12,13 @@ import asyncio
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from trainfleet.errors import TrainfleetError
-from trainfleet.plan import DEFAULT_RDZV_PORT, LaunchFacts, LaunchPlan, NodeLaunch
+from trainfleet.plan import DEFAULT_RDZV_PORT, LaunchFacts, LaunchPlan, NodeLaunch, tee_dir
 from trainfleet.remote import NodeUnreachable, agent_command, agent_stdin, connect, run_agent_on_nodes
 from trainfleet.results import FleetResult, fold_nodes
 from trainfleet.spec import Fleet, Node
@@ -123,19 +123,25 @@ def _unreachable_message(result: FleetResult) -> str:
 
 class Supervisor:
     def __init__(self, fleet: Fleet, plan: LaunchPlan, log_dir: Path, printer: Printer,
-                 grace: float = 10.0, settle: float = 3.0) -> None:
+                 grace: float = 10.0, settle: float = 3.0, secrets: Mapping[str, str] | None = None) -> None:
         self.fleet = fleet
         self.plan = plan
         self.log_dir = log_dir
         self.print = printer
         self.grace = grace
         self.settle = settle
+        # Secrets reach the job's environment through the agent's stdin only; longest
+        # first, so that a secret containing another is redacted whole.
+        self.secrets = dict(secrets or {})
+        self.redact = sorted((v for v in self.secrets.values() if v), key=len, reverse=True)
         self.cancel = asyncio.Event()
         self.streams: dict[str, _NodeStream] = {}
         self.first_failure: str | None = None
 
     # ---- output ------------------------------------------------------------------
     def _on_line(self, node: str, line: str) -> None:
+        for value in self.redact:
+            line = line.replace(value, "***")
         stream = self.streams[node]
         match = _RANK_LINE.match(line)
         if match:
@@ -185,9 +191,10 @@ class Supervisor:
                 process.stdin.write(agent_stdin("launch", {
                     "job_id": self.plan.job_id,
                     "argv": list(launch.argv),
-                    "env": dict(launch.env),
+                    "env": {**dict(launch.env), **self.secrets},
                     "cwd": launch.workdir,
                     "grace": self.grace,
+                    "remove_after": [tee_dir(self.plan.job_id, launch.node)],
                 }))
                 processes[launch.node] = process
                 tasks[asyncio.ensure_future(self._watch(launch.node, process))] = launch.node
