@@ -540,10 +540,188 @@ def connect_targets(spec):
     return 0
 
 
+# ---- trust: fleet SSH key, host keys and aliases on the node ---------------------------
+
+
+def _read(path):
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def _write_if_changed(path, text, mode, changed):
+    if _read(path) == text:
+        if (os.stat(path).st_mode & 0o777) != mode:
+            os.chmod(path, mode)
+            changed.append(path)
+        return
+    directory = os.path.dirname(path)
+    fd, tmp = __import__("tempfile").mkstemp(dir=directory, prefix=".trainfleet-")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    changed.append(path)
+
+
+def _without_block(text, begin, end):
+    lines, inside, kept = text.splitlines(True), False, []
+    for line in lines:
+        if line.strip() == begin:
+            inside = True
+        elif line.strip() == end and inside:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    return "".join(kept)
+
+
+def trust(spec):
+    """Install the fleet key pair, pinned host keys and aliases; touch nothing else."""
+    home = os.path.expanduser("~")
+    ssh = os.path.join(home, ".ssh")
+    tag = spec["tag"]
+    changed = []
+    if not os.path.isdir(ssh):
+        os.makedirs(ssh, 0o700)
+        changed.append(ssh)
+    if os.stat(ssh).st_mode & 0o077:
+        os.chmod(ssh, 0o700)
+        changed.append(ssh)
+    state_path = os.path.join(ssh, "trainfleet_%s.state" % tag)
+    state = json.loads(_read(state_path) or "{}")
+    key_path = os.path.join(ssh, "trainfleet_%s" % tag)
+    _write_if_changed(key_path, spec["private_key"], 0o600, changed)
+    _write_if_changed(key_path + ".pub", spec["public_key"] + "\n", 0o644, changed)
+    _write_if_changed(os.path.join(ssh, "trainfleet_%s_known_hosts" % tag), spec["known_hosts"], 0o644, changed)
+
+    authorized = os.path.join(ssh, "authorized_keys")
+    current = _read(authorized)
+    line = "%s trainfleet:%s" % (spec["public_key"].split(" trainfleet:")[0].strip(), tag)
+    if current is None:
+        state.setdefault("authorized_keys_created", True)
+        current = ""
+    if line not in current.splitlines():
+        if current and not current.endswith("\n"):
+            state["authorized_keys_newline_added"] = True
+            current += "\n"
+        _write_if_changed(authorized, current + line + "\n", 0o600, changed)
+
+    config_path = os.path.join(ssh, "config")
+    config = _read(config_path)
+    if config is None:
+        state.setdefault("config_created", True)
+        config = ""
+    begin, end = "# >>> trainfleet %s >>>" % tag, "# <<< trainfleet %s <<<" % tag
+    block = "%s\n%s%s\n" % (begin, spec["ssh_config"], end)
+    # First match wins in ssh_config: the fleet's aliases go on top.
+    _write_if_changed(config_path, block + _without_block(config, begin, end), 0o600, changed)
+
+    errors = []
+    if spec.get("hosts"):
+        hosts = _read("/etc/hosts") or ""
+        hbegin, hend = "# >>> trainfleet %s >>>" % tag, "# <<< trainfleet %s <<<" % tag
+        wanted = _without_block(hosts, hbegin, hend)
+        if wanted and not wanted.endswith("\n"):
+            wanted += "\n"
+        wanted += "%s\n%s%s\n" % (hbegin, spec["hosts"], hend)
+        try:
+            if hosts != wanted:
+                with open("/etc/hosts", "w") as handle:  # in place: /etc/hosts may be a bind mount
+                    handle.write(wanted)
+                changed.append("/etc/hosts")
+        except OSError as exc:
+            errors.append("/etc/hosts: %s (needs root)" % exc.strerror)
+    if changed or not os.path.exists(state_path):
+        _write_if_changed(state_path, json.dumps(state), 0o600, changed)
+    print(json.dumps({"changed": changed, "errors": errors}))
+    return 0
+
+
+def untrust(spec):
+    """Remove exactly what `trust` added."""
+    ssh = os.path.join(os.path.expanduser("~"), ".ssh")
+    tag = spec["tag"]
+    removed = []
+    state_path = os.path.join(ssh, "trainfleet_%s.state" % tag)
+    state = json.loads(_read(state_path) or "{}")
+    authorized = os.path.join(ssh, "authorized_keys")
+    current = _read(authorized)
+    if current is not None:
+        kept = [l for l in current.splitlines(True) if not l.rstrip("\n").endswith(" trainfleet:%s" % tag)]
+        text = "".join(kept)
+        if state.get("authorized_keys_newline_added") and text.endswith("\n"):
+            text = text[:-1]
+        if text != current:
+            if not text and state.get("authorized_keys_created"):
+                os.unlink(authorized)
+            else:
+                with open(authorized, "w") as handle:
+                    handle.write(text)
+            removed.append(authorized)
+    config_path = os.path.join(ssh, "config")
+    config = _read(config_path)
+    begin, end = "# >>> trainfleet %s >>>" % tag, "# <<< trainfleet %s <<<" % tag
+    if config is not None:
+        text = _without_block(config, begin, end)
+        if text != config:
+            if not text and state.get("config_created"):
+                os.unlink(config_path)
+            else:
+                with open(config_path, "w") as handle:
+                    handle.write(text)
+            removed.append(config_path)
+    hosts = _read("/etc/hosts")
+    if hosts is not None and begin in hosts:
+        try:
+            with open("/etc/hosts", "w") as handle:
+                handle.write(_without_block(hosts, begin, end))
+            removed.append("/etc/hosts")
+        except OSError:
+            pass
+    for name in ("trainfleet_%s" % tag, "trainfleet_%s.pub" % tag, "trainfleet_%s_known_hosts" % tag,
+                 "trainfleet_%s.state" % tag):
+        path = os.path.join(ssh, name)
+        if os.path.exists(path):
+            os.unlink(path)
+            removed.append(path)
+    print(json.dumps({"removed": removed}))
+    return 0
+
+
+def ssh_matrix(spec):
+    """From this node, `ssh ALIAS true` to every fleet alias (itself included), at once."""
+    results = {}
+
+    def attempt(alias):
+        try:
+            done = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % spec.get("timeout", 5),
+                                   alias, "true"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  universal_newlines=True, timeout=spec.get("timeout", 5) + 10)
+            results[alias] = {"ok": done.returncode == 0, "error": done.stderr.strip().splitlines()[-1:]}
+        except (OSError, subprocess.SubprocessError) as exc:
+            results[alias] = {"ok": False, "error": [str(exc)]}
+
+    threads = [threading.Thread(target=attempt, args=(alias,)) for alias in spec["aliases"]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(json.dumps(results))
+    return 0
+
+
 def main():
     spec = json.loads(sys.stdin.readline())
     modes = {"launch": launch, "sweep": sweep, "facts": facts, "listen": listen,
-             "connect": connect_targets}
+             "connect": connect_targets, "trust": trust, "untrust": untrust, "ssh_matrix": ssh_matrix}
     sys.stdout.flush()
     sys.exit(modes[spec["mode"]](spec))
 

@@ -348,6 +348,93 @@ def bench_net(fleet_file: str | None, min_size: str, max_size: str, p2p_size: st
     sys.exit(code)
 
 
+# ---- ssh trust -----------------------------------------------------------------------
+
+
+@cli.group(name="ssh")
+def ssh_group() -> None:
+    """Trust between all nodes (one fleet key, pinned host keys), checked and revocable."""
+
+
+@ssh_group.command(name="setup")
+@fleet_option
+@click.option("--yes", is_flag=True, help="trust host keys seen for the first time without asking")
+@click.option("--ask-password", is_flag=True, help="nodes that refuse your keys get a password prompt "
+              "(typed once, never stored); the default when run from a terminal")
+@click.option("--hosts-file", is_flag=True, help="also add node names to /etc/hosts on every node (needs root)")
+def ssh_setup(fleet_file: str | None, yes: bool, ask_password: bool, hosts_file: bool) -> None:
+    """Install one fleet key so every node reaches every node; pin host keys; write an ssh_config."""
+    import getpass
+
+    from trainfleet.trust import setup
+
+    fleet = _load(fleet_file)
+    interactive = sys.stdin.isatty()
+
+    def confirm(fingerprints: str) -> bool:
+        click.echo(f"host keys seen for the first time:\n{fingerprints}", err=True)
+        if yes:
+            return True
+        if not interactive:
+            return False
+        return click.confirm("trust them?", default=False, err=True)
+
+    def prompt(node) -> str:  # type: ignore[no-untyped-def]
+        return getpass.getpass(f"password for {node.user}@{node.host} (used once, not stored): ")
+
+    report = asyncio.run(setup(fleet, confirm=confirm, ask_password=prompt if ask_password or interactive else None,
+                               hosts_file=hosts_file))
+    for key in report.host_keys:
+        click.echo(f"{key.node}: host key {key.key_type} {key.fingerprint} ({'pinned' if key.status == 'pinned' else 'now pinned'})")
+    total = sum(len(files) for files in report.changed.values())
+    for node, files in report.changed.items():
+        if files:
+            click.echo(f"{node}: updated {', '.join(files)}")
+    click.echo(f"fleet key tag {report.key.tag}: {total} file(s) changed on the nodes"
+               + ("" if total else " (already set up)"))
+    ssh_config = Path(fleet.ssh.fleet_dir) / "ssh_config"
+    click.echo(f"your own tools: ssh -F {ssh_config} {fleet.head.name}  (pdsh: PDSH_SSH_ARGS_APPEND='-F {ssh_config}')")
+    if report.errors:
+        for node, error in report.errors.items():
+            _echo_err(f"trainfleet: {node}: {error}")
+        sys.exit(1)
+
+
+@ssh_group.command(name="check")
+@fleet_option
+@click.option("--json", "as_json", is_flag=True)
+def ssh_check(fleet_file: str | None, as_json: bool) -> None:
+    """Verify the N×N matrix: every node sshes to every node (itself included) at once."""
+    from trainfleet.trust import check
+
+    fleet = _load(fleet_file)
+    matrix = asyncio.run(check(fleet))
+    missing = [(src, dst, r.get("error")) for src, row in matrix.items() for dst, r in row.items() if not r["ok"]]
+    if as_json:
+        click.echo(json.dumps({"ok": not missing, "matrix": matrix}, indent=2))
+    else:
+        pairs = len(fleet.nodes) ** 2
+        click.echo(f"{pairs - len(missing)}/{pairs} node pairs can ssh to each other")
+        for src, dst, error in missing:
+            reason = (error or ["?"])[-1] if isinstance(error, list) else error
+            click.echo(f"  missing: {src} -> {dst}: {reason}")
+        if missing:
+            click.echo("fix: run `trainfleet ssh setup`")
+    sys.exit(1 if missing else 0)
+
+
+@ssh_group.command(name="revoke")
+@fleet_option
+def ssh_revoke(fleet_file: str | None) -> None:
+    """Remove from every node exactly what `ssh setup` added, and nothing else."""
+    from trainfleet.trust import revoke
+
+    fleet = _load(fleet_file)
+    removed = asyncio.run(revoke(fleet))
+    for node, files in removed.items():
+        click.echo(f"{node}: removed {len(files)} item(s)" + (f": {', '.join(files)}" if files else ""))
+
+
 # ---- sandbox -----------------------------------------------------------------------
 
 
@@ -363,11 +450,15 @@ def sandbox() -> None:
 @click.option("--slots", type=int, default=2, show_default=True, help="slots per node in the fleet file")
 @click.option("--private-network", is_flag=True,
               help="add a second network for training traffic, with NIC names that differ between nodes")
-def sandbox_up(count: int, name: str, out: Path | None, slots: int, private_network: bool) -> None:
+@click.option("--ssh-port", type=int, default=22, show_default=True, help="the port every node's sshd listens on")
+@click.option("--password-auth", is_flag=True, help="let users other than root log in with a password")
+def sandbox_up(count: int, name: str, out: Path | None, slots: int, private_network: bool, ssh_port: int,
+               password_auth: bool) -> None:
     """Create the cluster and print the path of its fleet file."""
     from trainfleet import sandbox as sb
 
-    state = sb.up(count, name=name, out=out, slots=slots, private_network=private_network)
+    state = sb.up(count, name=name, out=out, slots=slots, private_network=private_network, ssh_port=ssh_port,
+                  password_auth=password_auth)
     _echo_err(f"sandbox {state.name}: {len(state.nodes)} node(s) on {state.subnet}"
               + (f", training network {state.private_subnet}" if state.private_subnet else ""))
     click.echo(state.fleet_file)
@@ -550,6 +641,12 @@ def main() -> NoReturn:
     except KeyboardInterrupt:
         _echo_err("trainfleet: interrupted")
         sys.exit(130)
+    except Exception as exc:  # a bug, not a user mistake: one line unless asked for more
+        if os.environ.get("TRAINFLEET_DEBUG"):
+            raise
+        _echo_err(f"trainfleet: internal error: {type(exc).__name__}: {exc} "
+                  f"(TRAINFLEET_DEBUG=1 shows the traceback; please report it)")
+        sys.exit(70)
     sys.exit(0)
 
 

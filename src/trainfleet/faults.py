@@ -189,7 +189,7 @@ def _restart(state: SandboxState, node: SandboxNode, tools: dict[str, str]) -> S
     while node.sshd_pid and running(node.sshd_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     pid = start_node(node, node_dir, tools)
-    if not wait_for_port(node.address, 22, timeout=15):
+    if not wait_for_port(node.address, state.ssh_port, timeout=15):
         raise SandboxError(f"sshd of {node.name} did not come back")
     nodes = [SandboxNode(**{**n.__dict__, "sshd_pid": pid}) if n.name == node.name else n for n in state.nodes]
     state = replace_nodes(state, nodes)

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trainfleet.errors import SpecError
-from trainfleet.spec import NAME_PATTERN, Fleet, Jump, Node, SSHSettings, _local_user
+from trainfleet.spec import NAME_PATTERN, Fleet, Jump, Node, SSHSettings, _local_user, fleet_dir_for
 
 
 class _Strict(BaseModel):
@@ -160,6 +160,7 @@ def resolve(model: FleetModel, source: str, base_dir: Path) -> Fleet:
             known_hosts=local_path(defaults.known_hosts) or "",
             connect_timeout=defaults.connect_timeout,
             fanout=defaults.fanout,
+            fleet_dir=fleet_dir_for(source) if source.startswith("/") or os.path.exists(source) else "",
         ),
         source=source,
     )

@@ -37,16 +37,17 @@ class NodeUnreachable(Exception):
         self.reason = reason
 
 
-def _host_in_known_hosts(path: str, host: str, port: int) -> bool:
+def _host_in_known_hosts(paths: list[str], host: str, port: int) -> bool:
     wanted = host if port == 22 else f"[{host}]:{port}"
-    try:
-        with open(path) as handle:
-            for line in handle:
-                fields = line.split()
-                if fields and not line.startswith("#") and wanted in fields[0].split(","):
-                    return True
-    except OSError:
-        return False
+    for path in paths:
+        try:
+            with open(path) as handle:
+                for line in handle:
+                    fields = line.split()
+                    if fields and not line.startswith("#") and wanted in fields[0].split(","):
+                        return True
+        except OSError:
+            continue
     return False
 
 
@@ -55,16 +56,19 @@ def _explain(node: Node, ssh: SSHSettings, exc: BaseException) -> str:
 
     target = f"{node.host}:{node.port}"
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        if _host_in_known_hosts(ssh.known_hosts, node.host, node.port):
-            return (f"host key of {target} does not match {ssh.known_hosts}: refusing to connect "
+        files = ssh.known_hosts_files()
+        shown = " and ".join(files) or ssh.known_hosts
+        if _host_in_known_hosts(files, node.host, node.port):
+            return (f"host key of {target} does not match {shown}: refusing to connect "
                     f"(the machine was replaced, or someone is in the middle); fix: if the change is "
-                    f"expected, remove its line with `ssh-keygen -R '[{node.host}]:{node.port}' -f "
-                    f"{ssh.known_hosts}` and check the new fingerprint")
-        return (f"host key of {target} is not in {ssh.known_hosts}; fix: verify its fingerprint "
-                f"and add it (`ssh-keyscan -p {node.port} {node.host}` shows it)")
+                    f"expected, remove its line with `ssh-keygen -R '[{node.host}]:{node.port}' -f FILE` "
+                    f"and check the new fingerprint")
+        return (f"host key of {target} is not in {shown}; fix: run `trainfleet ssh setup` to see its "
+                f"fingerprint and pin it")
     if isinstance(exc, asyncssh.PermissionDenied):
         key = node.identity_file or "your default keys / agent"
-        return f"authentication failed as {node.user!r} with {key}; fix: install the public key in {node.user}'s ~/.ssh/authorized_keys"
+        return (f"authentication failed as {node.user!r} with {key}; fix: install the public key in "
+                f"{node.user}'s ~/.ssh/authorized_keys, or `trainfleet ssh setup --ask-password`")
     if isinstance(exc, ConnectionRefusedError):
         return f"connection refused at {target}; fix: start sshd there or correct `port:`"
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
@@ -79,10 +83,16 @@ def _explain(node: Node, ssh: SSHSettings, exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _known_hosts_arg(ssh: SSHSettings) -> str:
-    if not os.path.isfile(ssh.known_hosts):
-        raise FileNotFoundError(2, "known_hosts file does not exist", ssh.known_hosts)
-    return ssh.known_hosts
+def client_keys(node: Node, ssh: SSHSettings) -> list[str] | None:
+    """The node's key (or the usual defaults), then the fleet key once `ssh setup` made one."""
+    if node.identity_file:
+        keys = [node.identity_file]
+    else:
+        keys = [p for p in (os.path.expanduser(f"~/.ssh/{name}") for name in ("id_ed25519", "id_ecdsa", "id_rsa"))
+                if os.path.isfile(p)]
+    if ssh.fleet_key and os.path.isfile(ssh.fleet_key):
+        keys.append(ssh.fleet_key)
+    return keys or None
 
 
 def start_tcp(nodes: Sequence[Node]) -> dict[str, socket.socket]:
@@ -124,8 +134,12 @@ async def _connected(sock: socket.socket, timeout: float) -> socket.socket:
     return sock
 
 
-async def connect(node: Node, ssh: SSHSettings, sock: socket.socket | None = None) -> asyncssh.SSHClientConnection:
-    """An authenticated connection, or NodeUnreachable with the cause and a fix."""
+async def connect(node: Node, ssh: SSHSettings, sock: socket.socket | None = None, *,
+                  password: str | None = None, known_hosts: object = None) -> asyncssh.SSHClientConnection:
+    """An authenticated connection, or NodeUnreachable with the cause and a fix.
+
+    `password` is tried after the keys (it is never stored); `known_hosts` overrides the
+    fleet's files (`ssh setup` passes the keys it has just pinned)."""
     import asyncssh
 
     tunnel = None
@@ -136,7 +150,11 @@ async def connect(node: Node, ssh: SSHSettings, sock: socket.socket | None = Non
             except OSError:
                 sock.close()
                 raise
-        known_hosts = _known_hosts_arg(ssh)
+        if known_hosts is None:
+            files = ssh.known_hosts_files()
+            if not files:
+                raise FileNotFoundError(2, "known_hosts file does not exist", ssh.known_hosts)
+            known_hosts = asyncssh.read_known_hosts(files)
         common = {
             "known_hosts": known_hosts,
             "config": (),
@@ -144,9 +162,10 @@ async def connect(node: Node, ssh: SSHSettings, sock: socket.socket | None = Non
             "login_timeout": ssh.connect_timeout,
             "keepalive_interval": 15,
             "keepalive_count_max": 4,
+            "client_keys": client_keys(node, ssh),
         }
-        if node.identity_file:
-            common["client_keys"] = [node.identity_file]
+        if password is not None:
+            common["password"] = password
         if node.jump is not None:
             tunnel = await asyncssh.connect(node.jump.host, port=node.jump.port,
                                             username=node.jump.user or node.user, **common)
@@ -347,11 +366,14 @@ def openssh_options(fleet: Fleet, node: Node) -> list[str]:
         "-l", node.user,
         "-o", "BatchMode=yes",
         "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={fleet.ssh.known_hosts}",
+        "-o", f"UserKnownHostsFile={' '.join(fleet.ssh.known_hosts_files()) or fleet.ssh.known_hosts}",
         "-o", f"ConnectTimeout={max(1, int(fleet.ssh.connect_timeout))}",
     ]
-    if node.identity_file:
-        options += ["-i", node.identity_file, "-o", "IdentitiesOnly=yes"]
+    keys = client_keys(node, fleet.ssh) if node.identity_file else None
+    for key in keys or []:
+        options += ["-i", key]
+    if keys:
+        options += ["-o", "IdentitiesOnly=yes"]
     if node.jump is not None:
         jump_user = node.jump.user or node.user
         options += ["-J", f"{jump_user}@{node.jump.host}:{node.jump.port}"]

@@ -79,6 +79,7 @@ class SandboxState:
     private_subnet: str | None
     fleet_file: str
     nodes: tuple[SandboxNode, ...]
+    ssh_port: int = 22
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
@@ -194,15 +195,20 @@ def _all_states(root: Path) -> list[SandboxState]:
     return states
 
 
-def _sshd_config(node_dir: Path, address: str) -> str:
+# Each node's /etc is an overlay on this machine's: users added or /etc/hosts edited on
+# one node are seen neither by the others nor by this machine, as on separate machines.
+
+
+def _sshd_config(node_dir: Path, address: str, port: int = 22, password_auth: bool = False) -> str:
     return "\n".join([
         f"ListenAddress {address}",
-        "Port 22",
+        f"Port {port}",
         f"HostKey {node_dir / 'ssh_host_ed25519_key'}",
         f"PidFile {node_dir / 'sshd.pid'}",
         "PermitRootLogin prohibit-password",
         "PubkeyAuthentication yes",
-        "PasswordAuthentication no",
+        # Root never logs in with a password; other users may when asked for.
+        f"PasswordAuthentication {'yes' if password_auth else 'no'}",
         "KbdInteractiveAuthentication no",
         "UsePAM no",
         "StrictModes yes",
@@ -226,6 +232,8 @@ def _node_boot_script(node: SandboxNode, node_dir: Path, sshd: str) -> str:
         "mkdir -p /root/.ssh" if node.home == "/root" else "true",
         f"mount --bind {node_dir / 'ssh'} {node.home}/.ssh",
         f"mount --bind {node_dir / 'tmp'} /tmp",
+        f"mount -t overlay trainfleet-etc -o lowerdir=/etc,upperdir={node_dir / 'etc'},"
+        f"workdir={node_dir / 'etc-work'} /etc",
         f"exec {sshd} -D -e -f {node_dir / 'sshd_config'}",
     ])
 
@@ -264,7 +272,7 @@ def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
 
 
 def up(nodes: int, name: str = "tf", out: Path | None = None, slots: int = 2,
-       private_network: bool = False) -> SandboxState:
+       private_network: bool = False, ssh_port: int = 22, password_auth: bool = False) -> SandboxState:
     """Create the cluster and return its state; on any failure, remove what was made."""
     tools = check_prerequisites()
     if not NAME_RE.match(name):
@@ -287,10 +295,10 @@ def up(nodes: int, name: str = "tf", out: Path | None = None, slots: int = 2,
         private_subnet = _pick_subnet(PRIVATE_POOL, taken) if private_network else None
         directory.mkdir(mode=0o700)
         # Claim the subnets before releasing the lock: a concurrent `up` must see them.
-        provisional = _state(name, directory, subnet, private_subnet, out, [])
+        provisional = _state(name, directory, subnet, private_subnet, out, [], ssh_port)
         save(provisional)
     try:
-        return _build(provisional, nodes, slots, tools)
+        return _build(provisional, nodes, slots, tools, ssh_port, password_auth)
     except BaseException:
         down(name, missing_ok=True)
         raise
@@ -298,7 +306,7 @@ def up(nodes: int, name: str = "tf", out: Path | None = None, slots: int = 2,
 
 def _state(name: str, directory: Path, subnet: ipaddress.IPv4Network,
            private_subnet: ipaddress.IPv4Network | None, out: Path | None,
-           nodes: list[SandboxNode]) -> SandboxState:
+           nodes: list[SandboxNode], ssh_port: int = 22) -> SandboxState:
     hosts = list(subnet.hosts())
     return SandboxState(
         name=name,
@@ -310,6 +318,7 @@ def _state(name: str, directory: Path, subnet: ipaddress.IPv4Network,
         private_subnet=str(private_subnet) if private_subnet else None,
         fleet_file=str((out or directory / "fleet.yaml").absolute()),
         nodes=tuple(nodes),
+        ssh_port=ssh_port,
     )
 
 
@@ -320,7 +329,8 @@ def save(state: SandboxState) -> None:
     tmp.replace(path)
 
 
-def _build(state: SandboxState, count: int, slots: int, tools: dict[str, str]) -> SandboxState:
+def _build(state: SandboxState, count: int, slots: int, tools: dict[str, str], ssh_port: int,
+           password_auth: bool) -> SandboxState:
     directory = Path(state.directory)
     subnet = ipaddress.ip_network(state.subnet)
     private = ipaddress.ip_network(state.private_subnet) if state.private_subnet else None
@@ -376,14 +386,17 @@ def _build(state: SandboxState, count: int, slots: int, tools: dict[str, str]) -
         _write_private(node_dir / "ssh" / "authorized_keys", public_key)
         run([tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-C", f"{node.hostname}",
               "-f", str(node_dir / "ssh_host_ed25519_key")])
-        (node_dir / "sshd_config").write_text(_sshd_config(node_dir, address))
+        (node_dir / "etc").mkdir()
+        (node_dir / "etc-work").mkdir()
+        (node_dir / "sshd_config").write_text(_sshd_config(node_dir, address, ssh_port, password_auth))
         host_key = (node_dir / "ssh_host_ed25519_key.pub").read_text().split()
-        known_hosts.append(f"{address} {host_key[0]} {host_key[1]}")
+        name_in_file = address if ssh_port == 22 else f"[{address}]:{ssh_port}"
+        known_hosts.append(f"{name_in_file} {host_key[0]} {host_key[1]}")
         nodes.append(SandboxNode(**{**asdict(node), "sshd_pid": start_node(node, node_dir, tools)}))
         save(replace_nodes(state, nodes))
 
     for node in nodes:
-        if not wait_for_port(node.address, 22, timeout=15):
+        if not wait_for_port(node.address, ssh_port, timeout=15):
             log_tail = (directory / "nodes" / node.name / "sshd.log").read_text(errors="replace")[-400:]
             raise SandboxError(f"sshd of sandbox node {node.name} did not start: {log_tail.strip()}")
 
@@ -392,7 +405,7 @@ def _build(state: SandboxState, count: int, slots: int, tools: dict[str, str]) -
     fleet_file = Path(state.fleet_file)
     fleet_file.parent.mkdir(parents=True, exist_ok=True)
     fleet_file.write_text(f"# trainfleet sandbox {state.name!r}: written by `trainfleet sandbox up`\n"
-                          + dump_fleet_yaml(fleet_data(state, slots, str(key))))
+                          + dump_fleet_yaml(fleet_data(state, slots, str(key), ssh_port)))
     save(state)
     return state
 
@@ -413,12 +426,13 @@ def replace_nodes(state: SandboxState, nodes: list[SandboxNode]) -> SandboxState
     return SandboxState(**{**{k: v for k, v in asdict(state).items() if k != "nodes"}, "nodes": tuple(nodes)})
 
 
-def fleet_data(state: SandboxState, slots: int, identity_file: str) -> dict[str, object]:
+def fleet_data(state: SandboxState, slots: int, identity_file: str, ssh_port: int = 22) -> dict[str, object]:
     return {
         "workdir": SANDBOX_WORKDIR,
         "python": sys.executable,
         "ssh": {
             "user": _current_user(),
+            "port": ssh_port,
             "identity_file": identity_file,
             "known_hosts": str(Path(state.directory) / "known_hosts"),
             "connect_timeout": 5,

@@ -74,6 +74,26 @@ class SSHSettings:
     known_hosts: str
     connect_timeout: float
     fanout: int
+    fleet_dir: str = ""
+    """Where `trainfleet ssh setup` keeps this fleet's key, pinned host keys and ssh_config."""
+
+    @property
+    def fleet_key(self) -> str:
+        return os.path.join(self.fleet_dir, "id_ed25519") if self.fleet_dir else ""
+
+    @property
+    def fleet_known_hosts(self) -> str:
+        return os.path.join(self.fleet_dir, "known_hosts") if self.fleet_dir else ""
+
+    def known_hosts_files(self) -> list[str]:
+        """The user's known_hosts and the fleet's pinned one, those that exist."""
+        return [p for p in (self.known_hosts, self.fleet_known_hosts) if p and os.path.isfile(p)]
+
+
+def fleet_dir_for(source: str) -> str:
+    """`.trainfleet/<fleet file name>/ssh` beside the fleet file."""
+    path = Path(source).absolute()
+    return str(path.parent / ".trainfleet" / path.name / "ssh")
 
 
 @dataclass(frozen=True)
