@@ -378,6 +378,7 @@ def facts(spec):
     wanted = set(spec.get("sections", []))
     result = {"hostname": socket.gethostname(), "time": time.time()}
     if "net" in wanted:
+        result["port_range"] = [int(p) for p in (_read("/proc/sys/net/ipv4/ip_local_port_range") or "32768 60999").split()]
         result["interfaces"] = interfaces()
         result["routes"] = dict((peer, route_to(peer)) for peer in spec.get("peers", []))
     if "ports" in wanted:
@@ -718,10 +719,102 @@ def ssh_matrix(spec):
     return 0
 
 
+# ---- firewall: allow rules in whichever firewall the node uses ------------------------
+
+
+def _privileged(argv):
+    return argv if os.geteuid() == 0 else ["sudo", "-n"] + argv
+
+
+def _run_checked(argv):
+    done = subprocess.run(_privileged(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError("%s: %s" % (" ".join(argv[:3]), (done.stderr or done.stdout).strip()))
+    return done.stdout
+
+
+def _nft_input_chains():
+    """Base chains hooked on input in ip/inet tables (native nftables rulesets)."""
+    try:
+        ruleset = json.loads(_run_checked(["nft", "-j", "list", "ruleset"]))
+    except (RuntimeError, OSError, ValueError):
+        return []
+    chains = []
+    for item in ruleset.get("nftables", []):
+        chain = item.get("chain")
+        if chain and chain.get("hook") == "input" and chain.get("family") in ("ip", "inet"):
+            chains.append((chain["family"], chain["table"], chain["name"]))
+    return chains
+
+
+def _iptables_input():
+    try:
+        return _run_checked(["iptables", "-w", "-S", "INPUT"]).splitlines()
+    except (RuntimeError, OSError):
+        return None
+
+
+def firewall_backend():
+    rules = _iptables_input()
+    if rules is not None and (rules[:1] != ["-P INPUT ACCEPT"] or len(rules) > 1):
+        return "iptables"
+    iptables_tables = {("ip", "filter")}
+    if [c for c in _nft_input_chains() if (c[0], c[1]) not in iptables_tables]:
+        return "nft"
+    return "none"
+
+
+def firewall(spec):
+    import shlex
+
+    tag = "trainfleet:%s" % spec["tag"]
+    backend = firewall_backend()
+    added, removed = [], []
+    if spec["action"] == "apply" and backend == "iptables":
+        for rule in spec["rules"]:
+            ports = ",".join(p.replace("-", ":") for p in rule["ports"])
+            for source in rule["sources"]:
+                args = ["INPUT", "-s", source, "-p", "tcp", "-m", "multiport", "--dports", ports,
+                        "-m", "comment", "--comment", tag, "-j", "ACCEPT"]
+                exists = subprocess.run(_privileged(["iptables", "-w", "-C"] + args), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL).returncode == 0
+                if not exists:
+                    _run_checked(["iptables", "-w", "-I"] + args)
+                    added.append("%s -> %s" % (source, ports))
+    elif spec["action"] == "apply" and backend == "nft":
+        for family, table, chain in _nft_input_chains():
+            if (family, table) == ("ip", "filter"):
+                continue
+            listing = _run_checked(["nft", "-a", "list", "chain", family, table, chain])
+            for index, rule in enumerate(spec["rules"]):
+                marker = '"%s:%d"' % (tag, index)
+                if marker in listing:
+                    continue
+                text = "ip saddr { %s } tcp dport { %s } accept comment %s" % (
+                    ", ".join(rule["sources"]), ", ".join(rule["ports"]), marker)
+                _run_checked(["nft", "insert", "rule", family, table, chain] + shlex.split(text, posix=False))
+                added.append("%s %s/%s: %s" % (family, table, chain, ", ".join(rule["ports"])))
+    elif spec["action"] == "revoke":
+        for line in _iptables_input() or []:
+            if tag in line and line.startswith("-A INPUT"):
+                _run_checked(["iptables", "-w", "-D"] + shlex.split(line)[1:])
+                removed.append(line)
+        for family, table, chain in _nft_input_chains():
+            listing = _run_checked(["nft", "-a", "list", "chain", family, table, chain])
+            for line in listing.splitlines():
+                if '"%s:' % tag in line and "# handle" in line:
+                    handle = line.rsplit("# handle", 1)[1].strip()
+                    _run_checked(["nft", "delete", "rule", family, table, chain, "handle", handle])
+                    removed.append("%s %s/%s handle %s" % (family, table, chain, handle))
+    print(json.dumps({"backend": backend, "added": added, "removed": removed}))
+    return 0
+
+
 def main():
     spec = json.loads(sys.stdin.readline())
     modes = {"launch": launch, "sweep": sweep, "facts": facts, "listen": listen,
-             "connect": connect_targets, "trust": trust, "untrust": untrust, "ssh_matrix": ssh_matrix}
+             "connect": connect_targets, "trust": trust, "untrust": untrust, "ssh_matrix": ssh_matrix, "firewall": firewall}
     sys.stdout.flush()
     sys.exit(modes[spec["mode"]](spec))
 

@@ -435,6 +435,78 @@ def ssh_revoke(fleet_file: str | None) -> None:
         click.echo(f"{node}: removed {len(files)} item(s)" + (f": {', '.join(files)}" if files else ""))
 
 
+# ---- firewall ----------------------------------------------------------------------
+
+
+@cli.group(name="firewall")
+def firewall_group() -> None:
+    """Open exactly the ports training needs between fleet nodes (never `ufw disable`)."""
+
+
+def _firewall_plan(fleet, port: int):  # type: ignore[no-untyped-def]
+    from trainfleet.firewall import plan_firewall
+    from trainfleet.netchoice import choose
+    from trainfleet.supervise import gather_facts
+
+    result, answers = asyncio.run(gather_facts(fleet, {n.name: ["net"] for n in fleet.nodes}))
+    if not result.ok:
+        raise TrainfleetError("cannot plan the firewall: " + "; ".join(
+            f"{n}: {r}" for n, r in result.grouped_failures()))
+    choices = choose(fleet, {n: a.get("interfaces", []) for n, a in answers.items()},  # type: ignore[misc]
+                     {n: a.get("routes", {}) for n, a in answers.items()})  # type: ignore[misc]
+    ranges = {n: tuple(a["port_range"]) for n, a in answers.items() if a.get("port_range")}  # type: ignore[misc]
+    return plan_firewall(fleet, {n: c.address for n, c in choices.items()}, ranges, port)  # type: ignore[arg-type]
+
+
+@firewall_group.command(name="plan")
+@fleet_option
+@click.option("--port", type=int, default=29500, show_default=True, help="the rendezvous port on node 0")
+def firewall_plan(fleet_file: str | None, port: int) -> None:
+    """Print the allow rules for every node, as iptables and nftables commands."""
+    from trainfleet.firewall import fleet_tag, render
+
+    fleet = _load(fleet_file)
+    click.echo(render(_firewall_plan(fleet, port), fleet_tag(fleet)), nl=False)
+
+
+def _firewall_action(fleet, action: str, plans=None) -> None:  # type: ignore[no-untyped-def]
+    from trainfleet.firewall import fleet_tag
+    from trainfleet.remote import run_agent_on_nodes
+
+    rules = {p.node: [r.to_json() for r in p.rules] for p in plans or ()}
+    result, answers = asyncio.run(run_agent_on_nodes(
+        fleet, fleet.nodes, "firewall",
+        lambda node: {"action": action, "tag": fleet_tag(fleet), "rules": rules.get(node.name, [])}))
+    for node in fleet.nodes:
+        answer = answers.get(node.name)
+        if answer is None:
+            continue
+        changes = answer["added"] if action == "apply" else answer["removed"]
+        note = " (no firewall is active: nothing to open)" if answer["backend"] == "none" and action == "apply" else ""
+        click.echo(f"{node.name}: {answer['backend']}: {len(changes)} rule(s) {'added' if action == 'apply' else 'removed'}{note}")  # type: ignore[arg-type]
+    if not result.ok:
+        for nodes, reason in result.grouped_failures():
+            detail = next((r.tail(2) for r in result.failed), "")
+            _echo_err(f"trainfleet: {nodes}: firewall {action} failed: {reason}: {detail}")
+        sys.exit(1)
+
+
+@firewall_group.command(name="apply")
+@fleet_option
+@click.option("--port", type=int, default=29500, show_default=True, help="the rendezvous port on node 0")
+def firewall_apply(fleet_file: str | None, port: int) -> None:
+    """Insert the planned rules into each node's firewall (iptables or nftables); idempotent."""
+    fleet = _load(fleet_file)
+    _firewall_action(fleet, "apply", _firewall_plan(fleet, port))
+
+
+@firewall_group.command(name="revoke")
+@fleet_option
+def firewall_revoke(fleet_file: str | None) -> None:
+    """Remove the rules `firewall apply` added, and nothing else."""
+    _firewall_action(_load(fleet_file), "revoke")
+
+
 # ---- sandbox -----------------------------------------------------------------------
 
 
