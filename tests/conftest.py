@@ -52,13 +52,7 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}{os.getpid() % 100000:x}"[:10]
 
 
-def alive(pid: int | None) -> bool:
-    """Running (a zombie waiting for its parent to reap it is not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+alive = sb.running  # a zombie waiting for its parent to reap it is not running
 
 
 def job_processes_on(node: sb.SandboxNode) -> list[str]:

@@ -27,28 +27,31 @@ import time
 JOB_VARIABLE = "TRAINFLEET_JOB_ID"
 
 
-def job_processes(job_id):
-    """Processes whose environment carries this job's id: every descendant of the launch."""
-    marker = ("%s=%s" % (JOB_VARIABLE, job_id)).encode()
-    found = []
+def jobs_running():
+    """(job id, pid, command line) of every live process that carries a trainfleet job id
+    in its environment: every descendant of a launch, whatever session it moved to."""
+    prefix = ("%s=" % JOB_VARIABLE).encode()
     me = os.getpid()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
         try:
             with open("/proc/%s/environ" % entry, "rb") as handle:
-                environ = handle.read().split(b"\0")
-            if marker not in environ:
+                tagged = [item for item in handle.read().split(b"\0") if item.startswith(prefix)]
+            if not tagged:
                 continue
+            with open("/proc/%s/stat" % entry) as handle:
+                if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
             with open("/proc/%s/cmdline" % entry, "rb") as handle:
                 cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
-            with open("/proc/%s/stat" % entry) as handle:
-                state = handle.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
+        except (OSError, IndexError):
             continue
-        if state != "Z":
-            found.append({"pid": int(entry), "cmdline": cmdline[:200]})
-    return found
+        yield tagged[0][len(prefix):].decode(errors="replace"), int(entry), cmdline[:200]
+
+
+def job_processes(job_id):
+    return [{"pid": pid, "cmdline": cmdline} for job, pid, cmdline in jobs_running() if job == job_id]
 
 
 def kill_job(job_id, sig):
@@ -312,22 +315,8 @@ def code_hash(workdir, limit=5000):
 
 def stale_jobs():
     found = {}
-    prefix = ("%s=" % JOB_VARIABLE).encode()
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open("/proc/%s/environ" % entry, "rb") as handle:
-                environ = handle.read().split(b"\0")
-            with open("/proc/%s/cmdline" % entry, "rb") as handle:
-                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        for item in environ:
-            if item.startswith(prefix):
-                job = item[len(prefix):].decode(errors="replace")
-                found.setdefault(job, []).append({"pid": int(entry), "cmdline": cmdline[:120]})
+    for job, pid, cmdline in jobs_running():
+        found.setdefault(job, []).append({"pid": pid, "cmdline": cmdline[:120]})
     return [{"job_id": job, "processes": procs} for job, procs in sorted(found.items())]
 
 
