@@ -3,6 +3,8 @@ nothing outside the plan opens."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -72,6 +74,32 @@ def reachable(state: sb.SandboxState, source: int, target: int, port: int) -> st
     finally:
         listener.kill()
         listener.wait()
+
+
+@pytest.mark.slow
+def test_ufw_nodes_get_ufw_rules(tmp_path: Path) -> None:
+    """ufw keeps its own rule files; trainfleet adds to them (and removes) through ufw itself."""
+    require_sandbox()
+    if shutil.which("ufw") is None:
+        pytest.fail("ufw is not installed (.ci/run installs it)") if os.environ.get("CI") else pytest.skip("no ufw")
+    name = unique_name("u")
+    state = sb.up(2, name=name, out=tmp_path / "fleet.yaml", slots=1)
+    try:
+        for node in state.nodes:  # inside the node's own mount namespace: its /etc, not this machine's
+            subprocess.run(["nsenter", "-t", str(node.sshd_pid), "-a", "sh", "-c",
+                            "ufw allow 22/tcp && ufw --force enable"], check=True, capture_output=True)
+        assert tf("doctor", "-f", state.fleet_file).returncode == 1
+        applied = tf("firewall", "apply", "-f", state.fleet_file)
+        assert "node0: ufw: 3 rule(s) added" in applied.stdout, applied.stdout + applied.stderr
+        assert tf("doctor", "-f", state.fleet_file).returncode == 0
+        revoked = tf("firewall", "revoke", "-f", state.fleet_file)
+        assert "node0: ufw: 3 rule(s) removed" in revoked.stdout, revoked.stdout + revoked.stderr
+        status = subprocess.run(["nsenter", "-t", str(state.nodes[0].sshd_pid), "-a", "ufw", "status"],
+                                capture_output=True, text=True).stdout
+        assert "22/tcp" in status and "trainfleet" not in status
+        assert tf("doctor", "-f", state.fleet_file).returncode == 1
+    finally:
+        sb.down(name, missing_ok=True)
 
 
 @pytest.mark.slow

@@ -744,7 +744,16 @@ def _iptables_input():
         return None
 
 
+def _ufw_active():
+    try:
+        return "Status: active" in _run_checked(["ufw", "status"])
+    except (RuntimeError, OSError):
+        return False
+
+
 def firewall_backend():
+    if _ufw_active():
+        return "ufw"  # its rules live in its own files; iptables rules would not survive a reload
     rules = _iptables_input()
     if rules is not None and (rules[:1] != ["-P INPUT ACCEPT"] or len(rules) > 1):
         return "iptables"
@@ -771,6 +780,14 @@ def firewall(spec):
                 if not exists:
                     _run_checked(["iptables", "-w", "-I"] + args)
                     added.append("%s -> %s" % (source, ports))
+    elif spec["action"] == "apply" and backend == "ufw":
+        for rule in spec["rules"]:
+            for source in rule["sources"]:
+                for port in rule["ports"]:
+                    out = _run_checked(["ufw", "allow", "from", source, "to", "any", "port", port.replace("-", ":"),
+                                        "proto", "tcp", "comment", tag])
+                    if "Rule added" in out:
+                        added.append("%s -> %s" % (source, port))
     elif spec["action"] == "apply" and backend == "nft":
         for family, table, chain in _nft_input_chains():
             if (family, table) == ("ip", "filter"):
@@ -785,6 +802,13 @@ def firewall(spec):
                 _run_checked(["nft", "insert", "rule", family, table, chain] + shlex.split(text, posix=False))
                 added.append("%s %s/%s: %s" % (family, table, chain, ", ".join(rule["ports"])))
     elif spec["action"] == "revoke":
+        if backend == "ufw":
+            numbered = _run_checked(["ufw", "status", "numbered"])
+            numbers = [int(line.split("]")[0].strip("[ ")) for line in numbered.splitlines()
+                       if line.startswith("[") and line.rstrip().endswith("# " + tag)]
+            for number in sorted(numbers, reverse=True):  # later numbers shift when earlier go
+                _run_checked(["ufw", "--force", "delete", str(number)])
+                removed.append("ufw rule %d" % number)
         for line in _iptables_input() or []:
             if tag in line and line.startswith("-A INPUT"):
                 _run_checked(["iptables", "-w", "-D"] + shlex.split(line)[1:])

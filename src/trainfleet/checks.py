@@ -212,12 +212,18 @@ def _outliers(check: str, slow: list[dict[str, Any]], measured: list[dict[str, A
     if len(slow) == len(measured):
         return [Finding(check, Verdict.WARN, tuple(sorted({a["node"] for a in slow})),
                         "every measured link is equally slow", remedy)]
-    counts: dict[str, int] = {}
-    for attempt in slow:
+    # The node whose measured pairs are slow most often (as a share of its pairs: node 0
+    # takes part in more measurements than the others).
+    slow_count: dict[str, int] = {}
+    measured_count: dict[str, int] = {}
+    for attempt in measured:
         for node in {attempt["source"], attempt["node"]}:
-            counts[node] = counts.get(node, 0) + 1
-    top = max(counts.values())
-    culprits = sorted(n for n, c in counts.items() if c == top)
+            measured_count[node] = measured_count.get(node, 0) + 1
+            if attempt in slow:
+                slow_count[node] = slow_count.get(node, 0) + 1
+    share = {node: count / measured_count[node] for node, count in slow_count.items()}
+    top = max(share.values())
+    culprits = sorted(n for n, s in share.items() if s == top)
     worst = min(slow, key=lambda a: a.get("mbit_s", 0)) if check == "bandwidth" else max(slow, key=lambda a: a["ms"])
     evidence = "; ".join(f"{a['source']}->{a['node']} {value(a)}" for a in slow)
     return [Finding(check, Verdict.FAIL, tuple(culprits), summary.format(value=value(worst)), remedy, evidence)]
