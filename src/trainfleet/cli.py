@@ -485,9 +485,9 @@ def _firewall_action(fleet, action: str, plans=None) -> None:  # type: ignore[no
         note = " (no firewall is active: nothing to open)" if answer["backend"] == "none" and action == "apply" else ""
         click.echo(f"{node.name}: {answer['backend']}: {len(changes)} rule(s) {'added' if action == 'apply' else 'removed'}{note}")  # type: ignore[arg-type]
     if not result.ok:
-        for nodes, reason in result.grouped_failures():
-            detail = next((r.tail(2) for r in result.failed), "")
-            _echo_err(f"trainfleet: {nodes}: firewall {action} failed: {reason}: {detail}")
+        for failed in result.failed:
+            detail = " ".join(failed.tail(2).split())
+            _echo_err(f"trainfleet: {failed.describe()}: firewall {action} failed{': ' + detail if detail else ''}")
         sys.exit(1)
 
 
