@@ -635,6 +635,16 @@ def trust(spec):
     return 0
 
 
+def _put_back(path, text, created_by_us, removed):
+    """Leave `path` holding `text`; a file trust created and that is now empty goes."""
+    if not text and created_by_us:
+        os.unlink(path)
+    else:
+        with open(path, "w") as handle:  # in place: keeps the file's mode and owner
+            handle.write(text)
+    removed.append(path)
+
+
 def untrust(spec):
     """Remove exactly what `trust` added."""
     ssh = os.path.join(os.path.expanduser("~"), ".ssh")
@@ -650,24 +660,14 @@ def untrust(spec):
         if state.get("authorized_keys_newline_added") and text.endswith("\n"):
             text = text[:-1]
         if text != current:
-            if not text and state.get("authorized_keys_created"):
-                os.unlink(authorized)
-            else:
-                with open(authorized, "w") as handle:
-                    handle.write(text)
-            removed.append(authorized)
+            _put_back(authorized, text, state.get("authorized_keys_created"), removed)
     config_path = os.path.join(ssh, "config")
     config = _read(config_path)
     begin, end = "# >>> trainfleet %s >>>" % tag, "# <<< trainfleet %s <<<" % tag
     if config is not None:
         text = _without_block(config, begin, end)
         if text != config:
-            if not text and state.get("config_created"):
-                os.unlink(config_path)
-            else:
-                with open(config_path, "w") as handle:
-                    handle.write(text)
-            removed.append(config_path)
+            _put_back(config_path, text, state.get("config_created"), removed)
     hosts = _read("/etc/hosts")
     if hosts is not None and begin in hosts:
         try:
