@@ -81,8 +81,11 @@ def test_latency_fault_is_named(fleet3: Path, faulty: str) -> None:
 
 def test_stale_job_and_busy_port_are_found(fleet3: Path) -> None:
     """A process of an earlier job that holds the rendezvous port on node 0."""
+    # SO_REUSEADDR, as torch's store sets it: earlier tests leave TIME_WAIT connections on 29500.
     holder = ("TRAINFLEET_JOB_ID=tf-old-job nohup python3 -c \"import socket,time; s=socket.socket(); "
-              "s.bind(('0.0.0.0', 29500)); s.listen(); time.sleep(60)\" >/dev/null 2>&1 & echo $!; sleep 0.5")
+              "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+              "s.bind(('0.0.0.0', 29500)); s.listen(); time.sleep(60)\" >/dev/null 2>&1 & echo $!; sleep 0.5; "
+              "kill -0 $!")  # still alive: it holds the port
     pid = tf("exec", "-f", str(fleet3), "-n", "node0", "--", holder, check=True).stdout.split()[-1]
     try:
         code, report = doctor(fleet3)
