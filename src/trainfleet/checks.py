@@ -6,7 +6,7 @@ gathering (SSH, the node agent, test listeners) lives in `doctor.py`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -85,7 +85,7 @@ def check_shell(data: Gathered) -> list[Finding]:
     python = data.fleet.python
     for name, reason in data.agent_errors.items():
         findings.append(Finding("shell", Verdict.FAIL, (name,), reason,
-                                f"set `python:` in the fleet file to the full path of the Python with torch"))
+                                "set `python:` in the fleet file to the full path of the Python with torch"))
     for name in data.live:
         facts = data.facts[name]
         login = facts.get("login") or {}
@@ -410,10 +410,5 @@ def fold(findings: Sequence[Finding]) -> list[Finding]:
     return sorted(folded, key=lambda f: (rank[f.verdict], order.get(f.check, 99)))
 
 
-def summarize(findings: Sequence[Finding]) -> Mapping[str, int]:
-    counts = {v.value: 0 for v in Verdict}
-    for finding in findings:
-        counts[finding.verdict.value] += 1
-    return counts
 
 

@@ -57,9 +57,9 @@ def init(out: str, force: bool) -> None:
 def _write_new(path: Path, text: str, force: bool) -> None:
     if path.exists() and not force:
         raise UsageError(f"{path} already exists", fix="pass --force to overwrite it, or -o another file")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    from trainfleet.files import write_atomically
+
+    write_atomically(path, text)
 
 
 @cli.group(name="import")
@@ -452,8 +452,7 @@ def _firewall_plan(fleet, port: int):  # type: ignore[no-untyped-def]
     if not result.ok:
         raise TrainfleetError("cannot plan the firewall: " + "; ".join(
             f"{n}: {r}" for n, r in result.grouped_failures()))
-    choices = choose(fleet, {n: a.get("interfaces", []) for n, a in answers.items()},  # type: ignore[misc]
-                     {n: a.get("routes", {}) for n, a in answers.items()})  # type: ignore[misc]
+    choices = choose(fleet, answers)
     ranges = {n: tuple(a["port_range"]) for n, a in answers.items() if a.get("port_range")}  # type: ignore[misc]
     return plan_firewall(fleet, {n: c.address for n, c in choices.items()}, ranges, port)  # type: ignore[arg-type]
 

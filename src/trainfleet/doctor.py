@@ -21,6 +21,7 @@ from trainfleet.netchoice import choose
 from trainfleet.plan import DEFAULT_RDZV_PORT
 from trainfleet.remote import NodeUnreachable, agent_answer, agent_command, agent_stdin, connect, run_on_connection
 from trainfleet.spec import Fleet, Node
+from trainfleet.supervise import facts_request
 
 if TYPE_CHECKING:
     import asyncssh
@@ -64,8 +65,7 @@ async def examine(fleet: Fleet, rdzv_port: int = DEFAULT_RDZV_PORT, connect_time
         live = [n for n in fleet.nodes if n.name in data.facts]
         if live:
             subset = dataclasses.replace(fleet, nodes=tuple(live))
-            data.choices = choose(subset, {n: f.get("interfaces", []) for n, f in data.facts.items()},
-                                  {n: f.get("routes", {}) for n, f in data.facts.items()})
+            data.choices = choose(subset, data.facts)
         if len(live) > 1:
             await _test_ports(fleet, live, conns, data, connect_timeout, throughput_bytes)
     finally:
@@ -87,15 +87,12 @@ async def _agent(conn: asyncssh.SSHClientConnection, fleet: Fleet, node: str, mo
 
 
 async def _gather_facts(fleet: Fleet, conns: dict[str, asyncssh.SSHClientConnection], data: Gathered) -> None:
-    peers = sorted({n.address for n in fleet.nodes} | {n.host for n in fleet.nodes})
-
     async def one(node: Node) -> None:
         conn = conns[node.name]
         sent = time.time()
         head = node.name == fleet.head.name
-        answer, error = await _agent(conn, fleet, node.name, "facts", {
-            "sections": SECTIONS + (["ports"] if head else []), "peers": peers, "python": fleet.python,
-            "workdir": fleet.workdir, "ports": [data.rdzv_port]})
+        answer, error = await _agent(conn, fleet, node.name, "facts", facts_request(
+            fleet, SECTIONS + (["ports"] if head else []), {"ports": [data.rdzv_port]}))
         received = time.time()
         if answer is None:
             data.agent_errors[node.name] = error or "no answer"

@@ -71,9 +71,9 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def choose(fleet: Fleet, interfaces: Mapping[str, Sequence[Mapping[str, Any]]],
-           routes: Mapping[str, Mapping[str, Mapping[str, str] | None]]) -> dict[str, NetworkChoice]:
-    """Per node: the interface and address peers should use.
+def choose(fleet: Fleet, facts: Mapping[str, Mapping[str, Any]]) -> dict[str, NetworkChoice]:
+    """Per node: the interface and address peers should use, from the `net` facts the
+    nodes reported (their interfaces and their routes to each other).
 
     1. What the fleet file says (`address`, `interface`) wins, checked against the node.
     2. Else a subnet that every node has an address in. When there are several, one
@@ -81,6 +81,8 @@ def choose(fleet: Fleet, interfaces: Mapping[str, Sequence[Mapping[str, Any]]],
     3. Else the interface each node's routing table uses towards node 0 (node 0: towards node 1).
     Bridges, veths of bridges, docker and loopback are skipped unless nothing else exists.
     """
+    interfaces = {name: f.get("interfaces", []) for name, f in facts.items()}
+    routes = {name: f.get("routes", {}) for name, f in facts.items()}
     choices: dict[str, NetworkChoice] = {}
     per_node = {n.name: _candidates(interfaces.get(n.name, [])) for n in fleet.nodes}
     for node in fleet.nodes:

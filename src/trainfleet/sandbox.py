@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trainfleet.errors import SandboxError, UsageError
+from trainfleet.files import write_atomically
 from trainfleet.fleetfile import dump_fleet_yaml
 
 SANDBOX_ROOT_ENV = "TRAINFLEET_SANDBOX_ROOT"
@@ -323,10 +324,7 @@ def _state(name: str, directory: Path, subnet: ipaddress.IPv4Network,
 
 
 def save(state: SandboxState) -> None:
-    path = Path(state.directory) / "state.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state.to_json(), indent=2))
-    tmp.replace(path)
+    write_atomically(Path(state.directory) / "state.json", json.dumps(state.to_json(), indent=2))
 
 
 def _build(state: SandboxState, count: int, slots: int, tools: dict[str, str], ssh_port: int,

@@ -169,10 +169,10 @@ def _store(cache: Path | None, fleet: Fleet) -> None:
     if cache is None:
         return
     try:
+        from trainfleet.files import write_atomically
+
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(fleet.to_json()))
-        tmp.replace(cache)
+        write_atomically(cache, json.dumps(fleet.to_json()))
     except OSError:
         pass  # a read-only home only costs speed
 

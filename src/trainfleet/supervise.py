@@ -21,7 +21,7 @@ from trainfleet.errors import TrainfleetError
 from trainfleet.plan import DEFAULT_RDZV_PORT, LaunchFacts, LaunchPlan, NodeLaunch, tee_dir
 from trainfleet.remote import NodeUnreachable, agent_command, agent_stdin, connect, run_agent_on_nodes
 from trainfleet.results import FleetResult, fold_nodes
-from trainfleet.spec import Fleet, Node
+from trainfleet.spec import Fleet
 
 if TYPE_CHECKING:
     import asyncssh
@@ -54,10 +54,6 @@ class RunOutcome:
     seconds: float = 0.0
 
 
-class Teardown(TrainfleetError):
-    """Processes of the job survived every attempt to end them."""
-
-
 @dataclass
 class _NodeStream:
     """Output bookkeeping for one node: its log file, recent lines, recent lines per rank."""
@@ -76,13 +72,16 @@ Printer = Callable[[str], None]
 async def gather_facts(fleet: Fleet, sections: dict[str, list[str]], extra: dict[str, object] | None = None,
                        timeout: float = 30) -> tuple[FleetResult, dict[str, dict[str, object]]]:
     """One agent round trip per node; `sections` maps node name to what to collect there."""
+    return await run_agent_on_nodes(
+        fleet, fleet.nodes, "facts", lambda node: facts_request(fleet, sections.get(node.name, []), extra),
+        timeout=timeout)
+
+
+def facts_request(fleet: Fleet, sections: list[str], extra: dict[str, object] | None = None) -> dict[str, object]:
+    """What the agent's `facts` mode is asked: the sections, and every address of every peer."""
     peers = sorted({n.address for n in fleet.nodes} | {n.host for n in fleet.nodes})
-
-    def spec(node: Node) -> dict[str, object]:
-        return {"sections": sections.get(node.name, []), "peers": peers, "python": fleet.python,
-                "workdir": fleet.workdir, **(extra or {})}
-
-    return await run_agent_on_nodes(fleet, fleet.nodes, "facts", spec, timeout=timeout)
+    return {"sections": sections, "peers": peers, "python": fleet.python, "workdir": fleet.workdir,
+            **(extra or {})}
 
 
 async def probe_facts(fleet: Fleet, wanted_port: int | None) -> LaunchFacts:
@@ -97,8 +96,7 @@ async def probe_facts(fleet: Fleet, wanted_port: int | None) -> LaunchFacts:
     result, answers = await gather_facts(fleet, sections, {"ports": [port]})
     if not result.ok:
         raise TrainfleetError(f"cannot start the job: {_unreachable_message(result)}")
-    choices = choose(fleet, {name: a.get("interfaces", []) for name, a in answers.items()},  # type: ignore[misc]
-                     {name: a.get("routes", {}) for name, a in answers.items()})  # type: ignore[misc]
+    choices = choose(fleet, answers)
     problems = [f"{c.node}: {c.problem}" for c in choices.values() if c.problem]
     if problems:
         raise TrainfleetError("cannot pick a training network: " + "; ".join(problems),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainfleet.errors import TrainfleetError, UsageError
+from trainfleet.files import write_atomically
 from trainfleet.remote import NodeUnreachable, agent_answer, agent_command, agent_stdin, connect, run_on_connection
 from trainfleet.spec import Fleet, Node
 
@@ -253,9 +254,7 @@ def _write_local(fleet: Fleet, key: FleetKey, known_hosts_text: str) -> list[str
     }
     for path, text in files.items():
         if not path.exists() or path.read_text() != text:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            write_atomically(path, text)
             written.append(str(path))
     return written
 
