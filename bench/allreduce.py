@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from trainfleet import sandbox as sb
-from trainfleet.faults import FaultKind, inject
+from trainfleet.sandbox import cluster as sb
+from trainfleet.sandbox.faults import FaultKind, inject
 
 
 def iperf3_bps(server: sb.SandboxNode, client: sb.SandboxNode, seconds: int) -> float:

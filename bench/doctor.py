@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from trainfleet import sandbox as sb
+from trainfleet.sandbox import cluster as sb
 
 
 def wall(argv: list[str], ok_codes: tuple[int, ...] = (0,)) -> float:

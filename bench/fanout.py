@@ -17,9 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-from trainfleet import sandbox as sb
-from trainfleet.remote import openssh_options, run_on_nodes
-from trainfleet.spec import load_fleet
+from trainfleet.sandbox import cluster as sb
+from trainfleet.fleet import load_fleet
+from trainfleet.transport.session import FleetSession
+from trainfleet.transport.ssh import openssh_options
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
@@ -57,7 +58,8 @@ def main() -> None:
 
         async def in_process() -> float:
             started = time.perf_counter()
-            result = await run_on_nodes(fleet, fleet.nodes, "true")
+            async with await FleetSession.open(fleet, agents=False) as session:
+                result = await session.run("true")
             if not result.ok:
                 raise SystemExit(f"in-process fan-out failed: {result.grouped_failures()}")
             return time.perf_counter() - started

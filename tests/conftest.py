@@ -1,37 +1,28 @@
-"""Shared fixtures: a real sandbox cluster per test session, and the CLI as a user runs it."""
+"""Fixtures: one factory for sandbox clusters (real namespaces, real sshd), shared by
+the cluster tier. Unit tests need none of it."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from trainfleet import sandbox as sb
-
-REPO = Path(__file__).resolve().parents[1]
-JOBS = Path(__file__).resolve().parent / "jobs"
-# Processes that belong to the sandbox itself rather than to any job.
-SANDBOX_INFRA = {"unshare", "sshd"}
+from helpers import JOBS, unique_name
+from trainfleet.sandbox import cluster as sb
 
 
-def tf(*args: str, timeout: float = 120, cwd: Path | None = None, env: dict[str, str] | None = None,
-       check: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run the real `trainfleet` command line."""
-    completed = subprocess.run([sys.executable, "-m", "trainfleet", *args], capture_output=True, text=True,
-                               timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
-    if check and completed.returncode != 0:
-        raise AssertionError(f"trainfleet {' '.join(args)} failed ({completed.returncode}):\n"
-                             f"{completed.stdout}\n{completed.stderr}")
-    return completed
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/cluster/ builds or uses a sandbox: it is `slow`."""
+    for item in items:
+        if "cluster" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.slow)
 
 
 def sandbox_ready() -> str | None:
-    """Why a sandbox cannot be made here, or None. In CI a missing prerequisite fails instead."""
+    """Why a sandbox cannot be made here, or None."""
     try:
         sb.check_prerequisites()
     except Exception as exc:  # noqa: BLE001 - reported as the skip reason
@@ -40,6 +31,7 @@ def sandbox_ready() -> str | None:
 
 
 def require_sandbox() -> None:
+    """Skip where a sandbox cannot be made; in CI a missing prerequisite fails instead."""
     reason = sandbox_ready()
     if reason is None:
         return
@@ -48,38 +40,58 @@ def require_sandbox() -> None:
     pytest.skip(reason)
 
 
-def unique_name(prefix: str) -> str:
-    return f"{prefix}{os.getpid() % 100000:x}"[:10]
+class Sandboxes:
+    """Makes sandboxes and removes every one it made, also after a failure."""
 
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.made: list[str] = []
+        self.count = 0
 
-alive = sb.running  # a zombie waiting for its parent to reap it is not running
+    def make(self, nodes: int, *, slots: int = 2, **options: object) -> sb.SandboxState:
+        require_sandbox()
+        self.count += 1
+        name = unique_name(f"t{self.count}")
+        out = self.root / name / "fleet.yaml"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        state = sb.up(nodes, name=name, out=out, slots=slots, **options)  # type: ignore[arg-type]
+        self.made.append(name)
+        return state
 
+    def remove(self, state: sb.SandboxState) -> None:
+        sb.down(state.name, missing_ok=True)
+        self.made.remove(state.name)
 
-def job_processes_on(node: sb.SandboxNode) -> list[str]:
-    """`pid comm` of every process in the node's namespace that is not sandbox infrastructure."""
-    out = subprocess.run(["ip", "netns", "pids", node.namespace], capture_output=True, text=True).stdout
-    found = []
-    for pid in out.split():
-        try:
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            continue
-        if comm not in SANDBOX_INFRA:
-            found.append(f"{pid} {comm}")
-    return found
+    def remove_all(self) -> None:
+        for name in list(self.made):
+            sb.down(name, missing_ok=True)
+        self.made.clear()
 
 
 @pytest.fixture(scope="session")
-def cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sb.SandboxState]:
-    """One 3-node sandbox for the whole session, removed at the end even after failures."""
-    require_sandbox()
-    name = unique_name("t")
-    out = tmp_path_factory.mktemp("cluster3") / "fleet.yaml"
-    state = sb.up(3, name=name, out=out, slots=2)
+def sandboxes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandboxes]:
+    factory = Sandboxes(tmp_path_factory.mktemp("sandboxes"))
     try:
-        yield state
+        yield factory
     finally:
+        factory.remove_all()
+
+
+@pytest.fixture
+def fresh(sandboxes: Sandboxes) -> Iterator[Sandboxes]:
+    """For tests that change nodes (keys, firewalls, faults that outlive them): sandboxes of
+    their own, removed when the test ends."""
+    before = set(sandboxes.made)
+    yield sandboxes
+    for name in [n for n in sandboxes.made if n not in before]:
         sb.down(name, missing_ok=True)
+        sandboxes.made.remove(name)
+
+
+@pytest.fixture(scope="session")
+def cluster3(sandboxes: Sandboxes) -> sb.SandboxState:
+    """The session's shared 3-node sandbox: tests may run jobs on it, but leave it as they found it."""
+    return sandboxes.make(3, slots=2)
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +101,7 @@ def fleet3(cluster3: sb.SandboxState) -> Path:
 
 @pytest.fixture(scope="session")
 def fleet2(cluster3: sb.SandboxState, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first two nodes of the session's sandbox, as a fleet file of their own."""
+    """The first two nodes of the shared sandbox, as a fleet file of their own."""
     import yaml
 
     data = yaml.safe_load(Path(cluster3.fleet_file).read_text())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
+import io
 import math
 import os
 import time
@@ -71,6 +74,24 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     os.replace(tmp, path)
 
 
+def broadcast_checkpoint(state: dict | None, rank: int, device: torch.device) -> dict:
+    """Rank 0's checkpoint to every rank, as bytes in a tensor (broadcast_object_list
+    would need numpy, which torch does not require)."""
+    if rank == 0:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8).to(device)
+        size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
+    else:
+        size = torch.zeros(1, dtype=torch.int64, device=device)
+    dist.broadcast(size, src=0)
+    if rank != 0:
+        data = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    dist.broadcast(data, src=0)
+    host = data.cpu().contiguous()
+    return torch.load(io.BytesIO(ctypes.string_at(host.data_ptr(), host.numel())), map_location="cpu")
+
+
 @record
 def main() -> None:
     args = parse_args()
@@ -97,15 +118,14 @@ def main() -> None:
 
     start_step = 0
     if args.resume:
-        # Only rank 0 needs the file: DDP broadcasts its parameters, and the optimizer
-        # state and step travel by broadcast, so no shared disk is needed.
-        state = [None]
+        # Only rank 0 needs the file: the checkpoint travels to the other ranks by
+        # broadcast, so no shared disk is needed.
+        state = None
         if rank == 0:
             if checkpoint is None or not checkpoint.is_file():
                 raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
-            state = [torch.load(checkpoint, map_location="cpu")]
-        dist.broadcast_object_list(state, src=0)
-        loaded = state[0]
+            state = torch.load(checkpoint, map_location="cpu")
+        loaded = broadcast_checkpoint(state, rank, device)
         model.load_state_dict(loaded["model"])
         optimizer.load_state_dict(loaded["optimizer"])
         start_step = loaded["step"]
@@ -144,6 +164,11 @@ def main() -> None:
             save_checkpoint(checkpoint, model, optimizer, step)
     if rank == 0 and checkpoint is not None:
         print(f"checkpoint {checkpoint} at step {args.steps}", flush=True)
+    # DDP's reducer holds the process group: while it lives, destroy_process_group()
+    # cannot free the group, which is then torn down at interpreter exit with its
+    # threads running, and the rank aborts ("terminate called without an active exception").
+    del ddp
+    gc.collect()
     dist.destroy_process_group()
 
 

@@ -2,20 +2,22 @@
 switching the firewall off.
 
 `plan_firewall` is pure: from the fleet, each node's training address and ephemeral
-port range it computes per-node allow rules. The node agent applies them to whichever
-firewall the node uses (iptables, or native nftables), each rule marked with the
-fleet's tag so that `revoke` removes exactly those.
+port range it computes per-node allow rules, and `steps` renders them as the commands
+for iptables, nftables and ufw. The node agent runs the ones for whichever firewall the
+node uses, each rule marked with the fleet's tag so that `revoke` removes exactly those.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainfleet.plan import DEFAULT_RDZV_PORT
-from trainfleet.spec import Fleet
+from trainfleet.agent.protocol import FirewallStep
+from trainfleet.fleet.model import Fleet
+from trainfleet.launchers.base import DEFAULT_RDZV_PORT
 
 DEFAULT_EPHEMERAL = (32768, 60999)
 
@@ -63,29 +65,42 @@ def plan_firewall(fleet: Fleet, addresses: Mapping[str, str], port_ranges: Mappi
     return tuple(plans)
 
 
-def iptables_args(rule: AllowRule, source: str, tag: str) -> list[str]:
-    ports = ",".join(p.replace("-", ":") for p in rule.ports)
-    return ["INPUT", "-s", source, "-p", "tcp", "-m", "multiport", "--dports", ports,
-            "-m", "comment", "--comment", f"trainfleet:{tag}", "-j", "ACCEPT"]
-
-
-def nft_rule(rule: AllowRule, tag: str, index: int) -> str:
-    """As the node agent inserts it: the comment carries the rule's index, so a second
-    `apply` finds it already there."""
-    return (f"ip saddr {{ {', '.join(rule.sources)} }} tcp dport {{ {', '.join(rule.ports)} }} accept "
-            f'comment "trainfleet:{tag}:{index}"')
+def steps(plan: NodeFirewall, tag: str) -> dict[str, list[FirewallStep]]:
+    """The commands that put one node's rules into each kind of firewall: what `firewall
+    plan` prints is exactly what `firewall apply` runs. Each step says how to see that
+    its rule is already there, so that a second apply adds nothing."""
+    marker = f"trainfleet:{tag}"
+    found: dict[str, list[FirewallStep]] = {"iptables": [], "nft": [], "ufw": []}
+    for index, rule in enumerate(plan.rules):
+        ports = ",".join(p.replace("-", ":") for p in rule.ports)
+        for source in rule.sources:
+            args = ["INPUT", "-s", source, "-p", "tcp", "-m", "multiport", "--dports", ports,
+                    "-m", "comment", "--comment", marker, "-j", "ACCEPT"]
+            found["iptables"].append(FirewallStep(apply=["iptables", "-w", "-I", *args],
+                                                  present=["iptables", "-w", "-C", *args],
+                                                  describe=f"{source} -> {ports}"))
+            for port in rule.ports:
+                found["ufw"].append(FirewallStep(
+                    apply=["ufw", "allow", "from", source, "to", "any", "port", port.replace("-", ":"), "proto", "tcp",
+                           "comment", marker], describe=f"{source} -> {port}"))
+        # The node's own input chain replaces `inet filter input` where it is called otherwise.
+        rule_marker = f"{marker}:{index}"
+        found["nft"].append(FirewallStep(
+            apply=["nft", "insert", "rule", "inet", "filter", "input", "ip", "saddr", "{", ", ".join(rule.sources),
+                   "}", "tcp", "dport", "{", ", ".join(rule.ports), "}", "accept", "comment", f'"{rule_marker}"'],
+            present=["nft", "-a", "list", "chain", "inet", "filter", "input"], marker=f'"{rule_marker}"',
+            describe=", ".join(rule.ports)))
+    return found
 
 
 def render(plans: tuple[NodeFirewall, ...], tag: str) -> str:
     lines = [f"# firewall plan, tag trainfleet:{tag}: allow only what training needs, only between fleet nodes",
-             "# `trainfleet firewall apply` inserts these into the node's own firewall (iptables or nftables)"]
+             "# `trainfleet firewall apply` runs, on each node, the commands for the firewall it uses"]
     for plan in plans:
         lines.append(f"[{plan.node}]")
         for rule in plan.rules:
             lines.append(f"  allow tcp {','.join(rule.ports)} from {', '.join(rule.sources)}  # {rule.why}")
-        for rule in plan.rules:
-            for source in rule.sources:
-                lines.append("    iptables -I " + " ".join(iptables_args(rule, source, tag)))
-        for index, rule in enumerate(plan.rules):
-            lines.append(f"    nft insert rule inet filter input {nft_rule(rule, tag, index)}")
+        for backend, backend_steps in steps(plan, tag).items():
+            lines.append(f"  {backend}:")
+            lines += [f"    {shlex.join(step.apply)}" for step in backend_steps]
     return "\n".join(lines) + "\n"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from trainfleet.errors import UsageError
 
-JOB_DIR = Path(__file__).resolve().parent / "jobs"
-REMOTE_JOB_DIR = ".trainfleet/jobs"
+JOB_DIR = Path(__file__).resolve().parent / "bench_job"
+REMOTE_JOB_DIR = ".trainfleet/bench"
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
@@ -49,6 +49,8 @@ class NetBenchResult:
     allreduce: list[dict[str, float]] = field(default_factory=list)
     p2p: list[dict[str, object]] = field(default_factory=list)
 
+    node_names: list[str] = field(default_factory=list)
+
     def take(self, line: str) -> bool:
         """Absorb one `TFBENCH {...}` line from rank 0; False for any other line."""
         marker = line.find("TFBENCH ")
@@ -61,6 +63,9 @@ class NetBenchResult:
         elif op == "allreduce":
             self.allreduce.append(record)
         elif op == "p2p":
+            for end in ("src", "dst"):  # node ranks, named as in the fleet
+                index = int(record[end])
+                record[end] = self.node_names[index] if index < len(self.node_names) else f"node-rank-{index}"
             self.p2p.append(record)
         return True
 

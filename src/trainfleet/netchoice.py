@@ -9,9 +9,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from trainfleet.spec import Fleet, Node
+from trainfleet.agent.protocol import FactsReply, Interface, Route
+from trainfleet.fleet.model import Fleet, Node
 
 # Container and VM bridges: they carry traffic to local guests, not to other machines.
 _VIRTUAL_PREFIXES = ("docker", "br-", "virbr", "cni", "flannel", "cali", "veth", "vxlan", "tun", "tailscale",
@@ -34,25 +34,24 @@ class _Candidate:
     network: ipaddress.IPv4Network
 
 
-def _usable(entry: Mapping[str, Any]) -> bool:
-    name = str(entry.get("name") or "")
-    if entry.get("loopback") or name == "lo" or not entry.get("up", True):
+def _usable(entry: Interface) -> bool:
+    if entry.loopback or entry.name == "lo" or not entry.up:
         return False
-    if entry.get("master"):  # a bridge port carries no address of its own
+    if entry.master:  # a bridge port carries no address of its own
         return False
-    return not (name.startswith(_VIRTUAL_PREFIXES) and entry.get("kind") in ("bridge", "veth", "vxlan", "tun", ""))
+    return not (entry.name.startswith(_VIRTUAL_PREFIXES) and entry.kind in ("bridge", "veth", "vxlan", "tun", ""))
 
 
-def _candidates(interfaces: Sequence[Mapping[str, Any]], include_virtual: bool = False) -> list[_Candidate]:
+def _candidates(interfaces: Sequence[Interface], include_virtual: bool = False) -> list[_Candidate]:
     found = []
     for entry in interfaces:
         if not include_virtual and not _usable(entry):
             continue
-        if entry.get("loopback") or entry.get("name") == "lo":
+        if entry.loopback or entry.name == "lo":
             continue
-        for cidr in entry.get("addrs", []):
-            iface = ipaddress.ip_interface(cidr)
-            found.append(_Candidate(str(entry["name"]), iface.ip, iface.network))  # type: ignore[arg-type]
+        for cidr in entry.addrs:
+            iface = ipaddress.IPv4Interface(cidr)
+            found.append(_Candidate(entry.name, iface.ip, iface.network))
     return found
 
 
@@ -71,7 +70,7 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def choose(fleet: Fleet, facts: Mapping[str, Mapping[str, Any]]) -> dict[str, NetworkChoice]:
+def choose(fleet: Fleet, facts: Mapping[str, FactsReply]) -> dict[str, NetworkChoice]:
     """Per node: the interface and address peers should use, from the `net` facts the
     nodes reported (their interfaces and their routes to each other).
 
@@ -81,8 +80,8 @@ def choose(fleet: Fleet, facts: Mapping[str, Mapping[str, Any]]) -> dict[str, Ne
     3. Else the interface each node's routing table uses towards node 0 (node 0: towards node 1).
     Bridges, veths of bridges, docker and loopback are skipped unless nothing else exists.
     """
-    interfaces = {name: f.get("interfaces", []) for name, f in facts.items()}
-    routes = {name: f.get("routes", {}) for name, f in facts.items()}
+    interfaces = {name: f.interfaces for name, f in facts.items()}
+    routes = {name: f.routes for name, f in facts.items()}
     choices: dict[str, NetworkChoice] = {}
     per_node = {n.name: _candidates(interfaces.get(n.name, [])) for n in fleet.nodes}
     for node in fleet.nodes:
@@ -136,15 +135,21 @@ def _common_subnets(nodes: Sequence[Node], per_node: Mapping[str, list[_Candidat
     return sorted(shared, key=rank)
 
 
+def route_peers(fleet: Fleet) -> list[str]:
+    """The addresses whose routes `choose` may need: node 0's (node 0 itself: node 1's)."""
+    peers = [fleet.head] + list(fleet.nodes[1:2])
+    return sorted({a for n in peers for a in (n.address, n.host)})
+
+
 def _by_route(fleet: Fleet, node: Node, candidates: list[_Candidate],
-              routes: Mapping[str, Mapping[str, str] | None]) -> NetworkChoice:
+              routes: Mapping[str, Route | None]) -> NetworkChoice:
     peer = fleet.nodes[1] if node is fleet.head and len(fleet.nodes) > 1 else fleet.head
     if peer is node:
         return NetworkChoice(node.name, None, node.address, "a single node needs no network")
     route = routes.get(peer.address) or routes.get(peer.host)
-    if not route or "dev" not in route:
+    if not route or not route.dev:
         return NetworkChoice(node.name, None, node.address, "no route information",
                              problem=f"{node.name} has no route to {peer.name} ({peer.address})")
-    address = route.get("src") or node.address
-    via = f" via gateway {route['via']}" if route.get("via") else ""
-    return NetworkChoice(node.name, route["dev"], address, f"routing table towards {peer.name}{via}")
+    address = route.src or node.address
+    via = f" via gateway {route.via}" if route.via else ""
+    return NetworkChoice(node.name, route.dev, address, f"routing table towards {peer.name}{via}")

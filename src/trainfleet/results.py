@@ -84,6 +84,44 @@ class FleetResult:
 
 
 _SPLIT_NUMBER = re.compile(r"^(.*?)(\d+)$")
+_BRACKETS = re.compile(r"^(?P<prefix>[^\[\]]*)\[(?P<ranges>[0-9,\-]+)\](?P<suffix>[^\[\]]*)$")
+
+
+def expand_nodes(text: str) -> list[str]:
+    """`node[0-2],gpu7` -> `node0,node1,node2,gpu7`: the inverse of `fold_nodes`.
+
+    Commas inside brackets separate ranges, outside them names; zero padding is kept
+    (`n[01-03]` -> n01, n02, n03). Raises ValueError on a malformed set."""
+    names: list[str] = []
+    depth, start = 0, 0
+    parts = []
+    for index, char in enumerate(text + ","):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:index].strip())
+            start = index + 1
+        if depth < 0 or depth > 1:
+            raise ValueError(f"unbalanced brackets in {text!r}")
+    if depth:
+        raise ValueError(f"unbalanced brackets in {text!r}")
+    for part in filter(None, parts):
+        match = _BRACKETS.match(part)
+        if "[" not in part:
+            names.append(part)
+            continue
+        if not match:
+            raise ValueError(f"cannot read node set {part!r}")
+        for item in match.group("ranges").split(","):
+            low, _, high = item.partition("-")
+            if not low.isdigit() or (high and not high.isdigit()):
+                raise ValueError(f"cannot read range {item!r} in {part!r}")
+            width = len(low) if low.startswith("0") and len(low) > 1 else 0
+            for number in range(int(low), int(high or low) + 1):
+                names.append(f"{match.group('prefix')}{number:0{width}d}{match.group('suffix')}")
+    return list(dict.fromkeys(names))
 
 
 def fold_nodes(names: Iterable[str]) -> str:

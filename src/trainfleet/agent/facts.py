@@ -1,0 +1,256 @@
+"""What `run` and `doctor` need to know of a node, gathered in one pass."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+from . import procs
+from .protocol import (CodeHash, Disk, FactsReply, FactsRequest, Gpu, GpuInfo, Interface, JobSeen, LoginShell,
+                       Proc, PythonInfo, Route, TorchInfo)
+
+
+def run_quiet(argv: List[str], timeout: float = 5.0) -> Optional[str]:
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True,
+                              timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def read_text(path: str) -> Optional[str]:
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def interfaces() -> List[Interface]:
+    text = run_quiet(["ip", "-j", "-d", "addr", "show"])
+    if text is None:
+        return []
+    found = []
+    for link in json.loads(text):
+        info = link.get("linkinfo", {}) or {}
+        flags = link.get("flags", [])
+        found.append(Interface(
+            name=link.get("ifname") or "",
+            up="UP" in flags and link.get("operstate") != "DOWN",
+            loopback="LOOPBACK" in flags,
+            kind=info.get("info_kind") or "",
+            master=link.get("master"),
+            addrs=["%s/%s" % (a["local"], a["prefixlen"]) for a in link.get("addr_info", [])
+                   if a.get("family") == "inet"],
+        ))
+    return found
+
+
+def route_to(peer: str) -> Optional[Route]:
+    out = run_quiet(["ip", "-o", "route", "get", peer])
+    if not out:
+        return None
+    fields = out.split()
+    route = Route()
+    for key in ("dev", "src", "via"):
+        if key in fields:
+            setattr(route, key, fields[fields.index(key) + 1])
+    return route
+
+
+def package_version(name: str) -> Optional[str]:
+    try:
+        from importlib import metadata
+    except ImportError:
+        return None
+    try:
+        return metadata.version(name)
+    except Exception:
+        return None
+
+
+def torch_info() -> Optional[TorchInfo]:
+    """Versions without importing torch (seconds of CPU on every node otherwise)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    info = TorchInfo(version=package_version("torch"))
+    text = read_text(os.path.join(list(spec.submodule_search_locations)[0], "version.py")) or ""
+    match = re.search(r"^cuda\s*(?::\s*[^=]+)?=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
+    info.cuda = match.group(1) if match else None
+    for name in ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11"):
+        version = package_version(name)
+        if version:
+            info.nccl = version
+            break
+    return info
+
+
+def gpu_info() -> Optional[GpuInfo]:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    gpus = run_quiet(["nvidia-smi", "--query-gpu=index,uuid,name,driver_version,memory.used",
+                      "--format=csv,noheader,nounits"], timeout=15)
+    if gpus is None:
+        return GpuInfo(error="nvidia-smi failed")
+    apps = run_quiet(["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,process_name", "--format=csv,noheader"],
+                     timeout=15) or ""
+    busy = {}
+    for line in apps.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 2 and parts[1].isdigit():
+            pid = int(parts[1])
+            busy.setdefault(parts[0], []).append(Proc(pid=pid, cmdline=parts[2] if len(parts) > 2 else "",
+                                                      job_id=procs.job_of(pid)))
+    found = []
+    for line in gpus.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 4:
+            found.append(Gpu(index=parts[0], uuid=parts[1], name=parts[2], driver=parts[3],
+                             busy=busy.get(parts[1], [])))
+    return GpuInfo(gpus=found)
+
+
+def disk_free(path: str) -> Optional[Disk]:
+    path = os.path.expanduser(path)
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        stats = os.statvfs(path or "/")
+    except OSError:
+        return None
+    return Disk(path=path, free=stats.f_bavail * stats.f_frsize, total=stats.f_blocks * stats.f_frsize)
+
+
+def docker_root() -> Optional[str]:
+    text = read_text("/etc/docker/daemon.json")
+    if text:
+        try:
+            return json.loads(text).get("data-root") or "/var/lib/docker"
+        except ValueError:
+            pass
+    return "/var/lib/docker" if os.path.isdir("/var/lib/docker") else None
+
+
+CODE_SUFFIXES = (".py", ".sh", ".yaml", ".yml", ".json", ".toml", ".cfg", ".txt", ".ini")
+SKIPPED_DIRS = ("__pycache__", "checkpoints")
+
+
+def code_hash(root: str, limit: int = 5000) -> Optional[CodeHash]:
+    import hashlib
+
+    root = os.path.expanduser(root)
+    if not os.path.isdir(root):
+        return None
+    digest = hashlib.sha256()
+    count = 0
+    for current, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS)
+        for name in sorted(files):
+            if not name.endswith(CODE_SUFFIXES):
+                continue
+            path = os.path.join(current, name)
+            try:
+                if os.path.getsize(path) > 4 * 1024 * 1024:
+                    continue
+                with open(path, "rb") as handle:
+                    digest.update(os.path.relpath(path, root).encode() + b"\0" + handle.read() + b"\0")
+            except OSError:
+                continue
+            count += 1
+            if count >= limit:
+                break
+    if count == 0:
+        return None  # an empty workdir holds no code, like a missing one
+    return CodeHash(sha256=digest.hexdigest()[:16], files=count)
+
+
+def login_shell(python: str) -> Optional[LoginShell]:
+    shell = os.environ.get("SHELL") or "/bin/sh"
+    out = run_quiet([shell, "-lc", "command -v %s; echo \"PATH=$PATH\"" % python], timeout=10)
+    if out is None:
+        return None
+    lines = out.strip().splitlines()
+    found = [line for line in lines if not line.startswith("PATH=")]
+    path = [line[5:] for line in lines if line.startswith("PATH=")]
+    return LoginShell(python=found[-1] if found else None, path=path[-1] if path else "")
+
+
+def port_is_free(address: str, port: int) -> bool:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.bind((address, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def free_port(address: str) -> int:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.bind((address, 0))
+        return int(probe.getsockname()[1])
+    finally:
+        probe.close()
+
+
+def jobs_seen(workdir: str) -> List[JobSeen]:
+    from . import jobs
+
+    seen = []
+    for job_id, processes in sorted(procs.all_jobs().items()):
+        state = jobs.read_state(workdir, job_id)
+        live = state is not None and jobs.supervisor_alive(workdir, job_id)
+        seen.append(JobSeen(job_id=job_id, state=state.state if state else "unknown", processes=processes,
+                            live=live))
+    return seen
+
+
+def gather(request: FactsRequest) -> FactsReply:
+    wanted = set(request.sections)
+    reply = FactsReply(hostname=socket.gethostname(), time=time.time())
+    if "net" in wanted:
+        ports = (read_text("/proc/sys/net/ipv4/ip_local_port_range") or "32768 60999").split()
+        reply.port_range = [int(p) for p in ports]
+        reply.interfaces = interfaces()
+        reply.routes = dict((peer, route_to(peer)) for peer in request.peers)
+    if "ports" in wanted:
+        address = request.port_address or "0.0.0.0"
+        reply.ports = dict((str(p), None if port_is_free(address, p) else procs.port_holder(p))
+                           for p in request.ports)
+        reply.free_port = free_port(address)
+    if "software" in wanted:
+        reply.python = PythonInfo(version=sys.version.split()[0], executable=sys.executable)
+        reply.python_found = shutil.which(request.python)
+        reply.path = os.environ.get("PATH", "")
+        reply.login = login_shell(request.python)
+        reply.torch = torch_info()
+        reply.torch_installed = reply.torch is not None
+        reply.code = code_hash(request.workdir)
+    if "gpu" in wanted:
+        reply.gpu = gpu_info()
+        driver = read_text("/proc/driver/nvidia/version")
+        reply.driver = driver.splitlines()[0].strip() if driver else None
+    if "disk" in wanted:
+        reply.disk = disk_free(request.workdir)
+        root = docker_root()
+        reply.docker_disk = disk_free(root) if root else None
+    if "jobs" in wanted:
+        reply.jobs = jobs_seen(request.workdir)
+    if "files" in wanted:
+        base = os.path.expanduser(request.workdir)
+        reply.files = dict((path, os.path.exists(os.path.join(base, os.path.expanduser(path))))
+                           for path in request.files)
+    return reply

@@ -1,0 +1,353 @@
+"""Jobs on a node: a supervisor process per job that outlives the SSH channel.
+
+`launch` starts the supervisor in a session of its own and follows the job's output
+log for the controller. The supervisor starts the launcher (torchrun, deepspeed, ...),
+writes every output line, time-stamped and with secrets redacted, to the job's log,
+keeps the job's state in `state.json`, and when the job ends, fails or is stopped it
+ends every process carrying the job's id. An attached job is tethered: when the agent
+that started it goes away (the controller died, or its connection did), the supervisor
+ends the job. A detached job has no tether.
+
+Job directory: <workdir>/.trainfleet/jobs/<job id>/ with state.json, output.log,
+errors/ (the rank wrapper's first-exception records) and supervisor.pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+from . import procs
+from .protocol import ErrorRecord, JobState, LaunchRequest, OutputEvent, StopRequest, decode, to_wire
+
+TERMINAL = ("succeeded", "failed", "stopped", "lost")
+LOG_NAME = "output.log"
+
+
+def job_dir(workdir: str, job_id: str) -> str:
+    return os.path.join(os.path.expanduser(workdir), ".trainfleet", "jobs", job_id)
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = "%s.tmp%d" % (path, os.getpid())
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def write_state(directory: str, state: JobState) -> None:
+    _write_atomically(os.path.join(directory, "state.json"), json.dumps(to_wire(state)))
+
+
+def read_state(workdir: str, job_id: str) -> Optional[JobState]:
+    return read_state_at(job_dir(workdir, job_id))
+
+
+def read_state_at(directory: str) -> Optional[JobState]:
+    try:
+        with open(os.path.join(directory, "state.json")) as handle:
+            return decode(JobState, json.load(handle))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def supervisor_alive(workdir: str, job_id: str) -> bool:
+    return _supervisor(job_dir(workdir, job_id)) is not None
+
+
+def _supervisor(directory: str) -> Optional[int]:
+    try:
+        with open(os.path.join(directory, "supervisor.pid")) as handle:
+            pid_text, started_text = handle.read().split()
+    except (OSError, ValueError):
+        return None
+    pid = int(pid_text)
+    return pid if procs.alive(pid, int(started_text)) else None
+
+
+def read_errors(directory: str) -> List[ErrorRecord]:
+    records = []
+    folder = os.path.join(directory, "errors")
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        try:
+            with open(os.path.join(folder, name)) as handle:
+                records.append(decode(ErrorRecord, json.load(handle)))
+        except (OSError, ValueError, TypeError):
+            continue
+    return records
+
+
+def signal_name(code: int) -> Optional[str]:
+    if code >= 0:
+        return None
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return "signal %d" % -code
+
+
+# ---- the supervisor (its own process) -------------------------------------------------------
+
+
+class _Supervisor:
+    def __init__(self, request: LaunchRequest, directory: str, tether: Optional[int]) -> None:
+        self.request = request
+        self.directory = directory
+        self.tether = tether
+        self.stop = threading.Event()
+        self.reason = ""
+        # Longest first, so that a secret containing another is redacted whole.
+        self.redact = sorted((v.encode() for v in request.secrets.values() if v), key=len, reverse=True)
+        self.state = JobState(job_id=request.job_id, node=request.env.get("TRAINFLEET_NODE", ""), state="starting",
+                              started=time.time(), supervisor_pid=os.getpid(), argv=list(request.argv),
+                              cwd=request.cwd, detached=request.detach)
+
+    def _clean(self, line: bytes) -> str:
+        for value in self.redact:
+            line = line.replace(value, b"***")
+        if b"\r" in line:  # a progress bar redrawn in place: keep what it showed last
+            line = line.rstrip(b"\r").rsplit(b"\r", 1)[-1]
+        return line.decode("utf-8", "replace")
+
+    def _pump(self, stream, log) -> None:  # type: ignore[no-untyped-def]
+        for raw in iter(stream.readline, b""):
+            log.write("%.3f %s\n" % (time.time(), self._clean(raw.rstrip(b"\n"))))
+            log.flush()
+
+    def _watch_tether(self) -> None:
+        try:
+            while os.read(self.tether, 1024):  # type: ignore[arg-type]
+                pass
+        except OSError:
+            pass
+        self._request_stop("the controller disconnected")
+
+    def _request_stop(self, reason: str) -> None:
+        if not self.stop.is_set():
+            self.reason = reason
+            self.stop.set()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        reason = "stopped"
+        try:
+            with open(os.path.join(self.directory, "stop")) as handle:
+                reason = handle.read().strip() or reason
+        except OSError:
+            pass
+        self._request_stop(reason)
+
+    def run(self, ready: int) -> None:
+        request = self.request
+        env = dict(os.environ)
+        env.update(request.env)
+        env.update(request.secrets)
+        env[procs.JOB_VARIABLE] = request.job_id
+        env["TRAINFLEET_JOB_DIR"] = self.directory
+        cwd = os.path.expanduser(request.cwd)
+        # A leading ~/ names the node's home, as it would typed into a shell.
+        argv = [os.path.expanduser(a) if a.startswith("~/") else a for a in request.argv]
+        write_state(self.directory, self.state)
+        try:
+            os.makedirs(cwd, exist_ok=True)
+            child = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            self.state.state, self.state.exit_code, self.state.ended = "failed", 127, time.time()
+            self.state.reason = "cannot start %s: %s" % (request.argv[0], exc.strerror or exc)
+            write_state(self.directory, self.state)
+            os.write(ready, (json.dumps({"error": self.state.reason}) + "\n").encode())
+            return
+        self.state.state, self.state.launcher_pid = "running", child.pid
+        write_state(self.directory, self.state)
+        os.write(ready, (json.dumps({"pid": child.pid}) + "\n").encode())
+        os.close(ready)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        if self.tether is not None:
+            threading.Thread(target=self._watch_tether, daemon=True).start()
+        log = open(os.path.join(self.directory, LOG_NAME), "a")
+        pump = threading.Thread(target=self._pump, args=(child.stdout, log), daemon=True)
+        pump.start()
+        while child.poll() is None and not self.stop.is_set():
+            self.stop.wait(0.2)
+        if child.poll() is None:
+            try:
+                os.killpg(child.pid, signal.SIGTERM)
+            except OSError:
+                pass
+            procs.signal_job(request.job_id, signal.SIGTERM)
+            deadline = time.monotonic() + request.grace
+            while child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+        # Whatever the job left behind (workers in sessions of their own, daemons) goes too.
+        left = procs.end_job(request.job_id, min(request.grace, 3.0))
+        code = child.wait()
+        pump.join(10)
+        log.close()
+        self.state.ended = time.time()
+        self.state.exit_code = code if code >= 0 else 128 - code
+        self.state.signal = signal_name(code)
+        self.state.left = left
+        self.state.errors = read_errors(self.directory)
+        if self.stop.is_set():
+            self.state.state, self.state.reason = "stopped", self.reason
+        else:
+            self.state.state = "succeeded" if code == 0 else "failed"
+        write_state(self.directory, self.state)
+
+
+def supervise_main(request: LaunchRequest, directory: str, tether: Optional[int], ready: int) -> None:
+    """Entry of the supervisor process (started by `launch`)."""
+    with open(os.path.join(directory, "supervisor.pid"), "w") as handle:
+        handle.write("%d %d" % (os.getpid(), procs.start_time(os.getpid()) or 0))
+    _Supervisor(request, directory, tether).run(ready)
+
+
+# ---- in the agent ------------------------------------------------------------------------------
+
+_tethers: List[int] = []
+"""Write ends of attached jobs' tethers: they close when this agent process ends."""
+
+_SUPERVISOR_BOOT = (
+    "import sys,json,importlib.abc,importlib.util\n"
+    "S=json.loads(sys.stdin.readline())\n"
+    "class F(importlib.abc.MetaPathFinder,importlib.abc.Loader):\n"
+    " def find_spec(self,n,p,t=None):\n"
+    "  return importlib.util.spec_from_loader(n,self,is_package=n=='tfagent') if n in S else None\n"
+    " def create_module(self,s): return None\n"
+    " def exec_module(self,m): exec(compile(S[m.__spec__.name],'<%s>'%m.__spec__.name,'exec'),m.__dict__)\n"
+    "sys.meta_path.insert(0,F())\n"
+    "import tfagent; tfagent.SOURCES.update(S)\n"
+    "import tfagent.jobs as j; a=json.loads(sys.stdin.readline()); sys.stdin.close()\n"
+    "j.supervise_main(j.decode(j.LaunchRequest,a['request']),a['directory'],a['tether'],a['ready'])\n"
+)
+
+
+def launch(request: LaunchRequest, emit: Callable[[object], None]) -> JobState:
+    from . import sources
+
+    directory = job_dir(request.workdir, request.job_id)
+    if os.path.exists(os.path.join(directory, "state.json")):
+        raise ValueError("job id %s was already used on this node" % request.job_id)
+    os.makedirs(os.path.join(directory, "errors"), mode=0o700, exist_ok=True)
+    for name, text in request.files.items():
+        with open(os.path.join(directory, name), "w") as handle:
+            handle.write(text)
+    ready_read, ready_write = os.pipe()
+    keep = [ready_write]
+    tether_read = None
+    if not request.detach:
+        tether_read, tether_write = os.pipe()
+        keep.append(tether_read)
+        _tethers.append(tether_write)
+        os.set_inheritable(tether_write, False)
+    log = open(os.path.join(directory, "supervisor.log"), "ab")
+    boot = subprocess.Popen([sys.executable, "-c", _SUPERVISOR_BOOT], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, pass_fds=keep)
+    log.close()
+    handoff = {"request": to_wire(request), "directory": directory, "tether": tether_read, "ready": ready_write}
+    assert boot.stdin is not None
+    boot.stdin.write((json.dumps(sources()) + "\n" + json.dumps(handoff) + "\n").encode())
+    boot.stdin.close()
+    for fd in keep:
+        os.close(fd)
+    with os.fdopen(ready_read, "rb") as ready:
+        answer = ready.readline()
+    started = json.loads(answer) if answer else {"error": "the node supervisor did not start (see %s)" %
+                                                 os.path.join(directory, "supervisor.log")}
+    if "error" in started:
+        state = read_state_at(directory)
+        if state is None:
+            raise RuntimeError(started["error"])
+        return state
+    state = read_state_at(directory)
+    if request.detach:
+        assert state is not None
+        return state
+    return follow(directory, emit)
+
+
+def follow(directory: str, emit: Callable[[object], None], since: float = 0.0, poll: float = 0.05) -> JobState:
+    """Send the job's output as it is written, until the job has ended and all of it is sent."""
+    path = os.path.join(directory, LOG_NAME)
+    offset, partial = 0, b""
+    while True:
+        state = read_state_at(directory)
+        done = state is not None and state.state in TERMINAL
+        if not done and _supervisor(directory) is None and state is not None:
+            # Killed outright (or the node rebooted): nobody will write the final state.
+            state.state, state.reason, state.ended = "lost", "the node supervisor died", time.time()
+            state.left = procs.end_job(state.job_id, 3.0)
+            write_state(directory, state)
+            done = True
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read(4 << 20)
+        except OSError:
+            chunk = b""
+        offset += len(chunk)
+        data = partial + chunk
+        lines, _, partial = data.rpartition(b"\n")
+        if lines:
+            batch = []
+            for raw in lines.split(b"\n"):
+                stamp, _, text = raw.decode("utf-8", "replace").partition(" ")
+                try:
+                    moment = float(stamp)
+                except ValueError:
+                    continue
+                if moment >= since:
+                    batch.append((moment, text))
+            if batch:
+                emit(OutputEvent(lines=batch))
+        if done and not chunk:
+            assert state is not None
+            return state
+        if not chunk:
+            time.sleep(poll)
+
+
+def stop(request: StopRequest) -> JobState:
+    directory = job_dir(request.workdir, request.job_id)
+    state = read_state_at(directory)
+    if state is None:
+        raise ValueError("no job %s on this node" % request.job_id)
+    if state.state in TERMINAL:
+        left = procs.end_job(request.job_id, 3.0)
+        if left != state.left:
+            state.left = left
+            write_state(directory, state)
+        return state
+    supervisor = _supervisor(directory)
+    if supervisor is not None:
+        with open(os.path.join(directory, "stop"), "w") as handle:
+            handle.write(request.reason)
+        os.kill(supervisor, signal.SIGTERM)
+        deadline = time.monotonic() + request.grace + 15
+        while time.monotonic() < deadline:
+            state = read_state_at(directory)
+            if state is not None and state.state in TERMINAL:
+                return state
+            time.sleep(0.1)
+    state = read_state_at(directory) or state
+    state.left = procs.end_job(request.job_id, 3.0)
+    state.state, state.reason, state.ended = "stopped", request.reason, time.time()
+    write_state(directory, state)
+    return state
+
+
+def list_states(workdir: str) -> Dict[str, JobState]:
+    root = os.path.join(os.path.expanduser(workdir), ".trainfleet", "jobs")
+    found = {}
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        state = read_state_at(os.path.join(root, name))
+        if state is not None:
+            found[name] = state
+    return found

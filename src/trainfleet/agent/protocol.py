@@ -1,0 +1,477 @@
+"""Requests to the node agent and its replies: plain dataclasses, shared by both sides.
+
+The controller imports this module as `trainfleet.agent.protocol`; the nodes receive it
+inside the agent (as `tfagent.protocol`). Stdlib only, Python 3.8 syntax (`typing`
+generics, no `X | Y`), because the nodes' Python may be older than the controller's.
+
+On the wire every message is one JSON line:
+- controller -> node: {"id": N, "op": "...", ...the request's fields}
+- node -> controller: {"id": N, "reply": {...}} or {"id": N, "error": "...", "trace": "..."}
+  and, for streaming requests, any number of {"id": N, "event": {...}} before the reply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, Generic, List, Optional, Tuple, Type, TypeVar, Union, get_type_hints
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class Request(Generic[R]):
+    """A request whose answer is an R. Subclasses are dataclasses naming their `op`."""
+
+    op: ClassVar[str] = ""
+    reply_type: ClassVar[Type[Any]]
+
+
+# ---- values that appear in several replies ---------------------------------------------
+
+
+@dataclass
+class Proc:
+    pid: int
+    cmdline: str
+    job_id: Optional[str] = None
+
+
+@dataclass
+class Empty:
+    pass
+
+
+# ---- facts -------------------------------------------------------------------------------
+
+
+@dataclass
+class Interface:
+    name: str
+    up: bool
+    loopback: bool
+    kind: str
+    master: Optional[str]
+    addrs: List[str]
+
+
+@dataclass
+class Route:
+    dev: Optional[str] = None
+    src: Optional[str] = None
+    via: Optional[str] = None
+
+
+@dataclass
+class PythonInfo:
+    version: str
+    executable: str
+
+
+@dataclass
+class LoginShell:
+    python: Optional[str]
+    path: str
+
+
+@dataclass
+class TorchInfo:
+    version: Optional[str]
+    cuda: Optional[str] = None
+    nccl: Optional[str] = None
+
+
+@dataclass
+class Gpu:
+    index: str
+    uuid: str
+    name: str
+    driver: str
+    busy: List[Proc] = field(default_factory=list)
+
+
+@dataclass
+class GpuInfo:
+    gpus: List[Gpu] = field(default_factory=list)
+    error: Optional[str] = None
+
+
+@dataclass
+class Disk:
+    path: str
+    free: int
+    total: int
+
+
+@dataclass
+class CodeHash:
+    sha256: str
+    files: int
+
+
+@dataclass
+class JobSeen:
+    """A trainfleet job with processes on this node. `state` is the job's own record
+    ("running", "succeeded", ...) or "unknown" when no record says (an orphan)."""
+
+    job_id: str
+    state: str
+    processes: List[Proc]
+    live: bool
+    """True while the job's node supervisor is alive: the job is running, not left over."""
+
+
+@dataclass
+class FactsReply:
+    hostname: str
+    time: float
+    port_range: Optional[List[int]] = None
+    interfaces: List[Interface] = field(default_factory=list)
+    routes: Dict[str, Optional[Route]] = field(default_factory=dict)
+    ports: Dict[str, Optional[Proc]] = field(default_factory=dict)
+    """Port -> who holds it (pid None: another user's process), or None when free."""
+    free_port: Optional[int] = None
+    python: Optional[PythonInfo] = None
+    python_found: Optional[str] = None
+    path: str = ""
+    login: Optional[LoginShell] = None
+    torch: Optional[TorchInfo] = None
+    torch_installed: bool = False
+    code: Optional[CodeHash] = None
+    gpu: Optional[GpuInfo] = None
+    driver: Optional[str] = None
+    disk: Optional[Disk] = None
+    docker_disk: Optional[Disk] = None
+    jobs: List[JobSeen] = field(default_factory=list)
+    files: Dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass
+class FactsRequest(Request[FactsReply]):
+    """Sections: net, ports, software, gpu, disk, jobs, files."""
+
+    op: ClassVar[str] = "facts"
+    reply_type: ClassVar[Type[Any]] = FactsReply
+    sections: List[str]
+    python: str
+    workdir: str
+    peers: List[str] = field(default_factory=list)
+    ports: List[int] = field(default_factory=list)
+    port_address: Optional[str] = None
+    files: List[str] = field(default_factory=list)
+    """Paths (relative to the workdir, or absolute) whose existence is reported."""
+
+
+# ---- reachability probes -------------------------------------------------------------------
+
+
+@dataclass
+class Bound:
+    wanted: int
+    port: Optional[int] = None
+    error: Optional[str] = None
+
+
+@dataclass
+class ListenReply:
+    handle: int
+    bound: List[Bound]
+
+
+@dataclass
+class ListenRequest(Request[ListenReply]):
+    """Hold TCP listeners (port 0: any free one) until `release` or the agent ends."""
+
+    op: ClassVar[str] = "listen"
+    reply_type: ClassVar[Type[Any]] = ListenReply
+    ports: List[int]
+    address: Optional[str] = None
+    max_seconds: float = 120.0
+
+
+@dataclass
+class ReleaseRequest(Request[Empty]):
+    op: ClassVar[str] = "release"
+    reply_type: ClassVar[Type[Any]] = Empty
+    handle: int
+
+
+@dataclass
+class Target:
+    node: str
+    address: str
+    port: int
+    label: str
+    bytes: int = 0
+    """When non-zero, also send this many bytes to measure throughput."""
+
+
+@dataclass
+class Attempt:
+    target: Target
+    result: str
+    """ok, timeout (silently dropped), refused, unreachable, error."""
+    ms: Optional[float] = None
+    mbit_s: Optional[float] = None
+    error: Optional[str] = None
+
+
+@dataclass
+class ConnectReply:
+    attempts: List[Attempt]
+    resolved: Dict[str, Optional[str]]
+
+
+@dataclass
+class ConnectRequest(Request[ConnectReply]):
+    op: ClassVar[str] = "connect"
+    reply_type: ClassVar[Type[Any]] = ConnectReply
+    targets: List[Target]
+    timeout: float = 2.0
+    resolve: List[str] = field(default_factory=list)
+    sequential: bool = False
+    """One target after another (a re-measurement), instead of all at once."""
+
+
+# ---- jobs -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ErrorRecord:
+    """The first exception of one rank, as the rank wrapper recorded it."""
+
+    rank: int
+    node: str
+    time: float
+    kind: str
+    """exception, exit (non-zero SystemExit)"""
+    summary: str
+    traceback: str
+    exit_code: int = 1
+
+
+@dataclass
+class JobState:
+    """A job's record on one node, kept in its job directory."""
+
+    job_id: str
+    node: str
+    state: str
+    """starting, running, succeeded, failed, stopped, lost"""
+    started: float
+    ended: Optional[float] = None
+    exit_code: Optional[int] = None
+    signal: Optional[str] = None
+    supervisor_pid: Optional[int] = None
+    launcher_pid: Optional[int] = None
+    argv: List[str] = field(default_factory=list)
+    cwd: str = ""
+    detached: bool = False
+    reason: str = ""
+    errors: List[ErrorRecord] = field(default_factory=list)
+    left: List[Proc] = field(default_factory=list)
+
+
+@dataclass
+class OutputEvent:
+    lines: List[Tuple[float, str]]
+
+
+@dataclass
+class LaunchRequest(Request[JobState]):
+    """Start `argv` under a node supervisor that outlives this agent. Streams the job's
+    output as OutputEvents and answers with its final state. With `detach` the
+    answer comes once it has started and the job does not end with the agent."""
+
+    op: ClassVar[str] = "launch"
+    reply_type: ClassVar[Type[Any]] = JobState
+    job_id: str
+    argv: List[str]
+    cwd: str
+    workdir: str
+    env: Dict[str, str]
+    secrets: Dict[str, str] = field(default_factory=dict)
+    """Joined into the job's environment and redacted from its output; never written anywhere."""
+    files: Dict[str, str] = field(default_factory=dict)
+    """Written into the job directory before the start (the rank wrapper)."""
+    grace: float = 10.0
+    detach: bool = False
+
+
+@dataclass
+class StopRequest(Request[JobState]):
+    """End a job on this node: its supervisor stops every process of it."""
+
+    op: ClassVar[str] = "stop"
+    reply_type: ClassVar[Type[Any]] = JobState
+    job_id: str
+    workdir: str
+    grace: float = 10.0
+    reason: str = "stopped"
+
+
+@dataclass
+class SweepReply:
+    left: List[Proc]
+
+
+@dataclass
+class SweepRequest(Request[SweepReply]):
+    """Kill (optionally) and list every process that carries the job's id."""
+
+    op: ClassVar[str] = "sweep"
+    reply_type: ClassVar[Type[Any]] = SweepReply
+    job_id: str
+    kill: bool = True
+    grace: float = 3.0
+
+
+# ---- trust ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TrustReply:
+    changed: List[str]
+    errors: List[str]
+
+
+@dataclass
+class TrustRequest(Request[TrustReply]):
+    op: ClassVar[str] = "trust"
+    reply_type: ClassVar[Type[Any]] = TrustReply
+    tag: str
+    private_key: str
+    public_key: str
+    known_hosts: str
+    ssh_config: str
+    hosts: str = ""
+
+
+@dataclass
+class UntrustReply:
+    restored: List[str]
+    removed: List[str]
+
+
+@dataclass
+class UntrustRequest(Request[UntrustReply]):
+    op: ClassVar[str] = "untrust"
+    reply_type: ClassVar[Type[Any]] = UntrustReply
+    tag: str
+
+
+@dataclass
+class Reach:
+    ok: bool
+    error: str = ""
+
+
+@dataclass
+class SSHMatrixReply:
+    reach: Dict[str, Reach]
+
+
+@dataclass
+class SSHMatrixRequest(Request[SSHMatrixReply]):
+    """From this node, `ssh ALIAS true` to every alias at once."""
+
+    op: ClassVar[str] = "ssh_matrix"
+    reply_type: ClassVar[Type[Any]] = SSHMatrixReply
+    aliases: List[str]
+    timeout: int = 5
+
+
+# ---- firewall -------------------------------------------------------------------------------
+
+
+@dataclass
+class FirewallStep:
+    """One rule: run `apply` unless `present` shows it is already there (exit status 0,
+    or, when `marker` is set, `present`'s output contains the marker)."""
+
+    apply: List[str]
+    present: List[str] = field(default_factory=list)
+    marker: str = ""
+    describe: str = ""
+
+
+@dataclass
+class FirewallReply:
+    backend: str
+    added: List[str] = field(default_factory=list)
+    removed: List[str] = field(default_factory=list)
+
+
+@dataclass
+class FirewallRequest(Request[FirewallReply]):
+    """apply: run the steps planned for the backend this node uses; revoke: remove every
+    rule carrying the tag, whichever firewall holds it."""
+
+    op: ClassVar[str] = "firewall"
+    reply_type: ClassVar[Type[Any]] = FirewallReply
+    action: str
+    tag: str
+    steps: Dict[str, List[FirewallStep]] = field(default_factory=dict)
+    """Backend (iptables, nft, ufw) -> its steps; the node picks its own."""
+
+
+REQUESTS: Dict[str, Type[Any]] = {
+    cls.op: cls
+    for cls in (FactsRequest, ListenRequest, ReleaseRequest, ConnectRequest, LaunchRequest, StopRequest,
+                SweepRequest, TrustRequest, UntrustRequest, SSHMatrixRequest, FirewallRequest)
+}
+
+
+# ---- encoding ---------------------------------------------------------------------------------
+
+
+def to_wire(value: Any) -> Dict[str, Any]:
+    data = dataclasses.asdict(value)
+    op = getattr(value, "op", "")
+    if op:
+        data["op"] = op
+    return data
+
+
+def decode(kind: Any, data: Any) -> Any:
+    """Build a `kind` (a dataclass, or a typing generic of them) from JSON data."""
+    if data is None:
+        return None
+    origin = getattr(kind, "__origin__", None)
+    args = getattr(kind, "__args__", ())
+    if origin is Union:
+        inner = [a for a in args if a is not type(None)]
+        return decode(inner[0], data) if len(inner) == 1 else data
+    if origin in (list, List):
+        return [decode(args[0], item) for item in data]
+    if origin in (tuple, Tuple):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(decode(args[0], item) for item in data)
+        return tuple(decode(a, item) for a, item in zip(args, data))
+    if origin in (dict, Dict):
+        return {key: decode(args[1], item) for key, item in data.items()}
+    if dataclasses.is_dataclass(kind):
+        hints = _hints(kind)
+        values = {}
+        for item in dataclasses.fields(kind):
+            if item.name in data and item.init:
+                values[item.name] = decode(hints[item.name], data[item.name])
+        return kind(**values)
+    return data
+
+
+_HINTS: Dict[Any, Dict[str, Any]] = {}
+
+
+def _hints(kind: Any) -> Dict[str, Any]:
+    if kind not in _HINTS:
+        _HINTS[kind] = get_type_hints(kind, vars(sys.modules[kind.__module__]))
+    return _HINTS[kind]
+
+
+def request_from_wire(data: Dict[str, Any]) -> Any:
+    kind = REQUESTS.get(data.get("op", ""))
+    if kind is None:
+        raise ValueError("unknown request %r" % data.get("op"))
+    return decode(kind, data)

@@ -1,0 +1,187 @@
+"""Runs one rank's entrypoint, unchanged, as `python script.py` or `python -m module` would.
+
+The launcher (torchrun, DeepSpeed's per-node launcher, accelerate) starts this file with
+the user's script (or `-m module`) as its first argument, so `ps` still shows the
+script; the script gets the argv the launcher built (DeepSpeed's `--local_rank=N`,
+which it puts first, included). Around it this adds three things, none of which needs
+a change to the user's script:
+
+1. Every line the rank writes to stdout or stderr (C++ warnings included) is prefixed
+   with `[tf:rankN] `, whatever the launcher, so the supervisor can tell ranks apart. A
+   small forked reader does the prefixing; it ends when the rank and its children have
+   all closed the pipe, so nothing the rank wrote last is lost, even when it is killed.
+2. The rank's first uncaught exception (or non-zero exit) is recorded, with the time it
+   happened, in the job directory: the root cause of a failed job is the failure that
+   came first, not the first rank whose launcher noticed (torchelastic's @record, for
+   any script). Secret values are redacted from the record.
+3. A finished rank leaves without the interpreter's final teardown (after waiting for
+   its threads, running atexit handlers and flushing every open file): a process group
+   that something still references (DDP's reducer keeps the gloo group alive past
+   destroy_process_group) would otherwise be destroyed during C++ static teardown with
+   its threads running, and the rank would abort with `terminate called without an
+   active exception` after training had finished.
+Stdlib only; Python 3.8 syntax.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+
+
+def _write_all(fd, data):
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def prefix_output(rank):
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:
+        # The reader: ends at EOF, when the rank (and anything it started) is gone.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        os.close(write_end)
+        prefix = ("[tf:rank%d] " % rank).encode()
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(read_end, 65536)
+            except InterruptedError:
+                continue
+            if not chunk:
+                break
+            pending += chunk
+            lines = pending.split(b"\n")
+            pending = lines.pop()
+            if lines:
+                _write_all(1, b"".join(prefix + line + b"\n" for line in lines))
+        if pending:
+            _write_all(1, prefix + pending + b"\n")
+        os._exit(0)
+    os.close(read_end)
+    os.dup2(write_end, 1)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+
+def redact(text):
+    names = [n for n in os.environ.get("TRAINFLEET_SECRET_NAMES", "").split(",") if n]
+    for value in sorted((os.environ.get(n, "") for n in names), key=len, reverse=True):
+        if value:
+            text = text.replace(value, "***")
+    return text
+
+
+def record(rank, kind, summary, trace, exit_code):
+    folder = os.path.join(os.environ.get("TRAINFLEET_JOB_DIR", ""), "errors")
+    if not os.environ.get("TRAINFLEET_JOB_DIR") or not os.path.isdir(folder):
+        return
+    path = os.path.join(folder, "rank-%d.json" % rank)
+    if os.path.exists(path):
+        return
+    entry = {"rank": rank, "node": os.environ.get("TRAINFLEET_NODE", ""), "time": time.time(), "kind": kind,
+             "summary": redact(summary)[:2000], "traceback": redact(trace)[-20000:], "exit_code": exit_code}
+    tmp = "%s.tmp%d" % (path, os.getpid())
+    try:
+        with open(tmp, "w") as handle:
+            json.dump(entry, handle)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def user_traceback(exc):
+    """The traceback from the user's code down: this wrapper's and runpy's frames left out."""
+    tb = exc.__traceback__
+    while tb is not None and (tb.tb_frame.f_code.co_filename == __file__ or
+                              "runpy" in tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def leave(code):
+    """Finish as the interpreter would (threads, atexit, buffers), minus C++ teardown."""
+    import atexit
+    import gc
+    import io
+    import threading
+
+    main = threading.main_thread()
+    for thread in threading.enumerate():
+        if thread is not main and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    # Text layers first: their flush feeds the binary buffers below them. `type()` and
+    # concrete classes only: isinstance() would touch attributes of arbitrary objects.
+    for kinds in ((io.TextIOWrapper,), (io.BufferedWriter, io.BufferedRandom)):
+        for obj in gc.get_objects():
+            if issubclass(type(obj), kinds):
+                try:
+                    if not obj.closed and obj.writable():
+                        obj.flush()
+                except (OSError, ValueError):
+                    pass
+    os._exit(code)
+
+
+def split_argv(argv):
+    """[wrapper, (--local_rank=N), entry | -m module, args...] -> (entry, is module, the
+    argv the script would have had without the wrapper)."""
+    launcher_first = []
+    rest = list(argv[1:])
+    while rest and rest[0].startswith("--local_rank="):
+        launcher_first.append(rest.pop(0))
+    as_module = bool(rest) and rest[0] == "-m"
+    if as_module:
+        rest.pop(0)
+    if not rest:
+        raise SystemExit("rankwrap: no script to run")
+    entry = rest.pop(0)
+    return entry, as_module, [entry] + launcher_first + rest
+
+
+def main():
+    rank = int(os.environ.get("RANK", "0"))
+    entry, as_module, argv = split_argv(sys.argv)
+    prefix_output(rank)
+    import runpy
+
+    code = 0
+    try:
+        sys.argv = argv
+        if as_module:
+            sys.path[0] = os.getcwd()
+            runpy.run_module(entry, run_name="__main__", alter_sys=True)
+        else:
+            sys.path[0] = os.path.dirname(os.path.abspath(entry))
+            runpy.run_path(entry, run_name="__main__")
+    except SystemExit as exc:
+        if exc.code is None:
+            code = 0
+        elif isinstance(exc.code, int):
+            code = exc.code
+        else:
+            sys.stderr.write("%s\n" % exc.code)
+            code = 1
+        if code:
+            record(rank, "exit", "exited with status %d" % code, "", code)
+    except BaseException as exc:
+        trace = user_traceback(exc)
+        record(rank, "exception", "%s: %s" % (type(exc).__name__, exc), trace, 1)
+        sys.stderr.write(trace)
+        code = 1
+    if "torch" in sys.modules:
+        leave(code)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The `trainfleet` command group and what its commands share."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import click
+
+from trainfleet.errors import UsageError
+
+if TYPE_CHECKING:
+    from trainfleet.fleet.model import Fleet, Node
+
+T = TypeVar("T")
+FLEET_HELP = "fleet file (default ./fleet.yaml, or $TRAINFLEET_FLEET)"
+fleet_option = click.option("-f", "--fleet", "fleet_file", metavar="FILE", help=FLEET_HELP)
+nodes_option = click.option("-n", "--nodes", "node_names", metavar="NODES",
+                            help="node names, comma-separated or folded (node[0-3],gpu7); default: all")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="trainfleet")
+def cli() -> None:
+    """From rented GPU machines to a training job on all of them: describe the fleet once,
+    then doctor, ssh, sync, run.
+
+    Shell completion: eval "$(_TRAINFLEET_COMPLETE=bash_source trainfleet)" (zsh_source, fish_source).
+    """
+
+
+def load(fleet_file: str | None) -> Fleet:
+    from trainfleet.fleet import fleet_path, load_fleet
+
+    return load_fleet(fleet_path(fleet_file))
+
+
+def select(fleet: Fleet, node_names: str | None) -> tuple[Node, ...]:
+    from trainfleet.results import expand_nodes
+
+    if not node_names:
+        return fleet.nodes
+    try:
+        names = expand_nodes(node_names)
+    except ValueError as exc:
+        raise UsageError(f"-n {node_names}: {exc}", fix="write nodes as a,b or node[0-3]") from None
+    return fleet.select(names)
+
+
+def echo_err(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def status(text: str) -> None:
+    click.echo(f"[trainfleet] {text}", err=True)
+
+
+def print_line(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def run_cancellable(make: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run a coroutine; SIGINT and SIGTERM set the event it was given instead of raising."""
+
+    async def main() -> T:
+        cancel = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, cancel.set)
+        try:
+            return await make(cancel)
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+    return asyncio.run(main())

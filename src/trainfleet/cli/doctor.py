@@ -1,0 +1,30 @@
+"""`trainfleet doctor`: what is broken, on which node, and how to fix it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import click
+
+from trainfleet.cli.app import cli, fleet_option, load
+
+
+@cli.command()
+@fleet_option
+@click.option("--port", type=int, default=29500, show_default=True, help="rendezvous port to test on node 0")
+@click.option("--json", "as_json", is_flag=True, help="print the findings as JSON")
+@click.option("--all", "show_all", is_flag=True, help="also list the checks that passed")
+def doctor(fleet_file: str | None, port: int, as_json: bool, show_all: bool) -> None:
+    """Find what is broken before GPU time is spent: node, cause and fix for each problem."""
+    from trainfleet.cli.render import doctor_table
+    from trainfleet.ops.doctor import examine
+
+    fleet = load(fleet_file)
+    report = asyncio.run(examine(fleet, rdzv_port=port))
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(doctor_table(report, show_all=show_all))
+    sys.exit(0 if report.ok else 1)

@@ -1,0 +1,87 @@
+"""`trainfleet init`, `import`, `check`: describing the fleet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from trainfleet.cli.app import cli, fleet_option, load
+from trainfleet.errors import SpecError, UsageError
+
+
+def write_new(path: Path, text: str, force: bool) -> None:
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists", fix="pass --force to overwrite it, or -o another file")
+    from trainfleet.files import write_atomically
+
+    write_atomically(path, text)
+
+
+@cli.command()
+@click.option("-o", "--out", default="fleet.yaml", show_default=True, help="where to write it")
+@click.option("--force", is_flag=True, help="overwrite an existing file")
+def init(out: str, force: bool) -> None:
+    """Write a commented fleet.yaml to start from."""
+    from trainfleet.templates import FLEET_TEMPLATE
+
+    write_new(Path(out), FLEET_TEMPLATE, force)
+    click.echo(f"wrote {out}: list your machines under `nodes:`, then run `trainfleet exec -- hostname`")
+
+
+@cli.group(name="import")
+def import_group() -> None:
+    """Make a fleet.yaml from a DeepSpeed/MPI hostfile or ~/.ssh/config."""
+
+
+@import_group.command(name="hostfile")
+@click.argument("hostfile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--ssh-config", type=click.Path(dir_okay=False, path_type=Path),
+              help="resolve host aliases through this file (default ~/.ssh/config)")
+@click.option("-o", "--out", default="fleet.yaml", show_default=True)
+@click.option("--force", is_flag=True, help="overwrite an existing file")
+def import_hostfile(hostfile: Path, ssh_config: Path | None, out: str, force: bool) -> None:
+    """`host slots=N` lines, as DeepSpeed's --hostfile reads them."""
+    from trainfleet.fleet.importers import SSHConfig, parse_hostfile
+    from trainfleet.fleet.schema import dump_fleet_yaml, fleet_from_data
+
+    try:
+        text = hostfile.read_text()
+    except OSError as exc:
+        raise SpecError(f"{hostfile}: cannot read hostfile: {exc.strerror}") from None
+    config = SSHConfig.load(ssh_config) if ssh_config else SSHConfig.load_default()
+    data = parse_hostfile(text, str(hostfile), config)
+    fleet = fleet_from_data(data, str(hostfile))
+    write_new(Path(out), f"# imported from {hostfile}\n" + dump_fleet_yaml(data), force)
+    click.echo(f"wrote {out} with {len(fleet.nodes)} node(s), {sum(n.slots for n in fleet.nodes)} slot(s); "
+               f"next: `trainfleet ssh setup -f {out}` pins each node's host key")
+
+
+@import_group.command(name="ssh-config")
+@click.argument("aliases", nargs=-1)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="default ~/.ssh/config")
+@click.option("--slots", default=1, show_default=True, type=int, help="processes (GPUs) per node")
+@click.option("-o", "--out", default="fleet.yaml", show_default=True)
+@click.option("--force", is_flag=True, help="overwrite an existing file")
+def import_ssh_config(aliases: tuple[str, ...], config_path: Path | None, slots: int, out: str, force: bool) -> None:
+    """Host aliases (all concrete ones if none are named)."""
+    from trainfleet.fleet.importers import SSHConfig, fleet_data_from_ssh_config
+    from trainfleet.fleet.schema import dump_fleet_yaml, fleet_from_data
+
+    config = SSHConfig.load(config_path) if config_path else SSHConfig.load_default()
+    data = fleet_data_from_ssh_config(config, list(aliases), slots)
+    fleet = fleet_from_data(data, config.source)
+    write_new(Path(out), f"# imported from {config.source}\n" + dump_fleet_yaml(data), force)
+    click.echo(f"wrote {out} with {len(fleet.nodes)} node(s)")
+
+
+@cli.command(name="check")
+@fleet_option
+def check_fleet(fleet_file: str | None) -> None:
+    """Validate the fleet file and print the resolved nodes."""
+    fleet = load(fleet_file)
+    for node in fleet.nodes:
+        via = f" via {node.jump}" if node.jump else ""
+        click.echo(f"{node.name}: {node.ssh_target}{via} slots={node.slots} address={node.address}"
+                   f" interface={node.interface or '(detected at launch)'}")

@@ -1,0 +1,207 @@
+"""`trainfleet run`, `bench net` and `demo`: jobs on the fleet."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from trainfleet.cli.app import cli, echo_err, fleet_option, load, print_line, run_cancellable, status
+from trainfleet.errors import UsageError
+
+if TYPE_CHECKING:
+    from trainfleet.fleet.model import Fleet
+    from trainfleet.job.spec import JobSpec
+    from trainfleet.ops.run import RunOptions
+
+
+def secret_values(fleet: Fleet) -> dict[str, str]:
+    """Each secret from this process's environment, else typed at a prompt; never stored."""
+    import getpass
+
+    values = {}
+    for name in fleet.secrets:
+        value = os.environ.get(name)
+        if value is None:
+            if not sys.stdin.isatty():
+                raise UsageError(f"{fleet.source}: secret {name} has no value",
+                                 fix=f"export {name}=... before running, or run from a terminal to be asked")
+            value = getpass.getpass(f"{name} (secret, not echoed): ")
+        values[name] = value
+    return values
+
+
+def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--env {pair!r}: expected NAME=VALUE")
+        env[name] = value
+    return env
+
+
+def launch(fleet: Fleet, job: JobSpec, options: RunOptions, printer: Callable[[str], None] = print_line) -> int:
+    """Sync (unless told not to), then run the job; prints its summary; returns the exit code."""
+    import asyncio
+
+    from trainfleet.cli.render import run_summary
+    from trainfleet.ops.run import check_entrypoint_locally, run_job
+    from trainfleet.ops.sync import sync_project
+
+    secrets = secret_values(fleet)
+    if options.sync_dir is not None:
+        check_entrypoint_locally(job, options.sync_dir)
+        result = asyncio.run(sync_project(fleet, fleet.nodes, options.sync_dir))
+        slowest = max(r.seconds for r in result.results)
+        status(f"synced {options.sync_dir.resolve()} to {fleet.workdir} on {len(fleet.nodes)} node(s) "
+               f"in {slowest:.1f}s")
+    outcome = run_cancellable(lambda cancel: run_job(fleet, job, options, secrets=secrets, printer=printer,
+                                                     status=status, cancel=cancel))
+    logs = options.log_dir or Path("trainfleet-runs") / job.job_id
+    for line in run_summary(outcome, str(logs)):
+        echo_err(line)
+    return outcome.exit_code if not outcome.left_running else max(outcome.exit_code, 1)
+
+
+def refuse_stray_option(script: str, command: click.Command) -> None:
+    """`run --nproc 2 train.py`: an option run does not know, before the script, would
+    otherwise become the script (or reach the launcher)."""
+    if not script.startswith("-"):
+        return
+    name = script.split("=", 1)[0]
+    known = [o for param in command.params for o in getattr(param, "opts", []) if o.startswith("--")]
+    close = [o for o in known if o.startswith(name)] or difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise UsageError(f"run has no option {name}",
+                     fix=f"{hint}options for your script go after it: trainfleet run [OPTIONS] SCRIPT [ARGS]...")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@fleet_option
+@click.option("--nproc-per-node", type=int, help="processes per node (default: each node's slots)")
+@click.option("-m", "--module", is_flag=True, help="SCRIPT is a Python module name, as in `python -m`")
+@click.option("--port", type=int, help="rendezvous port on node 0 (default: 29500 if free, else any free one)")
+@click.option("--dry-run", is_flag=True, help="print every node's exact command and environment, run nothing")
+@click.option("--json", "as_json", is_flag=True, help="with --dry-run: print the plan as JSON")
+@click.option("--sync-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=".",
+              show_default=True, help="directory copied into the workdir before launch")
+@click.option("--no-sync", is_flag=True, help="the code is already on the nodes")
+@click.option("--max-restarts", type=int, default=0, show_default=True, help="torchrun's restarts on failure")
+@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="where per-node logs go (default ./trainfleet-runs/JOB_ID)")
+@click.option("--grace", type=float, default=10.0, show_default=True,
+              help="seconds between SIGTERM and SIGKILL at teardown")
+@click.option("--job-id", help="rendezvous id and log name (default: tf-DATE-TIME-RANDOM)")
+@click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE", help="extra environment for this run")
+@click.option("-v", "--verbose", is_flag=True, help="also show the launcher's own output (kept in the logs anyway)")
+@click.argument("script")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run(fleet_file: str | None, nproc_per_node: int | None, module: bool, port: int | None, dry_run: bool,
+        as_json: bool, sync_dir: Path, no_sync: bool, max_restarts: int, log_dir: Path | None, grace: float,
+        job_id: str | None, env_pairs: tuple[str, ...], verbose: bool, script: str, args: tuple[str, ...]) -> None:
+    """Start SCRIPT on every node with torchrun and stream every rank's output."""
+    from trainfleet.job.spec import JobSpec, new_job_id, validate_job
+    from trainfleet.ops.run import RunOptions, plan_offline
+
+    refuse_stray_option(script, run)
+    fleet = load(fleet_file)
+    job = JobSpec(entrypoint=script, args=args, module=module, nproc_per_node=nproc_per_node,
+                  max_restarts=max_restarts, job_id=job_id or new_job_id(), env=parse_env(env_pairs))
+    validate_job(job)
+    if dry_run:
+        plan = plan_offline(fleet, job, port)
+        click.echo(json.dumps(plan.to_json(), indent=2) if as_json else plan.render(), nl=as_json)
+        return
+    options = RunOptions(port=port, sync_dir=None if no_sync else sync_dir, log_dir=log_dir, grace=grace,
+                         verbose=verbose)
+    sys.exit(launch(fleet, job, options))
+
+
+@cli.group()
+def bench() -> None:
+    """Measure the fleet."""
+
+
+@bench.command(name="net")
+@fleet_option
+@click.option("--min-size", default="1K", show_default=True)
+@click.option("--max-size", default="256M", show_default=True)
+@click.option("--p2p-size", default="32M", show_default=True, help="bytes per point-to-point transfer (0: skip)")
+@click.option("--nproc-per-node", type=int, default=1, show_default=True,
+              help="ranks per node (1 measures the network; slots measures what training sees)")
+@click.option("--min-iters", type=int, default=3, show_default=True)
+@click.option("--seconds-per-size", type=float, default=1.0, show_default=True)
+@click.option("--port", type=int, help="rendezvous port on node 0")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="also show every rank's output")
+def bench_net(fleet_file: str | None, min_size: str, max_size: str, p2p_size: str, nproc_per_node: int,
+              min_iters: int, seconds_per_size: float, port: int | None, as_json: bool, verbose: bool) -> None:
+    """All-reduce bandwidth (algbw, busbw) from --min-size to --max-size through torch.distributed
+    (gloo on CPU, NCCL on GPU), and a point-to-point matrix that names the slowest link."""
+    import asyncio
+
+    from trainfleet.errors import FleetError
+    from trainfleet.job.spec import JobSpec, new_job_id
+    from trainfleet.netbench import JOB_DIR, REMOTE_JOB_DIR, NetBenchResult, job_args, parse_size, size_ladder
+    from trainfleet.ops.run import RunOptions
+    from trainfleet.ops.sync import sync_code
+
+    fleet = load(fleet_file)
+    sizes = size_ladder(parse_size(min_size), parse_size(max_size))
+    copied = asyncio.run(sync_code(fleet, fleet.nodes, JOB_DIR, f"{fleet.workdir.rstrip('/')}/{REMOTE_JOB_DIR}"))
+    if not copied.ok:
+        raise FleetError("copying the benchmark job failed", copied)
+    numbers = NetBenchResult(node_names=[n.name for n in fleet.nodes])
+
+    def collect(line: str) -> None:
+        if not numbers.take(line) and verbose:
+            print_line(line)
+
+    job = JobSpec(entrypoint=f"{REMOTE_JOB_DIR}/netbench.py", nproc_per_node=nproc_per_node, job_id=new_job_id(),
+                  args=job_args(sizes, parse_size(p2p_size), min_iters, seconds_per_size))
+    code = launch(fleet, job, RunOptions(port=port, grace=5.0, verbose=verbose), printer=collect)
+    if code == 0:
+        click.echo(json.dumps(numbers.to_json(), indent=2) if as_json else numbers.render())
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--steps", type=int, default=60, show_default=True)
+@click.option("--name", default="demo", show_default=True, help="sandbox name to use")
+def demo(steps: int, name: str) -> None:
+    """Sandbox up (2 nodes), train the example across both, show the loss falling, sandbox down."""
+    from trainfleet.examples_path import example_dir
+    from trainfleet.fleet import load_fleet
+    from trainfleet.job.spec import JobSpec, new_job_id
+    from trainfleet.ops.run import RunOptions
+    from trainfleet.sandbox import cluster
+
+    example = example_dir("charlm")
+    state = cluster.up(2, name=name, slots=2)
+    try:
+        fleet = load_fleet(Path(state.fleet_file))
+        status(f"sandbox {name}: 2 nodes ({', '.join(n.address for n in state.nodes)}); training {example.name} "
+               f"with 2 processes per node")
+        job = JobSpec(entrypoint="train.py", args=("--steps", str(steps), "--checkpoint-dir", "checkpoints"),
+                      job_id=new_job_id())
+        losses: list[str] = []
+
+        def show(line: str) -> None:
+            if line.startswith(f"[{fleet.head.name}:0] step ") and " loss " in line:
+                losses.append(line.split(" loss ")[1].split()[0])
+            print_line(line)
+
+        code = launch(fleet, job, RunOptions(sync_dir=example, grace=5.0), printer=show)
+    finally:
+        cluster.down(name, missing_ok=True)
+        status(f"sandbox {name} removed")
+    if code == 0 and len(losses) >= 2:
+        status(f"demo: loss fell from {losses[0]} to {losses[-1]} in {steps} steps across 2 nodes x 2 processes")
+    sys.exit(code)

@@ -1,0 +1,199 @@
+"""`trainfleet sandbox`: a real cluster on this machine, and faults to break it with."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from trainfleet.cli.app import cli, echo_err, fleet_option
+
+
+@cli.group()
+def sandbox() -> None:
+    """A real multi-node cluster on this Linux machine (network namespaces, one sshd per node)."""
+
+
+@sandbox.command(name="up")
+@click.option("--nodes", "count", type=int, default=2, show_default=True)
+@click.option("--name", default="tf", show_default=True, help="several sandboxes can coexist under different names")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="where to write its fleet file")
+@click.option("--slots", type=int, default=2, show_default=True, help="slots per node in the fleet file")
+@click.option("--private-network", is_flag=True,
+              help="add a second network for training traffic, with NIC names that differ between nodes")
+@click.option("--ssh-port", type=int, default=22, show_default=True, help="the port every node's sshd listens on")
+@click.option("--password-auth", is_flag=True, help="let users other than root log in with a password")
+def sandbox_up(count: int, name: str, out: Path | None, slots: int, private_network: bool, ssh_port: int,
+               password_auth: bool) -> None:
+    """Create the cluster and print the path of its fleet file."""
+    from trainfleet.sandbox import cluster
+
+    state = cluster.up(count, name=name, out=out, slots=slots, private_network=private_network, ssh_port=ssh_port,
+                       password_auth=password_auth)
+    echo_err(f"sandbox {state.name}: {len(state.nodes)} node(s) on {state.subnet}"
+             + (f", training network {state.private_subnet}" if state.private_subnet else ""))
+    shared = cluster.controller_python_under_tmp()
+    if shared:
+        echo_err(f"sandbox {state.name}: this Python lives under /tmp ({shared}), which is private to each node; "
+                 f"it is mounted read-only at the same path on every node (real machines need their own)")
+    click.echo(state.fleet_file)
+
+
+@sandbox.command(name="down")
+@click.option("--name", default="tf", show_default=True)
+@click.option("--all", "everything", is_flag=True, help="remove every sandbox")
+def sandbox_down(name: str, everything: bool) -> None:
+    """Remove every namespace, link, process and file of the sandbox."""
+    from trainfleet.sandbox import cluster
+
+    names = [s.name for s in cluster.list_states()] if everything else [name]
+    for each in names:
+        removed = cluster.down(each, missing_ok=everything)
+        click.echo(f"sandbox {each}: removed {len(removed)} item(s)")
+
+
+@sandbox.command(name="status")
+@click.option("--name", help="one sandbox (default: all)")
+@click.option("--json", "as_json", is_flag=True)
+def sandbox_status(name: str | None, as_json: bool) -> None:
+    """List sandboxes and, per node, namespace, addresses and sshd pid."""
+    from trainfleet.sandbox import cluster
+
+    report = cluster.status(name)
+    if as_json:
+        click.echo(json.dumps(report if name is None else report[0], indent=2))
+        return
+    if not report:
+        click.echo("no sandboxes")
+    for entry in report:
+        click.echo(f"{entry['name']}: subnet {entry['subnet']}, fleet file {entry['fleet_file']}")
+        for node in entry["nodes"]:  # type: ignore[union-attr]
+            state = "up" if node["sshd_running"] else "DOWN"
+            click.echo(f"  {node['name']:8} {node['namespace']:18} {node['address']:15} "
+                       f"{node['interface']:7} sshd {node['sshd_pid']} {state}")
+
+
+@sandbox.group(name="fault")
+def sandbox_fault() -> None:
+    """Break a sandbox node on purpose (and `clear` it): see what doctor and run say.
+
+    NODE is a node name of the fleet file (-f, $TRAINFLEET_FLEET or ./fleet.yaml), or of
+    the sandbox named with --name."""
+
+
+sandbox_name = click.option("--name", help="the sandbox (default: the one holding the fleet's nodes, else tf)")
+
+
+def _target(name: str | None, fleet_file: str | None, node: str | None) -> tuple[str, str | None]:
+    """(sandbox name, sandbox node name) for a node named as the fleet names it."""
+    from trainfleet.fleet import fleet_path, load_fleet
+    from trainfleet.sandbox import cluster
+
+    if name:
+        return name, node
+    path = fleet_path(fleet_file)
+    if not path.is_file():
+        return "tf", node
+    fleet = load_fleet(path)
+    state, mapping = cluster.find_for_fleet([(n.name, n.host, n.port) for n in fleet.nodes])
+    if node is None:
+        return state.name, None
+    fleet.node(node)  # names the fleet's nodes when there is no such one
+    return state.name, mapping[node].name
+
+
+def _inject(name: str | None, fleet_file: str | None, node: str, kind_name: str, **params: object) -> None:
+    from trainfleet.sandbox.faults import FaultKind, inject
+
+    sandbox_name_, node_name = _target(name, fleet_file, node)
+    assert node_name is not None
+    fault = inject(sandbox_name_, node_name, FaultKind(kind_name), **params)  # type: ignore[arg-type]
+    click.echo(f"sandbox {sandbox_name_}: {node}: {fault.kind.value} ({fault.detail})")
+
+
+@sandbox_fault.command(name="block-port")
+@click.argument("node")
+@click.argument("port", type=int)
+@click.option("--mode", type=click.Choice(["drop", "reject"]), default="drop", show_default=True)
+@sandbox_name
+@fleet_option
+def fault_block_port(node: str, port: int, mode: str, name: str | None, fleet_file: str | None) -> None:
+    """Firewall incoming TCP PORT on NODE (DROP: silence; REJECT: refused)."""
+    _inject(name, fleet_file, node, "block-port", port=port, mode=mode)
+
+
+@sandbox_fault.command(name="cap")
+@click.argument("node")
+@click.argument("rate")
+@sandbox_name
+@fleet_option
+def fault_cap(node: str, rate: str, name: str | None, fleet_file: str | None) -> None:
+    """Cap NODE's links at RATE (e.g. 100mbit) in both directions."""
+    _inject(name, fleet_file, node, "cap", rate=rate)
+
+
+@sandbox_fault.command(name="latency")
+@click.argument("node")
+@click.argument("delay")
+@sandbox_name
+@fleet_option
+def fault_latency(node: str, delay: str, name: str | None, fleet_file: str | None) -> None:
+    """Delay every packet NODE sends by DELAY (e.g. 50ms); needs the kernel's netem."""
+    _inject(name, fleet_file, node, "latency", delay=delay)
+
+
+@sandbox_fault.command(name="cut")
+@click.argument("node")
+@sandbox_name
+@fleet_option
+def fault_cut(node: str, name: str | None, fleet_file: str | None) -> None:
+    """Take NODE's network links down."""
+    _inject(name, fleet_file, node, "cut")
+
+
+@sandbox_fault.command(name="fill-disk")
+@click.argument("node")
+@sandbox_name
+@fleet_option
+def fault_fill_disk(node: str, name: str | None, fleet_file: str | None) -> None:
+    """Replace NODE's workdir with a small tmpfs that is full."""
+    _inject(name, fleet_file, node, "fill-disk")
+
+
+@sandbox_fault.command(name="kill")
+@click.argument("node")
+@sandbox_name
+@fleet_option
+def fault_kill(node: str, name: str | None, fleet_file: str | None) -> None:
+    """Kill every process of NODE, sshd included (`clear` boots it again)."""
+    _inject(name, fleet_file, node, "kill")
+
+
+@sandbox_fault.command(name="clear")
+@click.argument("node", required=False)
+@sandbox_name
+@fleet_option
+def fault_clear(node: str | None, name: str | None, fleet_file: str | None) -> None:
+    """Undo the faults of NODE (default: of every node)."""
+    from trainfleet.sandbox.faults import clear
+
+    sandbox_name_, node_name = _target(name, fleet_file, node)
+    undone = clear(sandbox_name_, node_name)
+    click.echo(f"sandbox {sandbox_name_}: cleared {len(undone)} fault(s)"
+               + "".join(f"\n  {f.node}: {f.kind.value} ({f.detail})" for f in undone))
+
+
+@sandbox_fault.command(name="list")
+@sandbox_name
+@fleet_option
+def fault_list(name: str | None, fleet_file: str | None) -> None:
+    """List the faults in force."""
+    from trainfleet.sandbox.cluster import load_state
+    from trainfleet.sandbox.faults import active
+
+    sandbox_name_, _ = _target(name, fleet_file, None)
+    faults = active(load_state(sandbox_name_))
+    click.echo("\n".join(f"{f.node}: {f.kind.value} ({f.detail})" for f in faults) or "no faults")
+
+

@@ -1,0 +1,157 @@
+"""`trainfleet ssh` and `firewall`: trust between nodes, and exactly the ports training needs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import click
+
+from trainfleet.cli.app import cli, echo_err, fleet_option, load
+
+
+@cli.group(name="ssh")
+def ssh_group() -> None:
+    """Trust between all nodes (one fleet key, pinned host keys), checked and revocable."""
+
+
+@ssh_group.command(name="setup")
+@fleet_option
+@click.option("--yes", is_flag=True, help="trust host keys seen for the first time without asking")
+@click.option("--ask-password", is_flag=True, help="nodes that refuse your keys get a password prompt "
+              "(typed once, never stored); the default when run from a terminal")
+@click.option("--hosts-file", is_flag=True, help="also add node names to /etc/hosts on every node (needs root)")
+def ssh_setup(fleet_file: str | None, yes: bool, ask_password: bool, hosts_file: bool) -> None:
+    """Install one fleet key so every node reaches every node; pin host keys; write an ssh_config."""
+    import getpass
+
+    from trainfleet.ops.trust import setup
+
+    fleet = load(fleet_file)
+    interactive = sys.stdin.isatty()
+
+    def confirm(fingerprints: str) -> bool:
+        click.echo(f"host keys seen for the first time:\n{fingerprints}", err=True)
+        if yes:
+            return True
+        if not interactive:
+            return False
+        return click.confirm("trust them?", default=False, err=True)
+
+    def prompt(node) -> str:  # type: ignore[no-untyped-def]
+        return getpass.getpass(f"password for {node.user}@{node.host} (used once, not stored): ")
+
+    report = asyncio.run(setup(fleet, confirm=confirm, ask_password=prompt if ask_password or interactive else None,
+                               hosts_file=hosts_file))
+    for key in report.host_keys:
+        state = "pinned" if key.status == "pinned" else "now pinned"
+        click.echo(f"{key.node}: host key {key.key_type} {key.fingerprint} ({state})")
+    total = sum(len(files) for files in report.changed.values())
+    for node, files in report.changed.items():
+        if files:
+            click.echo(f"{node}: updated {', '.join(files)}")
+    click.echo(f"fleet key tag {report.key.tag}: {total} file(s) changed on the nodes"
+               + ("" if total else " (already set up)"))
+    click.echo(f"your own tools: ssh -F {fleet.ssh.ssh_config} {fleet.head.name}  "
+               f"(pdsh: PDSH_SSH_ARGS_APPEND='-F {fleet.ssh.ssh_config}')")
+    if report.errors:
+        for node, error in report.errors.items():
+            echo_err(f"trainfleet: {node}: {error}")
+        sys.exit(1)
+
+
+@ssh_group.command(name="check")
+@fleet_option
+@click.option("--json", "as_json", is_flag=True)
+def ssh_check(fleet_file: str | None, as_json: bool) -> None:
+    """Verify the N×N matrix: every node sshes to every node (itself included) at once."""
+    from trainfleet.ops.trust import check
+
+    fleet = load(fleet_file)
+    matrix = asyncio.run(check(fleet))
+    missing = [(src, dst, r.error) for src, row in matrix.items() for dst, r in row.items() if not r.ok]
+    if as_json:
+        click.echo(json.dumps({"ok": not missing, "matrix": {
+            src: {dst: {"ok": r.ok, "error": r.error} for dst, r in row.items()} for src, row in matrix.items()}},
+            indent=2))
+    else:
+        pairs = len(fleet.nodes) ** 2
+        click.echo(f"{pairs - len(missing)}/{pairs} node pairs can ssh to each other")
+        for src, dst, error in missing:
+            click.echo(f"  missing: {src} -> {dst}: {error}")
+        if missing:
+            click.echo("fix: run `trainfleet ssh setup`")
+    sys.exit(1 if missing else 0)
+
+
+@ssh_group.command(name="revoke")
+@fleet_option
+def ssh_revoke(fleet_file: str | None) -> None:
+    """Remove from every node exactly what `ssh setup` added, and nothing else."""
+    from trainfleet.ops.trust import revoke
+
+    fleet = load(fleet_file)
+    answers = asyncio.run(revoke(fleet))
+    for node in fleet.nodes:
+        answer = answers[node.name]
+        parts = []
+        if answer.restored:
+            parts.append(f"restored {', '.join(answer.restored)}")
+        if answer.removed:
+            parts.append(f"removed {', '.join(answer.removed)}")
+        click.echo(f"{node.name}: " + ("; ".join(parts) if parts else "nothing of this fleet was there"))
+
+
+@cli.group(name="firewall")
+def firewall_group() -> None:
+    """Open exactly the ports training needs between fleet nodes (never `ufw disable`)."""
+
+
+port_option = click.option("--port", type=int, default=29500, show_default=True, help="the rendezvous port on node 0")
+
+
+@firewall_group.command(name="plan")
+@fleet_option
+@port_option
+def firewall_plan(fleet_file: str | None, port: int) -> None:
+    """Print the allow rules for every node, and the exact commands for each kind of firewall."""
+    from trainfleet.firewall import fleet_tag, render
+    from trainfleet.ops.firewall import plan
+
+    fleet = load(fleet_file)
+    click.echo(render(asyncio.run(plan(fleet, port)), fleet_tag(fleet)), nl=False)
+
+
+def _report(fleet, outcome, action: str) -> None:  # type: ignore[no-untyped-def]
+    for node in fleet.nodes:
+        answer = outcome.replies.get(node.name)
+        if answer is None:
+            continue
+        changes = answer.added if action == "apply" else answer.removed
+        note = " (no firewall is active: nothing to open)" if answer.backend == "none" and action == "apply" else ""
+        verb = "added" if action == "apply" else "removed"
+        click.echo(f"{node.name}: {answer.backend}: {len(changes)} rule(s) {verb}{note}")
+    if outcome.error is not None:
+        raise outcome.error
+
+
+@firewall_group.command(name="apply")
+@fleet_option
+@port_option
+def firewall_apply(fleet_file: str | None, port: int) -> None:
+    """Insert the planned rules into each node's firewall (iptables, nftables or ufw); idempotent."""
+    from trainfleet.ops.firewall import apply
+
+    fleet = load(fleet_file)
+    _report(fleet, asyncio.run(apply(fleet, port)), "apply")
+
+
+@firewall_group.command(name="revoke")
+@fleet_option
+def firewall_revoke(fleet_file: str | None) -> None:
+    """Remove the rules `firewall apply` added, and nothing else."""
+    from trainfleet.ops.firewall import revoke
+
+    fleet = load(fleet_file)
+    _report(fleet, asyncio.run(revoke(fleet)), "revoke")

@@ -1,0 +1,1 @@
+"""`trainfleet doctor`: the checks (pure) over what ops.doctor gathers."""

@@ -1,0 +1,125 @@
+"""The fleet as plain frozen values: which machines, how to reach them, where jobs run.
+
+Nothing here reads files or touches the network; `fleet.load` builds these values from
+a fleet file, and every other part of trainfleet only reads them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from trainfleet.errors import SpecError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Jump:
+    """A bastion that SSH goes through first (OpenSSH's ProxyJump)."""
+
+    host: str
+    port: int = 22
+    user: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Jump:
+        user, _, hostport = text.rpartition("@")
+        host, port = hostport, 22
+        if hostport.startswith("["):
+            host, _, rest = hostport[1:].partition("]")
+            if rest.startswith(":"):
+                port = int(rest[1:])
+        elif hostport.count(":") == 1:
+            host, port_text = hostport.split(":")
+            port = int(port_text)
+        if not host:
+            raise ValueError(f"jump host {text!r} has no host name")
+        return cls(host=host, port=port, user=user or None)
+
+    def __str__(self) -> str:
+        user = f"{self.user}@" if self.user else ""
+        return f"{user}{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One machine, with every SSH setting resolved."""
+
+    name: str
+    host: str
+    port: int
+    user: str
+    slots: int
+    identity_file: str | None
+    address: str
+    interface: str | None
+    jump: Jump | None
+
+    @property
+    def ssh_target(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SSHSettings:
+    known_hosts: str
+    connect_timeout: float
+    fanout: int
+    state_dir: str = ""
+    """Where `trainfleet ssh setup` keeps this fleet's key, pinned host keys and ssh_config:
+    outside the project tree, so that no `git add .` or rsync ever picks the key up."""
+
+    @property
+    def fleet_key(self) -> str:
+        return os.path.join(self.state_dir, "id_ed25519") if self.state_dir else ""
+
+    @property
+    def fleet_known_hosts(self) -> str:
+        return os.path.join(self.state_dir, "known_hosts") if self.state_dir else ""
+
+    @property
+    def ssh_config(self) -> str:
+        return os.path.join(self.state_dir, "ssh_config") if self.state_dir else ""
+
+
+@dataclass(frozen=True)
+class Fleet:
+    nodes: tuple[Node, ...]
+    workdir: str
+    python: str
+    env: Mapping[str, str]
+    ssh: SSHSettings
+    secrets: tuple[str, ...] = ()
+    """Names of environment variables whose values are asked for at run time, never stored."""
+    source: str = field(default="<memory>", compare=False)
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes)
+        raise SpecError(f"{self.source}: no node named {name!r} (nodes: {known})")
+
+    def select(self, names: list[str] | None) -> tuple[Node, ...]:
+        """The named nodes in fleet order (all when no names are given)."""
+        if not names:
+            return self.nodes
+        wanted = {self.node(name).name for name in names}
+        return tuple(n for n in self.nodes if n.name in wanted)
+
+    @property
+    def head(self) -> Node:
+        return self.nodes[0]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Fleet:
+        nodes = tuple(Node(**{**n, "jump": Jump(**n["jump"]) if n["jump"] else None}) for n in data["nodes"])
+        return cls(nodes=nodes, workdir=data["workdir"], python=data["python"], env=dict(data["env"]),
+                   ssh=SSHSettings(**data["ssh"]), secrets=tuple(data["secrets"]), source=data["source"])

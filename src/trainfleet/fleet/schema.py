@@ -1,0 +1,201 @@
+"""The fleet file format: pydantic models (unknown keys rejected with their path), and
+their resolution into the plain `Fleet` value.
+
+Imported only when a fleet file has to be validated (not when `load` finds it cached).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from trainfleet.errors import SpecError
+from trainfleet.fleet.load import local_user
+from trainfleet.fleet.model import NAME_PATTERN, Fleet, Jump, Node, SSHSettings
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SSHDefaultsModel(_Strict):
+    user: str | None = None
+    port: int = Field(default=22, ge=1, le=65535)
+    identity_file: str | None = None
+    known_hosts: str = "~/.ssh/known_hosts"
+    connect_timeout: float = Field(default=10.0, gt=0)
+    fanout: int = Field(default=64, ge=1)
+    jump: str | None = None
+
+
+class NodeModel(_Strict):
+    host: str = Field(min_length=1)
+    name: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    user: str | None = None
+    identity_file: str | None = None
+    slots: int = Field(default=1, ge=1)
+    address: str | None = None
+    interface: str | None = None
+    jump: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, value: str | None) -> str | None:
+        if value is not None and not NAME_PATTERN.match(value):
+            raise ValueError("use letters, digits, '.', '_' and '-' only")
+        return value
+
+
+class FleetModel(_Strict):
+    nodes: list[NodeModel] = Field(min_length=1)
+    workdir: str = "~/trainfleet"
+    python: str = "python3"
+    env: dict[str, str] = Field(default_factory=dict)
+    secrets: list[str] = Field(default_factory=list)
+    ssh: SSHDefaultsModel = Field(default_factory=SSHDefaultsModel)
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+                raise ValueError(f"{name!r} is not a valid environment variable name")
+        if len(set(value)) != len(value):
+            raise ValueError("a secret is listed twice")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+        return value
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    where = _format_location(tuple(error["loc"]))
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    if error["type"] == "missing":
+        return f"{where}: required key is missing"
+    return f"{where}: {error['msg']} (got {error.get('input')!r})"
+
+
+def _expand_local(path: str | None) -> str | None:
+    return os.path.expanduser(path) if path else None
+
+
+def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "") -> Fleet:
+    """Fill each node's SSH settings from the fleet defaults and check the whole."""
+
+    def local_path(path: str | None) -> str | None:
+        expanded = _expand_local(path)
+        if expanded and not os.path.isabs(expanded):
+            expanded = str((base_dir / expanded).resolve())
+        return expanded
+
+    defaults = model.ssh
+    hosts = [n.host for n in model.nodes]
+    nodes: list[Node] = []
+    seen_names: dict[str, int] = {}
+    seen_targets: dict[tuple[str, int], int] = {}
+    for index, spec in enumerate(model.nodes):
+        where = f"{source}: nodes[{index}]"
+        port = spec.port or defaults.port
+        name = spec.name or (spec.host if hosts.count(spec.host) == 1 else f"{spec.host}-{port}")
+        if not NAME_PATTERN.match(name):
+            raise SpecError(f"{where}.name: {name!r} is not a usable node name",
+                            fix="set `name:` to letters, digits, '.', '_' or '-'")
+        if (spec.host, port) in seen_targets:
+            raise SpecError(
+                f"{where}.host: duplicate host {spec.host}:{port} (also nodes[{seen_targets[(spec.host, port)]}])",
+                fix="list each machine once; use `slots:` for several processes on one machine")
+        if name in seen_names:
+            raise SpecError(f"{where}.name: duplicate node name {name!r} (also nodes[{seen_names[name]}])",
+                            fix="give every node a different `name:`")
+        seen_names[name] = index
+        seen_targets[(spec.host, port)] = index
+        identity = local_path(spec.identity_file or defaults.identity_file)
+        if identity and not os.path.isfile(identity):
+            field_name = "identity_file" if spec.identity_file else "ssh.identity_file"
+            raise SpecError(f"{where} ({name}): {field_name}: key file {identity} does not exist",
+                            fix="point it at an existing private key, or run `ssh-keygen -t ed25519`")
+        jump_text = spec.jump or defaults.jump
+        try:
+            jump = Jump.parse(jump_text) if jump_text else None
+        except ValueError as exc:
+            raise SpecError(f"{where} ({name}): jump: {exc}", fix="write it as user@host:port") from None
+        address = spec.address or spec.host
+        nodes.append(Node(
+            name=name,
+            host=spec.host,
+            port=port,
+            user=spec.user or defaults.user or local_user(),
+            slots=spec.slots,
+            identity_file=identity,
+            address=address,
+            interface=spec.interface,
+            jump=jump,
+        ))
+    return Fleet(
+        nodes=tuple(nodes),
+        workdir=model.workdir,
+        python=model.python,
+        env=dict(model.env),
+        secrets=tuple(model.secrets),
+        ssh=SSHSettings(
+            known_hosts=local_path(defaults.known_hosts) or "",
+            connect_timeout=defaults.connect_timeout,
+            fanout=defaults.fanout,
+            state_dir=state_dir,
+        ),
+        source=source,
+    )
+
+
+def fleet_from_data(data: Any, source: str, base_dir: Path | None = None, state_dir: str = "") -> Fleet:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping with a `nodes:` list, got {type(data).__name__}",
+                        fix="run `trainfleet init` for a commented example")
+    try:
+        model = FleetModel.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = len(exc.errors()) - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise SpecError(f"{source}: {_describe(first)}{suffix}",
+                        fix="see `trainfleet init` for every allowed key") from None
+    return resolve(model, source, base_dir or Path.cwd(), state_dir)
+
+
+def parse_fleet_text(text: str, source: str, base_dir: Path, state_dir: str = "") -> Fleet:
+    from trainfleet.fleet.importers import looks_like_hostfile, parse_hostfile
+
+    if looks_like_hostfile(text):
+        return fleet_from_data(parse_hostfile(text, source), source, base_dir, state_dir)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{source}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return fleet_from_data(data, source, base_dir, state_dir)
+
+
+def dump_fleet_yaml(fleet_data: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(fleet_data), sort_keys=False, default_flow_style=False)

@@ -1,0 +1,173 @@
+"""`trainfleet doctor`: gather what the checks need, over one connection per node.
+
+1. At once on every node: its facts (network, software, GPUs, disk, jobs), and test
+   listeners (node 0: the rendezvous port and an ephemeral one; every other node an
+   ephemeral one, as torchrun, gloo and NCCL will hold them).
+2. Connects: every node tries node 0's ports, and a ring of pairs measures connection
+   set-up time and throughput; each node also resolves its peers' hostnames.
+3. Only when a pair looked slow: that pair again, alone, so that one noisy sample on a
+   loaded machine is not reported as a slow link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+from trainfleet.agent.protocol import (Attempt, Bound, ConnectRequest, FactsReply, ListenReply, ListenRequest,
+                                       ReleaseRequest, Target)
+from trainfleet.doctor.checks import Finding, Gathered, Measured, Verdict, bandwidth_suspect, evaluate, latency_suspect
+from trainfleet.fleet.model import Fleet, Node
+from trainfleet.launchers import DEFAULT_RDZV_PORT
+from trainfleet.netchoice import choose
+from trainfleet.ops.common import facts_request
+from trainfleet.transport.agent_client import AgentError, AgentFailed
+from trainfleet.transport.session import FleetSession
+from trainfleet.transport.ssh import start_tcp
+
+THROUGHPUT_BYTES = 8 * 1024 * 1024
+SECTIONS = ["net", "software", "gpu", "disk", "jobs"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DoctorReport:
+    findings: tuple[Finding, ...]
+    seconds: float
+    gathered: Gathered
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.verdict is Verdict.FAIL for f in self.findings)
+
+    def to_json(self) -> dict[str, object]:
+        return {"ok": self.ok, "seconds": round(self.seconds, 2),
+                "findings": [f.to_json() for f in self.findings],
+                "network": {n: {"interface": c.interface, "address": c.address, "reason": c.reason}
+                            for n, c in self.gathered.choices.items()}}
+
+
+async def examine(fleet: Fleet, rdzv_port: int = DEFAULT_RDZV_PORT, connect_timeout: float = 2.0,
+                  throughput_bytes: int = THROUGHPUT_BYTES) -> DoctorReport:
+    started = time.monotonic()
+    data = Gathered(fleet=fleet, rdzv_port=rdzv_port)
+    session = await FleetSession.open(fleet, sockets=start_tcp(fleet.nodes[:fleet.ssh.fanout]))
+    for name, failed in session.failures.items():
+        data.ssh_errors[name] = failed.error or "unreachable"
+    async with session:
+        listeners = await _first_round(session, data)
+        live = [n for n in fleet.nodes if n.name in data.facts]
+        if live:
+            data.choices = choose(dataclasses.replace(fleet, nodes=tuple(live)), data.facts)
+        try:
+            if len(live) > 1:
+                await _connects(session, live, data, connect_timeout, throughput_bytes)
+        finally:
+            await session.call_all(lambda n: ReleaseRequest(handle=listeners[n.name].handle)
+                                   if n.name in listeners else None, timeout=10)
+    return DoctorReport(findings=tuple(evaluate(data)), seconds=time.monotonic() - started, gathered=data)
+
+
+async def _first_round(session: FleetSession, data: Gathered) -> dict[str, ListenReply]:
+    fleet = session.fleet
+    head = fleet.head.name
+    listeners: dict[str, ListenReply] = {}
+
+    async def facts(node: Node) -> None:
+        sections = SECTIONS + (["ports"] if node.name == head else [])
+        sent = time.time()
+        try:
+            answer: FactsReply = await session.call(node.name, facts_request(fleet, sections, ports=[data.rdzv_port]),
+                                                    timeout=30)
+        except (AgentFailed, AgentError) as exc:
+            data.agent_errors[node.name] = str(exc)
+            if isinstance(exc, AgentFailed) and exc.exit_status == 127:
+                await _login_pythons(session, node, data)
+            return
+        received = time.time()
+        data.facts[node.name] = answer
+        data.skew[node.name] = (answer.time - (sent + received) / 2, (received - sent) / 2)
+
+    async def listen(node: Node) -> None:
+        ports = [data.rdzv_port, 0] if node.name == head else [0]
+        try:
+            reply: ListenReply = await session.call(node.name, ListenRequest(ports=ports, max_seconds=60), timeout=30)
+        except (AgentFailed, AgentError):
+            return
+        listeners[node.name] = reply
+        labels = {}
+        for bound in reply.bound:
+            labels["rendezvous" if bound.wanted == data.rdzv_port and bound.wanted else "ephemeral"] = bound
+        data.listeners[node.name] = labels
+
+    live = session.live
+    await asyncio.gather(*(facts(n) for n in live), *(listen(n) for n in live))
+    for name in list(data.listeners):
+        if name not in data.facts:  # its facts failed: nothing else of it is reported
+            del data.listeners[name]
+    return listeners
+
+
+async def _login_pythons(session: FleetSession, node: Node, data: Gathered) -> None:
+    """Where a login shell finds Python, for a node whose non-interactive shell did not."""
+    result = await session.run('"${SHELL:-/bin/sh}" -lc "command -v python3 python" 2>/dev/null', [node],
+                               timeout=15)
+    found = result.results[0].stdout.split() if result.results else []
+    data.login_pythons[node.name] = [p for p in found if p.startswith("/")]
+
+
+async def _connects(session: FleetSession, live: list[Node], data: Gathered, connect_timeout: float,
+                    throughput_bytes: int) -> None:
+    head = session.fleet.head
+    address = {n.name: data.choices[n.name].address for n in live if n.name in data.choices}
+    hostnames = [data.facts[n.name].hostname for n in live]
+    targets: dict[str, list[Target]] = {n.name: [] for n in live}
+    for index, source in enumerate(live):
+        if source.name != head.name and head.name in data.listeners:
+            for label in ("rendezvous", "ephemeral"):
+                bound: Bound | None = data.listeners[head.name].get(label)
+                if bound is not None and bound.port:
+                    targets[source.name].append(Target(node=head.name, address=address[head.name], port=bound.port,
+                                                       label=label))
+        peer = live[(index + 1) % len(live)]
+        ring = data.listeners.get(peer.name, {}).get("ephemeral")
+        if ring is not None and ring.port and peer.name != source.name:
+            targets[source.name].append(Target(node=peer.name, address=address[peer.name], port=ring.port,
+                                               label="peer-to-peer", bytes=throughput_bytes))
+    replies = await session.call_all(
+        lambda n: ConnectRequest(targets=targets[n.name], timeout=connect_timeout,
+                                 resolve=[h for h in hostnames if h != data.facts[n.name].hostname]),
+        nodes=live, timeout=60)
+    attempts: list[tuple[str, Attempt]] = []
+    for name, reply in replies.answers.items():
+        attempts += [(name, attempt) for attempt in reply.attempts]
+        data.resolved[name] = reply.resolved
+    again = await _remeasure(session, attempts, connect_timeout)
+    data.measured = [Measured(source=source, attempt=attempt, confirmed=again.get((source, index)))
+                     for index, (source, attempt) in enumerate(attempts)]
+
+
+async def _remeasure(session: FleetSession, attempts: list[tuple[str, Attempt]],
+                     connect_timeout: float) -> dict[tuple[str, int], Attempt]:
+    """Each suspect pair once more, one at a time per source node."""
+    ok = [a for _, a in attempts if a.result == "ok"]
+    latencies = [a.ms for a in ok if a.ms is not None]
+    rates = [a.mbit_s for a in ok if a.mbit_s is not None]
+    suspects: dict[str, list[int]] = {}
+    for index, (source, attempt) in enumerate(attempts):
+        if attempt.result != "ok":
+            continue
+        slow_link = attempt.mbit_s is not None and len(rates) > 1 and bandwidth_suspect(attempt.mbit_s, max(rates))
+        slow_setup = attempt.ms is not None and len(latencies) > 1 and latency_suspect(attempt.ms, min(latencies))
+        if slow_link or slow_setup:
+            suspects.setdefault(source, []).append(index)
+    confirmed: dict[tuple[str, int], Attempt] = {}
+    for source, indexes in suspects.items():  # one source after another: nothing else on the wire
+        try:
+            reply = await session.call(source, ConnectRequest(targets=[attempts[i][1].target for i in indexes],
+                                                              timeout=connect_timeout, sequential=True), timeout=60)
+        except (AgentFailed, AgentError):
+            continue
+        for index, attempt in zip(indexes, reply.attempts):
+            confirmed[(source, index)] = attempt
+    return confirmed

@@ -1,0 +1,176 @@
+"""`trainfleet run`: check, plan and supervise a job on every node, over one connection each.
+
+Preflight asks every node at once what planning needs (its training interface and
+address; on node 0 a free rendezvous port and, without sync, whether the entrypoint
+is there) and then proves the rendezvous port and a ring of ephemeral ports reachable
+between the nodes, so that a firewall that drops them fails the launch in seconds,
+named, instead of hanging the rendezvous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainfleet.agent.protocol import ConnectRequest, FactsReply, FactsRequest, ListenRequest, ReleaseRequest, Target
+from trainfleet.errors import TrainfleetError, UsageError
+from trainfleet.fleet.model import Fleet, Node
+from trainfleet.job.spec import JobSpec
+from trainfleet.launchers import DEFAULT_RDZV_PORT, LaunchFacts, LaunchPlan, get_launcher
+from trainfleet.netchoice import NetworkChoice, choose
+from trainfleet.ops.common import facts_request, require_ok
+from trainfleet.results import fold_nodes
+from trainfleet.supervise.supervisor import RunOutcome, Supervisor
+from trainfleet.transport.session import FleetSession
+from trainfleet.transport.ssh import start_tcp
+
+Status = Callable[[str], None]
+REACH_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    port: int | None = None
+    """Rendezvous port on node 0; None: 29500 when free, else any free one."""
+    sync_dir: Path | None = None
+    """Copied into the workdir first; None when the code is already on the nodes."""
+    log_dir: Path | None = None
+    grace: float = 10.0
+    settle: float = 3.0
+    verbose: bool = False
+
+
+def check_entrypoint_locally(job: JobSpec, sync_dir: Path) -> None:
+    if job.launcher != "torchrun" or job.module:
+        return
+    if not (sync_dir / job.entrypoint).is_file():
+        raise UsageError(f"{job.entrypoint}: no such file in {sync_dir} (the directory `run` syncs)",
+                         fix="check the name, or pass --sync-dir DIR / --no-sync")
+
+
+def plan_offline(fleet: Fleet, job: JobSpec, port: int | None) -> LaunchPlan:
+    """The plan `--dry-run` prints: nobody is asked, so interfaces not in the fleet file show as detected."""
+    return get_launcher(job.launcher).plan(fleet, job, LaunchFacts(rdzv_port=port or DEFAULT_RDZV_PORT),
+                                           fleet.workdir)
+
+
+async def preflight(session: FleetSession, job: JobSpec, wanted_port: int | None,
+                    check_entry: bool) -> tuple[LaunchFacts, dict[str, NetworkChoice]]:
+    fleet = session.fleet
+    head = fleet.head
+    port = wanted_port or DEFAULT_RDZV_PORT
+    entry = [job.entrypoint] if check_entry and not job.module else []
+
+    def request(node: Node) -> FactsRequest:
+        if node.name == head.name:
+            return facts_request(fleet, ["net", "ports", "files"], ports=[port], files=entry)
+        return facts_request(fleet, ["net"])
+
+    replies = await session.call_all(request, timeout=30)
+    require_ok(fleet, replies.failures, "cannot start the job")
+    answers = replies.answers
+    if entry and not answers[head.name].files.get(job.entrypoint):
+        raise UsageError(f"{job.entrypoint}: no such file in {fleet.workdir} on {head.name}",
+                         fix="sync the code first (leave out --no-sync), or check the name")
+    choices = choose(fleet, answers)
+    problems = [f"{c.node}: {c.problem}" for c in choices.values() if c.problem]
+    if problems:
+        raise TrainfleetError("cannot pick a training network: " + "; ".join(problems),
+                              fix="correct `address:`/`interface:` in the fleet file (`trainfleet doctor` shows "
+                                  "each node's interfaces)")
+    port = _rendezvous_port(answers[head.name], head, port, wanted_port is not None)
+    await check_reachable(session, choices, port)
+    facts = LaunchFacts(rdzv_port=port, interfaces={n: c.interface for n, c in choices.items() if c.interface},
+                        addresses={n: c.address for n, c in choices.items()})
+    return facts, choices
+
+
+def _rendezvous_port(head_facts: FactsReply, head: Node, port: int, chosen: bool) -> int:
+    holder = head_facts.ports.get(str(port))
+    if holder is None:
+        return port
+    who = f" by pid {holder.pid} ({holder.cmdline})" if holder.pid else ""
+    if holder.job_id:
+        who += f", a process of trainfleet job {holder.job_id}"
+    if chosen:
+        raise TrainfleetError(f"port {port} is already in use on {head.name}{who}",
+                              fix="pick another --port, or leave it out to use a free one")
+    assert head_facts.free_port is not None
+    return head_facts.free_port
+
+
+_DROPPED = {"timeout": "drops connections to", "refused": "refuses connections to",
+            "unreachable": "cannot be reached at", "error": "fails connections to"}
+
+
+async def check_reachable(session: FleetSession, choices: Mapping[str, NetworkChoice], port: int) -> None:
+    """Node 0's rendezvous port from every other node, and each node's ephemeral range
+    from the node before it: what c10d, gloo and NCCL will connect to."""
+    fleet = session.fleet
+    nodes = list(fleet.nodes)
+    if len(nodes) < 2:
+        return
+    head = fleet.head
+    listening = await session.call_all(
+        lambda n: ListenRequest(ports=[port, 0] if n.name == head.name else [0], max_seconds=30), timeout=30)
+    require_ok(fleet, listening.failures, "cannot start the job")
+    try:
+        bound = {name: {b.wanted: b for b in reply.bound} for name, reply in listening.answers.items()}
+        if bound[head.name][port].error:
+            raise TrainfleetError(f"rendezvous port {port} on {head.name} cannot be opened: "
+                                  f"{bound[head.name][port].error}", fix="pick another --port")
+        targets: dict[str, list[Target]] = {n.name: [] for n in nodes}
+        for index, node in enumerate(nodes):
+            if node.name != head.name:
+                targets[node.name].append(Target(node=head.name, address=choices[head.name].address, port=port,
+                                                 label="rendezvous"))
+            peer = nodes[(index + 1) % len(nodes)]
+            ephemeral = bound[peer.name][0].port
+            if ephemeral:
+                targets[node.name].append(Target(node=peer.name, address=choices[peer.name].address,
+                                                 port=ephemeral, label="ephemeral"))
+        tried = await session.call_all(lambda n: ConnectRequest(targets=targets[n.name], timeout=REACH_TIMEOUT),
+                                       timeout=30)
+        require_ok(fleet, tried.failures, "cannot start the job")
+    finally:
+        await session.call_all(lambda n: ReleaseRequest(handle=listening.answers[n.name].handle)
+                               if n.name in listening.answers else None, timeout=10)
+    blocked: dict[tuple[str, str, str], list[str]] = {}
+    for source, reply in tried.answers.items():
+        for attempt in reply.attempts:
+            if attempt.result != "ok":
+                key = (attempt.target.node, attempt.target.label, attempt.result)
+                blocked.setdefault(key, []).append(source)
+    if not blocked:
+        return
+    parts = []
+    for (target, label, result), sources in sorted(blocked.items()):
+        what = f"the rendezvous port {port}" if label == "rendezvous" else "its ephemeral ports (gloo/NCCL)"
+        parts.append(f"{target} {_DROPPED[result]} {what} from {fold_nodes(sources)}")
+    raise TrainfleetError("cannot start the job: " + "; ".join(parts),
+                          fix="`trainfleet firewall apply` opens exactly these ports between fleet nodes "
+                              "(`trainfleet doctor` checks every port); do not disable the firewall")
+
+
+async def run_job(fleet: Fleet, job: JobSpec, options: RunOptions, *, secrets: Mapping[str, str],
+                  printer: Callable[[str], None], status: Status, cancel: asyncio.Event) -> RunOutcome:
+    """Everything after the sync: preflight, plan, supervise; one SSH connection per node."""
+    from trainfleet.agent import sources
+
+    launcher = get_launcher(job.launcher)
+    sockets = start_tcp(fleet.nodes[:fleet.ssh.fanout])
+    async with await FleetSession.open(fleet, sockets=sockets) as session:
+        require_ok(fleet, session.failures, "cannot start the job, not every node is reachable")
+        facts, _ = await preflight(session, job, options.port, check_entry=options.sync_dir is None)
+        plan = launcher.plan(fleet, job, facts, fleet.workdir)
+        logs = options.log_dir or Path("trainfleet-runs") / job.job_id
+        status(f"job {plan.job_id}: {plan.world_size} process(es) on {len(plan.nodes)} node(s), "
+               f"{plan.rendezvous}, logs in {logs}")
+        supervisor = Supervisor(session=session, plan=plan, launcher=launcher, log_dir=logs, printer=printer,
+                                workdir=fleet.workdir, secrets=secrets,
+                                files={"rankwrap.py": sources()["tfagent.rankwrap"]}, grace=options.grace,
+                                settle=options.settle, verbose=options.verbose, on_status=status, cancel=cancel)
+        return await supervisor.run()
+

@@ -1,0 +1,240 @@
+"""`trainfleet ssh setup | check | revoke`: every node trusts every node, with pinned host keys.
+
+One fleet key pair is made on the controller and installed on every node (O(N)
+connections, not N×N manual steps), so each node reaches each other node, itself
+included. Host keys are collected once, shown as fingerprints, pinned in a fleet
+known_hosts used by trainfleet and by the nodes; a changed key is refused. Everything
+added on a node is marked with the fleet's tag so that `revoke` removes exactly it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainfleet.agent.protocol import Reach, SSHMatrixRequest, TrustRequest, UntrustReply, UntrustRequest
+from trainfleet.errors import TrainfleetError, UsageError
+from trainfleet.files import write_atomically
+from trainfleet.fleet.model import Fleet, Node
+from trainfleet.ops.common import require_ok
+from trainfleet.transport.session import FleetSession, PasswordPrompt
+from trainfleet.transport.ssh import NodeUnreachable, connect, known_hosts_files
+
+Confirm = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class FleetKey:
+    private_path: Path
+    public_line: str
+    tag: str
+
+
+@dataclass(frozen=True)
+class HostKey:
+    node: str
+    key_type: str
+    key_data: str
+    fingerprint: str
+    status: str
+    """'pinned' (already trusted), 'new', or 'changed' (refused)."""
+
+
+@dataclass
+class SetupReport:
+    key: FleetKey
+    host_keys: list[HostKey]
+    changed: dict[str, list[str]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    local_files: list[str] = field(default_factory=list)
+
+
+def _state_dir(fleet: Fleet) -> Path:
+    if not fleet.ssh.state_dir:
+        raise UsageError("this fleet has no file to keep its SSH material for",
+                         fix="write the fleet to a file and pass -f FILE")
+    return Path(fleet.ssh.state_dir)
+
+
+def ensure_fleet_key(fleet: Fleet) -> FleetKey:
+    """The fleet's ed25519 key pair, made once (0700 directory, 0600 key)."""
+    import asyncssh
+
+    directory = _state_dir(fleet)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(directory, 0o700)
+    private = directory / "id_ed25519"
+    if not private.exists():
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="trainfleet fleet key")
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key.export_private_key())
+        (directory / "id_ed25519.pub").write_bytes(key.export_public_key())
+    public = (directory / "id_ed25519.pub").read_text().split()
+    tag = hashlib.sha256(public[1].encode()).hexdigest()[:12]
+    return FleetKey(private_path=private, public_line=f"{public[0]} {public[1]}", tag=tag)
+
+
+def known_hosts_name(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+async def _scan(node: Node, fleet: Fleet) -> Any:
+    import asyncssh
+
+    tunnel = None
+    if node.jump is not None:
+        jump = Node(**{**node.__dict__, "host": node.jump.host, "port": node.jump.port,
+                       "user": node.jump.user or node.user, "jump": None})
+        tunnel = await connect(jump, fleet.ssh)
+    try:
+        return await asyncio.wait_for(
+            asyncssh.get_server_host_key(node.host, node.port, tunnel=tunnel or (), config=()),
+            fleet.ssh.connect_timeout)
+    finally:
+        if tunnel is not None:
+            tunnel.close()
+
+
+async def collect_host_keys(fleet: Fleet) -> list[HostKey]:
+    import asyncssh
+
+    files = known_hosts_files(fleet.ssh)
+    trusted = asyncssh.read_known_hosts(files) if files else None
+
+    async def one(node: Node) -> HostKey:
+        try:
+            key = await _scan(node, fleet)
+        except (OSError, asyncio.TimeoutError, asyncssh.Error, NodeUnreachable) as exc:
+            raise TrainfleetError(f"{node.name} ({node.host}:{node.port}): cannot read its host key: {exc}") from None
+        status = "new"
+        if trusted is not None:
+            host_keys = trusted.match(node.host, "", node.port)[0]
+            if host_keys:
+                blobs = {k.public_data for k in host_keys}
+                status = "pinned" if key.public_data in blobs else "changed"
+        line = key.export_public_key().decode().split()
+        return HostKey(node.name, line[0], line[1], key.get_fingerprint("sha256"), status)
+
+    return list(await asyncio.gather(*(one(n) for n in fleet.nodes)))
+
+
+def render_known_hosts(fleet: Fleet, keys: list[HostKey]) -> str:
+    by_node = {k.node: k for k in keys}
+    lines = []
+    for node in fleet.nodes:
+        key = by_node[node.name]
+        lines.append(f"{known_hosts_name(node.host, node.port)} {key.key_type} {key.key_data}")
+    return "\n".join(lines) + "\n"
+
+
+def render_ssh_config(fleet: Fleet, identity: str, known_hosts: str) -> str:
+    """Host aliases for the node names; what pdsh, DeepSpeed's launcher and rsync need."""
+    blocks = []
+    for node in fleet.nodes:
+        lines = [
+            f"Host {node.name}",
+            f"    HostName {node.host}",
+            f"    Port {node.port}",
+            f"    User {node.user}",
+            f"    IdentityFile {identity}",
+            "    IdentitiesOnly yes",
+            f"    UserKnownHostsFile {known_hosts}",
+            "    StrictHostKeyChecking yes",
+            "    BatchMode yes",
+        ]
+        if node.jump is not None:
+            lines.append(f"    ProxyJump {node.jump.user or node.user}@{node.jump.host}:{node.jump.port}")
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks) + "\n"
+
+
+def render_hosts(fleet: Fleet, addresses: dict[str, str], hostnames: dict[str, str]) -> str:
+    lines = []
+    for node in fleet.nodes:
+        names = [node.name] + ([hostnames[node.name]] if hostnames.get(node.name, node.name) != node.name else [])
+        lines.append(f"{addresses.get(node.name, node.address)} {' '.join(names)}")
+    return "\n".join(lines) + "\n"
+
+
+async def setup(fleet: Fleet, *, confirm: Confirm, ask_password: PasswordPrompt | None = None,
+                hosts_file: bool = False) -> SetupReport:
+    import asyncssh
+
+    key = ensure_fleet_key(fleet)
+    host_keys = await collect_host_keys(fleet)
+    changed = [k for k in host_keys if k.status == "changed"]
+    if changed:
+        names = ", ".join(f"{k.node} (now {k.fingerprint})" for k in changed)
+        raise TrainfleetError(f"host key changed for {names}: refusing to trust it (the machine was replaced, "
+                              f"or someone is in the middle)",
+                              fix="if the change is expected, delete that node's line from the known_hosts "
+                                  "files and run `trainfleet ssh setup` again")
+    new = [k for k in host_keys if k.status == "new"]
+    if new and not confirm("\n".join(f"  {k.node}: {k.key_type} {k.fingerprint}" for k in new)):
+        raise UsageError("host keys not confirmed; nothing was changed",
+                         fix="compare the fingerprints with the provider's console, then confirm (or pass --yes)")
+    known_hosts_text = render_known_hosts(fleet, host_keys)
+    pinned = asyncssh.import_known_hosts(known_hosts_text)
+    report = SetupReport(key=key, host_keys=host_keys)
+    async with await FleetSession.open(fleet, known_hosts=pinned, ask_password=ask_password) as session:
+        if session.failures:
+            raise TrainfleetError("cannot reach every node: " + "; ".join(
+                f"{n}: {r.error}" for n, r in session.failures.items()))
+        hostnames: dict[str, str] = {}
+        if hosts_file:
+            named = await session.run("hostname", timeout=30)
+            hostnames = {r.node: r.stdout.strip() for r in named.results if r.ok}
+        node_identity = f"~/.ssh/trainfleet_{key.tag}"
+        node_known = f"~/.ssh/trainfleet_{key.tag}_known_hosts"
+        request = TrustRequest(tag=key.tag, private_key=key.private_path.read_text(),
+                               public_key=f"{key.public_line} trainfleet:{key.tag}", known_hosts=known_hosts_text,
+                               ssh_config=render_ssh_config(fleet, node_identity, node_known),
+                               hosts=render_hosts(fleet, {}, hostnames) if hosts_file else "")
+        replies = await session.call_all(request, timeout=60)
+    for name, failed in replies.failures.items():
+        report.errors[name] = failed.error or f"exit {failed.exit_status}"
+    for name, answer in replies.answers.items():
+        report.changed[name] = answer.changed
+        if answer.errors:
+            report.errors[name] = "; ".join(answer.errors)
+    report.local_files = _write_local(fleet, key, known_hosts_text)
+    return report
+
+
+def _write_local(fleet: Fleet, key: FleetKey, known_hosts_text: str) -> list[str]:
+    """The pinned host keys (read by trainfleet from now on) and an ssh_config for your own tools."""
+    written = []
+    files = {
+        Path(fleet.ssh.fleet_known_hosts): known_hosts_text,
+        Path(fleet.ssh.ssh_config): render_ssh_config(fleet, str(key.private_path), fleet.ssh.fleet_known_hosts),
+    }
+    for path, text in files.items():
+        if not path.exists() or path.read_text() != text:
+            write_atomically(path, text)
+            written.append(str(path))
+    return written
+
+
+async def check(fleet: Fleet) -> dict[str, dict[str, Reach]]:
+    """The N×N matrix: from every node, `ssh ALIAS true` to every node (itself included)."""
+    aliases = [n.name for n in fleet.nodes]
+    async with await FleetSession.open(fleet) as session:
+        replies = await session.call_all(SSHMatrixRequest(aliases=aliases), timeout=60)
+    matrix = {name: answer.reach for name, answer in replies.answers.items()}
+    for name, failed in replies.failures.items():
+        matrix[name] = {a: Reach(ok=False, error=failed.error or "no answer") for a in aliases}
+    return {n.name: matrix[n.name] for n in fleet.nodes}
+
+
+async def revoke(fleet: Fleet) -> dict[str, UntrustReply]:
+    key = ensure_fleet_key(fleet)
+    async with await FleetSession.open(fleet) as session:
+        replies = await session.call_all(UntrustRequest(tag=key.tag), timeout=60)
+    require_ok(fleet, replies.failures, "revoke failed")
+    return replies.answers

@@ -1,0 +1,197 @@
+"""Breaking a sandbox on purpose, and mending it: what a broken cluster looks like.
+
+Every fault is applied inside the sandbox's own namespaces (iptables and tc in a
+node's network namespace, mounts in its mount namespace) and recorded in the
+sandbox's state directory, so that `clear` (or `sandbox down`) undoes exactly it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from trainfleet.errors import SandboxError, UsageError
+from trainfleet.sandbox.cluster import (
+    SANDBOX_WORKDIR,
+    SandboxNode,
+    SandboxState,
+    check_prerequisites,
+    load_state,
+    netns,
+    replace_nodes,
+    run,
+    running,
+    save,
+    start_node,
+    wait_for_port,
+)
+
+FILL_SIZE = "16m"
+
+
+class FaultKind(str, Enum):
+    BLOCK_PORT = "block-port"
+    CAP = "cap"
+    LATENCY = "latency"
+    CUT = "cut"
+    FILL_DISK = "fill-disk"
+    KILL = "kill"
+
+
+@dataclass(frozen=True)
+class Fault:
+    node: str
+    kind: FaultKind
+    detail: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"node": self.node, "kind": self.kind.value, "detail": self.detail}
+
+
+def _faults_file(state: SandboxState) -> Path:
+    return Path(state.directory) / "faults.json"
+
+
+def active(state: SandboxState) -> list[Fault]:
+    try:
+        entries = json.loads(_faults_file(state).read_text())
+    except (OSError, ValueError):
+        return []
+    return [Fault(e["node"], FaultKind(e["kind"]), e["detail"]) for e in entries]
+
+
+def _record(state: SandboxState, faults: list[Fault]) -> None:
+    _faults_file(state).write_text(json.dumps([f.to_json() for f in faults], indent=2))
+
+
+def _node(state: SandboxState, name: str) -> SandboxNode:
+    for node in state.nodes:
+        if node.name == name:
+            return node
+    raise UsageError(f"sandbox {state.name!r} has no node {name!r} (nodes: {', '.join(n.name for n in state.nodes)})")
+
+
+def _links(state: SandboxState, node: SandboxNode) -> list[tuple[str, str]]:
+    """(namespace, device) pairs that carry the node's traffic in each direction:
+    the node's own NICs (its egress) and their bridge-side peers (its ingress)."""
+    index = state.nodes.index(node)
+    links = [(node.namespace, "eth0"), (state.bridge_namespace, f"p{index}")]
+    if node.private_interface:
+        links += [(node.namespace, node.private_interface), (state.bridge_namespace, f"q{index}")]
+    return links
+
+
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)(kbit|mbit|gbit)$")
+_DELAY = re.compile(r"^\d+(?:\.\d+)?(us|ms|s)$")
+
+
+def _rate_bits(rate: str) -> float:
+    match = _RATE.match(rate)
+    if not match:
+        raise UsageError(f"rate {rate!r} is not understood", fix="write it like 100mbit or 1gbit")
+    return float(match.group(1)) * {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9}[match.group(2)]
+
+
+def _rule(port: int, mode: str) -> list[str]:
+    target = ["DROP"] if mode == "drop" else ["REJECT"]
+    return ["INPUT", "-p", "tcp", "--dport", str(port), "-j", *target]
+
+
+def inject(name: str, node_name: str, kind: FaultKind, *, port: int | None = None, mode: str = "drop",
+           rate: str | None = None, delay: str | None = None) -> Fault:
+    check_prerequisites()
+    state = load_state(name)
+    node = _node(state, node_name)
+    faults = active(state)
+    if any(f.node == node.name and f.kind == kind for f in faults) and kind is not FaultKind.BLOCK_PORT:
+        raise SandboxError(f"{node.name} already has a {kind.value} fault",
+                           fix=f"`trainfleet sandbox fault clear {node.name} --name {name}` first")
+    if kind is FaultKind.BLOCK_PORT:
+        if port is None or mode not in ("drop", "reject"):
+            raise UsageError("block-port needs a port and --mode drop|reject")
+        run(netns(node.namespace, "iptables", "-w", "-I", *_rule(port, mode)))
+        fault = Fault(node.name, kind, f"{mode}:{port}")
+    elif kind is FaultKind.CAP:
+        bits = _rate_bits(rate or "")
+        # tbf needs a bucket of at least one timer tick's worth of bytes at this rate.
+        burst = max(64 * 1024, int(bits / 8 / 100))
+        for namespace, device in _links(state, node):
+            run(netns(namespace, "tc", "qdisc", "replace", "dev", device, "root", "tbf", "rate", rate or "",
+                      "burst", str(burst), "latency", "100ms"))
+        fault = Fault(node.name, kind, rate or "")
+    elif kind is FaultKind.LATENCY:
+        if not delay or not _DELAY.match(delay):
+            raise UsageError(f"delay {delay!r} is not understood", fix="write it like 50ms")
+        for namespace, device in _links(state, node)[::2]:
+            done = run(netns(namespace, "tc", "qdisc", "replace", "dev", device, "root", "netem", "delay", delay),
+                       check=False)
+            if done.returncode != 0:
+                raise SandboxError(f"cannot add latency on {node.name}: {done.stderr.strip()} "
+                                   "(this kernel has no netem qdisc, CONFIG_NET_SCH_NETEM)")
+        fault = Fault(node.name, kind, delay)
+    elif kind is FaultKind.CUT:
+        for namespace, device in _links(state, node)[::2]:
+            run(netns(namespace, "ip", "link", "set", device, "down"))
+        fault = Fault(node.name, kind, "links down")
+    elif kind is FaultKind.FILL_DISK:
+        enter = ["nsenter", "-t", str(node.sshd_pid), "-m", "--"]
+        run([*enter, "mkdir", "-p", SANDBOX_WORKDIR])
+        run([*enter, "mount", "-t", "tmpfs", "-o", f"size={FILL_SIZE}", "trainfleet-fault", SANDBOX_WORKDIR])
+        run([*enter, "dd", "if=/dev/zero", f"of={SANDBOX_WORKDIR}/.fill", "bs=1M", "count=64"], check=False)
+        fault = Fault(node.name, kind, f"{SANDBOX_WORKDIR} is a full {FILL_SIZE} tmpfs")
+    elif kind is FaultKind.KILL:
+        if node.sshd_pid and running(node.sshd_pid):
+            os.kill(node.sshd_pid, signal.SIGKILL)
+        fault = Fault(node.name, kind, "every process of the node killed")
+    else:  # pragma: no cover - the enum is exhaustive
+        raise UsageError(f"unknown fault {kind}")
+    _record(state, faults + [fault])
+    return fault
+
+
+def clear(name: str, node_name: str | None = None) -> list[Fault]:
+    """Undo the recorded faults of one node (or of all); returns what was undone."""
+    tools = check_prerequisites()
+    state = load_state(name)
+    faults = active(state)
+    chosen = [f for f in faults if node_name is None or f.node == node_name]
+    if node_name is not None:
+        _node(state, node_name)
+    for fault in chosen:
+        node = _node(state, fault.node)
+        if fault.kind is FaultKind.BLOCK_PORT:
+            mode, port = fault.detail.split(":")
+            run(netns(node.namespace, "iptables", "-w", "-D", *_rule(int(port), mode)), check=False)
+        elif fault.kind in (FaultKind.CAP, FaultKind.LATENCY):
+            for namespace, device in _links(state, node):
+                run(netns(namespace, "tc", "qdisc", "del", "dev", device, "root"), check=False)
+        elif fault.kind is FaultKind.CUT:
+            for namespace, device in _links(state, node)[::2]:
+                run(netns(namespace, "ip", "link", "set", device, "up"))
+        elif fault.kind is FaultKind.FILL_DISK:
+            if node.sshd_pid and running(node.sshd_pid):
+                run(["nsenter", "-t", str(node.sshd_pid), "-m", "--", "umount", SANDBOX_WORKDIR], check=False)
+        elif fault.kind is FaultKind.KILL:
+            state = _restart(state, node, tools)
+    _record(state, [f for f in faults if f not in chosen])
+    return chosen
+
+
+def _restart(state: SandboxState, node: SandboxNode, tools: dict[str, str]) -> SandboxState:
+    node_dir = Path(state.directory) / "nodes" / node.name
+    deadline = time.monotonic() + 5
+    while node.sshd_pid and running(node.sshd_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = start_node(node, node_dir, tools)
+    if not wait_for_port(node.address, state.ssh_port, timeout=15):
+        raise SandboxError(f"sshd of {node.name} did not come back")
+    nodes = [SandboxNode(**{**n.__dict__, "sshd_pid": pid}) if n.name == node.name else n for n in state.nodes]
+    state = replace_nodes(state, nodes)
+    save(state)
+    return state

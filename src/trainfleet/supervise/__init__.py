@@ -1,0 +1,1 @@
+"""Carrying out a LaunchPlan: streams, root cause, teardown. Knows no launcher."""

@@ -1,0 +1,117 @@
+"""Which failure came first, from what every node reported: a pure function.
+
+The rank wrapper records each rank's first exception with its time; launchers report
+ranks that died of a signal. A failure that only follows from another (a lost peer,
+a rank its launcher stopped) is a consequence: the root cause is the earliest failure
+that is not one, and the consequences are folded into one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from trainfleet.agent.protocol import JobState
+from trainfleet.launchers.base import RankExit
+
+_CONSEQUENCES = (
+    ("Connection closed by peer", "connection closed by peer"),
+    ("Connection reset by peer", "connection reset by peer"),
+    ("Broken pipe", "broken pipe"),
+    ("NCCL communicator was aborted", "NCCL communicator aborted"),
+    ("recvValue failed", "lost the rendezvous store"),
+    ("recvVector failed", "lost the rendezvous store"),
+    ("DistNetworkError", "lost a peer"),
+    ("Socket Timeout", "timed out waiting for a peer"),
+)
+_STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+
+
+@dataclass(frozen=True)
+class Failure:
+    node: str
+    rank: int | None
+    exit_code: int
+    summary: str
+    detail: str
+    """A traceback, or the last lines of output."""
+    time: float | None = None
+    consequence: str | None = None
+    """Why this is only a consequence of another failure (None for a failure of its own)."""
+    signal: str | None = None
+
+    @property
+    def who(self) -> str:
+        return f"rank {self.rank} on {self.node}" if self.rank is not None else f"node {self.node}"
+
+
+@dataclass(frozen=True)
+class RootCause:
+    first: Failure
+    others: tuple[Failure, ...] = ()
+
+    def headline(self) -> str:
+        return f"{self.first.who} failed first: {self.first.summary}"
+
+    def others_line(self) -> str | None:
+        if not self.others:
+            return None
+        reasons = sorted({f.consequence or f.summary for f in self.others})
+        ranks: dict[str, list[str]] = {}
+        for failure in self.others:
+            ranks.setdefault(failure.node, []).append("?" if failure.rank is None else str(failure.rank))
+        where = "; ".join(f"{node}: rank {','.join(sorted(r, key=lambda x: (len(x), x)))}"
+                          for node, r in sorted(ranks.items()))
+        count = len(self.others)
+        return (f"{count} other rank{'s' if count > 1 else ''} failed after it: {'; '.join(reasons)} "
+                f"({where})")
+
+
+def _consequence(text: str) -> str | None:
+    for needle, reason in _CONSEQUENCES:
+        if needle in text:
+            return reason
+    return None
+
+
+def find_root_cause(states: Mapping[str, JobState], exits: Sequence[RankExit],
+                    rank_tails: Mapping[tuple[str, int], Sequence[str]],
+                    node_tails: Mapping[str, Sequence[str]]) -> RootCause | None:
+    """None when nothing failed (or everything was only stopped)."""
+    failures: dict[tuple[str, int], Failure] = {}
+    for node, state in states.items():
+        for record in state.errors:
+            failures[(node, record.rank)] = Failure(
+                node=node, rank=record.rank, exit_code=record.exit_code, summary=record.summary,
+                detail=record.traceback or "\n".join(rank_tails.get((node, record.rank), ())), time=record.time,
+                consequence=_consequence(record.summary + "\n" + record.traceback))
+    for exit in exits:
+        if (exit.node, exit.rank) in failures:
+            continue
+        tail = "\n".join(rank_tails.get((exit.node, exit.rank), ()))
+        if exit.signal:
+            summary = f"killed by {exit.signal}"
+            consequence = "stopped by its launcher" if exit.signal in _STOP_SIGNALS else None
+        else:
+            summary = f"exited with status {exit.exit_code}"
+            consequence = _consequence(tail)
+        failures[(exit.node, exit.rank)] = Failure(node=exit.node, rank=exit.rank, exit_code=exit.exit_code,
+                                                   summary=summary, detail=tail, consequence=consequence,
+                                                   signal=exit.signal)
+    if failures:
+        ordered = sorted(failures.values(), key=lambda f: (f.consequence is not None, f.time is None,
+                                                           f.time or 0.0, f.node, f.rank or 0))
+        first = ordered[0]
+        return RootCause(first=first, others=tuple(ordered[1:]))
+    failed = sorted((s for s in states.values() if s.state in ("failed", "lost")),
+                    key=lambda s: s.ended or float("inf"))
+    if not failed:
+        return None
+    state = failed[0]
+    summary = state.reason or (f"killed by {state.signal}" if state.signal else f"exited with status {state.exit_code}")
+    first = Failure(node=state.node, rank=None, exit_code=state.exit_code or 1, summary=summary,
+                    detail="\n".join(node_tails.get(state.node, ())), signal=state.signal)
+    others = tuple(Failure(node=s.node, rank=None, exit_code=s.exit_code or 1, summary=s.reason or "failed",
+                           detail="") for s in failed[1:])
+    return RootCause(first=first, others=others)
+

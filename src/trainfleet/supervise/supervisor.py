@@ -1,0 +1,195 @@
+"""Running a LaunchPlan over a FleetSession: start every node, stream, stop, check.
+
+Each node's agent starts the node's command under a node supervisor and streams its
+output back over the session's connection. When a node fails, the others get a few
+seconds to fail on their own (their failures are consequences to report, not causes),
+then the rest are stopped. On Ctrl-C every node is stopped. Either way each node's
+supervisor ends every process carrying the job's id and reports what, if anything,
+is still running; nothing is assumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainfleet.agent.protocol import JobState, LaunchRequest, OutputEvent, Proc, StopRequest, SweepRequest, decode
+from trainfleet.launchers.base import Launcher, LaunchPlan
+from trainfleet.results import fold_nodes
+from trainfleet.supervise.output import OutputRouter, Printer
+from trainfleet.supervise.rootcause import RootCause, find_root_cause
+from trainfleet.transport.agent_client import AgentError, AgentFailed
+from trainfleet.transport.session import FleetSession
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    job_id: str
+    exit_code: int
+    cancelled: bool
+    root_cause: RootCause | None
+    states: Mapping[str, JobState]
+    left_running: Mapping[str, list[Proc]] = field(default_factory=dict)
+    unreachable: Mapping[str, str] = field(default_factory=dict)
+    """Nodes whose final state could not be learned, and why."""
+    seconds: float = 0.0
+
+
+@dataclass
+class Supervisor:
+    session: FleetSession
+    plan: LaunchPlan
+    launcher: Launcher
+    log_dir: Path
+    printer: Printer
+    workdir: str
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)
+    grace: float = 10.0
+    settle: float = 3.0
+    verbose: bool = False
+    on_status: Callable[[str], None] = lambda text: None
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> RunOutcome:
+        started = time.monotonic()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        (self.log_dir / "plan.txt").write_text(self.plan.render())
+        router = OutputRouter(self.log_dir, [n.node for n in self.plan.nodes], self.printer,
+                              ranks_marked=self.launcher.wraps_ranks, verbose=self.verbose,
+                              redact=self.secrets.values())
+        states: dict[str, JobState] = {}
+        errors: dict[str, str] = {}
+        tasks: dict[asyncio.Task[JobState], str] = {}
+        for launch in self.plan.nodes:
+            request = LaunchRequest(job_id=self.plan.job_id, argv=list(launch.argv), cwd=launch.cwd,
+                                    workdir=self.workdir, env=dict(launch.env), secrets=dict(self.secrets),
+                                    files=dict(self.files), grace=self.grace)
+            handler = self._on_event(router, launch.node)
+            task = asyncio.ensure_future(self.session.call(launch.node, request, on_event=handler))
+            tasks[task] = launch.node
+        ticker = asyncio.ensure_future(self._tick(router))
+        try:
+            cancelled = await self._wait(tasks, states, errors, router)
+            if cancelled:
+                router.silence()
+            running = [node for task, node in tasks.items() if not task.done()]
+            if running:
+                why = "cancelled" if cancelled else "another node failed"
+                self.on_status(f"stopping the job on {fold_nodes(running)} ({why})")
+                await self._stop(running, "cancelled" if cancelled else "stopped: another node failed")
+            await self._collect(tasks, states, errors)
+            left = await self._check(states, errors)
+        finally:
+            ticker.cancel()
+            router.close()
+        exits = [e for node, state in states.items() if state.state in ("failed", "stopped")
+                 for e in self.launcher.rank_exits(node, list(router.node_lines.get(node, ())))]
+        root = None if cancelled else find_root_cause(
+            states, exits, {key: list(lines) for key, lines in router.rank_lines.items()},
+            {node: router.node_tail(node) for node in states})
+        if cancelled:
+            code = 130
+        elif root is not None:
+            code = root.first.exit_code if 0 < root.first.exit_code < 256 else 1
+        elif errors:
+            code = 1
+        else:
+            code = 0
+        return RunOutcome(job_id=self.plan.job_id, exit_code=code, cancelled=cancelled, root_cause=root,
+                          states=states, left_running=left, unreachable=errors,
+                          seconds=time.monotonic() - started)
+
+    def _on_event(self, router: OutputRouter, node: str) -> Callable[[dict[str, Any]], None]:
+        def handle(event: dict[str, Any]) -> None:
+            for _, text in decode(OutputEvent, event).lines:
+                router.take(node, text)
+
+        return handle
+
+    async def _tick(self, router: OutputRouter) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            router.tick()
+
+    async def _wait(self, tasks: dict[asyncio.Task[JobState], str], states: dict[str, JobState],
+                    errors: dict[str, str], router: OutputRouter) -> bool:
+        """Until every node ends, one fails (plus `settle`), or the user cancels. True when cancelled."""
+        pending = set(tasks)
+        cancel = asyncio.ensure_future(self.cancel.wait())
+        deadline: float | None = None
+        try:
+            while pending:
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done, _ = await asyncio.wait(pending | {cancel}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if cancel in done:
+                    return True
+                if not done:
+                    return False
+                pending -= done
+                for task in done:
+                    node = tasks[task]
+                    failed = self._record(task, node, states, errors)
+                    if failed and deadline is None:
+                        router.job_failing()
+                        deadline = time.monotonic() + self.settle
+            return False
+        finally:
+            cancel.cancel()
+
+    @staticmethod
+    def _record(task: asyncio.Task[JobState], node: str, states: dict[str, JobState], errors: dict[str, str]) -> bool:
+        """Keep what a finished launch call says; True when it is a failure."""
+        try:
+            state = task.result()
+        except (AgentFailed, AgentError) as exc:
+            errors[node] = str(exc)
+            return True
+        states[node] = state
+        return state.state != "succeeded"
+
+    async def _stop(self, nodes: list[str], reason: str) -> None:
+        async def one(node: str) -> None:
+            try:
+                await self.session.call(node, StopRequest(job_id=self.plan.job_id, workdir=self.workdir,
+                                                          grace=self.grace, reason=reason),
+                                        timeout=self.grace + 30)
+            except (AgentFailed, AgentError):
+                pass  # the launch call of that node reports what happened
+
+        await asyncio.gather(*(one(n) for n in nodes))
+
+    async def _collect(self, tasks: dict[asyncio.Task[JobState], str], states: dict[str, JobState],
+                       errors: dict[str, str]) -> None:
+        running = [t for t in tasks if not t.done()]
+        if running:
+            await asyncio.wait(running, timeout=self.grace + 30)
+        for task, node in tasks.items():
+            if node in states or node in errors:
+                continue
+            if task.done():
+                self._record(task, node, states, errors)
+            else:
+                task.cancel()
+                errors[node] = "no final state from the node"
+
+    async def _check(self, states: dict[str, JobState], errors: dict[str, str]) -> dict[str, list[Proc]]:
+        """What still runs: each node supervisor's own check, and a sweep where there is none."""
+        left = {node: state.left for node, state in states.items() if state.left}
+        unknown = [node for node in errors if node not in self.session.failures]
+
+        async def sweep(node: str) -> None:
+            try:
+                reply = await self.session.call(node, SweepRequest(job_id=self.plan.job_id), timeout=30)
+            except (AgentFailed, AgentError) as exc:
+                left[node] = [Proc(pid=0, cmdline=f"could not check: {exc}")]
+                return
+            if reply.left:
+                left[node] = reply.left
+
+        await asyncio.gather(*(sweep(n) for n in unknown))
+        return left

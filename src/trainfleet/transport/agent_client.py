@@ -1,0 +1,172 @@
+"""The controller's end of a node agent: one channel, many typed requests at once.
+
+The agent is started once per node per command with the fleet's Python; its sources
+arrive on stdin after a one-line bootstrap, so nothing of it (or of a job) shows in argv.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from trainfleet.agent import protocol
+
+if TYPE_CHECKING:
+    import asyncssh
+
+R = TypeVar("R")
+EventHandler = Callable[[dict[str, Any]], None]
+
+_BOOTSTRAP = (
+    "import sys,json,importlib.abc,importlib.util\n"
+    "S=json.loads(sys.stdin.readline())\n"
+    "class F(importlib.abc.MetaPathFinder,importlib.abc.Loader):\n"
+    " def find_spec(self,n,p,t=None):\n"
+    "  return importlib.util.spec_from_loader(n,self,is_package=n=='tfagent') if n in S else None\n"
+    " def create_module(self,s): return None\n"
+    " def exec_module(self,m): exec(compile(S[m.__spec__.name],'<%s>'%m.__spec__.name,'exec'),m.__dict__)\n"
+    "sys.meta_path.insert(0,F())\n"
+    "import tfagent; tfagent.SOURCES.update(S)\n"
+    "import tfagent.main; tfagent.main.serve()\n"
+)
+_PAYLOAD: str | None = None
+
+
+def agent_command(python: str) -> str:
+    """The remote command line; the agent itself comes over stdin."""
+    return f"exec {shlex.quote(python)} -c 'import sys,json;exec(json.loads(sys.stdin.readline()))'"
+
+
+def _payload() -> str:
+    global _PAYLOAD
+    if _PAYLOAD is None:
+        from trainfleet.agent import sources
+
+        _PAYLOAD = json.dumps(_BOOTSTRAP) + "\n" + json.dumps(sources()) + "\n"
+    return _PAYLOAD
+
+
+class AgentFailed(Exception):
+    """The agent could not run, or died: `exit_status` 127 means the Python was not found."""
+
+    def __init__(self, node: str, message: str, exit_status: int | None = None, stderr: str = "") -> None:
+        super().__init__(message)
+        self.node = node
+        self.exit_status = exit_status
+        self.stderr = stderr
+
+
+class AgentError(Exception):
+    """A request raised on the node; `trace` is the node's traceback."""
+
+    def __init__(self, node: str, op: str, message: str, trace: str = "") -> None:
+        super().__init__(f"{op} failed on {node}: {message}")
+        self.node = node
+        self.message = message
+        self.trace = trace
+
+
+class AgentClient:
+    def __init__(self, node: str, python: str, process: asyncssh.SSHClientProcess) -> None:
+        self.node = node
+        self.python = python
+        self.process = process
+        self._next = 0
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._handlers: dict[int, EventHandler] = {}
+        self._stderr: list[str] = []
+        self._closed: AgentFailed | None = None
+        self._reader = asyncio.ensure_future(self._read())
+        self._errors = asyncio.ensure_future(self._read_stderr())
+
+    @classmethod
+    async def start(cls, conn: asyncssh.SSHClientConnection, node: str, python: str) -> AgentClient:
+        """Start the agent; requests may follow at once (they queue behind the sources)."""
+        process = await conn.create_process(agent_command(python), encoding="utf-8", errors="replace")
+        process.stdin.write(_payload())
+        return cls(node, python, process)
+
+    async def _read_stderr(self) -> None:
+        async for line in self.process.stderr:
+            if line:
+                self._stderr.append(line)
+                del self._stderr[:-50]
+
+    async def _read(self) -> None:
+        try:
+            async for line in self.process.stdout:
+                if not line.strip():
+                    continue
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue  # something on the node printed to the agent's stdout
+                ident = message.get("id")
+                if "event" in message:
+                    handler = self._handlers.get(ident)
+                    if handler is not None:
+                        handler(message["event"])
+                    continue
+                future = self._pending.pop(ident, None)
+                self._handlers.pop(ident, None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+        except Exception:  # the channel broke: every waiter learns below
+            pass
+        await asyncio.gather(self._errors, return_exceptions=True)
+        completed = await self.process.wait()
+        status = completed.exit_status
+        stderr = "".join(self._stderr).strip()
+        if status == 127:
+            message = f"`{self.python}` was not found by a non-interactive SSH shell"
+        elif status is None and completed.exit_signal:
+            message = f"the node agent was killed by SIG{completed.exit_signal[0]}"
+        else:
+            tail = stderr.splitlines()[-1] if stderr else "no output"
+            message = f"the node agent ended (exit status {status}): {tail}"
+        self._closed = AgentFailed(self.node, message, status, stderr)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(self._closed)
+        self._pending.clear()
+
+    async def call(self, request: protocol.Request[R], *, on_event: EventHandler | None = None,
+                   timeout: float | None = None) -> R:
+        """Send one request and wait for its typed reply (events go to `on_event`)."""
+        if self._closed is not None:
+            raise self._closed
+        self._next += 1
+        ident = self._next
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[ident] = future
+        if on_event is not None:
+            self._handlers[ident] = on_event
+        message = {"id": ident, **protocol.to_wire(request)}
+        try:
+            self.process.stdin.write(json.dumps(message) + "\n")
+        except Exception as exc:  # the channel is closing
+            self._pending.pop(ident, None)
+            raise AgentFailed(self.node, f"the node agent is gone: {exc}") from None
+        try:
+            answer = await asyncio.wait_for(future, timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            self._pending.pop(ident, None)
+            self._handlers.pop(ident, None)
+            raise AgentFailed(self.node, f"no answer to {request.op} within {timeout:g}s") from None
+        if "error" in answer:
+            raise AgentError(self.node, request.op, answer["error"], answer.get("trace", ""))
+        return protocol.decode(type(request).reply_type, answer["reply"])  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        """End the agent (EOF on its stdin) and wait a moment for it."""
+        try:
+            self.process.stdin.write_eof()
+        except Exception:
+            pass
+        try:
+            await asyncio.wait_for(asyncio.shield(self._reader), 5)
+        except (asyncio.TimeoutError, TimeoutError):
+            self.process.close()

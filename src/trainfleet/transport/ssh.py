@@ -1,0 +1,203 @@
+"""SSH connections: host keys always verified, failures explained per node.
+
+This is the only module that opens SSH connections (asyncssh for trainfleet itself,
+the same settings rendered as OpenSSH options for rsync and pdsh). Host keys are always
+checked against the fleet's known_hosts files; an unknown or changed key is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shlex
+import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from trainfleet.fleet.model import Fleet, Node, SSHSettings
+
+if TYPE_CHECKING:
+    import asyncssh
+
+
+class NodeUnreachable(Exception):
+    """SSH to a node failed before any command ran; the message names cause and fix."""
+
+    def __init__(self, node: Node, reason: str) -> None:
+        super().__init__(f"{node.name} ({node.ssh_target}): {reason}")
+        self.node = node
+        self.reason = reason
+
+
+def _host_in_known_hosts(paths: list[str], host: str, port: int) -> bool:
+    wanted = host if port == 22 else f"[{host}]:{port}"
+    for path in paths:
+        try:
+            with open(path) as handle:
+                for line in handle:
+                    fields = line.split()
+                    if fields and not line.startswith("#") and wanted in fields[0].split(","):
+                        return True
+        except OSError:
+            continue
+    return False
+
+
+def known_hosts_files(ssh: SSHSettings) -> list[str]:
+    """The user's known_hosts and the fleet's pinned one, those that exist."""
+    return [p for p in (ssh.known_hosts, ssh.fleet_known_hosts) if p and os.path.isfile(p)]
+
+
+def _explain(node: Node, ssh: SSHSettings, exc: BaseException) -> str:
+    import asyncssh
+
+    target = f"{node.host}:{node.port}"
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        files = known_hosts_files(ssh)
+        shown = " and ".join(files) or ssh.known_hosts
+        if _host_in_known_hosts(files, node.host, node.port):
+            return (f"host key of {target} does not match {shown}: refusing to connect "
+                    f"(the machine was replaced, or someone is in the middle); fix: if the change is "
+                    f"expected, remove its line with `ssh-keygen -R '[{node.host}]:{node.port}' -f FILE` "
+                    f"and check the new fingerprint")
+        return (f"host key of {target} is not in {shown}; fix: run `trainfleet ssh setup` to see its "
+                f"fingerprint and pin it")
+    if isinstance(exc, asyncssh.PermissionDenied):
+        key = node.identity_file or "your default keys / agent"
+        return (f"authentication failed as {node.user!r} with {key}; fix: install the public key in "
+                f"{node.user}'s ~/.ssh/authorized_keys, or `trainfleet ssh setup --ask-password`")
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused at {target}; fix: start sshd there or correct `port:`"
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return (f"no answer from {target} within {ssh.connect_timeout:g}s; fix: check the address, "
+                f"that the machine is up, and firewalls on the path")
+    if isinstance(exc, FileNotFoundError) and exc.filename == ssh.known_hosts:
+        return (f"no known host keys: {ssh.known_hosts} does not exist and `trainfleet ssh setup` has not pinned "
+                f"this fleet's; fix: run `trainfleet ssh setup` (it shows each node's fingerprint and pins it)")
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"file not found: {exc.filename}"
+    if isinstance(exc, OSError):
+        return f"cannot reach {target}: {exc.strerror or exc}"
+    if isinstance(exc, asyncssh.Error):
+        return f"ssh error from {target}: {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def client_keys(node: Node, ssh: SSHSettings) -> list[str] | None:
+    """The node's key (or the usual defaults), then the fleet key once `ssh setup` made one."""
+    if node.identity_file:
+        keys = [node.identity_file]
+    else:
+        keys = [p for p in (os.path.expanduser(f"~/.ssh/{name}") for name in ("id_ed25519", "id_ecdsa", "id_rsa"))
+                if os.path.isfile(p)]
+    if ssh.fleet_key and os.path.isfile(ssh.fleet_key):
+        keys.append(ssh.fleet_key)
+    return keys or None
+
+
+def start_tcp(nodes: Sequence[Node]) -> dict[str, socket.socket]:
+    """Begin TCP connections to nodes (no jump host) before the SSH library is even loaded.
+
+    Each sshd forks and re-executes itself on accept; starting that now lets the nodes
+    do it while this process is still importing asyncssh (about 0.2 s). `connect`
+    finishes the handshake on these sockets, and falls back to a fresh connection.
+    """
+    sockets: dict[str, socket.socket] = {}
+    for node in nodes:
+        if node.jump is not None:
+            continue
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                node.host, node.port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)[0]
+        except (socket.gaierror, IndexError):
+            continue  # a name to resolve: asyncssh does that itself
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        if sock.connect_ex(address) not in (0, errno.EINPROGRESS):
+            sock.close()
+            continue
+        sockets[node.name] = sock
+    return sockets
+
+
+async def _connected(sock: socket.socket, timeout: float) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    writable = loop.create_future()
+    loop.add_writer(sock.fileno(), lambda: writable.done() or writable.set_result(None))
+    try:
+        await asyncio.wait_for(writable, timeout)
+    finally:
+        loop.remove_writer(sock.fileno())
+    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))
+    return sock
+
+
+async def connect(node: Node, ssh: SSHSettings, sock: socket.socket | None = None, *,
+                  password: str | None = None, known_hosts: object = None) -> asyncssh.SSHClientConnection:
+    """An authenticated connection, or NodeUnreachable with the cause and a fix.
+
+    `password` is tried after the keys (it is never stored); `known_hosts` overrides the
+    fleet's files (`ssh setup` passes the keys it has just pinned)."""
+    import asyncssh
+
+    tunnel = None
+    try:
+        if sock is not None:
+            try:
+                sock = await _connected(sock, ssh.connect_timeout)
+            except OSError:
+                sock.close()
+                raise
+        if known_hosts is None:
+            files = known_hosts_files(ssh)
+            if not files:
+                raise FileNotFoundError(2, "known_hosts file does not exist", ssh.known_hosts)
+            known_hosts = asyncssh.read_known_hosts(files)
+        common = {
+            "known_hosts": known_hosts,
+            "config": (),
+            "connect_timeout": ssh.connect_timeout,
+            "login_timeout": ssh.connect_timeout,
+            "keepalive_interval": 15,
+            "keepalive_count_max": 4,
+            "client_keys": client_keys(node, ssh),
+        }
+        if password is not None:
+            common["password"] = password
+        if node.jump is not None:
+            tunnel = await asyncssh.connect(node.jump.host, port=node.jump.port,
+                                            username=node.jump.user or node.user, **common)
+        return await asyncssh.connect(node.host, port=node.port, username=node.user,
+                                      tunnel=tunnel, sock=sock, **common)
+    except Exception as exc:
+        if tunnel is not None:
+            tunnel.close()
+        raise NodeUnreachable(node, _explain(node, ssh, exc)) from None
+
+
+def openssh_options(fleet: Fleet, node: Node) -> list[str]:
+    """The same trust settings for OpenSSH-based tools (rsync, pdsh): keys checked, no prompts."""
+    options = [
+        "-p", str(node.port),
+        "-l", node.user,
+        "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={' '.join(known_hosts_files(fleet.ssh)) or fleet.ssh.known_hosts}",
+        "-o", f"ConnectTimeout={max(1, int(fleet.ssh.connect_timeout))}",
+    ]
+    keys = client_keys(node, fleet.ssh) if node.identity_file else None
+    for key in keys or []:
+        options += ["-i", key]
+    if keys:
+        options += ["-o", "IdentitiesOnly=yes"]
+    if node.jump is not None:
+        jump_user = node.jump.user or node.user
+        options += ["-J", f"{jump_user}@{node.jump.host}:{node.jump.port}"]
+    return options
+
+
+def openssh_command(fleet: Fleet, node: Node) -> str:
+    return shlex.join(["ssh", *openssh_options(fleet, node)])

@@ -1,0 +1,123 @@
+"""Firewall rules instead of a disabled firewall: default-deny nodes become trainable, and
+nothing outside the plan opens."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Sandboxes
+from helpers import JOBS, tf
+from trainfleet.sandbox import cluster as sb
+from trainfleet.firewall import plan_firewall
+from trainfleet.fleet.schema import fleet_from_data
+
+NFT_DEFAULT_DENY = """table inet filter {
+  chain input { type filter hook input priority 0; policy drop;
+    iif lo accept
+    ct state established,related accept
+    tcp dport 22 accept
+  }
+}
+"""
+IPTABLES_DEFAULT_DENY = ("iptables -A INPUT -i lo -j ACCEPT; "
+                         "iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT; "
+                         "iptables -A INPUT -p tcp --dport 22 -j ACCEPT; iptables -P INPUT DROP")
+
+
+def test_plan_is_only_between_fleet_nodes() -> None:
+    fleet = fleet_from_data({"nodes": [{"name": "a", "host": "203.0.113.1", "address": "10.0.0.1"},
+                                       {"name": "b", "host": "203.0.113.2", "address": "10.0.0.2", "port": 2222}]},
+                            "f.yaml")
+    plans = {p.node: p for p in plan_firewall(fleet, {"a": "10.0.0.1", "b": "10.0.0.2"}, {"b": (40000, 50000)})}
+    a = [(r.sources, r.ports) for r in plans["a"].rules]
+    b = [(r.sources, r.ports) for r in plans["b"].rules]
+    assert a == [(("10.0.0.2", "203.0.113.2"), ("22",)), (("10.0.0.2",), ("32768-60999",)),
+                 (("10.0.0.2",), ("29500",))]
+    assert b == [(("10.0.0.1", "203.0.113.1"), ("2222",)), (("10.0.0.1",), ("40000-50000",))]
+
+
+@pytest.fixture
+def denied(fresh: Sandboxes) -> sb.SandboxState:
+    """Two nodes with default-deny inbound: node0 through iptables, node1 through native nftables."""
+    state = fresh.make(2, slots=1)
+    subprocess.run(["ip", "netns", "exec", state.nodes[0].namespace, "sh", "-c", IPTABLES_DEFAULT_DENY], check=True)
+    subprocess.run(["ip", "netns", "exec", state.nodes[1].namespace, "nft", "-f", "-"], input=NFT_DEFAULT_DENY,
+                   text=True, check=True)
+    return state
+
+
+def reachable(state: sb.SandboxState, source: int, target: int, port: int) -> str:
+    """From a node's namespace: connect to a port that a listener on the target holds."""
+    target_node = state.nodes[target]
+    listener = subprocess.Popen(["ip", "netns", "exec", target_node.namespace, sys.executable, "-c",
+                                 f"import socket,time; s=socket.socket(); s.bind(('0.0.0.0', {port})); s.listen();"
+                                 f"print('up', flush=True); time.sleep(20)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "up"
+        probe = subprocess.run(["ip", "netns", "exec", state.nodes[source].namespace, sys.executable, "-c",
+                                f"import socket\ntry:\n socket.create_connection(('{target_node.address}', {port}), 2)"
+                                f"\n print('open')\nexcept OSError as e: print(type(e).__name__)"],
+                               capture_output=True, text=True, timeout=30)
+        return probe.stdout.strip()
+    finally:
+        listener.kill()
+        listener.wait()
+
+
+def test_ufw_nodes_get_ufw_rules(fresh: Sandboxes) -> None:
+    """ufw keeps its own rule files; trainfleet adds to them (and removes) through ufw itself."""
+    if shutil.which("ufw") is None:
+        pytest.fail("ufw is not installed (.ci/run installs it)") if os.environ.get("CI") else pytest.skip("no ufw")
+    state = fresh.make(2, slots=1)
+    for node in state.nodes:  # inside the node's own mount namespace: its /etc, not this machine's
+        subprocess.run(["nsenter", "-t", str(node.sshd_pid), "-a", "sh", "-c",
+                        "ufw allow 22/tcp && ufw --force enable"], check=True, capture_output=True)
+    assert tf("doctor", "-f", state.fleet_file).returncode == 1
+    applied = tf("firewall", "apply", "-f", state.fleet_file)
+    assert "node0: ufw: 3 rule(s) added" in applied.stdout, applied.stdout + applied.stderr
+    assert tf("doctor", "-f", state.fleet_file).returncode == 0
+    revoked = tf("firewall", "revoke", "-f", state.fleet_file)
+    assert "node0: ufw: 3 rule(s) removed" in revoked.stdout, revoked.stdout + revoked.stderr
+    status = subprocess.run(["nsenter", "-t", str(state.nodes[0].sshd_pid), "-a", "ufw", "status"],
+                            capture_output=True, text=True).stdout
+    assert "22/tcp" in status and "trainfleet" not in status
+    assert tf("doctor", "-f", state.fleet_file).returncode == 1
+
+
+def test_apply_opens_exactly_the_plan(denied: sb.SandboxState, tmp_path: Path) -> None:
+    fleet = denied.fleet_file
+    before = tf("doctor", "-f", fleet)
+    assert before.returncode == 1 and "DROP" in before.stdout
+
+    applied = tf("firewall", "apply", "-f", fleet)
+    assert applied.returncode == 0, applied.stderr
+    assert "node0: iptables: 3 rule(s) added" in applied.stdout and "node1: nft: 2 rule(s) added" in applied.stdout
+    again = tf("firewall", "apply", "-f", fleet)
+    assert "node0: iptables: 0 rule(s) added" in again.stdout and "node1: nft: 0 rule(s) added" in again.stdout
+
+    after = tf("doctor", "-f", fleet)
+    assert after.returncode == 0, after.stdout
+    run = tf("run", "-f", fleet, "--sync-dir", str(JOBS), "--log-dir", str(tmp_path / "logs"), "ranks.py",
+             timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count(" of 2 on ") == 2
+    # Outside the plan stays shut: a port below the ephemeral range, from the other fleet node.
+    assert reachable(denied, 1, 0, 8080) == "TimeoutError"
+    assert reachable(denied, 0, 1, 8080) == "TimeoutError"
+    assert reachable(denied, 1, 0, 40000) == "open"
+
+    revoked = tf("firewall", "revoke", "-f", fleet)
+    assert revoked.returncode == 0
+    assert "node0: iptables: 3 rule(s) removed" in revoked.stdout and "node1: nft: 2 rule(s) removed" in revoked.stdout
+    assert reachable(denied, 1, 0, 40000) == "TimeoutError"
+    # The node's own rules are all still there.
+    rules = subprocess.run(["ip", "netns", "exec", denied.nodes[0].namespace, "iptables", "-S", "INPUT"],
+                           capture_output=True, text=True).stdout
+    assert "-P INPUT DROP" in rules and "--dport 22 -j ACCEPT" in rules and "trainfleet" not in rules

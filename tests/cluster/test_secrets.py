@@ -1,0 +1,92 @@
+"""Secrets reach the job's environment and nowhere else: not argv, not files, not the stream."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets as random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import tf
+from trainfleet.sandbox import cluster as sb
+
+
+
+def with_secret(fleet: Path, tmp_path: Path) -> Path:
+    data = yaml.safe_load(fleet.read_text())
+    data["secrets"] = ["TF_TEST_TOKEN"]
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def files_containing(root: Path, needle: bytes) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
+                found.append(str(path))
+        except OSError:
+            continue
+    return found
+
+
+def test_secret_travels_only_to_the_job(fleet2: Path, cluster3: sb.SandboxState, workdir: Path,
+                                        tmp_path: Path) -> None:
+    value = f"tok-{random.token_hex(12)}"
+    fleet = with_secret(fleet2, tmp_path)
+    logs = tmp_path / "logs"
+    cache = tmp_path / "cache"
+    env = {**os.environ, "TF_TEST_TOKEN": value, "XDG_CACHE_HOME": str(cache)}
+    errors = open(tmp_path / "stderr", "w+")
+    process = subprocess.Popen([sys.executable, "-m", "trainfleet", "run", "-f", str(fleet), "--sync-dir",
+                                str(workdir), "--log-dir", str(logs), "secret.py", "4"],
+                               stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if "holding" in line:
+            break
+    # While the job runs: every process's argv on every node, read two ways.
+    listing = tf("exec", "-f", str(fleet2), "--", "ps -eo args; cat /proc/[0-9]*/cmdline | tr '\\\\0' ' '")
+    assert listing.returncode == 0 and "secret.py" in listing.stdout
+    assert value not in listing.stdout
+    out = process.stdout.read()  # (communicate() would skip what the line iterator buffered)
+    process.wait(timeout=120)
+    errors.seek(0)
+    err = errors.read()
+    stream = "".join(seen) + out
+    assert process.returncode == 0, err[-2000:]
+    assert stream.count("secret is *** (argv clean)") == 4 and value not in stream + err
+    # No file of the nodes (their whole /tmp, the workdir in it) and none of trainfleet's own.
+    for node in cluster3.nodes[:2]:
+        assert files_containing(Path(cluster3.directory) / "nodes" / node.name / "tmp", value.encode()) == []
+    assert files_containing(Path("/dev/shm"), value.encode()) == []
+    assert files_containing(logs, value.encode()) == [] and (logs / "node0.log").is_file()
+    assert files_containing(cache, value.encode()) == []
+    # The job's own log on each node holds its output with the value redacted.
+    job_id = re.search(r"job (tf-\S+):", err).group(1)  # type: ignore[union-attr]
+    node_log = (Path(cluster3.directory) / "nodes" / "node0" / "tmp" / "trainfleet" / ".trainfleet" / "jobs" / job_id /
+                "output.log").read_text()
+    assert "secret is *** (argv clean)" in node_log
+
+
+def test_dry_run_never_shows_secret_values(fleet2: Path, tmp_path: Path) -> None:
+    fleet = with_secret(fleet2, tmp_path)
+    completed = tf("run", "-f", str(fleet), "--dry-run", "train.py", env={"TF_TEST_TOKEN": "visible-if-leaked"})
+    assert completed.returncode == 0 and "visible-if-leaked" not in completed.stdout
+
+
+def test_missing_secret_without_a_terminal_is_a_clear_error(fleet2: Path, tmp_path: Path) -> None:
+    fleet = with_secret(fleet2, tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "TF_TEST_TOKEN"}
+    completed = subprocess.run([sys.executable, "-m", "trainfleet", "run", "-f", str(fleet), "--no-sync", "x.py"],
+                               capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
+    assert completed.returncode == 2
+    assert "secret TF_TEST_TOKEN has no value" in completed.stderr and "export TF_TEST_TOKEN" in completed.stderr

@@ -1,0 +1,96 @@
+"""What the tests share: the CLI as a user runs it, and ways to look inside sandbox nodes."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trainfleet.sandbox import cluster as sb
+
+REPO = Path(__file__).resolve().parents[1]
+JOBS = Path(__file__).resolve().parent / "jobs"
+EXAMPLE = REPO / "examples" / "charlm"
+# Processes that belong to the sandbox itself rather than to any job.
+SANDBOX_INFRA = {"unshare", "sshd"}
+
+
+def tf(*args: str, timeout: float = 120, cwd: Path | None = None, env: dict[str, str] | None = None,
+       check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the real `trainfleet` command line."""
+    completed = subprocess.run([sys.executable, "-m", "trainfleet", *args], capture_output=True, text=True,
+                               timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})},
+                               stdin=subprocess.DEVNULL)
+    if check and completed.returncode != 0:
+        raise AssertionError(f"trainfleet {' '.join(args)} failed ({completed.returncode}):\n"
+                             f"{completed.stdout}\n{completed.stderr}")
+    return completed
+
+
+def tf_start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "trainfleet", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+                            stdin=subprocess.DEVNULL)
+
+
+def wait_for_line(process: subprocess.Popen[str], pattern: str, timeout: float) -> list[str]:
+    assert process.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if re.search(pattern, line):
+            return seen
+    process.kill()
+    raise AssertionError(f"never saw {pattern!r}; got:\n{''.join(seen)[-3000:]}")
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}{os.getpid() % 100000:x}"[:10]
+
+
+alive = sb.running  # a zombie waiting for its parent to reap it is not running
+
+
+def job_processes_on(node: sb.SandboxNode) -> list[str]:
+    """`pid comm` of every process in the node's namespace that is not sandbox infrastructure."""
+    out = subprocess.run(["ip", "netns", "pids", node.namespace], capture_output=True, text=True).stdout
+    found = []
+    for pid in out.split():
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm not in SANDBOX_INFRA:
+            found.append(f"{pid} {comm}")
+    return found
+
+
+def wait_until_no_job_processes(state: sb.SandboxState, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while any(job_processes_on(n) for n in state.nodes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def node_tmp(state: sb.SandboxState, node: str) -> Path:
+    """A node's private /tmp, seen from this machine."""
+    return Path(state.directory) / "nodes" / node / "tmp"
+
+
+def ssh_logins(state: sb.SandboxState) -> dict[str, int]:
+    """How many SSH connections each node's sshd has accepted so far."""
+    counts = {}
+    for node in state.nodes:
+        log = Path(state.directory) / "nodes" / node.name / "sshd.log"
+        counts[node.name] = log.read_text(errors="replace").count("Accepted publickey")
+    return counts
+
+
+def losses(output: str, head: str = "node0") -> list[float]:
+    return [float(x) for x in re.findall(rf"^\[{head}:0\] step \d+ loss ([0-9.]+)", output, re.MULTILINE)]

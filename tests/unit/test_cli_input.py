@@ -1,0 +1,26 @@
+"""Mistakes on the command line: one line, the fix, a non-zero exit, and no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers import tf
+
+
+def test_an_option_run_does_not_know_is_refused_with_a_suggestion(tmp_path: Path) -> None:
+    done = tf("run", "-f", str(tmp_path / "none.yaml"), "--nproc", "2", "train.py")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "run has no option --nproc" in done.stderr and "did you mean --nproc-per-node?" in done.stderr
+
+
+def test_bad_env_and_node_sets(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("nodes:\n  - {host: 203.0.113.1, name: gpu0}\n  - {host: 203.0.113.2, name: gpu1}\n")
+    bad_env = tf("run", "-f", str(fleet), "--dry-run", "--env", "NOEQUALS", "train.py")
+    assert bad_env.returncode == 2 and "expected NAME=VALUE" in bad_env.stderr
+    env = tf("run", "-f", str(fleet), "--dry-run", "--env", "WANDB_PROJECT=x y", "train.py")
+    assert env.returncode == 0 and "WANDB_PROJECT='x y'" in env.stdout
+    bad_set = tf("exec", "-f", str(fleet), "-n", "gpu[0-1", "--", "true")
+    assert bad_set.returncode == 2 and "unbalanced brackets" in bad_set.stderr and "Traceback" not in bad_set.stderr
+    unknown = tf("exec", "-f", str(fleet), "-n", "gpu[0-2]", "--", "true")
+    assert unknown.returncode == 2 and "no node named 'gpu2'" in unknown.stderr

@@ -1,0 +1,82 @@
+"""The root cause is the first failure in time that is not a consequence of another."""
+
+from __future__ import annotations
+
+from trainfleet.agent.protocol import ErrorRecord, JobState
+from trainfleet.launchers.base import RankExit
+from trainfleet.launchers.torchrun import Torchrun
+from trainfleet.supervise.rootcause import find_root_cause
+
+
+def state(node: str, outcome: str, *records: ErrorRecord, code: int = 1, ended: float = 10.0) -> JobState:
+    return JobState(job_id="j", node=node, state=outcome, started=0.0, ended=ended, exit_code=code,
+                    errors=list(records))
+
+
+def record(node: str, rank: int, time: float, summary: str) -> ErrorRecord:
+    return ErrorRecord(rank=rank, node=node, time=time, kind="exception", summary=summary,
+                       traceback=f"Traceback (most recent call last):\n  ...\n{summary}\n")
+
+
+def test_the_rank_that_raised_is_named_not_the_first_node_that_noticed() -> None:
+    # node0's survivors failed (and node0's launcher exited) before node1 reported anything.
+    states = {
+        "node0": state("node0", "failed", record("node0", 0, 5.2, "RuntimeError: Connection closed by peer [x]:1"),
+                       record("node0", 1, 5.1, "RuntimeError: Connection closed by peer [x]:2"), ended=5.3),
+        "node1": state("node1", "failed", record("node1", 3, 5.0, "RuntimeError: deliberate failure in rank 3"),
+                       ended=6.0),
+    }
+    exits = [RankExit("node1", 2, -15, "SIGTERM")]
+    root = find_root_cause(states, exits, {}, {})
+    assert root is not None
+    assert root.headline() == "rank 3 on node1 failed first: RuntimeError: deliberate failure in rank 3"
+    assert "deliberate failure" in root.first.detail
+    assert root.others_line() == ("3 other ranks failed after it: connection closed by peer; stopped by its launcher "
+                                  "(node0: rank 0,1; node1: rank 2)")
+
+
+def test_a_consequence_recorded_earlier_than_the_cause_still_loses() -> None:
+    """Clocks of two machines differ a little: a lost-peer error can carry an earlier time."""
+    states = {"node0": state("node0", "failed", record("node0", 0, 4.9, "RuntimeError: Connection reset by peer")),
+              "node1": state("node1", "failed", record("node1", 2, 5.0, "ValueError: bad batch"))}
+    root = find_root_cause(states, [], {}, {})
+    assert root is not None and (root.first.node, root.first.rank) == ("node1", 2)
+
+
+def test_a_rank_killed_by_a_signal_says_which() -> None:
+    states = {"node0": state("node0", "failed"), "node1": state("node1", "failed")}
+    exits = [RankExit("node1", 3, -9, "SIGKILL"), RankExit("node1", 2, -15, "SIGTERM")]
+    root = find_root_cause(states, exits, {("node1", 3): ["step 10", "step 11"]}, {})
+    assert root is not None
+    assert root.headline() == "rank 3 on node1 failed first: killed by SIGKILL"
+    assert root.first.signal == "SIGKILL" and root.first.detail == "step 10\nstep 11"
+
+
+def test_a_launcher_that_failed_without_any_rank_is_named_with_its_output() -> None:
+    states = {"node0": state("node0", "succeeded", code=0),
+              "node1": state("node1", "failed", code=1, ended=3.0)}
+    root = find_root_cause(states, [], {}, {"node1": ["torchrun: error: unrecognized arguments: --bogus"]})
+    assert root is not None and root.first.who == "node node1"
+    assert "unrecognized arguments" in root.first.detail and root.others_line() is None
+
+
+def test_nothing_failed() -> None:
+    assert find_root_cause({"node0": state("node0", "succeeded", code=0)}, [], {}, {}) is None
+
+
+def test_torchruns_failure_report_is_read() -> None:
+    lines = """[node0] Failures:
+[node0] [1]:
+[node0]   time      : 2026-11-23_10:30:37
+[node0]   host      : t1305-node0
+[node0]   rank      : 0 (local_rank: 0)
+[node0]   exitcode  : -15 (pid: 5887)  (SIGTERM)
+[node0] ------------------------------------------------------
+[node0] Root Cause (first observed failure):
+[node0] [0]:
+[node0]   time      : 2026-11-23_10:30:36
+[node0]   rank      : 1 (local_rank: 1)
+[node0]   exitcode  : -6 (pid: 5888)  (SIGABRT)
+[node0] ======================================================""".replace("[node0] ", "").splitlines()
+    exits = {e.rank: e for e in Torchrun().rank_exits("node0", lines)}
+    assert exits[0].signal == "SIGTERM" and exits[1].signal == "SIGABRT" and exits[1].exit_code == -6
