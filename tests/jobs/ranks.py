@@ -1,12 +1,14 @@
 """A test job: every rank joins the process group, then behaves as the arguments say.
 
 --fail-rank R: rank R raises after the first all-reduce; the others keep all-reducing.
+--kill-rank R: rank R is killed by SIGKILL after the first all-reduce.
 --forever: every rank all-reduces until it is killed (for cancellation tests).
---print-env NAME: each rank prints NAME's value and its own argv.
+--print-env NAME: each rank prints NAME's value and its working directory.
 """
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -19,6 +21,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fail-rank", type=int)
+    parser.add_argument("--kill-rank", type=int)
+    parser.add_argument("--print-env")
     parser.add_argument("--forever", action="store_true")
     parser.add_argument("--seconds", type=float, default=0)
     args = parser.parse_args()
@@ -28,11 +32,16 @@ def main() -> None:
     dist.all_reduce(value)
     print(f"rank {rank} of {world} on {os.environ['TRAINFLEET_NODE']} pid {os.getpid()} sum {int(value.item())}",
           flush=True)
+    if args.print_env:
+        print(f"rank {rank} env {args.print_env}={os.environ.get(args.print_env)} cwd {os.getcwd()}", flush=True)
+    if args.kill_rank == rank:
+        os.kill(os.getpid(), signal.SIGKILL)
     if args.fail_rank == rank:
         print(f"rank {rank} about to fail", flush=True)
         raise RuntimeError(f"deliberate failure in rank {rank}")
     deadline = time.monotonic() + args.seconds
-    while args.forever or args.fail_rank is not None or time.monotonic() < deadline:
+    blocked = args.fail_rank is not None or args.kill_rank is not None
+    while args.forever or blocked or time.monotonic() < deadline:
         dist.all_reduce(value)
         time.sleep(0.05)
     dist.destroy_process_group()

@@ -58,6 +58,9 @@ def test_a_launcher_that_failed_without_any_rank_is_named_with_its_output() -> N
     root = find_root_cause(states, [], {}, {"node1": ["torchrun: error: unrecognized arguments: --bogus"]})
     assert root is not None and root.first.who == "node node1"
     assert "unrecognized arguments" in root.first.detail and root.others_line() is None
+    both = find_root_cause({"node0": state("node0", "failed", ended=2.0), "node1": state("node1", "failed", ended=3.0)},
+                           [], {}, {})
+    assert both is not None and both.others_line() == "1 other node failed after it: exited with status 1 (node1)"
 
 
 def test_nothing_failed() -> None:

@@ -12,6 +12,20 @@ from typing import Dict
 SOURCES: Dict[str, str] = {}
 """Module name -> source, as received by the bootstrap (empty when imported locally)."""
 
+BOOTSTRAP = (
+    "import sys,json,importlib.abc,importlib.util\n"
+    "S=json.loads(sys.stdin.readline())\n"
+    "class F(importlib.abc.MetaPathFinder,importlib.abc.Loader):\n"
+    " def find_spec(self,n,p,t=None):\n"
+    "  return importlib.util.spec_from_loader(n,self,is_package=n=='tfagent') if n in S else None\n"
+    " def create_module(self,s): return None\n"
+    " def exec_module(self,m): exec(compile(S[m.__spec__.name],'<%s>'%m.__spec__.name,'exec'),m.__dict__)\n"
+    "sys.meta_path.insert(0,F())\n"
+    "import tfagent; tfagent.SOURCES.update(S)\n"
+)
+"""Installs the agent's modules from the next stdin line (a JSON map of sources); what
+follows it picks the entry point: the agent's loop, or a job's node supervisor."""
+
 MODULES = ("__init__", "protocol", "procs", "facts", "probes", "trust", "firewall", "jobs", "main", "rankwrap")
 
 

@@ -13,8 +13,8 @@ import time
 from typing import List, Optional
 
 from . import procs
-from .protocol import (CodeHash, Disk, FactsReply, FactsRequest, Gpu, GpuInfo, Interface, JobSeen, LoginShell,
-                       Proc, PythonInfo, Route, TorchInfo)
+from .protocol import (CodeHash, Disk, FactsReply, FactsRequest, Gpu, GpuInfo, Interface, JobSeen, Proc,
+                       PythonInfo, Route, TorchInfo)
 
 
 def run_quiet(argv: List[str], timeout: float = 5.0) -> Optional[str]:
@@ -175,17 +175,6 @@ def code_hash(root: str, limit: int = 5000) -> Optional[CodeHash]:
     return CodeHash(sha256=digest.hexdigest()[:16], files=count)
 
 
-def login_shell(python: str) -> Optional[LoginShell]:
-    shell = os.environ.get("SHELL") or "/bin/sh"
-    out = run_quiet([shell, "-lc", "command -v %s; echo \"PATH=$PATH\"" % python], timeout=10)
-    if out is None:
-        return None
-    lines = out.strip().splitlines()
-    found = [line for line in lines if not line.startswith("PATH=")]
-    path = [line[5:] for line in lines if line.startswith("PATH=")]
-    return LoginShell(python=found[-1] if found else None, path=path[-1] if path else "")
-
-
 def port_is_free(address: str, port: int) -> bool:
     probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -232,10 +221,8 @@ def gather(request: FactsRequest) -> FactsReply:
                            for p in request.ports)
         reply.free_port = free_port(address)
     if "software" in wanted:
+        # (This agent runs on the fleet's Python, so a non-interactive shell finds it.)
         reply.python = PythonInfo(version=sys.version.split()[0], executable=sys.executable)
-        reply.python_found = shutil.which(request.python)
-        reply.path = os.environ.get("PATH", "")
-        reply.login = login_shell(request.python)
         reply.torch = torch_info()
         reply.torch_installed = reply.torch is not None
         reply.code = code_hash(request.workdir)

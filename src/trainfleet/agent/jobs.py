@@ -214,23 +214,14 @@ def supervise_main(request: LaunchRequest, directory: str, tether: Optional[int]
 _tethers: List[int] = []
 """Write ends of attached jobs' tethers: they close when this agent process ends."""
 
-_SUPERVISOR_BOOT = (
-    "import sys,json,importlib.abc,importlib.util\n"
-    "S=json.loads(sys.stdin.readline())\n"
-    "class F(importlib.abc.MetaPathFinder,importlib.abc.Loader):\n"
-    " def find_spec(self,n,p,t=None):\n"
-    "  return importlib.util.spec_from_loader(n,self,is_package=n=='tfagent') if n in S else None\n"
-    " def create_module(self,s): return None\n"
-    " def exec_module(self,m): exec(compile(S[m.__spec__.name],'<%s>'%m.__spec__.name,'exec'),m.__dict__)\n"
-    "sys.meta_path.insert(0,F())\n"
-    "import tfagent; tfagent.SOURCES.update(S)\n"
+_SUPERVISOR_ENTRY = (
     "import tfagent.jobs as j; a=json.loads(sys.stdin.readline()); sys.stdin.close()\n"
     "j.supervise_main(j.decode(j.LaunchRequest,a['request']),a['directory'],a['tether'],a['ready'])\n"
 )
 
 
 def launch(request: LaunchRequest, emit: Callable[[object], None]) -> JobState:
-    from . import sources
+    from . import BOOTSTRAP, sources
 
     directory = job_dir(request.workdir, request.job_id)
     if os.path.exists(os.path.join(directory, "state.json")):
@@ -248,7 +239,7 @@ def launch(request: LaunchRequest, emit: Callable[[object], None]) -> JobState:
         _tethers.append(tether_write)
         os.set_inheritable(tether_write, False)
     log = open(os.path.join(directory, "supervisor.log"), "ab")
-    boot = subprocess.Popen([sys.executable, "-c", _SUPERVISOR_BOOT], stdin=subprocess.PIPE,
+    boot = subprocess.Popen([sys.executable, "-c", BOOTSTRAP + _SUPERVISOR_ENTRY], stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, pass_fds=keep)
     log.close()
     handoff = {"request": to_wire(request), "directory": directory, "tether": tether_read, "ready": ready_write}

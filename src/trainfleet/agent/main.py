@@ -13,7 +13,6 @@ import threading
 import traceback
 from typing import Any, Dict
 
-from . import facts, firewall, jobs, probes, trust
 from .protocol import Empty, SweepReply, request_from_wire, to_wire
 
 _write_lock = threading.Lock()
@@ -26,6 +25,27 @@ def send(message: Dict[str, Any]) -> None:
         sys.stdout.flush()
 
 
+def _handler(op: str, emit: Any) -> Any:
+    """The function answering `op` (its module imported only when first asked for: the
+    agent starts on every node for every command, and most commands need two or three)."""
+    if op == "facts":
+        from . import facts
+        return facts.gather
+    if op in ("listen", "connect"):
+        from . import probes
+        return probes.listen if op == "listen" else probes.connect
+    if op in ("launch", "stop"):
+        from . import jobs
+        return (lambda r: jobs.launch(r, emit)) if op == "launch" else jobs.stop
+    if op in ("trust", "untrust", "ssh_matrix"):
+        from . import trust
+        return getattr(trust, op)
+    if op == "firewall":
+        from . import firewall
+        return firewall.firewall
+    return {"sweep": sweep, "release": release}[op]
+
+
 def sweep(request: Any) -> SweepReply:
     from . import procs
 
@@ -35,6 +55,8 @@ def sweep(request: Any) -> SweepReply:
 
 
 def release(request: Any) -> Empty:
+    from . import probes
+
     probes.release(request.handle)
     return Empty()
 
@@ -47,12 +69,7 @@ def handle(message: Dict[str, Any]) -> None:
 
     try:
         request = request_from_wire(message)
-        handlers = {
-            "facts": facts.gather, "listen": probes.listen, "release": release, "connect": probes.connect,
-            "launch": lambda r: jobs.launch(r, emit), "stop": jobs.stop, "sweep": sweep, "trust": trust.trust,
-            "untrust": trust.untrust, "ssh_matrix": trust.ssh_matrix, "firewall": firewall.firewall,
-        }
-        reply = handlers[request.op](request)
+        reply = _handler(request.op, emit)(request)
         send({"id": ident, "reply": to_wire(reply)})
     except Exception as exc:
         send({"id": ident, "error": "%s: %s" % (type(exc).__name__, exc), "trace": traceback.format_exc()})

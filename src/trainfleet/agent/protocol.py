@@ -70,12 +70,6 @@ class PythonInfo:
 
 
 @dataclass
-class LoginShell:
-    python: Optional[str]
-    path: str
-
-
-@dataclass
 class TorchInfo:
     version: Optional[str]
     cuda: Optional[str] = None
@@ -133,9 +127,6 @@ class FactsReply:
     """Port -> who holds it (pid None: another user's process), or None when free."""
     free_port: Optional[int] = None
     python: Optional[PythonInfo] = None
-    python_found: Optional[str] = None
-    path: str = ""
-    login: Optional[LoginShell] = None
     torch: Optional[TorchInfo] = None
     torch_installed: bool = False
     code: Optional[CodeHash] = None

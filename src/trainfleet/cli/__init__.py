@@ -9,7 +9,6 @@ from typing import NoReturn
 
 import click
 
-from trainfleet.cli import doctor, fleet, remote, run, sandbox, trust  # noqa: F401  (they register commands)
 from trainfleet.cli.app import cli, echo_err
 from trainfleet.errors import TrainfleetError
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -13,6 +11,8 @@ import click
 from trainfleet.errors import UsageError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from trainfleet.fleet.model import Fleet, Node
 
 T = TypeVar("T")
@@ -22,7 +22,26 @@ nodes_option = click.option("-n", "--nodes", "node_names", metavar="NODES",
                             help="node names, comma-separated or folded (node[0-3],gpu7); default: all")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command runs (or help lists it): start-up
+    time is paid on every command, and most need one module of the CLI."""
+
+    modules = {"bench": "run", "check": "fleet", "demo": "run", "doctor": "doctor", "exec": "remote",
+               "firewall": "trust", "import": "fleet", "init": "fleet", "run": "run", "sandbox": "sandbox",
+               "ssh": "trust", "sync": "remote"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.modules)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in self.modules:
+            import importlib
+
+            importlib.import_module(f"trainfleet.cli.{self.modules[name]}")
+        return self.commands.get(name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="trainfleet")
 def cli() -> None:
     """From rented GPU machines to a training job on all of them: describe the fleet once,
@@ -65,6 +84,8 @@ def print_line(text: str) -> None:
 
 def run_cancellable(make: Callable[[asyncio.Event], Awaitable[T]]) -> T:
     """Run a coroutine; SIGINT and SIGTERM set the event it was given instead of raising."""
+    import asyncio
+    import signal
 
     async def main() -> T:
         cancel = asyncio.Event()

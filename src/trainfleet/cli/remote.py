@@ -35,7 +35,7 @@ def exec_command(fleet_file: str | None, node_names: str | None, as_json: bool, 
         click.echo(f"{node}: {line}", err=stream == "stderr")
 
     async def everywhere():  # type: ignore[no-untyped-def]
-        async with await FleetSession.open(fleet, nodes, agents=False, sockets=sockets) as session:
+        async with await FleetSession.open(fleet, nodes, agents=False, sockets=sockets, wait=False) as session:
             return await session.run(text, on_output=None if as_json else show, timeout=timeout, cwd=fleet.workdir)
 
     result = asyncio.run(everywhere())

@@ -112,29 +112,21 @@ def check_ssh(data: Gathered) -> list[Finding]:
 
 
 def check_shell(data: Gathered) -> list[Finding]:
-    """The non-interactive SSH shell (how trainfleet, pdsh and DeepSpeed run) must find Python."""
+    """The non-interactive SSH shell (how trainfleet, pdsh and DeepSpeed run) must find
+    the fleet's Python: the node agent runs on it, so a node whose agent ran passes."""
     findings = []
-    python = data.fleet.python
     for name, reason in data.agent_errors.items():
         found = data.login_pythons.get(name) or []
         if found:
-            remedy = f"set `python: {found[0]}` in the fleet file (a login shell finds it), or the Python with torch"
+            reason += f" (a login shell finds {', '.join(found)})"
+            remedy = (f"set `python: {found[0]}` in the fleet file (or the Python with torch), or export PATH in "
+                      f"~/.bashrc above its interactive-only guard")
         else:
             remedy = "set `python:` in the fleet file to the full path of the Python with torch"
         findings.append(Finding("shell", Verdict.FAIL, (name,), reason, remedy))
-    for name in data.live:
-        facts = data.facts[name]
-        if facts.python_found:
-            continue
-        if facts.login and facts.login.python:
-            findings.append(Finding(
-                "shell", Verdict.WARN, (name,),
-                f"`{python}` is on PATH only in login shells (found at {facts.login.python})",
-                f"set `python: {facts.login.python}` in the fleet file, or export PATH in ~/.bashrc above its "
-                f"interactive-only guard"))
-    ok = [n for n in data.live if data.facts[n].python_found]
-    if ok:
-        findings.append(Finding("shell", Verdict.OK, tuple(ok), f"non-interactive SSH finds `{python}`"))
+    if data.live:
+        findings.append(Finding("shell", Verdict.OK, tuple(data.live),
+                                f"non-interactive SSH finds `{data.fleet.python}`"))
     return findings
 
 
@@ -231,7 +223,7 @@ def check_links(data: Gathered) -> list[Finding]:
     findings: list[Finding] = []
     latency = [m for m in data.measured if m.attempt.result == "ok" and m.attempt.ms is not None]
     if len(latency) >= 2:
-        fastest = min(m.best.ms or 0.0 for m in latency)
+        fastest = min(m.attempt.ms or 0.0 for m in latency)  # the concurrent round: like with like
         slow = [m for m in latency if latency_suspect(m.best.ms or 0.0, fastest)]
         findings += _outliers("latency", slow, latency, lambda m: f"{m.best.ms:.1f} ms",
                               "connection set-up takes {value} (fastest pair: " + f"{fastest:.1f} ms)",
@@ -240,16 +232,17 @@ def check_links(data: Gathered) -> list[Finding]:
                               fails=lambda m: (m.best.ms or 0.0) > LATENCY_FLOOR_MS)
     throughput = [m for m in data.measured if m.attempt.result == "ok" and m.attempt.mbit_s is not None]
     if len(throughput) >= 2:
-        best = max(m.best.mbit_s or 0.0 for m in throughput)
+        best = max(m.attempt.mbit_s or 0.0 for m in throughput)
         slow = [m for m in throughput if bandwidth_suspect(m.best.mbit_s or 0.0, best)]
         findings += _outliers("bandwidth", slow, throughput, lambda m: f"{m.best.mbit_s:.0f} Mbit/s",
                               "throughput {value} (best pair: " + f"{best:.0f} Mbit/s)",
                               "check this node's NIC speed and any rate limit (tc qdisc, cloud bandwidth tier); "
                               "every all-reduce runs at the slowest link",
                               fails=lambda m: (m.best.mbit_s or 0.0) < BANDWIDTH_FLOOR_MBIT)
-        if best < BANDWIDTH_FLOOR_MBIT:
+        alone = max(m.best.mbit_s or 0.0 for m in throughput)  # re-measured pairs had the wire to themselves
+        if alone < BANDWIDTH_FLOOR_MBIT:
             findings.append(Finding("bandwidth", Verdict.WARN, tuple(sorted({m.source for m in throughput})),
-                                    f"no link measures more than {best:.0f} Mbit/s",
+                                    f"no link measures more than {alone:.0f} Mbit/s",
                                     "training traffic will be slow on every node: use a faster network"))
     return findings
 
@@ -303,7 +296,7 @@ def check_hostnames(data: Gathered) -> list[Finding]:
             peers = len([n for n in data.resolved if n != target])
             where = "its peers" if len(missing) == peers else fold_nodes(missing)
             findings.append(Finding(
-                "hostnames", Verdict.WARN, (target,), f"its hostname does not resolve on {where}",
+                "hostnames", Verdict.INFO, (target,), f"its hostname does not resolve on {where}",
                 "trainfleet passes addresses explicitly, so `run` is unaffected; scripts that reach peers by "
                 "hostname need `trainfleet ssh setup --hosts-file` or MASTER_ADDR",
                 evidence=f"{target}: {hostname} unresolved on {fold_nodes(missing)}"))

@@ -149,7 +149,7 @@ async def _connects(session: FleetSession, live: list[Node], data: Gathered, con
 
 async def _remeasure(session: FleetSession, attempts: list[tuple[str, Attempt]],
                      connect_timeout: float) -> dict[tuple[str, int], Attempt]:
-    """Each suspect pair once more, one at a time per source node."""
+    """Each suspect pair once more, one source node after another."""
     ok = [a for _, a in attempts if a.result == "ok"]
     latencies = [a.ms for a in ok if a.ms is not None]
     rates = [a.mbit_s for a in ok if a.mbit_s is not None]
@@ -161,6 +161,11 @@ async def _remeasure(session: FleetSession, attempts: list[tuple[str, Attempt]],
         slow_setup = attempt.ms is not None and len(latencies) > 1 and latency_suspect(attempt.ms, min(latencies))
         if slow_link or slow_setup:
             suspects.setdefault(source, []).append(index)
+    if rates:  # and the fastest pair alone: what one link carries with nothing else on the wire
+        fastest = max((i for i, (_, a) in enumerate(attempts) if a.mbit_s is not None),
+                      key=lambda i: attempts[i][1].mbit_s or 0.0)
+        if fastest not in suspects.get(attempts[fastest][0], []):
+            suspects.setdefault(attempts[fastest][0], []).append(fastest)
     confirmed: dict[tuple[str, int], Attempt] = {}
     for source, indexes in suspects.items():  # one source after another: nothing else on the wire
         try:

@@ -57,14 +57,16 @@ class RootCause:
         if not self.others:
             return None
         reasons = sorted({f.consequence or f.summary for f in self.others})
-        ranks: dict[str, list[str]] = {}
+        ranks: dict[str, list[int]] = {}
         for failure in self.others:
-            ranks.setdefault(failure.node, []).append("?" if failure.rank is None else str(failure.rank))
-        where = "; ".join(f"{node}: rank {','.join(sorted(r, key=lambda x: (len(x), x)))}"
-                          for node, r in sorted(ranks.items()))
+            ranks.setdefault(failure.node, [])
+            if failure.rank is not None:
+                ranks[failure.node].append(failure.rank)
+        where = "; ".join(f"{node}: rank {','.join(str(r) for r in sorted(numbers))}" if numbers else node
+                          for node, numbers in sorted(ranks.items()))
         count = len(self.others)
-        return (f"{count} other rank{'s' if count > 1 else ''} failed after it: {'; '.join(reasons)} "
-                f"({where})")
+        kind = "rank" if any(f.rank is not None for f in self.others) else "node"
+        return f"{count} other {kind}{'s' if count > 1 else ''} failed after it: {'; '.join(reasons)} ({where})"
 
 
 def _consequence(text: str) -> str | None:
@@ -107,11 +109,13 @@ def find_root_cause(states: Mapping[str, JobState], exits: Sequence[RankExit],
                     key=lambda s: s.ended or float("inf"))
     if not failed:
         return None
-    state = failed[0]
-    summary = state.reason or (f"killed by {state.signal}" if state.signal else f"exited with status {state.exit_code}")
-    first = Failure(node=state.node, rank=None, exit_code=state.exit_code or 1, summary=summary,
-                    detail="\n".join(node_tails.get(state.node, ())), signal=state.signal)
-    others = tuple(Failure(node=s.node, rank=None, exit_code=s.exit_code or 1, summary=s.reason or "failed",
-                           detail="") for s in failed[1:])
-    return RootCause(first=first, others=others)
+    first, *others = [Failure(node=s.node, rank=None, exit_code=s.exit_code or 1, summary=_node_summary(s),
+                              detail="\n".join(node_tails.get(s.node, ())), signal=s.signal) for s in failed]
+    return RootCause(first=first, others=tuple(others))
+
+
+def _node_summary(state: JobState) -> str:
+    if state.reason:
+        return state.reason
+    return f"killed by {state.signal}" if state.signal else f"exited with status {state.exit_code}"
 

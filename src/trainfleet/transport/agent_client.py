@@ -20,18 +20,6 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 EventHandler = Callable[[dict[str, Any]], None]
 
-_BOOTSTRAP = (
-    "import sys,json,importlib.abc,importlib.util\n"
-    "S=json.loads(sys.stdin.readline())\n"
-    "class F(importlib.abc.MetaPathFinder,importlib.abc.Loader):\n"
-    " def find_spec(self,n,p,t=None):\n"
-    "  return importlib.util.spec_from_loader(n,self,is_package=n=='tfagent') if n in S else None\n"
-    " def create_module(self,s): return None\n"
-    " def exec_module(self,m): exec(compile(S[m.__spec__.name],'<%s>'%m.__spec__.name,'exec'),m.__dict__)\n"
-    "sys.meta_path.insert(0,F())\n"
-    "import tfagent; tfagent.SOURCES.update(S)\n"
-    "import tfagent.main; tfagent.main.serve()\n"
-)
 _PAYLOAD: str | None = None
 
 
@@ -43,9 +31,10 @@ def agent_command(python: str) -> str:
 def _payload() -> str:
     global _PAYLOAD
     if _PAYLOAD is None:
-        from trainfleet.agent import sources
+        from trainfleet.agent import BOOTSTRAP, sources
 
-        _PAYLOAD = json.dumps(_BOOTSTRAP) + "\n" + json.dumps(sources()) + "\n"
+        _PAYLOAD = json.dumps(BOOTSTRAP + "import tfagent.main; tfagent.main.serve()\n") + "\n" + \
+            json.dumps(sources()) + "\n"
     return _PAYLOAD
 
 

@@ -15,16 +15,17 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from trainfleet.agent import protocol
 from trainfleet.errors import FleetError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.results import FleetResult, NodeResult
-from trainfleet.transport.agent_client import AgentClient, AgentError, AgentFailed
 from trainfleet.transport.commands import OutputCallback, run_on_connection
 from trainfleet.transport.ssh import NodeUnreachable, connect
 
 if TYPE_CHECKING:
     import asyncssh
+
+    from trainfleet.agent import protocol
+    from trainfleet.transport.agent_client import AgentClient
 
 R = TypeVar("R")
 PasswordPrompt = Callable[[Node], str]
@@ -60,18 +61,22 @@ class FleetSession:
         self.failures: dict[str, NodeResult] = {}
         """Nodes that could not be reached, or whose agent could not start."""
         self.connect_seconds: dict[str, float] = {}
+        self._ready: dict[str, asyncio.Task[None]] = {}
 
     @classmethod
     async def open(cls, fleet: Fleet, nodes: Sequence[Node] | None = None, *, agents: bool = True,
                    sockets: dict[str, socket.socket] | None = None, known_hosts: object = None,
-                   ask_password: PasswordPrompt | None = None) -> FleetSession:
+                   ask_password: PasswordPrompt | None = None, wait: bool = True) -> FleetSession:
         """Connect to every node (`nodes`: a subset) and start its agent.
 
         `known_hosts` overrides the fleet's files (`ssh setup` passes the keys it has just
         pinned); nodes that refuse every key get `ask_password`'s answer, asked once for
-        the whole fleet and kept in memory only."""
+        the whole fleet and kept in memory only. With `wait=False` it returns at once, and
+        each node's requests and commands start as soon as that node is connected."""
         session = cls(fleet, nodes if nodes is not None else fleet.nodes)
-        await session._connect_all(agents, sockets or {}, known_hosts, ask_password)
+        session._start(agents, sockets or {}, known_hosts, ask_password)
+        if wait:
+            await asyncio.gather(*session._ready.values())
         return session
 
     async def __aenter__(self) -> FleetSession:
@@ -80,8 +85,8 @@ class FleetSession:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _connect_all(self, agents: bool, sockets: dict[str, socket.socket], known_hosts: object,
-                           ask_password: PasswordPrompt | None) -> None:
+    def _start(self, agents: bool, sockets: dict[str, socket.socket], known_hosts: object,
+               ask_password: PasswordPrompt | None) -> None:
         limit = asyncio.Semaphore(self.fleet.ssh.fanout)
         password: list[str] = []
         asking = asyncio.Lock()
@@ -110,13 +115,19 @@ class FleetSession:
                 self.connect_seconds[node.name] = time.monotonic() - started
                 self.connections[node.name] = conn
                 if agents:
+                    from trainfleet.transport.agent_client import AgentClient
+
                     try:
                         self.agents[node.name] = await AgentClient.start(conn, node.name, self.fleet.python)
                     except Exception as exc:  # the channel could not be opened
                         self.failures[node.name] = NodeResult(node=node.name, command="agent", exit_status=None,
                                                               error=f"cannot start the node agent: {exc}")
 
-        await asyncio.gather(*(one(n) for n in self.nodes))
+        self._ready = {n.name: asyncio.ensure_future(one(n)) for n in self.nodes}
+
+    async def ready(self, node: str) -> None:
+        """Until `node` is connected (or known to be unreachable)."""
+        await self._ready[node]
 
     @property
     def live(self) -> tuple[Node, ...]:
@@ -128,6 +139,8 @@ class FleetSession:
             raise FleetError(what, FleetResult(tuple(self.failures.values())), fix=fix)
 
     def _failed(self, node: str, exc: BaseException, op: str) -> NodeResult:
+        from trainfleet.transport.agent_client import AgentError, AgentFailed
+
         if isinstance(exc, AgentFailed):
             result = NodeResult(node=node, command=op, exit_status=exc.exit_status, stderr=exc.stderr,
                                 error=str(exc))
@@ -139,6 +152,9 @@ class FleetSession:
         return NodeResult(node=node, command=op, exit_status=None, error=f"{type(exc).__name__}: {exc}")
 
     async def call(self, node: str, request: protocol.Request[R], **kwargs: Any) -> R:
+        from trainfleet.transport.agent_client import AgentFailed
+
+        await self.ready(node)
         if node in self.failures:
             raise AgentFailed(node, self.failures[node].error or "unreachable")
         return await self.agents[node].call(request, **kwargs)
@@ -147,13 +163,16 @@ class FleetSession:
                        nodes: Iterable[Node] | None = None, *, timeout: float | None = 60,
                        on_event: Callable[[str, dict[str, Any]], None] | None = None) -> Replies[R]:
         """The same request (or one per node) on every live node at once."""
+        from trainfleet.transport.agent_client import AgentError, AgentFailed
+
         replies: Replies[R] = Replies()
         targets = [n for n in (nodes if nodes is not None else self.nodes)]
-        for node in targets:
-            if node.name in self.failures:
-                replies.failures[node.name] = self.failures[node.name]
 
         async def one(node: Node) -> None:
+            await self.ready(node.name)
+            if node.name in self.failures:
+                replies.failures[node.name] = self.failures[node.name]
+                return
             each = request(node) if callable(request) else request
             if each is None:
                 return
@@ -164,7 +183,7 @@ class FleetSession:
             except (AgentFailed, AgentError) as exc:
                 replies.failures[node.name] = self._failed(node.name, exc, each.op)
 
-        await asyncio.gather(*(one(n) for n in targets if n.name not in self.failures))
+        await asyncio.gather(*(one(n) for n in targets))
         return replies
 
     async def run(self, command: str | Callable[[Node], str], nodes: Iterable[Node] | None = None, *,
@@ -175,6 +194,7 @@ class FleetSession:
 
         async def one(node: Node) -> NodeResult:
             text = command(node) if callable(command) else command
+            await self.ready(node.name)
             if node.name not in self.connections:  # (a node whose agent failed still takes commands)
                 failed = self.failures[node.name]
                 return NodeResult(node=node.name, command=text, exit_status=None, error=failed.error)
@@ -184,10 +204,14 @@ class FleetSession:
         return FleetResult(tuple(await asyncio.gather(*(one(n) for n in targets))))
 
     async def close(self) -> None:
+        for task in self._ready.values():
+            task.cancel()
+        await asyncio.gather(*self._ready.values(), return_exceptions=True)
         await asyncio.gather(*(agent.close() for agent in self.agents.values()), return_exceptions=True)
         for conn in self.connections.values():
             conn.close()
-        await asyncio.gather(*(conn.wait_closed() for conn in self.connections.values()), return_exceptions=True)
+        await asyncio.wait([asyncio.ensure_future(c.wait_closed()) for c in self.connections.values()] or
+                           [asyncio.ensure_future(asyncio.sleep(0))], timeout=2)
 
 
 async def gather_bounded(jobs: Sequence[Callable[[], Awaitable[NodeResult]]], fanout: int) -> FleetResult:
