@@ -15,6 +15,7 @@ import yaml
 
 from conftest import Sandboxes
 from helpers import EXAMPLE, losses, node_tmp, ssh_logins, tf, tf_start, wait_for_line
+from trainfleet.ops.sync import project_for
 from trainfleet.sandbox import cluster as sb
 
 
@@ -37,14 +38,19 @@ def test_run_no_sync_uses_one_ssh_connection_per_node(fleet2: Path, cluster3: sb
                                                       workdir: Path) -> None:
     tf("sync", "-f", str(fleet2), str(workdir), check=True)
     before = ssh_logins(cluster3)
-    done = tf("run", "-f", str(fleet2), "--no-sync", "ranks.py", timeout=120)
+    done = tf("run", "-f", str(fleet2), "--no-sync", "--sync-dir", str(workdir), "ranks.py", timeout=120)
     after = ssh_logins(cluster3)
     assert done.returncode == 0, done.stderr
-    # Facts, the port check, the launch, the stream, the teardown and its check: one connection each.
+    # Facts, the code check, the port check, the launch, the stream, the teardown and its check.
     assert {n: after[n] - before[n] for n in ("node0", "node1")} == {"node0": 1, "node1": 1}
+    # With the sync too: rsync rides the same connection.
+    synced = tf("run", "-f", str(fleet2), "--sync-dir", str(workdir), "ranks.py", timeout=120)
+    assert synced.returncode == 0, synced.stderr
+    assert {n: ssh_logins(cluster3)[n] - after[n] for n in ("node0", "node1")} == {"node0": 1, "node1": 1}
 
 
 def test_a_missing_entrypoint_is_one_line_within_a_second(fleet2: Path, workdir: Path) -> None:
+    tf("sync", "-f", str(fleet2), str(workdir), check=True)
     started = time.monotonic()
     synced = tf("run", "-f", str(fleet2), "--sync-dir", str(workdir), "nosuch.py")
     assert time.monotonic() - started < 1.5  # (a new Python process included)
@@ -52,10 +58,11 @@ def test_a_missing_entrypoint_is_one_line_within_a_second(fleet2: Path, workdir:
     assert one_error_line(synced.stderr) == (f"trainfleet: error: nosuch.py: no such file in {workdir} (the directory "
                                              f"`run` syncs); fix: check the name, or pass --sync-dir DIR / --no-sync")
     started = time.monotonic()
-    on_node = tf("run", "-f", str(fleet2), "--no-sync", "nosuch.py")
+    on_node = tf("run", "-f", str(fleet2), "--no-sync", "--sync-dir", str(workdir), "nosuch.py")
     assert time.monotonic() - started < 3
     assert on_node.returncode == 2
-    assert "nosuch.py: no such file in /tmp/trainfleet on node0" in one_error_line(on_node.stderr)
+    where = f"/tmp/trainfleet/{project_for(workdir).name}"
+    assert f"nosuch.py: no such file in {where} on node0" in one_error_line(on_node.stderr)
 
 
 def test_a_python_missing_on_the_nodes_is_named_with_the_fix(fleet2: Path, tmp_path: Path) -> None:
@@ -73,7 +80,7 @@ def test_a_dropped_rendezvous_port_fails_in_seconds_naming_node_and_port(fleet2:
     tf("sandbox", "fault", "block-port", "node0", "29500", "--mode", "drop", "-f", str(fleet2), check=True)
     try:
         started = time.monotonic()
-        done = tf("run", "-f", str(fleet2), "--no-sync", "ranks.py", timeout=60)
+        done = tf("run", "-f", str(fleet2), "--no-sync", "--sync-dir", str(workdir), "ranks.py", timeout=60)
         elapsed = time.monotonic() - started
     finally:
         tf("sandbox", "fault", "clear", "-f", str(fleet2), check=True)
@@ -92,7 +99,8 @@ def test_success_is_quiet_and_verbose_shows_the_launcher(fleet2: Path, workdir: 
     assert sorted(done.stdout.splitlines()) == sorted(
         re.findall(r"^\[node\d:\d\] rank \d of 4 on node\d pid \d+ sum 4$", done.stdout, re.MULTILINE))
     assert len(done.stderr.splitlines()) == 3  # synced, job started, job finished
-    verbose = tf("run", "-f", str(fleet2), "--no-sync", "--verbose", "ranks.py", timeout=120)
+    verbose = tf("run", "-f", str(fleet2), "--no-sync", "--sync-dir", str(workdir), "--verbose", "ranks.py",
+                 timeout=120)
     assert verbose.returncode == 0 and "OMP_NUM_THREADS" in verbose.stdout
 
 
@@ -106,9 +114,13 @@ def test_env_for_one_run_and_the_working_directory(fleet2: Path, workdir: Path) 
     done = tf("run", "-f", str(fleet2), "--sync-dir", str(workdir), "--env", "TF_ONE_RUN=hello world", "ranks.py",
               "--print-env", "TF_ONE_RUN", timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("env TF_ONE_RUN=hello world cwd /tmp/trainfleet") == 4
-    where = tf("exec", "-f", str(fleet2), "--", "pwd")
-    assert sorted(where.stdout.splitlines()) == ["node0: /tmp/trainfleet", "node1: /tmp/trainfleet"]
+    # The job runs in the project's own directory; so does `exec` from the project.
+    where = f"/tmp/trainfleet/{project_for(workdir).name}"
+    assert done.stdout.count(f"env TF_ONE_RUN=hello world cwd {where}") == 4
+    here = tf("exec", "-f", str(fleet2), "--", "pwd", cwd=workdir)
+    assert sorted(here.stdout.splitlines()) == [f"node0: {where}", f"node1: {where}"]
+    elsewhere = tf("exec", "-f", str(fleet2), "--", "pwd", cwd=workdir.parent)
+    assert sorted(elsewhere.stdout.splitlines()) == ["node0: /tmp/trainfleet", "node1: /tmp/trainfleet"]
 
 
 def test_nodes_named_as_output_folds_them(fleet3: Path) -> None:
@@ -163,7 +175,8 @@ def test_nodes_need_no_numpy(fleet2: Path, cluster3: sb.SandboxState, tmp_path: 
     first = tf("run", "-f", str(fleet2), "--sync-dir", str(EXAMPLE), *blocked, "--log-dir", str(tmp_path / "a"),
                "train.py", "--steps", "10", "--log-every", "5", "--checkpoint-dir", "nonumpy-ckpt", timeout=240)
     assert first.returncode == 0, first.stderr[-2000:]
-    resumed = tf("run", "-f", str(fleet2), "--no-sync", *blocked, "--log-dir", str(tmp_path / "b"), "train.py",
+    resumed = tf("run", "-f", str(fleet2), "--no-sync", "--sync-dir", str(EXAMPLE), *blocked,
+                 "--log-dir", str(tmp_path / "b"), "train.py",
                  "--steps", "15", "--log-every", "5", "--checkpoint-dir", "nonumpy-ckpt", "--resume", timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from nonumpy-ckpt/ckpt.pt at step 10" in resumed.stdout

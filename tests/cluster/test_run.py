@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import EXAMPLE, job_processes_on, losses, tf, tf_start, wait_for_line
+from trainfleet.ops.sync import project_for
 from trainfleet.sandbox import cluster as sb
 
 def assert_nothing_left(cluster: sb.SandboxState, fleet: Path) -> None:
@@ -39,11 +40,14 @@ def test_example_trains_across_two_nodes_and_resumes(fleet2: Path, cluster3: sb.
     assert "[node1] " in (logs / "node1.log").read_text() and "step 40" in (logs / "node0.log").read_text()
     assert (logs / "plan.txt").read_text().startswith("# job ")
     # Rank 0 alone wrote the checkpoint, atomically: no temporary file is left beside it.
-    node_tmp = {n.name: Path(cluster3.directory) / "nodes" / n.name / "tmp" / "trainfleet" for n in cluster3.nodes}
+    project = project_for(EXAMPLE).name
+    node_tmp = {n.name: Path(cluster3.directory) / "nodes" / n.name / "tmp" / "trainfleet" / project
+                for n in cluster3.nodes}
     assert sorted(p.name for p in (node_tmp["node0"] / "checkpoints").iterdir()) == ["ckpt.pt"]
     assert not (node_tmp["node1"] / "checkpoints").exists()
 
-    resumed = tf("run", "-f", str(fleet2), "--no-sync", "--log-dir", str(tmp_path / "logs2"), "train.py",
+    resumed = tf("run", "-f", str(fleet2), "--no-sync", "--sync-dir", str(EXAMPLE), "--log-dir",
+                 str(tmp_path / "logs2"), "train.py",
                  "--steps", "50", "--checkpoint-dir", "checkpoints", "--resume", timeout=240)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "[node0:0] resumed from checkpoints/ckpt.pt at step 40" in resumed.stdout

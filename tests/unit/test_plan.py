@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+import re
+
 from helpers import tf
+from trainfleet.ops.sync import project_for
 from trainfleet.errors import UsageError
 from trainfleet.fleet.schema import fleet_from_data
 from trainfleet.job.spec import JobSpec
@@ -92,10 +95,15 @@ def test_dry_run_cli_prints_the_plan_and_contacts_nobody(tmp_path: Path) -> None
 
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(yaml.safe_dump(FLEET))
+    project = tmp_path / "my project"
+    project.mkdir()
     completed = tf("run", "-f", str(fleet), "--dry-run", "--job-id", "tf-golden", "--port", "29555",
-                   "train.py", "--steps", "100", "--name", "two words")
+                   "--sync-dir", str(project), "train.py", "--steps", "100", "--name", "two words")
     assert completed.returncode == 0, completed.stderr
+    # The job runs in the project's own directory: its name, then a hash of where it is here.
+    name = project_for(project).name
+    assert re.fullmatch(r"my_project-[0-9a-f]{8}", name) and f"cd ~/job/{name} && " in completed.stdout
     # gpu1 has no interface in the file and nobody was asked, so none is set for it.
-    check_golden("dry_run_cli.txt", completed.stdout)
+    check_golden("dry_run_cli.txt", completed.stdout.replace(name, "PROJECT"))
     as_json = tf("run", "-f", str(fleet), "--dry-run", "--json", "--job-id", "j2", "train.py")
     assert '"world_size": 6' in as_json.stdout

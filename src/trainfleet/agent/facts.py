@@ -13,7 +13,7 @@ import time
 from typing import List, Optional
 
 from . import procs
-from .protocol import (CodeHash, Disk, FactsReply, FactsRequest, Gpu, GpuInfo, Interface, JobSeen, Proc,
+from .protocol import (Disk, FactsReply, FactsRequest, Gpu, GpuInfo, Interface, JobSeen, Proc,
                        PythonInfo, Route, TorchInfo)
 
 
@@ -142,39 +142,6 @@ def docker_root() -> Optional[str]:
     return "/var/lib/docker" if os.path.isdir("/var/lib/docker") else None
 
 
-CODE_SUFFIXES = (".py", ".sh", ".yaml", ".yml", ".json", ".toml", ".cfg", ".txt", ".ini")
-SKIPPED_DIRS = ("__pycache__", "checkpoints")
-
-
-def code_hash(root: str, limit: int = 5000) -> Optional[CodeHash]:
-    import hashlib
-
-    root = os.path.expanduser(root)
-    if not os.path.isdir(root):
-        return None
-    digest = hashlib.sha256()
-    count = 0
-    for current, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS)
-        for name in sorted(files):
-            if not name.endswith(CODE_SUFFIXES):
-                continue
-            path = os.path.join(current, name)
-            try:
-                if os.path.getsize(path) > 4 * 1024 * 1024:
-                    continue
-                with open(path, "rb") as handle:
-                    digest.update(os.path.relpath(path, root).encode() + b"\0" + handle.read() + b"\0")
-            except OSError:
-                continue
-            count += 1
-            if count >= limit:
-                break
-    if count == 0:
-        return None  # an empty workdir holds no code, like a missing one
-    return CodeHash(sha256=digest.hexdigest()[:16], files=count)
-
-
 def port_is_free(address: str, port: int) -> bool:
     probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -225,7 +192,6 @@ def gather(request: FactsRequest) -> FactsReply:
         reply.python = PythonInfo(version=sys.version.split()[0], executable=sys.executable)
         reply.torch = torch_info()
         reply.torch_installed = reply.torch is not None
-        reply.code = code_hash(request.workdir)
     if "gpu" in wanted:
         reply.gpu = gpu_info()
         driver = read_text("/proc/driver/nvidia/version")
@@ -236,6 +202,10 @@ def gather(request: FactsRequest) -> FactsReply:
         reply.docker_disk = disk_free(root) if root else None
     if "jobs" in wanted:
         reply.jobs = jobs_seen(request.workdir)
+    if "project" in wanted:
+        from . import project
+
+        reply.project = project.state(request.workdir, request.project)
     if "files" in wanted:
         base = os.path.expanduser(request.workdir)
         reply.files = dict((path, os.path.exists(os.path.join(base, os.path.expanduser(path))))

@@ -40,6 +40,9 @@ def _handler(op: str, emit: Any) -> Any:
     if op in ("trust", "untrust", "ssh_matrix"):
         from . import trust
         return getattr(trust, op)
+    if op == "manifest":
+        from . import project
+        return project.write_manifest
     if op == "firewall":
         from . import firewall
         return firewall.firewall

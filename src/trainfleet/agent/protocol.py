@@ -99,12 +99,6 @@ class Disk:
 
 
 @dataclass
-class CodeHash:
-    sha256: str
-    files: int
-
-
-@dataclass
 class JobSeen:
     """A trainfleet job with processes on this node. `state` is the job's own record
     ("running", "succeeded", ...) or "unknown" when no record says (an orphan)."""
@@ -114,6 +108,19 @@ class JobSeen:
     processes: List[Proc]
     live: bool
     """True while the job's node supervisor is alive: the job is running, not left over."""
+
+
+@dataclass
+class ProjectState:
+    """A project directory on a node, against the manifest its last sync left there."""
+
+    exists: bool
+    manifest: Optional[str] = None
+    """The digest of the code last synced here (None: never synced)."""
+    changed: List[str] = field(default_factory=list)
+    """Synced files that are no longer as synced (edited or removed on the node)."""
+    setup: Optional[str] = None
+    """The digest of the setup that last succeeded here."""
 
 
 @dataclass
@@ -129,18 +136,18 @@ class FactsReply:
     python: Optional[PythonInfo] = None
     torch: Optional[TorchInfo] = None
     torch_installed: bool = False
-    code: Optional[CodeHash] = None
     gpu: Optional[GpuInfo] = None
     driver: Optional[str] = None
     disk: Optional[Disk] = None
     docker_disk: Optional[Disk] = None
     jobs: List[JobSeen] = field(default_factory=list)
     files: Dict[str, bool] = field(default_factory=dict)
+    project: Optional[ProjectState] = None
 
 
 @dataclass
 class FactsRequest(Request[FactsReply]):
-    """Sections: net, ports, software, gpu, disk, jobs, files."""
+    """Sections: net, ports, software, gpu, disk, jobs, files, project."""
 
     op: ClassVar[str] = "facts"
     reply_type: ClassVar[Type[Any]] = FactsReply
@@ -152,6 +159,21 @@ class FactsRequest(Request[FactsReply]):
     port_address: Optional[str] = None
     files: List[str] = field(default_factory=list)
     """Paths (relative to the workdir, or absolute) whose existence is reported."""
+    project: str = ""
+    """The project directory (relative to the workdir) that the `project` section reports on."""
+
+
+@dataclass
+class ManifestRequest(Request[Empty]):
+    """Record what a sync put into a project directory: path -> [size, sha256 or None
+    for files too big to hash at every launch]."""
+
+    op: ClassVar[str] = "manifest"
+    reply_type: ClassVar[Type[Any]] = Empty
+    workdir: str
+    project: str
+    digest: str
+    files: Dict[str, List[Any]]
 
 
 # ---- reachability probes -------------------------------------------------------------------
@@ -409,7 +431,7 @@ class FirewallRequest(Request[FirewallReply]):
 
 REQUESTS: Dict[str, Type[Any]] = {
     cls.op: cls
-    for cls in (FactsRequest, ListenRequest, ReleaseRequest, ConnectRequest, LaunchRequest, StopRequest,
+    for cls in (FactsRequest, ManifestRequest, ListenRequest, ReleaseRequest, ConnectRequest, LaunchRequest, StopRequest,
                 SweepRequest, TrustRequest, UntrustRequest, SSHMatrixRequest, FirewallRequest)
 }
 

@@ -28,7 +28,7 @@ class LazyGroup(click.Group):
 
     modules = {"bench": "run", "check": "fleet", "demo": "run", "doctor": "doctor", "exec": "remote",
                "firewall": "trust", "import": "fleet", "init": "fleet", "run": "run", "sandbox": "sandbox",
-               "ssh": "trust", "sync": "remote"}
+               "setup": "remote", "ssh": "trust", "sync": "remote"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(self.modules)
@@ -80,6 +80,37 @@ def status(text: str) -> None:
 def print_line(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+class StatusLine:
+    """One line of per-node state redrawn in place on a terminal (`node[0-3] 45%`);
+    elsewhere (CI, a pipe) nothing until `done`, so logs stay readable."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.states: dict[str, str] = {}
+        self.live = sys.stderr.isatty()
+        self.shown = 0
+
+    def update(self, node: str, state: str) -> None:
+        self.states[node] = state
+        if not self.live:
+            return
+        from trainfleet.results import fold_nodes
+
+        groups: dict[str, list[str]] = {}
+        for name, value in self.states.items():
+            groups.setdefault(value, []).append(name)
+        text = f"{self.label}: " + "  ".join(f"{fold_nodes(n)} {v}" for v, n in groups.items())
+        width = 200
+        sys.stderr.write("\r" + text[:width].ljust(self.shown))
+        sys.stderr.flush()
+        self.shown = min(len(text), width)
+
+    def done(self) -> None:
+        if self.live and self.shown:
+            sys.stderr.write("\r" + " " * self.shown + "\r")
+            sys.stderr.flush()
 
 
 def run_cancellable(make: Callable[[asyncio.Event], Awaitable[T]]) -> T:

@@ -21,8 +21,17 @@ def doctor(fleet_file: str | None, port: int, as_json: bool, show_all: bool) -> 
     from trainfleet.cli.render import doctor_table
     from trainfleet.ops.doctor import examine
 
+    from pathlib import Path
+
+    from trainfleet.errors import UsageError
+    from trainfleet.ops.sync import project_for
+
     fleet = load(fleet_file)
-    report = asyncio.run(examine(fleet, rdzv_port=port))
+    try:
+        project = project_for(Path.cwd()).name
+    except UsageError:  # run from / or the home directory: no project to check
+        project = ""
+    report = asyncio.run(examine(fleet, rdzv_port=port, project=project))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:

@@ -49,19 +49,12 @@ def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 
 def launch(fleet: Fleet, job: JobSpec, options: RunOptions, printer: Callable[[str], None] = print_line) -> int:
     """Sync (unless told not to), then run the job; prints its summary; returns the exit code."""
-    import asyncio
-
     from trainfleet.cli.render import run_summary
     from trainfleet.ops.run import check_entrypoint_locally, run_job
-    from trainfleet.ops.sync import sync_project
 
     secrets = secret_values(fleet)
-    if options.sync_dir is not None:
-        check_entrypoint_locally(job, options.sync_dir)
-        result = asyncio.run(sync_project(fleet, fleet.nodes, options.sync_dir))
-        slowest = max(r.seconds for r in result.results)
-        status(f"synced {options.sync_dir.resolve()} to {fleet.workdir} on {len(fleet.nodes)} node(s) "
-               f"in {slowest:.1f}s")
+    if options.sync:
+        check_entrypoint_locally(job, options.project.source)
     outcome = run_cancellable(lambda cancel: run_job(fleet, job, options, secrets=secrets, printer=printer,
                                                      status=status, cancel=cancel))
     logs = options.log_dir or Path("trainfleet-runs") / job.job_id
@@ -91,7 +84,7 @@ def refuse_stray_option(script: str, command: click.Command) -> None:
 @click.option("--dry-run", is_flag=True, help="print every node's exact command and environment, run nothing")
 @click.option("--json", "as_json", is_flag=True, help="with --dry-run: print the plan as JSON")
 @click.option("--sync-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=".",
-              show_default=True, help="directory copied into the workdir before launch")
+              show_default=True, help="the project: copied to its own directory on the nodes, where the job runs")
 @click.option("--no-sync", is_flag=True, help="the code is already on the nodes")
 @click.option("--max-restarts", type=int, default=0, show_default=True, help="torchrun's restarts on failure")
 @click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -109,17 +102,19 @@ def run(fleet_file: str | None, nproc_per_node: int | None, module: bool, port: 
     """Start SCRIPT on every node with torchrun and stream every rank's output."""
     from trainfleet.job.spec import JobSpec, new_job_id, validate_job
     from trainfleet.ops.run import RunOptions, plan_offline
+    from trainfleet.ops.sync import project_for
 
     refuse_stray_option(script, run)
     fleet = load(fleet_file)
     job = JobSpec(entrypoint=script, args=args, module=module, nproc_per_node=nproc_per_node,
                   max_restarts=max_restarts, job_id=job_id or new_job_id(), env=parse_env(env_pairs))
     validate_job(job)
+    project = project_for(sync_dir)
     if dry_run:
-        plan = plan_offline(fleet, job, port)
+        plan = plan_offline(fleet, job, project, port)
         click.echo(json.dumps(plan.to_json(), indent=2) if as_json else plan.render(), nl=as_json)
         return
-    options = RunOptions(port=port, sync_dir=None if no_sync else sync_dir, log_dir=log_dir, grace=grace,
+    options = RunOptions(project=project, sync=not no_sync, port=port, log_dir=log_dir, grace=grace,
                          verbose=verbose)
     sys.exit(launch(fleet, job, options))
 
@@ -145,28 +140,23 @@ def bench_net(fleet_file: str | None, min_size: str, max_size: str, p2p_size: st
               min_iters: int, seconds_per_size: float, port: int | None, as_json: bool, verbose: bool) -> None:
     """All-reduce bandwidth (algbw, busbw) from --min-size to --max-size through torch.distributed
     (gloo on CPU, NCCL on GPU), and a point-to-point matrix that names the slowest link."""
-    import asyncio
-
-    from trainfleet.errors import FleetError
     from trainfleet.job.spec import JobSpec, new_job_id
     from trainfleet.netbench import JOB_DIR, REMOTE_JOB_DIR, NetBenchResult, job_args, parse_size, size_ladder
     from trainfleet.ops.run import RunOptions
-    from trainfleet.ops.sync import sync_code
+    from trainfleet.ops.sync import Project
 
     fleet = load(fleet_file)
     sizes = size_ladder(parse_size(min_size), parse_size(max_size))
-    copied = asyncio.run(sync_code(fleet, fleet.nodes, JOB_DIR, f"{fleet.workdir.rstrip('/')}/{REMOTE_JOB_DIR}"))
-    if not copied.ok:
-        raise FleetError("copying the benchmark job failed", copied)
     numbers = NetBenchResult(node_names=[n.name for n in fleet.nodes])
 
     def collect(line: str) -> None:
         if not numbers.take(line) and verbose:
             print_line(line)
 
-    job = JobSpec(entrypoint=f"{REMOTE_JOB_DIR}/netbench.py", nproc_per_node=nproc_per_node, job_id=new_job_id(),
+    job = JobSpec(entrypoint="netbench.py", nproc_per_node=nproc_per_node, job_id=new_job_id(),
                   args=job_args(sizes, parse_size(p2p_size), min_iters, seconds_per_size))
-    code = launch(fleet, job, RunOptions(port=port, grace=5.0, verbose=verbose), printer=collect)
+    options = RunOptions(project=Project(source=JOB_DIR, name=REMOTE_JOB_DIR), port=port, grace=5.0, verbose=verbose)
+    code = launch(fleet, job, options, printer=collect)
     if code == 0:
         click.echo(json.dumps(numbers.to_json(), indent=2) if as_json else numbers.render())
     sys.exit(code)
@@ -181,6 +171,7 @@ def demo(steps: int, name: str) -> None:
     from trainfleet.fleet import load_fleet
     from trainfleet.job.spec import JobSpec, new_job_id
     from trainfleet.ops.run import RunOptions
+    from trainfleet.ops.sync import project_for
     from trainfleet.sandbox import cluster
 
     example = example_dir("charlm")
@@ -198,7 +189,7 @@ def demo(steps: int, name: str) -> None:
                 losses.append(line.split(" loss ")[1].split()[0])
             print_line(line)
 
-        code = launch(fleet, job, RunOptions(sync_dir=example, grace=5.0), printer=show)
+        code = launch(fleet, job, RunOptions(project=project_for(example), grace=5.0), printer=show)
     finally:
         cluster.down(name, missing_ok=True)
         status(f"sandbox {name} removed")

@@ -85,6 +85,8 @@ class Gathered:
     """node -> label (rendezvous, ephemeral) -> what was bound."""
     measured: list[Measured] = field(default_factory=list)
     resolved: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    project: str = ""
+    """The current directory's project directory on the nodes ("" when there is none)."""
 
     @property
     def live(self) -> list[str]:
@@ -318,7 +320,6 @@ _CONSISTENT: dict[str, Callable[[FactsReply], str | None]] = {
     "CUDA (torch build)": lambda f: f.torch.cuda if f.torch else None,
     "NCCL": lambda f: f.torch.nccl if f.torch else None,
     "GPU driver": _gpu_driver,
-    "code in workdir": lambda f: f.code.sha256 if f.code else None,
 }
 
 
@@ -342,10 +343,40 @@ def check_consistency(data: Gathered) -> list[Finding]:
         for value, nodes in groups.items():
             if nodes is majority:
                 continue
-            fix = ("run `trainfleet sync` so every node has the same code" if what == "code in workdir"
-                   else f"install the same {what} on every node")
             findings.append(Finding("versions", Verdict.FAIL, tuple(nodes),
-                                    f"{what} is {value} here but {common} on {fold_nodes(majority)}", fix))
+                                    f"{what} is {value} here but {common} on {fold_nodes(majority)}",
+                                    f"install the same {what} on every node"))
+    return findings
+
+
+def check_code(data: Gathered) -> list[Finding]:
+    """This directory's project on the nodes: synced everywhere, the same, unedited."""
+    states = {n: data.facts[n].project for n in data.live}
+    synced = {n: s for n, s in states.items() if s is not None and s.manifest}
+    if not data.project or not synced:
+        return []
+    findings = []
+    missing = [n for n in data.live if n not in synced]
+    if missing:
+        findings.append(Finding("code", Verdict.FAIL, tuple(missing), f"project {data.project} is not synced here",
+                                "run `trainfleet sync`"))
+    for node, state in synced.items():
+        if state.changed:
+            findings.append(Finding("code", Verdict.FAIL, (node,),
+                                    f"synced files changed on the node since: {', '.join(state.changed[:5])}",
+                                    "run `trainfleet sync` to put your copy back"))
+    groups: dict[str, list[str]] = {}
+    for node, state in synced.items():
+        groups.setdefault(state.manifest or "", []).append(node)
+    if len(groups) > 1:
+        majority = max(groups.values(), key=len)
+        for nodes in groups.values():
+            if nodes is not majority:
+                findings.append(Finding("code", Verdict.FAIL, tuple(nodes),
+                                        f"holds other code than {fold_nodes(majority)} (synced at another time)",
+                                        "run `trainfleet sync` so every node has the same code"))
+    if not findings:
+        findings.append(Finding("code", Verdict.OK, tuple(synced), f"the same code of {data.project} everywhere"))
     return findings
 
 
@@ -446,6 +477,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("links", check_links),
     ("hostnames", check_hostnames),
     ("versions", check_consistency),
+    ("code", check_code),
     ("gpus", check_gpus),
     ("disk", check_disk),
     ("clock", check_clock),
@@ -461,7 +493,7 @@ def evaluate(data: Gathered) -> list[Finding]:
 
 
 _ORDER = {"ssh": 0, "shell": 1, "network": 2, "ports": 3, "latency": 4, "bandwidth": 4, "hostnames": 5,
-          "versions": 6, "gpus": 7, "disk": 8, "clock": 9, "jobs": 10}
+          "versions": 6, "code": 7, "gpus": 8, "disk": 9, "clock": 10, "jobs": 11}
 
 
 def fold(findings: Sequence[Finding]) -> list[Finding]:

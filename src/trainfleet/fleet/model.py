@@ -87,6 +87,16 @@ class SSHSettings:
 
 
 @dataclass(frozen=True)
+class Setup:
+    """Shell commands that prepare each node for the project (run in its directory)."""
+
+    commands: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    """Project files whose content decides whether setup must run again (requirements.txt);
+    files the commands name are found without being listed."""
+
+
+@dataclass(frozen=True)
 class Fleet:
     nodes: tuple[Node, ...]
     workdir: str
@@ -95,6 +105,9 @@ class Fleet:
     ssh: SSHSettings
     secrets: tuple[str, ...] = ()
     """Names of environment variables whose values are asked for at run time, never stored."""
+    sync_exclude: tuple[str, ...] = ()
+    """rsync patterns never copied to the nodes, besides .gitignore's."""
+    setup: Setup = Setup()
     source: str = field(default="<memory>", compare=False)
 
     def node(self, name: str) -> Node:
@@ -121,5 +134,9 @@ class Fleet:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Fleet:
         nodes = tuple(Node(**{**n, "jump": Jump(**n["jump"]) if n["jump"] else None}) for n in data["nodes"])
+        setup = data.get("setup") or {}
         return cls(nodes=nodes, workdir=data["workdir"], python=data["python"], env=dict(data["env"]),
-                   ssh=SSHSettings(**data["ssh"]), secrets=tuple(data["secrets"]), source=data["source"])
+                   ssh=SSHSettings(**data["ssh"]), secrets=tuple(data["secrets"]),
+                   sync_exclude=tuple(data.get("sync_exclude", ())),
+                   setup=Setup(commands=tuple(setup.get("commands", ())), files=tuple(setup.get("files", ()))),
+                   source=data["source"])

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trainfleet.errors import SpecError
 from trainfleet.fleet.load import local_user
-from trainfleet.fleet.model import NAME_PATTERN, Fleet, Jump, Node, SSHSettings
+from trainfleet.fleet.model import NAME_PATTERN, Fleet, Jump, Node, Setup, SSHSettings
 
 
 class _Strict(BaseModel):
@@ -53,6 +53,15 @@ class NodeModel(_Strict):
         return value
 
 
+class SyncModel(_Strict):
+    exclude: list[str] = Field(default_factory=list)
+
+
+class SetupModel(_Strict):
+    commands: list[str] = Field(min_length=1)
+    files: list[str] = Field(default_factory=list)
+
+
 class FleetModel(_Strict):
     nodes: list[NodeModel] = Field(min_length=1)
     workdir: str = "~/trainfleet"
@@ -60,6 +69,17 @@ class FleetModel(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     secrets: list[str] = Field(default_factory=list)
     ssh: SSHDefaultsModel = Field(default_factory=SSHDefaultsModel)
+    sync: SyncModel = Field(default_factory=SyncModel)
+    setup: list[str] | SetupModel | None = None
+    """A list of commands, or {commands: [...], files: [...]}."""
+
+    @field_validator("setup")
+    @classmethod
+    def _setup_commands(cls, value: list[str] | SetupModel | None) -> list[str] | SetupModel | None:
+        commands = value if isinstance(value, list) else value.commands if value else []
+        if value is not None and not [c for c in commands if c.strip()]:
+            raise ValueError("list at least one shell command")
+        return value
 
     @field_validator("secrets")
     @classmethod
@@ -152,12 +172,16 @@ def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "")
             interface=spec.interface,
             jump=jump,
         ))
+    setup = model.setup
+    commands = setup if isinstance(setup, list) else setup.commands if setup else []
     return Fleet(
         nodes=tuple(nodes),
         workdir=model.workdir,
         python=model.python,
         env=dict(model.env),
         secrets=tuple(model.secrets),
+        sync_exclude=tuple(model.sync.exclude),
+        setup=Setup(commands=tuple(commands), files=tuple(setup.files if isinstance(setup, SetupModel) else ())),
         ssh=SSHSettings(
             known_hosts=local_path(defaults.known_hosts) or "",
             connect_timeout=defaults.connect_timeout,

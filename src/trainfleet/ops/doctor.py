@@ -27,7 +27,7 @@ from trainfleet.transport.session import FleetSession
 from trainfleet.transport.ssh import start_tcp
 
 THROUGHPUT_BYTES = 8 * 1024 * 1024
-SECTIONS = ["net", "software", "gpu", "disk", "jobs"]
+SECTIONS = ["net", "software", "gpu", "disk", "jobs", "project"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +48,10 @@ class DoctorReport:
 
 
 async def examine(fleet: Fleet, rdzv_port: int = DEFAULT_RDZV_PORT, connect_timeout: float = 2.0,
-                  throughput_bytes: int = THROUGHPUT_BYTES) -> DoctorReport:
+                  throughput_bytes: int = THROUGHPUT_BYTES, project: str = "") -> DoctorReport:
+    """`project`: the directory on the nodes of the project whose code is checked."""
     started = time.monotonic()
-    data = Gathered(fleet=fleet, rdzv_port=rdzv_port)
+    data = Gathered(fleet=fleet, rdzv_port=rdzv_port, project=project)
     session = await FleetSession.open(fleet, sockets=start_tcp(fleet.nodes[:fleet.ssh.fanout]))
     for name, failed in session.failures.items():
         data.ssh_errors[name] = failed.error or "unreachable"
@@ -77,8 +78,8 @@ async def _first_round(session: FleetSession, data: Gathered) -> dict[str, Liste
         sections = SECTIONS + (["ports"] if node.name == head else [])
         sent = time.time()
         try:
-            answer: FactsReply = await session.call(node.name, facts_request(fleet, sections, ports=[data.rdzv_port]),
-                                                    timeout=30)
+            request = facts_request(fleet, sections, ports=[data.rdzv_port], project=data.project)
+            answer: FactsReply = await session.call(node.name, request, timeout=30)
         except (AgentFailed, AgentError) as exc:
             data.agent_errors[node.name] = str(exc)
             if isinstance(exc, AgentFailed) and exc.exit_status == 127:

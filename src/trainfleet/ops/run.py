@@ -10,6 +10,7 @@ named, instead of hanging the rendezvous.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from trainfleet.job.spec import JobSpec
 from trainfleet.launchers import DEFAULT_RDZV_PORT, LaunchFacts, LaunchPlan, get_launcher
 from trainfleet.netchoice import NetworkChoice, choose
 from trainfleet.ops.common import facts_request, require_ok
+from trainfleet.ops.setup import setup_digest
+from trainfleet.ops.sync import Project, check_code, manifest, sync
 from trainfleet.results import fold_nodes
 from trainfleet.supervise.supervisor import RunOutcome, Supervisor
 from trainfleet.transport.session import FleetSession
@@ -32,48 +35,61 @@ REACH_TIMEOUT = 2.0
 
 @dataclass(frozen=True)
 class RunOptions:
+    project: Project
+    """Whose directory on the nodes the job runs in."""
+    sync: bool = True
+    """Copy the project first; False when the code is already on the nodes (checked)."""
     port: int | None = None
     """Rendezvous port on node 0; None: 29500 when free, else any free one."""
-    sync_dir: Path | None = None
-    """Copied into the workdir first; None when the code is already on the nodes."""
     log_dir: Path | None = None
     grace: float = 10.0
     settle: float = 3.0
     verbose: bool = False
 
 
-def check_entrypoint_locally(job: JobSpec, sync_dir: Path) -> None:
+def check_entrypoint_locally(job: JobSpec, source: Path) -> None:
     if job.launcher != "torchrun" or job.module:
         return
-    if not (sync_dir / job.entrypoint).is_file():
-        raise UsageError(f"{job.entrypoint}: no such file in {sync_dir} (the directory `run` syncs)",
+    if not (source / job.entrypoint).is_file():
+        raise UsageError(f"{job.entrypoint}: no such file in {source} (the directory `run` syncs)",
                          fix="check the name, or pass --sync-dir DIR / --no-sync")
 
 
-def plan_offline(fleet: Fleet, job: JobSpec, port: int | None) -> LaunchPlan:
+def plan_offline(fleet: Fleet, job: JobSpec, project: Project, port: int | None) -> LaunchPlan:
     """The plan `--dry-run` prints: nobody is asked, so interfaces not in the fleet file show as detected."""
     return get_launcher(job.launcher).plan(fleet, job, LaunchFacts(rdzv_port=port or DEFAULT_RDZV_PORT),
-                                           fleet.workdir)
+                                           project.remote(fleet))
 
 
-async def preflight(session: FleetSession, job: JobSpec, wanted_port: int | None,
-                    check_entry: bool) -> tuple[LaunchFacts, dict[str, NetworkChoice]]:
+async def preflight(session: FleetSession, job: JobSpec, project: Project, wanted_port: int | None,
+                    synced: str | None, status: Status = lambda text: None
+                    ) -> tuple[LaunchFacts, dict[str, NetworkChoice]]:
+    """`synced`: the manifest digest of the sync just made (None with --no-sync)."""
     fleet = session.fleet
     head = fleet.head
     port = wanted_port or DEFAULT_RDZV_PORT
-    entry = [job.entrypoint] if check_entry and not job.module else []
+    entry = f"{project.name}/{job.entrypoint}"
+    check_entry = synced is None and not job.module and job.launcher == "torchrun"
 
     def request(node: Node) -> FactsRequest:
         if node.name == head.name:
-            return facts_request(fleet, ["net", "ports", "files"], ports=[port], files=entry)
-        return facts_request(fleet, ["net"])
+            return facts_request(fleet, ["net", "ports", "project", "files"], ports=[port],
+                                 files=[entry] if check_entry else [], project=project.name)
+        return facts_request(fleet, ["net", "project"], project=project.name)
 
     replies = await session.call_all(request, timeout=30)
     require_ok(fleet, replies.failures, "cannot start the job")
     answers = replies.answers
-    if entry and not answers[head.name].files.get(job.entrypoint):
-        raise UsageError(f"{job.entrypoint}: no such file in {fleet.workdir} on {head.name}",
+    local = None if synced else manifest(project.source, fleet.sync_exclude).digest
+    check_code({n: a.project for n, a in answers.items()}, project, synced, local)
+    if check_entry and not answers[head.name].files.get(entry):
+        raise UsageError(f"{job.entrypoint}: no such file in {project.remote(fleet)} on {head.name}",
                          fix="sync the code first (leave out --no-sync), or check the name")
+    if fleet.setup.commands:
+        digest = setup_digest(fleet, project.source)
+        stale = [n for n, a in answers.items() if a.project is None or a.project.setup != digest]
+        if stale:
+            status(f"setup has not run (or has changed) on {fold_nodes(stale)}: `trainfleet setup` runs it")
     choices = choose(fleet, answers)
     problems = [f"{c.node}: {c.problem}" for c in choices.values() if c.problem]
     if problems:
@@ -163,8 +179,16 @@ async def run_job(fleet: Fleet, job: JobSpec, options: RunOptions, *, secrets: M
     sockets = start_tcp(fleet.nodes[:fleet.ssh.fanout])
     async with await FleetSession.open(fleet, sockets=sockets) as session:
         require_ok(fleet, session.failures, "cannot start the job, not every node is reachable")
-        facts, _ = await preflight(session, job, options.port, check_entry=options.sync_dir is None)
-        plan = launcher.plan(fleet, job, facts, fleet.workdir)
+        synced = None
+        if options.sync:
+            started = time.monotonic()
+            _, listed = await sync(session, options.project)
+            synced = listed.digest
+            status(f"synced {options.project.source} ({len(listed.files)} files) to "
+                   f"{options.project.remote(fleet)} on {len(fleet.nodes)} node(s) in "
+                   f"{time.monotonic() - started:.1f}s")
+        facts, _ = await preflight(session, job, options.project, options.port, synced, status)
+        plan = launcher.plan(fleet, job, facts, options.project.remote(fleet))
         logs = options.log_dir or Path("trainfleet-runs") / job.job_id
         status(f"job {plan.job_id}: {plan.world_size} process(es) on {len(plan.nodes)} node(s), "
                f"{plan.rendezvous}, logs in {logs}")

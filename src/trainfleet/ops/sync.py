@@ -1,79 +1,209 @@
-"""Putting code on every node: real rsync over the fleet's verified SSH settings."""
+"""`trainfleet sync`: a project's code into its own directory on every node.
+
+Each local directory gets its own directory under the fleet's workdir, named after it
+and a hash of where it is (two checkouts cannot collide). rsync copies it over the
+session's SSH connections (`transport/relay.py` is its remote shell), honouring
+.gitignore and the exclude lists, never deleting unless asked. A manifest of what was
+synced goes with it; at every launch the nodes check their copy against it, and a node
+whose code differs (edited there, or synced at another time) blocks the launch.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import shlex
 import shutil
+import socket
+import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from trainfleet.errors import FleetError, UsageError
+from trainfleet.agent.protocol import ManifestRequest, ProjectState
+from trainfleet.errors import FleetError, TrainfleetError, UsageError
 from trainfleet.fleet.model import Fleet, Node
-from trainfleet.results import FleetResult, NodeResult
-from trainfleet.transport.session import gather_bounded
-from trainfleet.transport.ssh import openssh_command
+from trainfleet.results import FleetResult, NodeResult, fold_nodes
+from trainfleet.transport.session import FleetSession
 
-# Never worth shipping: VCS data, caches, and trainfleet's own run records.
+# Never worth shipping: VCS data, caches, environments and trainfleet's own records.
 DEFAULT_EXCLUDES = (".git/", "__pycache__/", "*.pyc", ".trainfleet/", ".venv/", "trainfleet-runs/")
+HASHED_LIMIT = 64 * 1024 * 1024
+"""Bigger files are checked by size only at each launch (rsync itself compares size and time)."""
+Progress = Callable[[str, int], None]
+"""(node, percent) as rsync reports it."""
 
 
-def rsync_argv(fleet: Fleet, node: Node, source: Path, destination: str) -> list[str]:
-    argv = [
-        "rsync", "--archive", "--compress", "--mkpath", "--partial",
-        "--rsh", openssh_command(fleet, node),
-    ]
-    argv += [f"--exclude={pattern}" for pattern in DEFAULT_EXCLUDES]
-    if (source / ".gitignore").is_file():
-        argv.append("--filter=:- .gitignore")
-    target = destination.rstrip("/") + "/"
-    argv += [str(source).rstrip("/") + "/", f"{node.user}@{_rsync_host(node.host)}:{target}"]
-    return argv
+@dataclass(frozen=True)
+class Project:
+    source: Path
+    """The local directory."""
+    name: str
+    """Its directory under the workdir on the nodes."""
+
+    def remote(self, fleet: Fleet) -> str:
+        return f"{fleet.workdir.rstrip('/')}/{self.name}"
 
 
-def _rsync_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    files: dict[str, list[object]]
 
 
-async def _sync_node(fleet: Fleet, node: Node, source: Path, destination: str) -> NodeResult:
-    argv = rsync_argv(fleet, node, source, destination)
-    started = time.monotonic()
-    process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
-                                                   stderr=asyncio.subprocess.PIPE)
-    out, err = await process.communicate()
-    stderr = err.decode(errors="replace")
-    error = None
-    if process.returncode != 0:
-        last = stderr.strip().splitlines()
-        error = f"rsync exited with status {process.returncode}: {last[-1] if last else 'no output'}"
-    return NodeResult(node=node.name, command=shlex.join(argv[:1] + argv[-2:]), exit_status=process.returncode,
-                      stdout=out.decode(errors="replace"), stderr=stderr, error=error,
-                      seconds=time.monotonic() - started)
-
-
-async def sync_code(fleet: Fleet, nodes: tuple[Node, ...], source: Path, destination: str | None = None) -> FleetResult:
-    """Copy `source` (a directory) into the workdir of every node; never deletes there."""
-    if shutil.which("rsync") is None:
-        raise UsageError("rsync is not installed on this machine", fix="apt-get install rsync")
-    if not source.is_dir():
-        raise UsageError(f"{source}: not a directory to sync")
-    target = destination or fleet.workdir
-    return await gather_bounded([lambda n=n: _sync_node(fleet, n, source, target) for n in nodes],
-                                fleet.ssh.fanout)
-
-
-def refuse_unsafe_source(source: Path) -> Path:
+def project_for(source: Path) -> Project:
+    """The project a local directory is: its name on the nodes is stable for this
+    directory on this machine, and differs for any other checkout."""
     resolved = source.resolve()
     if resolved == Path("/") or resolved == Path.home().resolve():
         raise UsageError(f"refusing to sync {resolved} to every node",
                          fix="run from your project directory, or pass --sync-dir DIR")
-    return resolved
+    where = f"{socket.gethostname()}:{resolved}"
+    label = re.sub(r"[^A-Za-z0-9_.-]", "_", resolved.name)[:40] or "project"
+    return Project(source=resolved, name=f"{label}-{hashlib.sha256(where.encode()).hexdigest()[:8]}")
 
 
-async def sync_project(fleet: Fleet, nodes: tuple[Node, ...], source: Path) -> FleetResult:
-    """`trainfleet sync` and `run`'s sync: the directory into every node's workdir, or a FleetError."""
-    resolved = refuse_unsafe_source(source)
-    result = await sync_code(fleet, nodes, resolved)
-    if not result.ok:
-        raise FleetError(f"sync of {resolved} failed", result)
-    return result
+def filters(source: Path, excludes: Iterable[str]) -> list[str]:
+    found = [f"--exclude={pattern}" for pattern in (*DEFAULT_EXCLUDES, *excludes)]
+    return found + ["--filter=:- .gitignore"]  # each directory's .gitignore, as git reads them
+
+
+def manifest(source: Path, excludes: Iterable[str]) -> Manifest:
+    """What rsync sends (its own file list, with the same filters), hashed here."""
+    listing = _rsync(["--recursive", "--list-only", *filters(source, excludes), f"{source}/"])
+    files: dict[str, list[object]] = {}
+    for line in listing.splitlines():
+        fields = line.split(None, 4)
+        if len(fields) == 5 and fields[0].startswith("-"):
+            name = fields[4]
+            path = source / name
+            size = path.stat().st_size
+            files[name] = [size, _file_digest(path) if size <= HASHED_LIMIT else None]
+    text = "\n".join(f"{name} {size} {digest}" for name, (size, digest) in sorted(files.items()))
+    return Manifest(digest=hashlib.sha256(text.encode()).hexdigest()[:16], files=files)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _rsync(args: list[str]) -> str:
+    import subprocess
+
+    if shutil.which("rsync") is None:
+        raise UsageError("rsync is not installed on this machine", fix="apt-get install rsync")
+    done = subprocess.run(["rsync", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise TrainfleetError(f"rsync failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def rsync_argv(relay_socket: str, node: Node, source: Path, destination: str, excludes: Iterable[str],
+               delete: bool) -> list[str]:
+    relay = f"{sys.executable} -S {Path(__file__).resolve().parents[1] / 'transport' / 'relay.py'} {relay_socket}"
+    argv = ["rsync", "--archive", "--compress", "--mkpath", "--partial", "--info=progress2", "--rsh", relay,
+            *filters(source, excludes)]
+    if delete:
+        argv.append("--delete")  # excluded files (the node's .trainfleet/ records) are kept
+    return argv + [f"{source}/", f"{node.name}:{destination.rstrip('/')}/"]
+
+
+_PERCENT = re.compile(rb"(\d+)%")
+
+
+async def _rsync_node(argv: list[str], node: str, progress: Progress | None) -> NodeResult:
+    started = time.monotonic()
+    process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                   stderr=asyncio.subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+
+    async def watch() -> None:
+        while chunk := await process.stdout.read(4096):  # type: ignore[union-attr]
+            found = _PERCENT.findall(chunk)
+            if found and progress is not None:
+                progress(node, int(found[-1]))
+
+    _, err = await asyncio.gather(watch(), process.stderr.read())
+    code = await process.wait()
+    stderr = err.decode(errors="replace")
+    error = None
+    if code != 0:
+        last = stderr.strip().splitlines()
+        error = f"rsync exited with status {code}: {last[-1] if last else 'no output'}"
+    return NodeResult(node=node, command=shlex.join(argv[:1] + argv[-2:]), exit_status=code, stderr=stderr,
+                      error=error, seconds=time.monotonic() - started)
+
+
+async def sync(session: FleetSession, project: Project, *, excludes: Sequence[str] = (), delete: bool = False,
+               progress: Progress | None = None) -> tuple[FleetResult, Manifest]:
+    """Copy the project to every node of the session and record its manifest there."""
+    fleet = session.fleet
+    if not project.source.is_dir():
+        raise UsageError(f"{project.source}: not a directory to sync")
+    every = (*fleet.sync_exclude, *excludes)
+    listed = manifest(project.source, every)
+    relay = await session.relay()
+    destination = project.remote(fleet)
+    limit = asyncio.Semaphore(fleet.ssh.fanout)
+
+    async def one(node: Node) -> NodeResult:
+        async with limit:
+            result = await _rsync_node(rsync_argv(relay, node, project.source, destination, every, delete),
+                                       node.name, progress)
+        if result.ok:
+            await session.call(node.name, ManifestRequest(workdir=fleet.workdir, project=project.name,
+                                                          digest=listed.digest, files=listed.files), timeout=60)
+        return result
+
+    results = FleetResult(tuple(await asyncio.gather(*(one(n) for n in session.nodes))))
+    if not results.ok:
+        raise FleetError(f"sync of {project.source} failed", results)
+    return results, listed
+
+
+def check_code(states: Mapping[str, ProjectState | None], project: Project, synced: str | None = None,
+               local: str | None = None) -> None:
+    """Every node holds the same synced code, unchanged since. `synced`: the digest of a
+    sync just made (every node must hold it); `local`: this directory's, to name which
+    nodes are the odd ones when they disagree."""
+    missing = [n for n, s in states.items() if s is None or not s.exists or s.manifest is None]
+    if missing:
+        raise TrainfleetError(f"{project.source} has not been synced to {fold_nodes(missing)} "
+                              f"(its directory there: {project.name})",
+                              fix="run `trainfleet sync`, or `run` without --no-sync")
+    edited = {n: s.changed for n, s in states.items() if s is not None and s.changed}
+    if edited:
+        where = "; ".join(f"{node}: {', '.join(files[:3])}{' ...' if len(files) > 3 else ''}"
+                          for node, files in sorted(edited.items()))
+        raise TrainfleetError(f"code on the nodes was changed after the last sync ({where})",
+                              fix="`trainfleet sync` puts your copy back on every node (or copy the edit into "
+                                  "your project first)")
+    groups: dict[str, list[str]] = {}
+    for node, state in states.items():
+        assert state is not None and state.manifest is not None
+        groups.setdefault(state.manifest, []).append(node)
+    reference = synced or local
+    if len(groups) == 1 and (synced is None or synced in groups):
+        return
+    if reference in groups:
+        good, note = groups[reference], " (which matches this directory)"
+    else:
+        good, note = max(groups.values(), key=len), ""
+    odd = [n for nodes in groups.values() if nodes is not good for n in nodes]
+    raise TrainfleetError(f"{fold_nodes(odd)} hold{'s' if len(odd) == 1 else ''} different code than "
+                          f"{fold_nodes(good)}{note}: synced at another time",
+                          fix="run `trainfleet sync` so every node has the same code")
+
+
+def exec_directories(fleet: Fleet) -> list[str]:
+    """Where `exec` runs: the current directory's project once it is synced, else the workdir."""
+    here = Path.cwd().resolve()
+    if here in (Path("/"), Path.home().resolve()):
+        return [fleet.workdir]
+    return [project_for(here).remote(fleet), fleet.workdir]

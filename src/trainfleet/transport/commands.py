@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from trainfleet.results import NodeResult
@@ -31,11 +31,13 @@ _WATCHDOG = ('exec 3<&0; { eval "$1"; } </dev/null 3<&- & c=$!; '
              'exec 3<&-; wait $c; s=$?; kill $w 2>/dev/null; exit $s')
 
 
-def watched_command(command: str, cwd: str | None = None) -> str:
+def watched_command(command: str, cwd: str | Sequence[str] | None = None) -> str:
     """`command` run by sh under the watchdog (works whatever the login shell is); in
-    `cwd` when that directory exists, else in the home directory."""
-    if cwd:
-        command = f"cd {shell_path(cwd)} 2>/dev/null; {command}"
+    the first of `cwd` that exists, else in the home directory."""
+    places = [cwd] if isinstance(cwd, str) else list(cwd or ())
+    if places:
+        moves = " || ".join(f"cd {shell_path(p)} 2>/dev/null" for p in places)
+        command = f"{{ {moves}; }}; {command}"
     return f"exec sh -c {shlex.quote(_WATCHDOG)} trainfleet {shlex.quote(command)}"
 
 
@@ -62,7 +64,7 @@ async def stream_process(process: asyncssh.SSHClientProcess, node: str,
 
 async def run_on_connection(conn: asyncssh.SSHClientConnection, node: str, command: str, *,
                             on_output: OutputCallback | None = None, timeout: float | None = None,
-                            cwd: str | None = None) -> NodeResult:
+                            cwd: str | Sequence[str] | None = None) -> NodeResult:
     """One shell command, under the watchdog, on an open connection."""
     started = time.monotonic()
 

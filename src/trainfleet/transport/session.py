@@ -9,7 +9,11 @@ what costs (about 0.35 s per connection on a loaded machine): it is paid once pe
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
 import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +66,8 @@ class FleetSession:
         """Nodes that could not be reached, or whose agent could not start."""
         self.connect_seconds: dict[str, float] = {}
         self._ready: dict[str, asyncio.Task[None]] = {}
+        self._relay: asyncio.AbstractServer | None = None
+        self._relay_path = ""
 
     @classmethod
     async def open(cls, fleet: Fleet, nodes: Sequence[Node] | None = None, *, agents: bool = True,
@@ -188,7 +194,7 @@ class FleetSession:
 
     async def run(self, command: str | Callable[[Node], str], nodes: Iterable[Node] | None = None, *,
                   on_output: OutputCallback | None = None, timeout: float | None = None,
-                  cwd: str | None = None) -> FleetResult:
+                  cwd: str | Sequence[str] | None = None) -> FleetResult:
         """A shell command on every node (each on a new channel of its connection)."""
         targets = [n for n in (nodes if nodes is not None else self.nodes)]
 
@@ -203,7 +209,60 @@ class FleetSession:
 
         return FleetResult(tuple(await asyncio.gather(*(one(n) for n in targets))))
 
+    async def relay(self) -> str:
+        """A unix socket that `relay.py` (rsync's remote shell) hands commands to: they
+        run over this session's connections. Returns the path; it goes with `close`."""
+        if self._relay is None:
+            import tempfile
+
+            folder = tempfile.mkdtemp(prefix="trainfleet-relay-")  # 0700: only this user reaches the socket
+            path = os.path.join(folder, "socket")
+            self._relay = await asyncio.start_unix_server(self._serve_relay, path)
+            self._relay_path = path
+        return self._relay_path
+
+    async def _serve_relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        def frame(kind: bytes, data: bytes) -> None:
+            writer.write(struct.pack("!cI", kind, len(data)) + data)
+
+        try:
+            header = json.loads(await reader.readline())
+            node = header["node"]
+            await self.ready(node)
+            if node not in self.connections:
+                failed = self.failures.get(node)
+                frame(b"e", f"trainfleet relay: {node}: {failed.error if failed else 'unknown node'}\n".encode())
+                frame(b"x", struct.pack("!i", 255))
+                return
+            process = await self.connections[node].create_process(header["command"], encoding=None)
+
+            async def upstream() -> None:
+                while chunk := await reader.read(65536):
+                    process.stdin.write(chunk)
+                process.stdin.write_eof()
+
+            async def downstream(stream: Any, kind: bytes) -> None:
+                while chunk := await stream.read(65536):
+                    frame(kind, chunk)
+                    await writer.drain()
+
+            feeding = asyncio.ensure_future(upstream())
+            await asyncio.gather(downstream(process.stdout, b"o"), downstream(process.stderr, b"e"))
+            completed = await process.wait()
+            feeding.cancel()
+            status = completed.exit_status if completed.exit_status is not None else 255
+            frame(b"x", struct.pack("!i", status))
+            await writer.drain()
+        except (OSError, ValueError, KeyError) as exc:
+            frame(b"e", f"trainfleet relay: {exc}\n".encode())
+            frame(b"x", struct.pack("!i", 255))
+        finally:
+            writer.close()
+
     async def close(self) -> None:
+        if self._relay is not None:
+            self._relay.close()
+            shutil.rmtree(os.path.dirname(self._relay_path), ignore_errors=True)
         for task in self._ready.values():
             task.cancel()
         await asyncio.gather(*self._ready.values(), return_exceptions=True)

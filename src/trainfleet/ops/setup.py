@@ -1,0 +1,132 @@
+"""`trainfleet setup`: the fleet file's `setup:` commands, in the project's directory on
+every node at once, once.
+
+The commands run as a job under each node's supervisor (so a lost connection does not
+leave a half-run `pip install` behind, and the node keeps the full output). A node where
+the same setup already succeeded is skipped: "the same" is a digest of the commands and
+of the project files they name (requirements.txt, a lock file, a Makefile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import hashlib
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainfleet.agent.protocol import JobState, LaunchRequest, OutputEvent, decode
+from trainfleet.errors import UsageError
+from trainfleet.fleet.model import Fleet
+from trainfleet.ops.common import facts_request, require_ok
+from trainfleet.ops.sync import Project
+from trainfleet.transport.agent_client import AgentError, AgentFailed
+from trainfleet.transport.session import FleetSession
+
+STEP_MARK = "[setup "
+
+
+@dataclass(frozen=True)
+class SetupOutcome:
+    digest: str
+    states: dict[str, JobState] = field(default_factory=dict)
+    skipped: tuple[str, ...] = ()
+    lost: dict[str, str] = field(default_factory=dict)
+    """Nodes whose setup could not be followed to its end, and why."""
+    tails: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[str]:
+        return [n for n, s in self.states.items() if s.state != "succeeded"] + list(self.lost)
+
+
+def named_files(fleet: Fleet, source: Path) -> list[str]:
+    """The project files the setup depends on: listed in `files:`, or named by a command."""
+    found = list(fleet.setup.files)
+    for command in fleet.setup.commands:
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            words = command.split()
+        for word in words:
+            word = word.strip(";&|()<>")  # `pip install -r requirements.txt; make`
+            for candidate in (word, word.split("=", 1)[-1]):
+                if candidate and not candidate.startswith("-") and (source / candidate).is_file():
+                    found.append(candidate)
+    return sorted(set(found))
+
+
+def setup_digest(fleet: Fleet, source: Path) -> str:
+    digest = hashlib.sha256("\n".join(fleet.setup.commands).encode())
+    for name in named_files(fleet, source):
+        path = source / name
+        if not path.is_file():
+            raise UsageError(f"{fleet.source}: setup.files: {name} is not a file in {source}")
+        digest.update(b"\0" + name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def setup_script(commands: tuple[str, ...], digest: str) -> str:
+    """Each command in turn, announced; stop at the first failure; the stamp at the end."""
+    lines = ["set -e"]
+    for index, command in enumerate(commands, start=1):
+        lines.append(f"printf '%s\\n' {shlex.quote(f'{STEP_MARK}{index}/{len(commands)}] {command}')}")
+        lines.append(command)
+    stamp = shlex.quote(f'{{"digest": "{digest}"}}')
+    lines.append(f"mkdir -p .trainfleet && printf '%s' {stamp} > .trainfleet/setup.json.tmp "
+                 f"&& mv .trainfleet/setup.json.tmp .trainfleet/setup.json")
+    return "\n".join(lines) + "\n"
+
+
+async def stale_nodes(session: FleetSession, project: Project) -> list[str]:
+    """Nodes where the current setup has not succeeded yet (none when there is no setup)."""
+    fleet = session.fleet
+    if not fleet.setup.commands:
+        return []
+    digest = setup_digest(fleet, project.source)
+    replies = await session.call_all(facts_request(fleet, ["project"], project=project.name), timeout=30)
+    require_ok(fleet, replies.failures, "cannot check the setup")
+    return [n for n, facts in replies.answers.items() if facts.project is None or facts.project.setup != digest]
+
+
+async def run_setup(session: FleetSession, project: Project, *, force: bool, secrets: Mapping[str, str],
+                    log_dir: Path, on_step: Callable[[str, str], None]) -> SetupOutcome:
+    fleet = session.fleet
+    if not fleet.setup.commands:
+        raise UsageError(f"{fleet.source} has no `setup:` commands",
+                         fix="add e.g. `setup: [pip install -r requirements.txt]` to the fleet file")
+    digest = setup_digest(fleet, project.source)
+    todo = [n.name for n in session.nodes] if force else await stale_nodes(session, project)
+    skipped = tuple(n.name for n in session.nodes if n.name not in todo)
+    job_id = f"setup-{digest[:8]}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    tails: dict[str, list[str]] = {n: [] for n in todo}
+    states: dict[str, JobState] = {}
+    lost: dict[str, str] = {}
+    script = setup_script(fleet.setup.commands, digest)
+
+    async def one(node: str) -> None:
+        with open(log_dir / f"{node}.log", "w", buffering=1) as log:
+            def take(event: dict[str, Any]) -> None:
+                for _, text in decode(OutputEvent, event).lines:
+                    log.write(text + "\n")
+                    tails[node] = (tails[node] + [text])[-20:]
+                    if text.startswith(STEP_MARK):
+                        on_step(node, text[len(STEP_MARK):].split("]", 1)[0])
+
+            on_step(node, "starting")
+            request = LaunchRequest(job_id=job_id, argv=["sh", "-c", script], cwd=project.remote(fleet),
+                                    workdir=fleet.workdir, env={**fleet.env, "TRAINFLEET_NODE": node},
+                                    secrets=dict(secrets), grace=10.0)
+            try:
+                states[node] = await session.call(node, request, on_event=take, timeout=None)
+            except (AgentFailed, AgentError) as exc:
+                lost[node] = str(exc)
+            on_step(node, "done" if node in states and states[node].state == "succeeded" else "FAILED")
+
+    await asyncio.gather(*(one(n) for n in todo))
+    return SetupOutcome(digest=digest, states=states, skipped=skipped, lost=lost,
+                        tails={n: tails[n] for n in todo if n not in states or states[n].state != "succeeded"})

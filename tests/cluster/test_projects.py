@@ -1,0 +1,119 @@
+"""Code, environment and setup on every node: each project in its own directory, checked
+at every launch, and setup run once. Proven on the nodes' private /tmp."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+
+from helpers import node_tmp, tf
+from trainfleet.ops.sync import project_for
+from trainfleet.sandbox import cluster as sb
+
+PRINT_NAME = "print('I am project {name}')\n"
+
+
+def project(root: Path, name: str) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "main.py").write_text(PRINT_NAME.format(name=name))
+    return folder
+
+
+def test_two_projects_run_in_turn_keep_their_own_code(fleet2: Path, tmp_path: Path) -> None:
+    a, b = project(tmp_path, "alpha"), project(tmp_path / "elsewhere", "alpha")  # same name, other checkout
+    assert project_for(a).name != project_for(b).name
+    (b / "main.py").write_text(PRINT_NAME.format(name="beta"))
+    tf("sync", "-f", str(fleet2), str(a), check=True)
+    tf("sync", "-f", str(fleet2), str(b), check=True)
+    # From project A, the nodes run A's code.
+    ran = tf("exec", "-f", str(fleet2), "--", "python3 main.py", cwd=a)
+    assert sorted(ran.stdout.splitlines()) == ["node0: I am project alpha", "node1: I am project alpha"], ran.stderr
+
+
+def test_gitignored_and_excluded_files_stay_behind_and_nothing_is_deleted_unless_asked(
+        fleet2: Path, cluster3: sb.SandboxState, tmp_path: Path) -> None:
+    source = project(tmp_path, "proj")
+    (source / ".gitignore").write_text("data/\n*.log\n")
+    (source / "data").mkdir()
+    (source / "data" / "big.bin").write_bytes(b"x" * 1000)
+    (source / "run.log").write_text("local log\n")
+    (source / "secret.env").write_text("TOKEN=x\n")
+    (source / "sub").mkdir()
+    (source / "sub" / ".gitignore").write_text("scratch.txt\n")
+    (source / "sub" / "scratch.txt").write_text("scratch\n")
+    (source / "sub" / "keep.py").write_text("x = 1\n")
+    done = tf("sync", "-f", str(fleet2), "--exclude", "secret.env", str(source))
+    assert done.returncode == 0, done.stderr
+    assert "(4 files)" in done.stderr  # main.py, .gitignore, sub/.gitignore, sub/keep.py
+    remote = node_tmp(cluster3, "node1") / "trainfleet" / project_for(source).name
+    assert sorted(str(p.relative_to(remote)) for p in remote.rglob("*") if p.is_file() and ".trainfleet" not in p.parts) \
+        == [".gitignore", "main.py", "sub/.gitignore", "sub/keep.py"]
+    # A checkpoint the job wrote there survives a sync; a file gone here goes only with --delete.
+    (remote / "ckpt.pt").write_text("weights")
+    (source / "sub" / "keep.py").unlink()
+    tf("sync", "-f", str(fleet2), "--exclude", "secret.env", str(source), check=True)
+    assert (remote / "ckpt.pt").exists() and (remote / "sub" / "keep.py").exists()
+    tf("sync", "-f", str(fleet2), "--exclude", "secret.env", "--delete", str(source), check=True)
+    assert not (remote / "sub" / "keep.py").exists() and not (remote / "ckpt.pt").exists()
+    assert (remote / ".trainfleet" / "manifest.json").exists()  # the node's own record is kept
+
+
+def test_code_changed_on_one_node_blocks_the_launch_naming_it(fleet2: Path, cluster3: sb.SandboxState,
+                                                              tmp_path: Path) -> None:
+    source = project(tmp_path, "edited")
+    tf("sync", "-f", str(fleet2), str(source), check=True)
+    remote = node_tmp(cluster3, "node1") / "trainfleet" / project_for(source).name
+    (remote / "main.py").write_text("print('patched on the node')\n")
+    (node_tmp(cluster3, "node0") / "trainfleet" / project_for(source).name / "out.json").write_text("{}")
+    started = time.monotonic()
+    refused = tf("run", "-f", str(fleet2), "--no-sync", "--sync-dir", str(source), "main.py")
+    assert refused.returncode == 1 and time.monotonic() - started < 5
+    assert "code on the nodes was changed after the last sync (node1: main.py)" in refused.stderr
+    assert "fix: `trainfleet sync`" in refused.stderr and refused.stderr.count("\n") == 1
+    # Resynced (files a job wrote, like node0's out.json, never count): the launch goes ahead.
+    tf("sync", "-f", str(fleet2), str(source), check=True)
+    (source / "main.py").write_text(PRINT_NAME.format(name="newer"))
+    tf("sync", "-f", str(fleet2), "-n", "node0", str(source), check=True)
+    different = tf("run", "-f", str(fleet2), "--no-sync", "--sync-dir", str(source), "main.py")
+    assert different.returncode == 1
+    assert "node1 holds different code than node0 (which matches this directory)" in different.stderr
+    never = tf("run", "-f", str(fleet2), "--no-sync", "--sync-dir", str(project(tmp_path, "never")), "main.py")
+    assert never.returncode == 1 and "has not been synced to node[0-1]" in never.stderr
+
+
+def test_setup_runs_once_is_skipped_after_and_names_the_node_that_fails(fleet2: Path, cluster3: sb.SandboxState,
+                                                                        tmp_path: Path) -> None:
+    source = project(tmp_path, "withsetup")
+    (source / "requirements.txt").write_text("first\n")
+    data = yaml.safe_load(fleet2.read_text())
+    data["setup"] = ["echo building for $(hostname) from requirements.txt", "date +%s%N > built.txt"]
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(yaml.safe_dump(data))
+    first = tf("setup", "-f", str(fleet), "--sync-dir", str(source), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "succeeded on node[0-1]" in first.stderr
+    built = [(node_tmp(cluster3, n) / "trainfleet" / project_for(source).name / "built.txt").read_text()
+             for n in ("node0", "node1")]
+    logs = sorted((tmp_path / "trainfleet-runs").glob("setup-*/node1.log"))
+    assert "building for" in logs[-1].read_text()
+    started = time.monotonic()
+    second = tf("setup", "-f", str(fleet), "--sync-dir", str(source), "--no-sync", cwd=tmp_path)
+    assert time.monotonic() - started < 2  # the whole command; the check itself is one round trip
+    assert second.returncode == 0 and "already done on node[0-1]" in second.stderr
+    assert built == [(node_tmp(cluster3, n) / "trainfleet" / project_for(source).name / "built.txt").read_text()
+                     for n in ("node0", "node1")]
+    # A launch tells when setup is stale: requirements.txt changed.
+    (source / "requirements.txt").write_text("second\n")
+    (source / "main.py").write_text("import time; time.sleep(0)\n")
+    run = tf("run", "-f", str(fleet), "--sync-dir", str(source), "main.py", cwd=tmp_path)
+    assert "setup has not run (or has changed) on node[0-1]: `trainfleet setup` runs it" in run.stderr
+    # One node fails: it is named with its output; the other finishes.
+    data["setup"] = ["echo checking", f"test $(hostname) != {cluster3.name}-node1 || (echo 'no GPU driver' >&2; exit 3)"]
+    fleet.write_text(yaml.safe_dump(data))
+    failed = tf("setup", "-f", str(fleet), "--sync-dir", str(source), cwd=tmp_path)
+    assert failed.returncode == 1
+    assert "succeeded on node0" in failed.stderr
+    assert "setup failed on node1 (exit status 3)" in failed.stderr and "  | no GPU driver" in failed.stderr
