@@ -27,7 +27,7 @@ BOOTSTRAP = (
 follows it picks the entry point: the agent's loop, or a job's node supervisor."""
 
 MODULES = ("__init__", "protocol", "procs", "facts", "probes", "project", "trust", "firewall", "jobs", "main",
-           "rankwrap")
+           "rankwrap", "sitecustomize")
 
 
 def sources() -> Dict[str, str]:

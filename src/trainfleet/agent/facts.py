@@ -176,7 +176,7 @@ def jobs_seen(workdir: str) -> List[JobSeen]:
 
 def gather(request: FactsRequest) -> FactsReply:
     wanted = set(request.sections)
-    reply = FactsReply(hostname=socket.gethostname(), time=time.time())
+    reply = FactsReply(hostname=socket.gethostname(), time=time.time(), home=os.path.expanduser("~"))
     if "net" in wanted:
         ports = (read_text("/proc/sys/net/ipv4/ip_local_port_range") or "32768 60999").split()
         reply.port_range = [int(p) for p in ports]

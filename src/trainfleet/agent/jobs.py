@@ -24,7 +24,8 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from . import procs
-from .protocol import ErrorRecord, JobState, LaunchRequest, OutputEvent, StopRequest, decode, to_wire
+from .protocol import (Empty, ErrorRecord, JobState, LaunchRequest, OutputEvent, PrepareRequest, StopRequest,
+                       WriteRequest, decode, to_wire)
 
 TERMINAL = ("succeeded", "failed", "stopped", "lost")
 LOG_NAME = "output.log"
@@ -81,6 +82,68 @@ def read_errors(directory: str) -> List[ErrorRecord]:
         except (OSError, ValueError, TypeError):
             continue
     return records
+
+
+def secrets_path(job_id: str) -> str:
+    return "/dev/shm/trainfleet-%s-secrets" % job_id
+
+
+def remove_secrets(job_id: str) -> None:
+    try:
+        os.unlink(secrets_path(job_id))
+    except OSError:
+        pass
+
+
+def write_files(directory: str, files: Dict[str, str]) -> None:
+    for name, text in files.items():
+        path = os.path.join(directory, name)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with open(path, "w") as handle:
+            handle.write(text)
+
+
+def prepare(request: PrepareRequest) -> Empty:
+    directory = job_dir(request.workdir, request.job_id)
+    os.makedirs(os.path.join(directory, "errors"), mode=0o700, exist_ok=True)
+    write_files(directory, request.files)
+    with open(os.path.join(directory, "node.env"), "w") as handle:
+        json.dump(request.env, handle)
+    if request.secrets:
+        fd = os.open(secrets_path(request.job_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(request.secrets, handle)
+    write_paths(request.write)
+    return Empty()
+
+
+def write_paths(files: Dict[str, str]) -> None:
+    for path, text in files.items():
+        target = os.path.expanduser(path)
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        _write_atomically(target, text)
+
+
+def write(request: WriteRequest) -> Empty:
+    write_paths(request.files)
+    return Empty()
+
+
+def _deepspeed_env(directory: str, cwd: str, extra: Dict[str, str]) -> str:
+    """The user's own .deepspeed_env lines (home, then the working directory, as
+    DeepSpeed reads them), then ours; the path of the file written."""
+    lines = []
+    for folder in (os.path.expanduser("~"), cwd):
+        try:
+            with open(os.path.join(folder, ".deepspeed_env")) as handle:
+                lines += [line.rstrip("\n") for line in handle if "=" in line]
+        except OSError:
+            pass
+    lines += ["%s=%s" % item for item in sorted(extra.items())]
+    path = os.path.join(directory, "deepspeed_env")
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return path
 
 
 def signal_name(code: int) -> Optional[str]:
@@ -145,11 +208,19 @@ class _Supervisor:
     def run(self, ready: int) -> None:
         request = self.request
         env = dict(os.environ)
-        env.update(request.env)
+        # A leading ~/ names the node's home, in values as in argv (a shell would expand both).
+        env.update((k, os.path.expanduser(v) if v.startswith("~/") else v) for k, v in request.env.items())
         env.update(request.secrets)
+        if request.path:
+            env["PATH"] = os.pathsep.join([os.path.expanduser(p) for p in request.path] + [env.get("PATH", "")])
         env[procs.JOB_VARIABLE] = request.job_id
         env["TRAINFLEET_JOB_DIR"] = self.directory
         cwd = os.path.expanduser(request.cwd)
+        if request.site:
+            site = os.path.join(self.directory, "site")
+            env["PYTHONPATH"] = site + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+            extra = dict(request.deepspeed_env, TRAINFLEET_JOB_ID=request.job_id, TRAINFLEET_JOB_DIR=self.directory)
+            env["DS_ENV_FILE"] = _deepspeed_env(self.directory, cwd, extra)
         # A leading ~/ names the node's home, as it would typed into a shell.
         argv = [os.path.expanduser(a) if a.startswith("~/") else a for a in request.argv]
         write_state(self.directory, self.state)
@@ -185,6 +256,12 @@ class _Supervisor:
             deadline = time.monotonic() + request.grace
             while child.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.1)
+        for command in request.after:
+            try:
+                subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               timeout=60, env=env)
+            except (OSError, subprocess.SubprocessError):
+                pass
         # Whatever the job left behind (workers in sessions of their own, daemons) goes too.
         left = procs.end_job(request.job_id, min(request.grace, 3.0))
         code = child.wait()
@@ -195,6 +272,7 @@ class _Supervisor:
         self.state.signal = signal_name(code)
         self.state.left = left
         self.state.errors = read_errors(self.directory)
+        remove_secrets(request.job_id)
         if self.stop.is_set():
             self.state.state, self.state.reason = "stopped", self.reason
         else:
@@ -227,9 +305,7 @@ def launch(request: LaunchRequest, emit: Callable[[object], None]) -> JobState:
     if os.path.exists(os.path.join(directory, "state.json")):
         raise ValueError("job id %s was already used on this node" % request.job_id)
     os.makedirs(os.path.join(directory, "errors"), mode=0o700, exist_ok=True)
-    for name, text in request.files.items():
-        with open(os.path.join(directory, name), "w") as handle:
-            handle.write(text)
+    write_files(directory, request.files)
     ready_read, ready_write = os.pipe()
     keep = [ready_write]
     tether_read = None

@@ -34,9 +34,10 @@ def _handler(op: str, emit: Any) -> Any:
     if op in ("listen", "connect"):
         from . import probes
         return probes.listen if op == "listen" else probes.connect
-    if op in ("launch", "stop"):
+    if op in ("launch", "stop", "prepare", "write"):
         from . import jobs
-        return (lambda r: jobs.launch(r, emit)) if op == "launch" else jobs.stop
+        return {"launch": lambda r: jobs.launch(r, emit), "stop": jobs.stop, "prepare": jobs.prepare,
+                "write": jobs.write}[op]
     if op in ("trust", "untrust", "ssh_matrix"):
         from . import trust
         return getattr(trust, op)
@@ -50,11 +51,15 @@ def _handler(op: str, emit: Any) -> Any:
 
 
 def sweep(request: Any) -> SweepReply:
-    from . import procs
+    from . import jobs, procs
 
+    left = procs.end_job(request.job_id, request.grace) if request.kill else procs.job_processes(request.job_id)
+    errors = []
+    if request.workdir:
+        errors = jobs.read_errors(jobs.job_dir(request.workdir, request.job_id))
     if request.kill:
-        return SweepReply(left=procs.end_job(request.job_id, request.grace))
-    return SweepReply(left=procs.job_processes(request.job_id))
+        jobs.remove_secrets(request.job_id)
+    return SweepReply(left=left, errors=errors)
 
 
 def release(request: Any) -> Empty:

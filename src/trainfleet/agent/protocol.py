@@ -127,6 +127,7 @@ class ProjectState:
 class FactsReply:
     hostname: str
     time: float
+    home: str = ""
     port_range: Optional[List[int]] = None
     interfaces: List[Interface] = field(default_factory=list)
     routes: Dict[str, Optional[Route]] = field(default_factory=dict)
@@ -174,6 +175,15 @@ class ManifestRequest(Request[Empty]):
     project: str
     digest: str
     files: Dict[str, List[Any]]
+
+
+@dataclass
+class WriteRequest(Request[Empty]):
+    """Write files (absolute or ~/ paths), each atomically, making their directories."""
+
+    op: ClassVar[str] = "write"
+    reply_type: ClassVar[Type[Any]] = Empty
+    files: Dict[str, str]
 
 
 # ---- reachability probes -------------------------------------------------------------------
@@ -310,6 +320,32 @@ class LaunchRequest(Request[JobState]):
     """Written into the job directory before the start (the rank wrapper)."""
     grace: float = 10.0
     detach: bool = False
+    site: bool = False
+    """Put the job directory's site/ (trainfleet's sitecustomize) first on PYTHONPATH."""
+    path: List[str] = field(default_factory=list)
+    """Directories put first on PATH."""
+    deepspeed_env: Dict[str, str] = field(default_factory=dict)
+    """Variables for DeepSpeed's runner to export to every node: written, after the
+    user's own .deepspeed_env lines, to a file in the job directory named by DS_ENV_FILE."""
+    after: List[List[str]] = field(default_factory=list)
+    """Commands run when the job has ended, however it ended (removing its container)."""
+
+
+@dataclass
+class PrepareRequest(Request[Empty]):
+    """Ready a node for a job that another node's runner will start processes in: the
+    job directory and its files, the node's own variables, the secrets (a 0600 file in
+    /dev/shm until the job ends), and files the runner expects (a hostfile)."""
+
+    op: ClassVar[str] = "prepare"
+    reply_type: ClassVar[Type[Any]] = Empty
+    job_id: str
+    workdir: str
+    files: Dict[str, str] = field(default_factory=dict)
+    env: Dict[str, str] = field(default_factory=dict)
+    secrets: Dict[str, str] = field(default_factory=dict)
+    write: Dict[str, str] = field(default_factory=dict)
+    """Absolute (or ~/) path -> content."""
 
 
 @dataclass
@@ -327,17 +363,21 @@ class StopRequest(Request[JobState]):
 @dataclass
 class SweepReply:
     left: List[Proc]
+    errors: List[ErrorRecord] = field(default_factory=list)
+    """The failure records of ranks of this job on this node."""
 
 
 @dataclass
 class SweepRequest(Request[SweepReply]):
-    """Kill (optionally) and list every process that carries the job's id."""
+    """Kill (optionally) and list every process that carries the job's id; report the
+    job's failure records there and remove its secrets file."""
 
     op: ClassVar[str] = "sweep"
     reply_type: ClassVar[Type[Any]] = SweepReply
     job_id: str
     kill: bool = True
     grace: float = 3.0
+    workdir: str = ""
 
 
 # ---- trust ----------------------------------------------------------------------------------
@@ -431,7 +471,7 @@ class FirewallRequest(Request[FirewallReply]):
 
 REQUESTS: Dict[str, Type[Any]] = {
     cls.op: cls
-    for cls in (FactsRequest, ManifestRequest, ListenRequest, ReleaseRequest, ConnectRequest, LaunchRequest, StopRequest,
+    for cls in (FactsRequest, ManifestRequest, WriteRequest, PrepareRequest, ListenRequest, ReleaseRequest, ConnectRequest, LaunchRequest, StopRequest,
                 SweepRequest, TrustRequest, UntrustRequest, SSHMatrixRequest, FirewallRequest)
 }
 

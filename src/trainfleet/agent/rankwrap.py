@@ -37,7 +37,27 @@ def _write_all(fd, data):
         data = data[written:]
 
 
+def exit_signal(pid):
+    """The signal that ended `pid`, read while it is a zombie its parent has not reaped
+    yet (its pipes close as it dies, before that): None if it exited, or is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] != "Z" or len(fields) < 50:
+        return None
+    status = int(fields[49])
+    if os.WIFSIGNALED(status):
+        try:
+            return signal.Signals(os.WTERMSIG(status)).name
+        except ValueError:
+            return "signal %d" % os.WTERMSIG(status)
+    return None
+
+
 def prefix_output(rank):
+    rank_pid = os.getpid()
     read_end, write_end = os.pipe()
     if os.fork() == 0:
         # The reader: ends at EOF, when the rank (and anything it started) is gone.
@@ -60,6 +80,9 @@ def prefix_output(rank):
                 _write_all(1, b"".join(prefix + line + b"\n" for line in lines))
         if pending:
             _write_all(1, prefix + pending + b"\n")
+        killed = exit_signal(rank_pid)
+        if killed:
+            record(rank, "signal", "killed by %s" % killed, "", 128 + getattr(signal, killed, 0))
         os._exit(0)
     os.close(read_end)
     os.dup2(write_end, 1)
@@ -91,6 +114,30 @@ def record(rank, kind, summary, trace, exit_code):
         os.replace(tmp, path)
     except OSError:
         pass
+
+
+def record_uncaught(rank):
+    """For ranks started by someone else's runner (the sitecustomize form): uncaught
+    exceptions, in any thread, are recorded before Python prints them."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        record(rank, "exception", "%s: %s" % (kind.__name__, value),
+               "".join(traceback.format_exception(kind, value, tb)), 1)
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
+    import threading
+
+    previous_thread = threading.excepthook
+
+    def thread_hook(args):
+        if args.exc_type is not SystemExit:
+            record(rank, "exception", "%s: %s" % (args.exc_type.__name__, args.exc_value),
+                   "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)), 1)
+        previous_thread(args)
+
+    threading.excepthook = thread_hook
 
 
 def user_traceback(exc):

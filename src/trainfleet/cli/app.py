@@ -26,8 +26,8 @@ class LazyGroup(click.Group):
     """Imports a command's module only when that command runs (or help lists it): start-up
     time is paid on every command, and most need one module of the CLI."""
 
-    modules = {"bench": "run", "check": "fleet", "demo": "run", "doctor": "doctor", "exec": "remote",
-               "firewall": "trust", "import": "fleet", "init": "fleet", "run": "run", "sandbox": "sandbox",
+    modules = {"bench": "run", "check": "fleet", "demo": "run", "doctor": "doctor", "exec": "remote", "export": "run",
+               "firewall": "trust", "hostfile": "fleet", "import": "fleet", "init": "fleet", "run": "run", "sandbox": "sandbox",
                "setup": "remote", "ssh": "trust", "sync": "remote"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -85,3 +85,33 @@ def check_fleet(fleet_file: str | None) -> None:
         via = f" via {node.jump}" if node.jump else ""
         click.echo(f"{node.name}: {node.ssh_target}{via} slots={node.slots} address={node.address}"
                    f" interface={node.interface or '(detected at launch)'}")
+
+
+@cli.command()
+@fleet_option
+@click.option("--format", "form", type=click.Choice(["deepspeed", "mpi", "slurm"]), default="deepspeed",
+              show_default=True)
+@click.option("--write", "path", metavar="PATH", help="write it to PATH on every node instead of printing it")
+def hostfile(fleet_file: str | None, form: str, path: str | None) -> None:
+    """The fleet as a hostfile (node names, which `trainfleet ssh setup` makes resolvable)."""
+    import asyncio
+
+    from trainfleet.agent.protocol import WriteRequest
+    from trainfleet.fleet.hostfiles import render_hostfile
+    from trainfleet.ops.common import require_ok
+    from trainfleet.transport.session import FleetSession
+
+    fleet = load(fleet_file)
+    text = render_hostfile(fleet, form)
+    if not path:
+        click.echo(text, nl=False)
+        return
+
+    async def write() -> None:
+        async with await FleetSession.open(fleet) as session:
+            require_ok(fleet, session.failures, f"cannot write {path}")
+            replies = await session.call_all(WriteRequest(files={path: text}), timeout=30)
+            require_ok(fleet, replies.failures, f"cannot write {path}")
+
+    asyncio.run(write())
+    click.echo(f"wrote {path} ({form}, {len(fleet.nodes)} node(s)) on every node")

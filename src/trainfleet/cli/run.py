@@ -72,8 +72,9 @@ def refuse_stray_option(script: str, command: click.Command) -> None:
     known = [o for param in command.params for o in getattr(param, "opts", []) if o.startswith("--")]
     close = [o for o in known if o.startswith(name)] or difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
-    raise UsageError(f"run has no option {name}",
-                     fix=f"{hint}options for your script go after it: trainfleet run [OPTIONS] SCRIPT [ARGS]...")
+    raise UsageError(f"{command.name} has no option {name}",
+                     fix=f"{hint}options for your script go after it: trainfleet {command.name} [OPTIONS] SCRIPT "
+                         f"[ARGS]...")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -93,21 +94,38 @@ def refuse_stray_option(script: str, command: click.Command) -> None:
               help="seconds between SIGTERM and SIGKILL at teardown")
 @click.option("--job-id", help="rendezvous id and log name (default: tf-DATE-TIME-RANDOM)")
 @click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE", help="extra environment for this run")
+@click.option("--launcher", type=click.Choice(["torchrun", "deepspeed", "accelerate", "command", "head"]),
+              help="what starts the ranks on the nodes (default: the fleet file's `launcher:`, else torchrun)")
+@click.option("--include", default="", metavar="NODES", help="deepspeed: only these nodes/slots (node0:0,1@node1)")
+@click.option("--exclude", default="", metavar="NODES", help="deepspeed: not these nodes/slots")
+@click.option("--hostfile-path", default="", metavar="PATH",
+              help="head: where the hostfile is written on every node (default: in the job's directory)")
+@click.option("--launcher-arg", "launcher_args", multiple=True, metavar="ARG",
+              help="an option for the launcher itself, before the script (repeat)")
 @click.option("-v", "--verbose", is_flag=True, help="also show the launcher's own output (kept in the logs anyway)")
 @click.argument("script")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(fleet_file: str | None, nproc_per_node: int | None, module: bool, port: int | None, dry_run: bool,
         as_json: bool, sync_dir: Path, no_sync: bool, max_restarts: int, log_dir: Path | None, grace: float,
-        job_id: str | None, env_pairs: tuple[str, ...], verbose: bool, script: str, args: tuple[str, ...]) -> None:
-    """Start SCRIPT on every node with torchrun and stream every rank's output."""
+        job_id: str | None, env_pairs: tuple[str, ...], launcher: str | None, include: str, exclude: str,
+        hostfile_path: str, launcher_args: tuple[str, ...], verbose: bool, script: str, args: tuple[str, ...]) -> None:
+    """Start SCRIPT on every node (torchrun, deepspeed or accelerate; or any command, on
+    every node or on node 0 alone) and stream every rank's output."""
     from trainfleet.job.spec import JobSpec, new_job_id, validate_job
     from trainfleet.ops.run import RunOptions, plan_offline
     from trainfleet.ops.sync import project_for
 
     refuse_stray_option(script, run)
     fleet = load(fleet_file)
+    chosen = launcher or fleet.launcher
+    if (include or exclude) and chosen != "deepspeed":
+        raise UsageError("--include/--exclude select DeepSpeed slots", fix="add --launcher deepspeed, or leave them out")
+    if hostfile_path and chosen != "head":
+        raise UsageError("--hostfile-path is for --launcher head")
     job = JobSpec(entrypoint=script, args=args, module=module, nproc_per_node=nproc_per_node,
-                  max_restarts=max_restarts, job_id=job_id or new_job_id(), env=parse_env(env_pairs))
+                  max_restarts=max_restarts, job_id=job_id or new_job_id(), env=parse_env(env_pairs),
+                  launcher=chosen, include=include, exclude=exclude, hostfile_path=hostfile_path,
+                  launcher_args=launcher_args)
     validate_job(job)
     project = project_for(sync_dir)
     if dry_run:
@@ -196,3 +214,76 @@ def demo(steps: int, name: str) -> None:
     if code == 0 and len(losses) >= 2:
         status(f"demo: loss fell from {losses[0]} to {losses[-1]} in {steps} steps across 2 nodes x 2 processes")
     sys.exit(code)
+
+
+@cli.group(name="export")
+def export_group() -> None:
+    """The same job as an sbatch script (Slurm) or a PyTorchJob manifest (Kubernetes)."""
+
+
+def job_options(command):  # type: ignore[no-untyped-def]
+    for option in reversed([
+        fleet_option,
+        click.option("--launcher", type=click.Choice(["torchrun", "deepspeed", "accelerate", "command"])),
+        click.option("--nproc-per-node", type=int),
+        click.option("-m", "--module", is_flag=True),
+        click.option("--max-restarts", type=int, default=0, show_default=True),
+        click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE"),
+        click.option("--job-id", help="the job's name (default: tf-DATE-TIME-RANDOM)"),
+        click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="write it here, not to stdout"),
+        click.argument("script"),
+        click.argument("args", nargs=-1, type=click.UNPROCESSED),
+    ]):
+        command = option(command)
+    return command
+
+
+def exported_job(fleet, launcher, nproc_per_node, module, max_restarts, env_pairs, job_id, script, args):  # type: ignore[no-untyped-def]
+    from trainfleet.job.spec import JobSpec, new_job_id
+
+    return JobSpec(entrypoint=script, args=args, module=module, nproc_per_node=nproc_per_node,
+                   max_restarts=max_restarts, job_id=job_id or new_job_id(), env=parse_env(env_pairs),
+                   launcher=launcher or (fleet.launcher if fleet.launcher != "head" else "torchrun"))
+
+
+def emit(text: str, out: Path | None) -> None:
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    from trainfleet.files import write_atomically
+
+    write_atomically(out, text)
+    status(f"wrote {out}")
+
+
+@export_group.command(name="slurm", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@job_options
+def export_slurm(fleet_file: str | None, launcher: str | None, nproc_per_node: int | None, module: bool,
+                 max_restarts: int, env_pairs: tuple[str, ...], job_id: str | None, out: Path | None, script: str,
+                 args: tuple[str, ...]) -> None:
+    """An sbatch script: srun starts the launcher on every node of the allocation."""
+    from trainfleet.export.slurm import render_sbatch
+
+    refuse_stray_option(script, export_slurm)
+    fleet = load(fleet_file)
+    job = exported_job(fleet, launcher, nproc_per_node, module, max_restarts, env_pairs, job_id, script, args)
+    emit(render_sbatch(fleet, job), out)
+
+
+@export_group.command(name="k8s", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--image", help="the container image (default: the fleet file's `container: {image}`)")
+@click.option("--secret-name", default="", help="the Secret holding the fleet's `secrets:` (default: JOB-secrets)")
+@job_options
+def export_k8s(image: str | None, secret_name: str, fleet_file: str | None, launcher: str | None,
+               nproc_per_node: int | None, module: bool, max_restarts: int, env_pairs: tuple[str, ...],
+               job_id: str | None, out: Path | None, script: str, args: tuple[str, ...]) -> None:
+    """A Kubeflow PyTorchJob: a Master and Worker replicas running torchrun."""
+    import yaml
+
+    from trainfleet.export.kubernetes import render_pytorchjob
+
+    refuse_stray_option(script, export_k8s)
+    fleet = load(fleet_file)
+    job = exported_job(fleet, launcher, nproc_per_node, module, max_restarts, env_pairs, job_id, script, args)
+    chosen = image or (fleet.container.image if fleet.container else "")
+    emit(yaml.safe_dump(render_pytorchjob(fleet, job, chosen, secret_name), sort_keys=False), out)

@@ -97,6 +97,22 @@ class Setup:
 
 
 @dataclass(frozen=True)
+class Container:
+    """Run jobs and setup inside a container on every node."""
+
+    image: str = ""
+    engine: str = "docker"
+    options: tuple[str, ...] = ()
+    """Extra `run` options (`--shm-size=32g`, `--ulimit ...`)."""
+    engine_options: tuple[str, ...] = ()
+    """Options of the engine itself, before `run` (podman's `--storage-driver vfs`)."""
+    rootfs: str = ""
+    """podman: an exploded root file system to run from, instead of an image."""
+    python: str = "python"
+    """The Python inside the container."""
+
+
+@dataclass(frozen=True)
 class Fleet:
     nodes: tuple[Node, ...]
     workdir: str
@@ -108,6 +124,9 @@ class Fleet:
     sync_exclude: tuple[str, ...] = ()
     """rsync patterns never copied to the nodes, besides .gitignore's."""
     setup: Setup = Setup()
+    launcher: str = "torchrun"
+    """The project's launcher when `run` names none."""
+    container: Container | None = None
     source: str = field(default="<memory>", compare=False)
 
     def node(self, name: str) -> Node:
@@ -139,4 +158,7 @@ class Fleet:
                    ssh=SSHSettings(**data["ssh"]), secrets=tuple(data["secrets"]),
                    sync_exclude=tuple(data.get("sync_exclude", ())),
                    setup=Setup(commands=tuple(setup.get("commands", ())), files=tuple(setup.get("files", ()))),
+                   launcher=data.get("launcher", "torchrun"),
+                   container=Container(**{k: tuple(v) if isinstance(v, list) else v
+                                          for k, v in data["container"].items()}) if data.get("container") else None,
                    source=data["source"])

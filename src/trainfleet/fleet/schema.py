@@ -10,14 +10,14 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainfleet.errors import SpecError
 from trainfleet.fleet.load import local_user
-from trainfleet.fleet.model import NAME_PATTERN, Fleet, Jump, Node, Setup, SSHSettings
+from trainfleet.fleet.model import NAME_PATTERN, Container, Fleet, Jump, Node, Setup, SSHSettings
 
 
 class _Strict(BaseModel):
@@ -62,6 +62,23 @@ class SetupModel(_Strict):
     files: list[str] = Field(default_factory=list)
 
 
+class ContainerModel(_Strict):
+    image: str = ""
+    engine: Literal["docker", "podman"] = "docker"
+    options: list[str] = Field(default_factory=list)
+    engine_options: list[str] = Field(default_factory=list)
+    rootfs: str = ""
+    python: str = "python"
+
+    @model_validator(mode="after")
+    def _image_or_rootfs(self) -> ContainerModel:
+        if not self.image and not self.rootfs:
+            raise ValueError("name an `image:` (or, with podman, a `rootfs:`)")
+        if self.rootfs and self.engine != "podman":
+            raise ValueError("`rootfs:` runs only with `engine: podman`")
+        return self
+
+
 class FleetModel(_Strict):
     nodes: list[NodeModel] = Field(min_length=1)
     workdir: str = "~/trainfleet"
@@ -72,6 +89,8 @@ class FleetModel(_Strict):
     sync: SyncModel = Field(default_factory=SyncModel)
     setup: list[str] | SetupModel | None = None
     """A list of commands, or {commands: [...], files: [...]}."""
+    launcher: Literal["torchrun", "deepspeed", "accelerate", "command", "head"] = "torchrun"
+    container: ContainerModel | None = None
 
     @field_validator("setup")
     @classmethod
@@ -182,6 +201,10 @@ def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "")
         secrets=tuple(model.secrets),
         sync_exclude=tuple(model.sync.exclude),
         setup=Setup(commands=tuple(commands), files=tuple(setup.files if isinstance(setup, SetupModel) else ())),
+        launcher=model.launcher,
+        container=Container(image=model.container.image, engine=model.container.engine,
+                            options=tuple(model.container.options), engine_options=tuple(model.container.engine_options),
+                            rootfs=model.container.rootfs, python=model.container.python) if model.container else None,
         ssh=SSHSettings(
             known_hosts=local_path(defaults.known_hosts) or "",
             connect_timeout=defaults.connect_timeout,

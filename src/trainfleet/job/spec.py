@@ -30,6 +30,11 @@ class JobSpec:
     """Variables for this job only (`--env K=V`), on top of the fleet's `env`."""
     launcher_args: tuple[str, ...] = ()
     """Extra options passed to the launcher itself, before the entrypoint."""
+    include: str = ""
+    exclude: str = ""
+    """DeepSpeed's slot selection (`node0:0,1@node1`)."""
+    hostfile_path: str = ""
+    """Where the `head` launcher writes the hostfile on every node (default: the job's directory)."""
 
 
 def new_job_id(now: _dt.datetime | None = None) -> str:

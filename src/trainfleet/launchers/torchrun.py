@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from trainfleet.fleet.model import Fleet
 from trainfleet.job.spec import JobSpec, validate_job
-from trainfleet.launchers.base import (RANK_LINE, LaunchFacts, LaunchPlan, NodeLaunch, RankExit, base_env, endpoint,
+from trainfleet.launchers.base import (RANK_LINE, LaunchFacts, LaunchPlan, RankExit, base_env, endpoint, node_launch,
                                        nproc, wrapped_entry)
 
 _FAILURE_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)")
@@ -20,6 +20,7 @@ _FAILURE_SIGNAL = re.compile(r"\((SIG[A-Z0-9]+)\)")
 class Torchrun:
     name: ClassVar[str] = "torchrun"
     wraps_ranks: ClassVar[bool] = True
+    needs_gpu_facts: ClassVar[bool] = False
 
     def plan(self, fleet: Fleet, job: JobSpec, facts: LaunchFacts, cwd: str) -> LaunchPlan:
         """One elastic agent per node; the c10d store on node 0.
@@ -49,8 +50,7 @@ class Torchrun:
                 *job.launcher_args,
                 *entry,
             ]
-            launches.append(NodeLaunch(node=node.name, host=node.host, node_rank=rank, nproc=count, cwd=cwd,
-                                       argv=tuple(argv), env=tuple(sorted(env.items()))))
+            launches.append(node_launch(fleet, node, rank, count, cwd, argv, env))
         return LaunchPlan(job_id=job.job_id, launcher=self.name, rendezvous=f"c10d rendezvous at {rendezvous}",
                           world_size=sum(n.nproc for n in launches), nodes=tuple(launches))
 

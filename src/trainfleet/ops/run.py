@@ -15,8 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainfleet.agent.protocol import ConnectRequest, FactsReply, FactsRequest, ListenRequest, ReleaseRequest, Target
-from trainfleet.errors import TrainfleetError, UsageError
+from trainfleet.agent.protocol import (ConnectRequest, FactsReply, FactsRequest, ListenRequest, ReleaseRequest,
+                                       SSHMatrixRequest, Target)
+from trainfleet.containers import check_image, containerize
+from trainfleet.errors import FleetError, TrainfleetError, UsageError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.job.spec import JobSpec
 from trainfleet.launchers import DEFAULT_RDZV_PORT, LaunchFacts, LaunchPlan, get_launcher
@@ -48,7 +50,7 @@ class RunOptions:
 
 
 def check_entrypoint_locally(job: JobSpec, source: Path) -> None:
-    if job.launcher != "torchrun" or job.module:
+    if not get_launcher(job.launcher).wraps_ranks or job.module:
         return
     if not (source / job.entrypoint).is_file():
         raise UsageError(f"{job.entrypoint}: no such file in {source} (the directory `run` syncs)",
@@ -56,9 +58,13 @@ def check_entrypoint_locally(job: JobSpec, source: Path) -> None:
 
 
 def plan_offline(fleet: Fleet, job: JobSpec, project: Project, port: int | None) -> LaunchPlan:
-    """The plan `--dry-run` prints: nobody is asked, so interfaces not in the fleet file show as detected."""
-    return get_launcher(job.launcher).plan(fleet, job, LaunchFacts(rdzv_port=port or DEFAULT_RDZV_PORT),
+    """The plan `--dry-run` prints: nobody is asked, so interfaces not in the fleet file
+    show as detected, and a container's paths keep their ~/ (each node's home)."""
+    plan = get_launcher(job.launcher).plan(fleet, job, LaunchFacts(rdzv_port=port or DEFAULT_RDZV_PORT),
                                            project.remote(fleet))
+    if fleet.container is not None:
+        plan = containerize(plan, fleet, {}, {}, fleet.secrets)
+    return plan
 
 
 async def preflight(session: FleetSession, job: JobSpec, project: Project, wanted_port: int | None,
@@ -69,13 +75,15 @@ async def preflight(session: FleetSession, job: JobSpec, project: Project, wante
     head = fleet.head
     port = wanted_port or DEFAULT_RDZV_PORT
     entry = f"{project.name}/{job.entrypoint}"
-    check_entry = synced is None and not job.module and job.launcher == "torchrun"
+    launcher = get_launcher(job.launcher)
+    check_entry = synced is None and not job.module and launcher.wraps_ranks
+    common = ["net", "project"] + (["gpu"] if launcher.needs_gpu_facts or fleet.container else [])
 
     def request(node: Node) -> FactsRequest:
         if node.name == head.name:
-            return facts_request(fleet, ["net", "ports", "project", "files"], ports=[port],
+            return facts_request(fleet, [*common, "ports", "files"], ports=[port],
                                  files=[entry] if check_entry else [], project=project.name)
-        return facts_request(fleet, ["net", "project"], project=project.name)
+        return facts_request(fleet, common, project=project.name)
 
     replies = await session.call_all(request, timeout=30)
     require_ok(fleet, replies.failures, "cannot start the job")
@@ -98,9 +106,36 @@ async def preflight(session: FleetSession, job: JobSpec, project: Project, wante
                                   "each node's interfaces)")
     port = _rendezvous_port(answers[head.name], head, port, wanted_port is not None)
     await check_reachable(session, choices, port)
+    gpus = {n: len(a.gpu.gpus) if a.gpu else 0 for n, a in answers.items()} if "gpu" in common else {}
     facts = LaunchFacts(rdzv_port=port, interfaces={n: c.interface for n, c in choices.items() if c.interface},
-                        addresses={n: c.address for n, c in choices.items()})
+                        addresses={n: c.address for n, c in choices.items()}, gpus=gpus,
+                        homes={n: a.home for n, a in answers.items()})
     return facts, choices
+
+
+async def check_container(session: FleetSession) -> None:
+    """The image on every node (pulled where it is missing), before anything starts."""
+    fleet = session.fleet
+    assert fleet.container is not None
+    result = await session.run(check_image(fleet.container), timeout=1800)
+    if not result.ok:
+        what = fleet.container.image or fleet.container.rootfs
+        raise FleetError(f"cannot start the job: {what} is not on every node and could not be pulled", result,
+                         fix=f"check the name, and that `{fleet.container.engine}` runs and can reach the registry "
+                             f"there")
+
+
+async def check_node_ssh(session: FleetSession) -> None:
+    """The job's own runner on node 0 reaches every node by name over SSH (pdsh, deepy.py)."""
+    fleet = session.fleet
+    head = fleet.head.name
+    reply = await session.call(head, SSHMatrixRequest(aliases=[n.name for n in fleet.nodes]), timeout=60)
+    missing = sorted(alias for alias, reach in reply.reach.items() if not reach.ok)
+    if missing:
+        detail = reply.reach[missing[0]].error
+        raise TrainfleetError(f"{head} cannot ssh to {fold_nodes(missing)} by name ({detail}), which the job's "
+                              f"runner needs", fix="run `trainfleet ssh setup` (one fleet key, node aliases, pinned "
+                                                   "host keys)")
 
 
 def _rendezvous_port(head_facts: FactsReply, head: Node, port: int, chosen: bool) -> int:
@@ -189,12 +224,19 @@ async def run_job(fleet: Fleet, job: JobSpec, options: RunOptions, *, secrets: M
                    f"{time.monotonic() - started:.1f}s")
         facts, _ = await preflight(session, job, options.project, options.port, synced, status)
         plan = launcher.plan(fleet, job, facts, options.project.remote(fleet))
+        if fleet.container is not None:
+            plan = containerize(plan, fleet, facts.homes, facts.gpus, fleet.secrets)
+            await check_container(session)
+        if plan.needs_node_ssh:
+            await check_node_ssh(session)
         logs = options.log_dir or Path("trainfleet-runs") / job.job_id
         status(f"job {plan.job_id}: {plan.world_size} process(es) on {len(plan.nodes)} node(s), "
                f"{plan.rendezvous}, logs in {logs}")
+        agent = sources()
         supervisor = Supervisor(session=session, plan=plan, launcher=launcher, log_dir=logs, printer=printer,
-                                workdir=fleet.workdir, secrets=secrets,
-                                files={"rankwrap.py": sources()["tfagent.rankwrap"]}, grace=options.grace,
+                                workdir=fleet.workdir, secrets=secrets, files={"rankwrap.py": agent["tfagent.rankwrap"]},
+                                site_files={"sitecustomize.py": agent["tfagent.sitecustomize"],
+                                            "rankwrap.py": agent["tfagent.rankwrap"]}, grace=options.grace,
                                 settle=options.settle, verbose=options.verbose, on_status=status, cancel=cancel)
         return await supervisor.run()
 

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from trainfleet.agent.protocol import JobState, LaunchRequest, OutputEvent, decode
+from trainfleet.containers import absolute, container_name, remove_argv, setup_argv
 from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet
+from trainfleet.launchers.base import python_path
 from trainfleet.ops.common import facts_request, require_ok
 from trainfleet.ops.sync import Project
 from trainfleet.transport.agent_client import AgentError, AgentFailed
@@ -92,6 +94,15 @@ async def stale_nodes(session: FleetSession, project: Project) -> list[str]:
     return [n for n, facts in replies.answers.items() if facts.project is None or facts.project.setup != digest]
 
 
+async def node_homes_and_gpus(session: FleetSession, nodes: list[str]) -> tuple[dict[str, str], dict[str, int]]:
+    fleet = session.fleet
+    replies = await session.call_all(facts_request(fleet, ["gpu"]), [n for n in session.nodes if n.name in nodes],
+                                     timeout=60)
+    require_ok(fleet, replies.failures, "cannot run setup")
+    return ({n: a.home for n, a in replies.answers.items()},
+            {n: len(a.gpu.gpus) if a.gpu else 0 for n, a in replies.answers.items()})
+
+
 async def run_setup(session: FleetSession, project: Project, *, force: bool, secrets: Mapping[str, str],
                     log_dir: Path, on_step: Callable[[str, str], None]) -> SetupOutcome:
     fleet = session.fleet
@@ -107,6 +118,7 @@ async def run_setup(session: FleetSession, project: Project, *, force: bool, sec
     states: dict[str, JobState] = {}
     lost: dict[str, str] = {}
     script = setup_script(fleet.setup.commands, digest)
+    homes, gpus = await node_homes_and_gpus(session, todo) if fleet.container is not None else ({}, {})
 
     async def one(node: str) -> None:
         with open(log_dir / f"{node}.log", "w", buffering=1) as log:
@@ -118,9 +130,14 @@ async def run_setup(session: FleetSession, project: Project, *, force: bool, sec
                         on_step(node, text[len(STEP_MARK):].split("]", 1)[0])
 
             on_step(node, "starting")
-            request = LaunchRequest(job_id=job_id, argv=["sh", "-c", script], cwd=project.remote(fleet),
-                                    workdir=fleet.workdir, env={**fleet.env, "TRAINFLEET_NODE": node},
-                                    secrets=dict(secrets), grace=10.0)
+            env = {**fleet.env, "TRAINFLEET_NODE": node}
+            argv, after = ["sh", "-c", script], []
+            if fleet.container is not None:
+                cwd = absolute(project.remote(fleet), homes.get(node, ""))
+                argv = setup_argv(fleet, job_id, node, script, cwd, [*env, *secrets], gpus.get(node, 0) > 0)
+                after = [remove_argv(fleet.container, container_name(job_id, node))]
+            request = LaunchRequest(job_id=job_id, argv=argv, cwd=project.remote(fleet), workdir=fleet.workdir, env=env,
+                                    secrets=dict(secrets), grace=10.0, path=list(python_path(fleet)), after=after)
             try:
                 states[node] = await session.call(node, request, on_event=take, timeout=None)
             except (AgentFailed, AgentError) as exc:

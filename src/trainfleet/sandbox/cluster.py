@@ -232,6 +232,31 @@ def controller_python_under_tmp() -> str | None:
     return prefix if prefix == "/tmp" or prefix.startswith("/tmp/") else None
 
 
+def cgroup_mounts() -> list[tuple[str, str, str]]:
+    """(type, options, path) of this machine's cgroup file systems: `ip netns exec` gives a
+    node a fresh /sys without them, and container engines need them, as on any machine."""
+    found = []
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 4 and fields[1].startswith("/sys/fs/cgroup") and fields[2] in ("tmpfs", "cgroup", "cgroup2"):
+            options = ",".join(o for o in fields[3].split(",") if o not in ("rw", "relatime", "nosuid", "nodev",
+                                                                            "noexec", "seclabel"))
+            found.append((fields[2], options, fields[1]))
+    return found
+
+
+def _cgroup_steps() -> list[str]:
+    steps = []
+    for kind, options, path in cgroup_mounts():
+        flags = f" -o {options}" if options else ""
+        steps.append(f"mkdir -p {path} && mount -t {kind}{flags} cgroup {path}")
+    return [f"{{ {' && '.join(steps)}; }} || true"] if steps else []
+
+
 def _node_boot_script(node: SandboxNode, node_dir: Path, sshd: str, python_prefix: str | None = None) -> str:
     # Runs as PID 1 of the node's own PID namespace, inside its own mount and UTS
     # namespaces; everything sshd later starts inherits this view of the machine.
@@ -246,6 +271,7 @@ def _node_boot_script(node: SandboxNode, node_dir: Path, sshd: str, python_prefi
     if python_prefix:
         steps += [f"mkdir -p {python_prefix}", f"mount --bind {node_dir / 'python'} {python_prefix}",
                   f"mount -o remount,bind,ro {python_prefix}"]
+    steps += _cgroup_steps()
     steps += [
         f"mount -t overlay trainfleet-etc -o lowerdir=/etc,upperdir={node_dir / 'etc'},"
         f"workdir={node_dir / 'etc-work'} /etc",

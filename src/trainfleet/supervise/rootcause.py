@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from trainfleet.agent.protocol import JobState
+from trainfleet.agent.protocol import ErrorRecord, JobState
 from trainfleet.launchers.base import RankExit
 
 _CONSEQUENCES = (
@@ -77,16 +77,20 @@ def _consequence(text: str) -> str | None:
 
 
 def find_root_cause(states: Mapping[str, JobState], exits: Sequence[RankExit],
-                    rank_tails: Mapping[tuple[str, int], Sequence[str]],
-                    node_tails: Mapping[str, Sequence[str]]) -> RootCause | None:
-    """None when nothing failed (or everything was only stopped)."""
+                    rank_tails: Mapping[tuple[str, int], Sequence[str]], node_tails: Mapping[str, Sequence[str]],
+                    records: Mapping[str, Sequence[ErrorRecord]] | None = None) -> RootCause | None:
+    """None when nothing failed (or everything was only stopped). `records`: failure
+    records from nodes where the job's own runner started the ranks."""
     failures: dict[tuple[str, int], Failure] = {}
-    for node, state in states.items():
-        for record in state.errors:
-            failures[(node, record.rank)] = Failure(
-                node=node, rank=record.rank, exit_code=record.exit_code, summary=record.summary,
-                detail=record.traceback or "\n".join(rank_tails.get((node, record.rank), ())), time=record.time,
-                consequence=_consequence(record.summary + "\n" + record.traceback))
+    found = [(node, record) for node, state in states.items() for record in state.errors]
+    found += [(node, record) for node, listed in (records or {}).items() for record in listed]
+    for node, record in found:
+        stopped = record.kind == "signal" and any(name in record.summary for name in _STOP_SIGNALS)
+        failures[(node, record.rank)] = Failure(
+            node=node, rank=record.rank, exit_code=record.exit_code, summary=record.summary,
+            detail=record.traceback or "\n".join(rank_tails.get((node, record.rank), ())), time=record.time,
+            consequence="stopped by its launcher" if stopped else _consequence(record.summary + "\n" + record.traceback),
+            signal=record.summary.split()[-1] if record.kind == "signal" else None)
     for exit in exits:
         if (exit.node, exit.rank) in failures:
             continue

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainfleet.agent.protocol import JobState, LaunchRequest, OutputEvent, Proc, StopRequest, SweepRequest, decode
+from trainfleet.agent.protocol import (ErrorRecord, JobState, LaunchRequest, OutputEvent, PrepareRequest, Proc,
+                                       StopRequest, SweepRequest, decode)
 from trainfleet.launchers.base import Launcher, LaunchPlan
 from trainfleet.results import fold_nodes
 from trainfleet.supervise.output import OutputRouter, Printer
@@ -49,6 +50,8 @@ class Supervisor:
     workdir: str
     secrets: Mapping[str, str] = field(default_factory=dict)
     files: Mapping[str, str] = field(default_factory=dict)
+    site_files: Mapping[str, str] = field(default_factory=dict)
+    """trainfleet's sitecustomize (and the rank wrapper it imports), for plans that ask for it."""
     grace: float = 10.0
     settle: float = 3.0
     verbose: bool = False
@@ -59,16 +62,19 @@ class Supervisor:
         started = time.monotonic()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.log_dir / "plan.txt").write_text(self.plan.render())
-        router = OutputRouter(self.log_dir, [n.node for n in self.plan.nodes], self.printer,
+        router = OutputRouter(self.log_dir, [n.name for n in self.session.nodes], self.printer,
                               ranks_marked=self.launcher.wraps_ranks, verbose=self.verbose,
                               redact=self.secrets.values())
         states: dict[str, JobState] = {}
         errors: dict[str, str] = {}
         tasks: dict[asyncio.Task[JobState], str] = {}
+        await self._prepare()
         for launch in self.plan.nodes:
             request = LaunchRequest(job_id=self.plan.job_id, argv=list(launch.argv), cwd=launch.cwd,
                                     workdir=self.workdir, env=dict(launch.env), secrets=dict(self.secrets),
-                                    files=dict(self.files), grace=self.grace)
+                                    files=self._files(launch.site), grace=self.grace, site=launch.site,
+                                    path=list(launch.path), after=[list(c) for c in launch.after],
+                                    deepspeed_env=dict(launch.runner_env))
             handler = self._on_event(router, launch.node)
             task = asyncio.ensure_future(self.session.call(launch.node, request, on_event=handler))
             tasks[task] = launch.node
@@ -83,7 +89,7 @@ class Supervisor:
                 self.on_status(f"stopping the job on {fold_nodes(running)} ({why})")
                 await self._stop(running, "cancelled" if cancelled else "stopped: another node failed")
             await self._collect(tasks, states, errors)
-            left = await self._check(states, errors)
+            left, records = await self._check(states, errors)
         finally:
             ticker.cancel()
             router.close()
@@ -91,7 +97,7 @@ class Supervisor:
                  for e in self.launcher.rank_exits(node, list(router.node_lines.get(node, ())))]
         root = None if cancelled else find_root_cause(
             states, exits, {key: list(lines) for key, lines in router.rank_lines.items()},
-            {node: router.node_tail(node) for node in states})
+            {node: router.node_tail(node) for node in states}, records)
         if cancelled:
             code = 130
         elif root is not None:
@@ -103,6 +109,22 @@ class Supervisor:
         return RunOutcome(job_id=self.plan.job_id, exit_code=code, cancelled=cancelled, root_cause=root,
                           states=states, left_running=left, unreachable=errors,
                           seconds=time.monotonic() - started)
+
+    def _files(self, site: bool) -> dict[str, str]:
+        files = dict(self.files)
+        if site:
+            files.update({f"site/{name}": text for name, text in self.site_files.items()})
+        return files
+
+    async def _prepare(self) -> None:
+        """Ready the nodes the job's own runner will start processes on."""
+        if not self.plan.prepare:
+            return
+        replies = await self.session.call_all(lambda node: next(
+            (PrepareRequest(job_id=self.plan.job_id, workdir=self.workdir, files=self._files(True),
+                            env=dict(p.env), secrets=dict(self.secrets), write=dict(p.write))
+             for p in self.plan.prepare if p.node == node.name), None), timeout=60)
+        replies.require("cannot prepare the nodes for the job")
 
     def _on_event(self, router: OutputRouter, node: str) -> Callable[[dict[str, Any]], None]:
         def handle(event: dict[str, Any]) -> None:
@@ -177,19 +199,28 @@ class Supervisor:
                 task.cancel()
                 errors[node] = "no final state from the node"
 
-    async def _check(self, states: dict[str, JobState], errors: dict[str, str]) -> dict[str, list[Proc]]:
-        """What still runs: each node supervisor's own check, and a sweep where there is none."""
+    async def _check(self, states: dict[str, JobState], errors: dict[str, str]
+                     ) -> tuple[dict[str, list[Proc]], dict[str, list[ErrorRecord]]]:
+        """What still runs: each node supervisor's own check, and a sweep where there is
+        none (a lost launch, or a node where only the job's own runner started processes);
+        and the failure records those sweeps found."""
         left = {node: state.left for node, state in states.items() if state.left}
-        unknown = [node for node in errors if node not in self.session.failures]
+        launched = {launch.node for launch in self.plan.nodes}
+        unchecked = [n.name for n in self.session.nodes
+                     if (n.name in errors or n.name not in launched) and n.name not in self.session.failures]
+        records: dict[str, list[ErrorRecord]] = {}
 
         async def sweep(node: str) -> None:
             try:
-                reply = await self.session.call(node, SweepRequest(job_id=self.plan.job_id), timeout=30)
+                reply = await self.session.call(node, SweepRequest(job_id=self.plan.job_id, workdir=self.workdir),
+                                                timeout=30)
             except (AgentFailed, AgentError) as exc:
                 left[node] = [Proc(pid=0, cmdline=f"could not check: {exc}")]
                 return
             if reply.left:
                 left[node] = reply.left
+            if reply.errors:
+                records[node] = reply.errors
 
-        await asyncio.gather(*(sweep(n) for n in unknown))
-        return left
+        await asyncio.gather(*(sweep(n) for n in unchecked))
+        return left, records

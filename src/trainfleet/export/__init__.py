@@ -1,0 +1,1 @@
+"""The same job for schedulers trainfleet does not run: Slurm and Kubernetes."""

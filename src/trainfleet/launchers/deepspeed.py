@@ -1,0 +1,82 @@
+"""DeepSpeed's own per-node launcher (`deepspeed.launcher.launch`) on every node.
+
+What `deepspeed --hostfile` would do over pdsh, started over trainfleet's connections
+instead: each node gets the same `--world_info` (node -> slots, after --include and
+--exclude), its `--node_rank`, and the master on node 0's training address; DeepSpeed's
+launcher then gives each rank RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_SIZE, CROSS_RANK,
+CROSS_SIZE, MASTER_ADDR, MASTER_PORT and the `--local_rank` argument, as it always does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import ClassVar
+
+from trainfleet.errors import UsageError
+from trainfleet.fleet.model import Fleet
+from trainfleet.job.spec import JobSpec, validate_job
+from trainfleet.launchers.base import (LaunchFacts, LaunchPlan, NoRankReport, base_env, endpoint, node_launch, nproc,
+                                       wrapped_entry)
+
+
+def parse_filter(text: str, option: str, fleet: Fleet) -> dict[str, list[int] | None]:
+    """DeepSpeed's `host[:slot,slot][@host...]` (None: every slot of that host)."""
+    chosen: dict[str, list[int] | None] = {}
+    known = {n.name for n in fleet.nodes}
+    for part in filter(None, text.split("@")):
+        host, _, slots = part.partition(":")
+        if host not in known:
+            raise UsageError(f"--{option} {text}: no node named {host!r}", fix=f"use the fleet's node names: "
+                             f"{', '.join(sorted(known))}")
+        try:
+            chosen[host] = [int(s) for s in slots.split(",")] if slots else None
+        except ValueError:
+            raise UsageError(f"--{option} {text}: slots must be numbers (host:0,1)") from None
+    return chosen
+
+
+def world_info(fleet: Fleet, job: JobSpec) -> dict[str, list[int]]:
+    """Node -> the slots it runs, in fleet order, after --include / --exclude."""
+    if job.include and job.exclude:
+        raise UsageError("--include and --exclude cannot be used together (as with DeepSpeed)")
+    slots = {n.name: list(range(nproc(job, n))) for n in fleet.nodes}
+    if job.include:
+        wanted = parse_filter(job.include, "include", fleet)
+        slots = {n: (wanted[n] if wanted[n] is not None else s) for n, s in slots.items() if n in wanted}
+    if job.exclude:
+        unwanted = parse_filter(job.exclude, "exclude", fleet)
+        slots = {n: ([] if unwanted[n] is None else [x for x in s if x not in unwanted[n]]) if n in unwanted else s
+                 for n, s in slots.items()}
+    for node, chosen in slots.items():
+        bad = [x for x in chosen if x >= nproc(job, fleet.node(node))]
+        if bad:
+            raise UsageError(f"{node} has no slot {bad[0]} (slots 0-{nproc(job, fleet.node(node)) - 1})")
+    chosen = {n: s for n, s in slots.items() if s}
+    if not chosen:
+        raise UsageError("--include/--exclude leave no slot to run on")
+    return chosen
+
+
+class DeepSpeed(NoRankReport):
+    name: ClassVar[str] = "deepspeed"
+    wraps_ranks: ClassVar[bool] = True
+    needs_gpu_facts: ClassVar[bool] = False
+
+    def plan(self, fleet: Fleet, job: JobSpec, facts: LaunchFacts, cwd: str) -> LaunchPlan:
+        validate_job(job)
+        info = world_info(fleet, job)
+        encoded = base64.urlsafe_b64encode(json.dumps(info).encode()).decode()
+        master = facts.address(fleet.head)
+        entry = wrapped_entry(job, fleet.workdir)
+        launches = []
+        for rank, name in enumerate(info):
+            node = fleet.node(name)
+            argv = [fleet.python, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={encoded}",
+                    f"--node_rank={rank}", f"--master_addr={master}", f"--master_port={facts.rdzv_port}",
+                    *job.launcher_args, *entry]
+            launches.append(node_launch(fleet, node, rank, len(info[name]), cwd, argv,
+                                        base_env(fleet, job, node, rank, facts)))
+        return LaunchPlan(job_id=job.job_id, launcher=self.name,
+                          rendezvous=f"master at {endpoint(master, facts.rdzv_port)}",
+                          world_size=sum(len(s) for s in info.values()), nodes=tuple(launches))

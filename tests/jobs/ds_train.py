@@ -1,0 +1,27 @@
+"""A DeepSpeed job: ZeRO-2 (the config's) over gloo on the CPU; every rank prints what
+DeepSpeed's launcher gave it. --fail-rank R: rank R raises after the first step."""
+
+import argparse
+import os
+
+import deepspeed
+import torch
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--local_rank", type=int, default=-1)
+parser.add_argument("--steps", type=int, default=5)
+parser.add_argument("--fail-rank", type=int)
+parser = deepspeed.add_config_arguments(parser)
+args = parser.parse_args()
+deepspeed.init_distributed(dist_backend="gloo")
+model = torch.nn.Linear(16, 4)
+engine, opt, _, _ = deepspeed.initialize(args=args, model=model, model_parameters=model.parameters())
+for step in range(args.steps):
+    x = torch.randn(8, 16)
+    loss = engine(x).pow(2).mean()
+    engine.backward(loss)
+    engine.step()
+    if step == 0 and args.fail_rank == int(os.environ["RANK"]):
+        raise ValueError(f"deliberate failure in rank {args.fail_rank}")
+r = int(os.environ["RANK"])
+print(f"rank {r} local_rank_arg {args.local_rank} env " + " ".join(f"{k}={os.environ.get(k)}" for k in ["RANK","LOCAL_RANK","WORLD_SIZE","LOCAL_SIZE","CROSS_RANK","CROSS_SIZE","MASTER_ADDR","MASTER_PORT"]) + f" loss {loss.item():.4f}", flush=True)
