@@ -15,9 +15,9 @@ from trainfleet.sandbox import cluster as sb
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Everything under tests/cluster/ builds or uses a sandbox: it is `slow`."""
+    """Everything under tests/cluster/ and tests/runbooks/ builds or uses a sandbox: it is `slow`."""
     for item in items:
-        if "cluster" in Path(str(item.fspath)).parts:
+        if {"cluster", "runbooks"} & set(Path(str(item.fspath)).parts):
             item.add_marker(pytest.mark.slow)
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from trainfleet.sandbox import cluster as sb
@@ -94,3 +97,37 @@ def ssh_logins(state: sb.SandboxState) -> dict[str, int]:
 
 def losses(output: str, head: str = "node0") -> list[float]:
     return [float(x) for x in re.findall(rf"^\[{head}:0\] step \d+ loss ([0-9.]+)", output, re.MULTILINE)]
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def s3_server(address: str, bucket: str, key_id: str, secret: str) -> Iterator[str]:
+    """moto's S3 server (a real S3-compatible HTTP server) on `address`, with one bucket;
+    yields its endpoint URL."""
+    port = free_port(address)
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", address, "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://{address}:{port}"
+    try:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key_id,
+                              aws_secret_access_key=secret)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.create_bucket(Bucket=bucket)
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(10)

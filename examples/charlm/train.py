@@ -34,7 +34,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--log-every", type=int, default=5)
     parser.add_argument("--checkpoint-dir", type=Path, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=20)
-    parser.add_argument("--resume", action="store_true", help="continue from checkpoint-dir/ckpt.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from checkpoint-dir/ckpt.pt when it exists (as an elastic restart needs)")
     parser.add_argument("--seed", type=int, default=1234)
     return parser.parse_args()
 
@@ -120,17 +121,20 @@ def main() -> None:
     if args.resume:
         # Only rank 0 needs the file: the checkpoint travels to the other ranks by
         # broadcast, so no shared disk is needed.
-        state = None
-        if rank == 0:
-            if checkpoint is None or not checkpoint.is_file():
-                raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
-            state = torch.load(checkpoint, map_location="cpu")
-        loaded = broadcast_checkpoint(state, rank, device)
-        model.load_state_dict(loaded["model"])
-        optimizer.load_state_dict(loaded["optimizer"])
-        start_step = loaded["step"]
-        if rank == 0:
-            print(f"resumed from {checkpoint} at step {start_step}", flush=True)
+        if checkpoint is None:
+            raise SystemExit("--resume needs --checkpoint-dir")
+        found = torch.tensor([int(rank == 0 and checkpoint.is_file())], device=device)
+        dist.broadcast(found, src=0)
+        if found.item():
+            state = torch.load(checkpoint, map_location="cpu") if rank == 0 else None
+            loaded = broadcast_checkpoint(state, rank, device)
+            model.load_state_dict(loaded["model"])
+            optimizer.load_state_dict(loaded["optimizer"])
+            start_step = loaded["step"]
+            if rank == 0:
+                print(f"resumed from {checkpoint} at step {start_step} on {world} rank(s)", flush=True)
+        elif rank == 0:
+            print(f"no checkpoint at {checkpoint} yet: starting from step 0", flush=True)
 
     ddp = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
     generator = torch.Generator().manual_seed(args.seed * 1000 + rank + 7919 * start_step)

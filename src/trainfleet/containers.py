@@ -29,6 +29,17 @@ def engine(container: Container) -> list[str]:
     return [container.engine, *container.engine_options]
 
 
+def data_root(container: Container) -> str:
+    """The data root the engine options name (`--root DIR`), else "" (the engine's default)."""
+    options = list(container.engine_options)
+    for index, option in enumerate(options):
+        if option == "--root" and index + 1 < len(options):
+            return options[index + 1]
+        if option.startswith("--root="):
+            return option.split("=", 1)[1]
+    return ""
+
+
 def run_argv(container: Container, name: str, inner: Iterable[str], cwd: str, env_names: Iterable[str],
              mounts: Iterable[str], gpus: bool) -> list[str]:
     argv = [*engine(container), "run", "--rm", f"--name={name}", "--network=host", "--ipc=host"]

@@ -144,8 +144,10 @@ def route_peers(fleet: Fleet) -> list[str]:
 def _by_route(fleet: Fleet, node: Node, candidates: list[_Candidate],
               routes: Mapping[str, Route | None]) -> NetworkChoice:
     peer = fleet.nodes[1] if node is fleet.head and len(fleet.nodes) > 1 else fleet.head
-    if peer is node:
-        return NetworkChoice(node.name, None, node.address, "a single node needs no network")
+    if peer is node:  # gloo still binds somewhere: an unresolvable hostname would mean a loopback warning
+        holder = _holder(candidates, node.address)
+        return NetworkChoice(node.name, holder.interface if holder else "lo", node.address,
+                             "a single node: the interface of its own address" if holder else "a single node: loopback")
     route = routes.get(peer.address) or routes.get(peer.host)
     if not route or not route.dev:
         return NetworkChoice(node.name, None, node.address, "no route information",

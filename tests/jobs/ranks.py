@@ -2,8 +2,10 @@
 
 --fail-rank R: rank R raises after the first all-reduce; the others keep all-reducing.
 --kill-rank R: rank R is killed by SIGKILL after the first all-reduce.
+--block-rank R: rank R sleeps forever (outside any collective) while the others all-reduce.
 --forever: every rank all-reduces until it is killed (for cancellation tests).
 --print-env NAME: each rank prints NAME's value and its working directory.
+--tick: rank 0 prints "tick N" about once a second while the ranks all-reduce.
 """
 
 import argparse
@@ -17,14 +19,21 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 
+def block_forever() -> None:
+    while True:
+        time.sleep(3600)
+
+
 @record
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fail-rank", type=int)
     parser.add_argument("--kill-rank", type=int)
+    parser.add_argument("--block-rank", type=int)
     parser.add_argument("--print-env")
     parser.add_argument("--forever", action="store_true")
     parser.add_argument("--seconds", type=float, default=0)
+    parser.add_argument("--tick", action="store_true")
     args = parser.parse_args()
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -36,14 +45,21 @@ def main() -> None:
         print(f"rank {rank} env {args.print_env}={os.environ.get(args.print_env)} cwd {os.getcwd()}", flush=True)
     if args.kill_rank == rank:
         os.kill(os.getpid(), signal.SIGKILL)
+    if args.block_rank == rank:
+        print(f"rank {rank} blocks", flush=True)
+        block_forever()
     if args.fail_rank == rank:
         print(f"rank {rank} about to fail", flush=True)
         raise RuntimeError(f"deliberate failure in rank {rank}")
     deadline = time.monotonic() + args.seconds
-    blocked = args.fail_rank is not None or args.kill_rank is not None
+    blocked = args.fail_rank is not None or args.kill_rank is not None or args.block_rank is not None
+    count, next_tick = 0, time.monotonic() + 1
     while args.forever or blocked or time.monotonic() < deadline:
         dist.all_reduce(value)
         time.sleep(0.05)
+        if args.tick and rank == 0 and time.monotonic() >= next_tick:
+            count, next_tick = count + 1, next_tick + 1
+            print(f"tick {count}", flush=True)
     dist.destroy_process_group()
     sys.exit(0)
 

@@ -40,7 +40,7 @@ def test_the_first_exception_is_recorded_with_its_time_and_secrets_redacted(tmp_
                env={"TOKEN": "s3cr3t-v4lue", "TRAINFLEET_SECRET_NAMES": "TOKEN"})
     assert done.returncode == 1
     assert "[tf:rank3] ValueError: token s3cr3t-v4lue" in done.stdout  # the live stream; the supervisor redacts it
-    record = json.loads((tmp_path / "errors" / "rank-3.json").read_text())
+    record = json.loads((tmp_path / "errors" / "rank-3-attempt-0.json").read_text())
     assert record["summary"] == "ValueError: token ***" and record["rank"] == 3 and record["node"] == "node1"
     assert "s3cr3t" not in record["traceback"] and 'user.py", line 3, in f' in record["traceback"]
     assert "rankwrap" not in record["traceback"] and "runpy" not in record["traceback"]
@@ -49,7 +49,7 @@ def test_the_first_exception_is_recorded_with_its_time_and_secrets_redacted(tmp_
 def test_a_non_zero_exit_is_recorded(tmp_path: Path) -> None:
     done = run(tmp_path, "import sys\nsys.exit(3)\n")
     assert done.returncode == 3
-    assert json.loads((tmp_path / "errors" / "rank-3.json").read_text())["kind"] == "exit"
+    assert json.loads((tmp_path / "errors" / "rank-3-attempt-0.json").read_text())["kind"] == "exit"
 
 
 def test_a_finished_rank_leaves_cleanly_after_threads_atexit_and_unclosed_files(tmp_path: Path) -> None:

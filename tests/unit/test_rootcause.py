@@ -67,6 +67,35 @@ def test_nothing_failed() -> None:
     assert find_root_cause({"node0": state("node0", "succeeded", code=0)}, [], {}, {}) is None
 
 
+def test_failures_before_an_elastic_restart_are_history() -> None:
+    """After a lost node, torchrun restarted the ranks and the job finished: no root cause."""
+    before = record("node0", 0, 5.0, "RuntimeError: Connection closed by peer")
+    done = {"node0": state("node0", "succeeded", before, code=0), "node1": state("node1", "succeeded", code=0)}
+    assert find_root_cause(done, [], {}, {}, lost={"node2": "node2 was lost (its connection closed)"}) is None
+    later = ErrorRecord(rank=1, node="node1", time=9.0, kind="exception", summary="ValueError: bad", traceback="",
+                        attempt=1)
+    failed = {"node0": state("node0", "failed", before), "node1": state("node1", "failed", later)}
+    root = find_root_cause(failed, [], {}, {})
+    assert root is not None and root.first.rank == 1 and root.others == ()
+
+
+def test_a_lost_node_is_the_root_cause_of_what_followed() -> None:
+    states = {"node0": state("node0", "stopped", record("node0", 0, 5.0, "RuntimeError: Connection closed by peer")),
+              "node1": state("node1", "stopped")}
+    root = find_root_cause(states, [], {}, {}, lost={"node2": "node2 was lost (no heartbeat for 3s)"})
+    assert root is not None and root.headline() == "node2 was lost (no heartbeat for 3s)"
+
+
+def test_a_hang_names_where_each_node_waited() -> None:
+    hung = JobState(job_id="j", node="node0", state="stopped", started=0.0, reason="hung: no rank wrote anything for 5s",
+                    hang="ranks 0,1 in all_reduce (ranks.py:38)")
+    other = JobState(job_id="j", node="node1", state="stopped", started=0.0, reason="hung: no rank wrote anything for 5s",
+                     hang="rank 3 in main (ranks.py:52)")
+    root = find_root_cause({"node0": hung, "node1": other}, [], {}, {})
+    assert root is not None and root.headline() == "hung: no rank wrote anything for 5s"
+    assert root.first.detail == "node0: ranks 0,1 in all_reduce (ranks.py:38)\nnode1: rank 3 in main (ranks.py:52)"
+
+
 def test_torchruns_failure_report_is_read() -> None:
     lines = """[node0] Failures:
 [node0] [1]:

@@ -189,3 +189,24 @@ def test_unchanged_fleet_loads_from_cache_without_pydantic(tmp_path: Path, key: 
     key.unlink()
     failed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
     assert "key file" in failed.stderr and "does not exist" in failed.stderr
+
+
+def test_a_subset_keeps_directories_with_their_server() -> None:
+    from trainfleet.containers import data_root
+    from trainfleet.fleet.model import Container
+    from trainfleet.fleet.schema import fleet_from_data
+
+    fleet = fleet_from_data({"nodes": [{"name": "a", "host": "10.0.0.1"}, {"name": "b", "host": "10.0.0.2"},
+                                       {"name": "c", "host": "10.0.0.3"}],
+                             "storage": [{"type": "shared-dir", "mount": "/data"},
+                                         {"type": "s3", "bucket": "x", "mount": "/s3"}],
+                             "secrets": ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]}, "f.yaml")
+    assert fleet.subset(fleet.nodes) is fleet
+    two = fleet.subset(fleet.select(["a", "c"]))
+    assert [n.name for n in two.nodes] == ["a", "c"] and two.head.name == "a"
+    assert two.storage[0].node == "a"  # still served by the fleet's node 0, named
+    with pytest.raises(SpecError, match="storage /data is served by a, which is not among the chosen nodes"):
+        fleet.subset(fleet.select(["b"]))
+    assert data_root(Container(engine="podman", engine_options=("--storage-driver", "vfs", "--root", "/d"))) == "/d"
+    assert data_root(Container(engine="podman", engine_options=("--root=/e",))) == "/e"
+    assert data_root(Container(engine="docker")) == ""

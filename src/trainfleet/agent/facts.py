@@ -132,7 +132,16 @@ def disk_free(path: str) -> Optional[Disk]:
     return Disk(path=path, free=stats.f_bavail * stats.f_frsize, total=stats.f_blocks * stats.f_frsize)
 
 
-def docker_root() -> Optional[str]:
+def container_root(engine: str, explicit: str) -> Optional[str]:
+    """Where the engine keeps images and containers: what fills up first ("No space left
+    on device" inside a container). Docker: data-root of daemon.json; podman: graphroot."""
+    if explicit:
+        return explicit
+    if engine == "podman":
+        conf = read_text("/etc/containers/storage.conf") or ""
+        found = re.search(r'^\s*graphroot\s*=\s*"([^"]+)"', conf, re.MULTILINE)
+        root = found.group(1) if found else "/var/lib/containers/storage"
+        return root if os.path.isdir(root) else None
     text = read_text("/etc/docker/daemon.json")
     if text:
         try:
@@ -153,13 +162,18 @@ def port_is_free(address: str, port: int) -> bool:
         probe.close()
 
 
-def free_port(address: str) -> int:
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def free_ports(address: str, count: int) -> List[int]:
+    """`count` different free ports (all held while choosing, so none repeats)."""
+    probes = []
     try:
-        probe.bind((address, 0))
-        return int(probe.getsockname()[1])
+        for _ in range(count):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            probes.append(probe)
+            probe.bind((address, 0))
+        return [int(p.getsockname()[1]) for p in probes]
     finally:
-        probe.close()
+        for probe in probes:
+            probe.close()
 
 
 def jobs_seen(workdir: str) -> List[JobSeen]:
@@ -186,7 +200,8 @@ def gather(request: FactsRequest) -> FactsReply:
         address = request.port_address or "0.0.0.0"
         reply.ports = dict((str(p), None if port_is_free(address, p) else procs.port_holder(p))
                            for p in request.ports)
-        reply.free_port = free_port(address)
+        reply.free_ports = free_ports(address, max(1, request.free))
+        reply.free_port = reply.free_ports[0]
     if "software" in wanted:
         # (This agent runs on the fleet's Python, so a non-interactive shell finds it.)
         reply.python = PythonInfo(version=sys.version.split()[0], executable=sys.executable)
@@ -198,8 +213,8 @@ def gather(request: FactsRequest) -> FactsReply:
         reply.driver = driver.splitlines()[0].strip() if driver else None
     if "disk" in wanted:
         reply.disk = disk_free(request.workdir)
-        root = docker_root()
-        reply.docker_disk = disk_free(root) if root else None
+        root = container_root(request.container_engine, request.container_root)
+        reply.container_disk = disk_free(root) if root else None
     if "jobs" in wanted:
         reply.jobs = jobs_seen(request.workdir)
     if "project" in wanted:

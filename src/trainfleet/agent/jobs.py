@@ -21,11 +21,11 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import IO, Callable, Dict, List, Optional, Tuple
 
 from . import procs
-from .protocol import (Empty, ErrorRecord, JobState, LaunchRequest, OutputEvent, PrepareRequest, StopRequest,
-                       WriteRequest, decode, to_wire)
+from .protocol import (Empty, ErrorRecord, FollowRequest, JobsReply, JobsRequest, JobState, LaunchRequest, LockReply,
+                       LockRequest, LostEvent, OutputEvent, PrepareRequest, StopRequest, WriteRequest, decode, to_wire)
 
 TERMINAL = ("succeeded", "failed", "stopped", "lost")
 LOG_NAME = "output.log"
@@ -157,6 +157,8 @@ def signal_name(code: int) -> Optional[str]:
 
 # ---- the supervisor (its own process) -------------------------------------------------------
 
+MESH_GRACE = 2.0
+
 
 class _Supervisor:
     def __init__(self, request: LaunchRequest, directory: str, tether: Optional[int]) -> None:
@@ -169,7 +171,83 @@ class _Supervisor:
         self.redact = sorted((v.encode() for v in request.secrets.values() if v), key=len, reverse=True)
         self.state = JobState(job_id=request.job_id, node=request.env.get("TRAINFLEET_NODE", ""), state="starting",
                               started=time.time(), supervisor_pid=os.getpid(), argv=list(request.argv),
-                              cwd=request.cwd, detached=request.detach)
+                              cwd=request.cwd, detached=request.detach, nproc=request.nproc,
+                              launcher=request.launcher)
+        self.last_output = time.time()
+        self.ended = False
+        self.ended_by_mesh = False
+        self.guard = threading.Lock()
+        self.log = None  # type: Optional[IO[str]]
+        self.log_guard = threading.Lock()
+
+    # ---- what the mesh asks of this node (see mesh.Node) ----------------------------------
+    def stop_job(self, reason: str, lost: Optional[str] = None) -> None:
+        if lost:
+            self.note_lost(lost)
+        self.ended_by_mesh = True
+        self._request_stop(reason)
+
+    def note_lost(self, node: str) -> None:
+        with self.guard:
+            if node not in self.state.lost:
+                self.state.lost.append(node)
+                write_state(self.directory, self.state)
+
+    def restart_ranks(self, lost: str) -> None:
+        """End this node's ranks (not the launcher): torchrun's agent restarts them, and
+        its rendezvous goes on without the lost node."""
+        def end() -> None:
+            ranks = procs.rank_processes(self.request.job_id)
+            for pid, _ in ranks:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except OSError:
+                    pass
+            time.sleep(3)
+            for pid, _ in ranks:
+                if procs.alive(pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+
+        self.note_lost(lost)
+        threading.Thread(target=end, daemon=True).start()
+
+    def dump_stacks(self) -> None:
+        """Every rank's stack into the log: py-spy's where the node has it (it also sees a
+        rank stuck in C code without its cooperation), else faulthandler's, which the
+        rank wrapper installs on STACK_SIGNAL."""
+        from . import stacks
+        from .rankwrap import STACK_SIGNAL
+
+        since = time.time()
+        spy = None if self.request.env.get("TRAINFLEET_STACK_DUMP") == "faulthandler" else stacks.find_py_spy(
+            self.request.path)
+        for pid, rank in procs.rank_processes(self.request.job_id):
+            lines = stacks.py_spy_dump(spy, pid) if spy else None
+            if lines is not None:
+                self.write_lines(["[tf:rank%d] %s" % (rank, line) for line in lines])
+                continue
+            try:
+                os.kill(pid, STACK_SIGNAL)
+            except OSError:
+                pass
+        time.sleep(2)
+        lines = [text for moment, text in _log_lines(os.path.join(self.directory, LOG_NAME)) if moment >= since]
+        with self.guard:
+            self.state.hang = stacks.summarize(lines)
+            write_state(self.directory, self.state)
+
+    def write_lines(self, lines: List[str]) -> None:
+        """Lines of the supervisor's own into the job's log, between the ranks' lines."""
+        with self.log_guard:
+            if self.log is None:
+                return
+            moment = time.time()
+            for line in lines:
+                self.log.write("%.3f %s\n" % (moment, self._clean(line.encode())))
+            self.log.flush()
 
     def _clean(self, line: bytes) -> str:
         for value in self.redact:
@@ -178,10 +256,13 @@ class _Supervisor:
             line = line.rstrip(b"\r").rsplit(b"\r", 1)[-1]
         return line.decode("utf-8", "replace")
 
-    def _pump(self, stream, log) -> None:  # type: ignore[no-untyped-def]
+    def _pump(self, stream) -> None:  # type: ignore[no-untyped-def]
         for raw in iter(stream.readline, b""):
-            log.write("%.3f %s\n" % (time.time(), self._clean(raw.rstrip(b"\n"))))
-            log.flush()
+            self.last_output = time.time()
+            with self.log_guard:
+                assert self.log is not None
+                self.log.write("%.3f %s\n" % (self.last_output, self._clean(raw.rstrip(b"\n"))))
+                self.log.flush()
 
     def _watch_tether(self) -> None:
         try:
@@ -242,18 +323,29 @@ class _Supervisor:
             signal.signal(signum, self._on_signal)
         if self.tether is not None:
             threading.Thread(target=self._watch_tether, daemon=True).start()
-        log = open(os.path.join(self.directory, LOG_NAME), "a")
-        pump = threading.Thread(target=self._pump, args=(child.stdout, log), daemon=True)
+        self.log = open(os.path.join(self.directory, LOG_NAME), "a")
+        pump = threading.Thread(target=self._pump, args=(child.stdout,), daemon=True)
         pump.start()
+        peer = None
+        if request.mesh is not None:
+            from .mesh import Coordinator, Member
+
+            peer = Coordinator(request.mesh, self) if request.mesh.node == request.mesh.nodes[0] \
+                else Member(request.mesh, self)  # type: ignore[arg-type]
+            peer.start()
         while child.poll() is None and not self.stop.is_set():
             self.stop.wait(0.2)
+        grace = request.grace
         if child.poll() is None:
             try:
                 os.killpg(child.pid, signal.SIGTERM)
             except OSError:
                 pass
             procs.signal_job(request.job_id, signal.SIGTERM)
-            deadline = time.monotonic() + request.grace
+            # Ended by the mesh, the job is broken already (a lost node, a hang): its launcher
+            # cannot leave cleanly (torchrun waits for a store it cannot reach), so no long wait.
+            grace = min(request.grace, MESH_GRACE) if self.ended_by_mesh else request.grace
+            deadline = time.monotonic() + grace
             while child.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.1)
         for command in request.after:
@@ -263,21 +355,33 @@ class _Supervisor:
             except (OSError, subprocess.SubprocessError):
                 pass
         # Whatever the job left behind (workers in sessions of their own, daemons) goes too.
-        left = procs.end_job(request.job_id, min(request.grace, 3.0))
+        left = procs.end_job(request.job_id, 0.2 if self.ended_by_mesh else min(grace, 3.0))
         code = child.wait()
         pump.join(10)
-        log.close()
+        with self.log_guard:
+            self.log.close()
+            self.log = None
         self.state.ended = time.time()
         self.state.exit_code = code if code >= 0 else 128 - code
         self.state.signal = signal_name(code)
         self.state.left = left
         self.state.errors = read_errors(self.directory)
         remove_secrets(request.job_id)
-        if self.stop.is_set():
-            self.state.state, self.state.reason = "stopped", self.reason
-        else:
-            self.state.state = "succeeded" if code == 0 else "failed"
-        write_state(self.directory, self.state)
+        with self.guard:
+            if self.stop.is_set():
+                # Ended by the mesh: a lost node, a hang or another node's failure, not a user's stop.
+                self.state.state = "failed" if self.ended_by_mesh else "stopped"
+                self.state.reason = self.reason
+            else:
+                self.state.state = "succeeded" if code == 0 else "failed"
+            write_state(self.directory, self.state)
+        if peer is not None:
+            peer.finish(self.state.state)
+        if request.holds_lock:
+            release_lock(request.workdir, request.job_id)
+        self.ended = True
+        if peer is not None and hasattr(peer, "close"):
+            peer.close()
 
 
 def supervise_main(request: LaunchRequest, directory: str, tether: Optional[int], ready: int) -> None:
@@ -333,20 +437,51 @@ def launch(request: LaunchRequest, emit: Callable[[object], None]) -> JobState:
         if state is None:
             raise RuntimeError(started["error"])
         return state
-    state = read_state_at(directory)
     if request.detach:
-        assert state is not None
-        return state
+        return wait_for_ranks(directory, request)
     return follow(directory, emit)
+
+
+def wait_for_ranks(directory: str, request: LaunchRequest, timeout: float = 900.0) -> JobState:
+    """A detached launch answers once every rank of this node has started (or the job
+    has ended, or its launcher starts no ranks of its own)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = read_state_at(directory)
+        assert state is not None
+        if state.state in TERMINAL or request.nproc == 0 or time.monotonic() > deadline:
+            return state
+        if len(procs.rank_processes(request.job_id)) >= request.nproc:
+            return state
+        time.sleep(0.2)
+
+
+def _log_lines(path: str) -> List[Tuple[float, str]]:
+    found = []
+    try:
+        with open(path, "rb") as handle:
+            for raw in handle:
+                stamp, _, text = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
+                try:
+                    found.append((float(stamp), text))
+                except ValueError:
+                    continue
+    except OSError:
+        pass
+    return found
 
 
 def follow(directory: str, emit: Callable[[object], None], since: float = 0.0, poll: float = 0.05) -> JobState:
     """Send the job's output as it is written, until the job has ended and all of it is sent."""
     path = os.path.join(directory, LOG_NAME)
     offset, partial = 0, b""
+    told: List[str] = []
     while True:
         state = read_state_at(directory)
         done = state is not None and state.state in TERMINAL
+        if state is not None and state.lost != told:
+            told = list(state.lost)
+            emit(LostEvent(lost=told, reason=state.reason))
         if not done and _supervisor(directory) is None and state is not None:
             # Killed outright (or the node rebooted): nobody will write the final state.
             state.state, state.reason, state.ended = "lost", "the node supervisor died", time.time()
@@ -408,6 +543,89 @@ def stop(request: StopRequest) -> JobState:
     state.state, state.reason, state.ended = "stopped", request.reason, time.time()
     write_state(directory, state)
     return state
+
+
+def lock_path(workdir: str) -> str:
+    return os.path.join(os.path.expanduser(workdir), ".trainfleet", "lock")
+
+
+def _holder_text(job_id: str) -> str:
+    # The agent taking the lock serves the launching client until the job's supervisor
+    # runs: while it lives, a holder with no job record yet is still on its way.
+    return "%s %d %d\n" % (job_id, os.getpid(), procs.start_time(os.getpid()) or 0)
+
+
+def _read_holder(path: str) -> Tuple[str, bool]:
+    """The holding job's id, and whether the agent that took the lock still runs."""
+    try:
+        with open(path) as handle:
+            fields = handle.read().split()
+    except OSError:
+        return "", False
+    if len(fields) != 3:
+        return (fields[0] if fields else ""), False
+    return fields[0], procs.alive(int(fields[1]), int(fields[2]))
+
+
+def lock(request: LockRequest) -> LockReply:
+    """One job per fleet at a time (unless a job asks to run beside others)."""
+    path = lock_path(request.workdir)
+    if request.release:
+        release_lock(request.workdir, request.job_id)
+        return LockReply(ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(_holder_text(request.job_id))
+        return LockReply(ok=True)
+    except FileExistsError:
+        pass
+    holder, launching = _read_holder(path)
+    state = read_state(request.workdir, holder) if holder else None
+    running = state is not None and state.state not in TERMINAL and supervisor_alive(request.workdir, holder)
+    starting = state is None and launching
+    if holder and holder != request.job_id and (running or starting):
+        return LockReply(ok=False, holder=holder, holder_state=state.state if state else "starting")
+    _write_atomically(path, _holder_text(request.job_id))  # the holder has ended (or died): the fleet is free
+    return LockReply(ok=True)
+
+
+def release_lock(workdir: str, job_id: str) -> None:
+    path = lock_path(workdir)
+    if _read_holder(path)[0] == job_id:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def live_state(workdir: str, state: JobState) -> JobState:
+    """A record that says running, of a job whose supervisor is gone, says lost."""
+    if state.state not in TERMINAL and not supervisor_alive(workdir, state.job_id):
+        state.state = "lost"
+        state.reason = state.reason or "its node supervisor is gone (the node restarted, or it was killed)"
+    return state
+
+
+def jobs(request: JobsRequest) -> JobsReply:
+    states = list_states(request.workdir)
+    chosen = [states[request.job_id]] if request.job_id in states else [] if request.job_id else list(states.values())
+    return JobsReply(states=[live_state(request.workdir, s) for s in chosen])
+
+
+def follow_request(request: FollowRequest, emit: Callable[[object], None]) -> JobState:
+    directory = job_dir(request.workdir, request.job_id)
+    state = read_state_at(directory)
+    if state is None:
+        raise ValueError("no job %s on this node" % request.job_id)
+    if request.follow:
+        return follow(directory, emit, since=request.since)
+    lines = [(moment, text) for moment, text in _log_lines(os.path.join(directory, LOG_NAME))
+             if moment >= request.since]
+    for start in range(0, len(lines), 500):
+        emit(OutputEvent(lines=lines[start:start + 500]))
+    return live_state(request.workdir, state)
 
 
 def list_states(workdir: str) -> Dict[str, JobState]:

@@ -34,16 +34,26 @@ def _handler(op: str, emit: Any) -> Any:
     if op in ("listen", "connect"):
         from . import probes
         return probes.listen if op == "listen" else probes.connect
-    if op in ("launch", "stop", "prepare", "write"):
+    if op in ("launch", "stop", "prepare", "write", "lock", "jobs", "follow"):
         from . import jobs
         return {"launch": lambda r: jobs.launch(r, emit), "stop": jobs.stop, "prepare": jobs.prepare,
-                "write": jobs.write}[op]
+                "write": jobs.write, "lock": jobs.lock, "jobs": jobs.jobs,
+                "follow": lambda r: jobs.follow_request(r, emit)}[op]
+    if op == "top":
+        from . import top
+        return top.top
     if op in ("trust", "untrust", "ssh_matrix"):
         from . import trust
         return getattr(trust, op)
     if op == "manifest":
         from . import project
         return project.write_manifest
+    if op in ("push_have", "push"):
+        from . import push
+        return push.have if op == "push_have" else lambda r: push.receive(r, emit)
+    if op in ("storage", "probe"):
+        from . import storage
+        return storage.storage if op == "storage" else storage.probe
     if op == "firewall":
         from . import firewall
         return firewall.firewall

@@ -145,3 +145,40 @@ def port_holder(port: int) -> Optional[Proc]:
         except OSError:
             continue
     return Proc(pid=0, cmdline="(another user's process)")
+
+
+def _environ(pid: int) -> Dict[str, str]:
+    raw = _read("/proc/%d/environ" % pid) or b""
+    found = {}
+    for item in raw.split(b"\0"):
+        name, _, value = item.partition(b"=")
+        if name in (b"RANK", JOB_VARIABLE.encode()):
+            found[name.decode()] = value.decode(errors="replace")
+    return found
+
+
+def _parent(pid: int) -> Optional[int]:
+    stat = _read("/proc/%d/stat" % pid)
+    try:
+        return int(stat.rsplit(b")", 1)[1].split()[1]) if stat else None
+    except (IndexError, ValueError):
+        return None
+
+
+def rank_processes(job_id: str) -> List[Tuple[int, int]]:
+    """(pid, rank) of each rank of the job on this node: the processes with RANK in their
+    environment whose parent has none (not a rank's own children: its output reader,
+    its data loaders)."""
+    found = []
+    for proc in job_processes(job_id):
+        env = _environ(proc.pid)
+        if "RANK" not in env:
+            continue
+        parent = _parent(proc.pid)
+        if parent is not None and "RANK" in _environ(parent):
+            continue
+        try:
+            found.append((proc.pid, int(env["RANK"])))
+        except ValueError:
+            continue
+    return found

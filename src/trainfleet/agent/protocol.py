@@ -134,13 +134,15 @@ class FactsReply:
     ports: Dict[str, Optional[Proc]] = field(default_factory=dict)
     """Port -> who holds it (pid None: another user's process), or None when free."""
     free_port: Optional[int] = None
+    free_ports: List[int] = field(default_factory=list)
     python: Optional[PythonInfo] = None
     torch: Optional[TorchInfo] = None
     torch_installed: bool = False
     gpu: Optional[GpuInfo] = None
     driver: Optional[str] = None
     disk: Optional[Disk] = None
-    docker_disk: Optional[Disk] = None
+    container_disk: Optional[Disk] = None
+    """Free space where the container engine keeps images and containers."""
     jobs: List[JobSeen] = field(default_factory=list)
     files: Dict[str, bool] = field(default_factory=dict)
     project: Optional[ProjectState] = None
@@ -162,6 +164,11 @@ class FactsRequest(Request[FactsReply]):
     """Paths (relative to the workdir, or absolute) whose existence is reported."""
     project: str = ""
     """The project directory (relative to the workdir) that the `project` section reports on."""
+    free: int = 1
+    """How many free ports the `ports` section finds."""
+    container_engine: str = ""
+    container_root: str = ""
+    """The engine's data root when the fleet's options name it (podman --root); else the engine's own."""
 
 
 @dataclass
@@ -268,10 +275,29 @@ class ErrorRecord:
     node: str
     time: float
     kind: str
-    """exception, exit (non-zero SystemExit)"""
+    """exception, exit (non-zero SystemExit), signal (seen by its output reader)"""
     summary: str
     traceback: str
     exit_code: int = 1
+    attempt: int = 0
+    """torchrun's restart count when it happened (a restarted job's earlier failures are history)."""
+
+
+@dataclass
+class Mesh:
+    """How a job's node supervisors find and watch each other (see the agent's mesh)."""
+
+    coordinator: str
+    """Node 0's training address."""
+    port: int
+    token: str
+    nodes: List[str]
+    node: str
+    loss_timeout: float = 3.0
+    join_timeout: float = 60.0
+    min_nodes: int = 0
+    """With a restart policy: go on without a lost node while this many remain."""
+    hang_timeout: float = 0.0
 
 
 @dataclass
@@ -294,11 +320,25 @@ class JobState:
     reason: str = ""
     errors: List[ErrorRecord] = field(default_factory=list)
     left: List[Proc] = field(default_factory=list)
+    lost: List[str] = field(default_factory=list)
+    """Nodes this job lost (the job ended without them, or went on without them)."""
+    hang: str = ""
+    """Where this node's ranks were when the job hung (from their stacks)."""
+    nproc: int = 0
+    launcher: str = ""
 
 
 @dataclass
 class OutputEvent:
     lines: List[Tuple[float, str]]
+
+
+@dataclass
+class LostEvent:
+    """A node the job lost while it ran (sent by node 0's stream)."""
+
+    lost: List[str]
+    reason: str = ""
 
 
 @dataclass
@@ -329,6 +369,12 @@ class LaunchRequest(Request[JobState]):
     user's own .deepspeed_env lines, to a file in the job directory named by DS_ENV_FILE."""
     after: List[List[str]] = field(default_factory=list)
     """Commands run when the job has ended, however it ended (removing its container)."""
+    mesh: Optional[Mesh] = None
+    holds_lock: bool = False
+    """This job took the fleet's lock (node 0): its supervisor gives it back at the end."""
+    nproc: int = 0
+    """Ranks this node runs (a detached launch answers once they have all started)."""
+    launcher: str = ""
 
 
 @dataclass
@@ -346,6 +392,82 @@ class PrepareRequest(Request[Empty]):
     secrets: Dict[str, str] = field(default_factory=dict)
     write: Dict[str, str] = field(default_factory=dict)
     """Absolute (or ~/) path -> content."""
+
+
+@dataclass
+class LockReply:
+    ok: bool
+    holder: str = ""
+    """The job that holds the fleet (when not ok)."""
+    holder_state: str = ""
+
+
+@dataclass
+class LockRequest(Request[LockReply]):
+    """Take the fleet for a job (on node 0): refused while another job holds it and runs.
+    A lock whose job has ended, or whose supervisor died, is taken over."""
+
+    op: ClassVar[str] = "lock"
+    reply_type: ClassVar[Type[Any]] = LockReply
+    job_id: str
+    workdir: str
+    release: bool = False
+    """Give it back (a launch that failed before its job started)."""
+
+
+@dataclass
+class JobsReply:
+    states: List[JobState]
+
+
+@dataclass
+class JobsRequest(Request[JobsReply]):
+    """The jobs this node has records of (one, when `job_id` is given)."""
+
+    op: ClassVar[str] = "jobs"
+    reply_type: ClassVar[Type[Any]] = JobsReply
+    workdir: str
+    job_id: str = ""
+
+
+@dataclass
+class FollowRequest(Request[JobState]):
+    """A job's output on this node as OutputEvents (from `since`); with `follow`, until
+    the job ends; answers with its state."""
+
+    op: ClassVar[str] = "follow"
+    reply_type: ClassVar[Type[Any]] = JobState
+    job_id: str
+    workdir: str
+    since: float = 0.0
+    follow: bool = False
+
+
+@dataclass
+class TopJob:
+    job_id: str
+    processes: int
+    cpu_percent: float
+    rss_bytes: int
+    last_line: str = ""
+    steps_per_s: Optional[float] = None
+
+
+@dataclass
+class TopReply:
+    cpu_percent: float
+    memory_used: int
+    memory_total: int
+    gpus: List[Dict[str, Any]] = field(default_factory=list)
+    jobs: List[TopJob] = field(default_factory=list)
+
+
+@dataclass
+class TopRequest(Request[TopReply]):
+    op: ClassVar[str] = "top"
+    reply_type: ClassVar[Type[Any]] = TopReply
+    workdir: str
+    interval: float = 0.5
 
 
 @dataclass
@@ -469,10 +591,139 @@ class FirewallRequest(Request[FirewallReply]):
     """Backend (iptables, nft, ufw) -> its steps; the node picks its own."""
 
 
+# ---- push: files through a chain of nodes ----------------------------------------------------
+
+
+@dataclass
+class PushFile:
+    path: str
+    """Relative to the push's destination, with / between parts."""
+    size: int
+    sha256: str
+
+
+@dataclass
+class PushHaveReply:
+    complete: List[str]
+    """Files already there whole (same size and sha256)."""
+    partial: Dict[str, int]
+    """Bytes already received of the others (an earlier push that was cut short)."""
+    handle: int = 0
+    port: int = 0
+    """A listener for this round's stream (from the controller's tunnel, or the node
+    before), when some file is not complete here."""
+
+
+@dataclass
+class PushHaveRequest(Request[PushHaveReply]):
+    op: ClassVar[str] = "push_have"
+    reply_type: ClassVar[Type[Any]] = PushHaveReply
+    root: str
+    files: List[PushFile]
+
+
+@dataclass
+class PushProgress:
+    received: int
+    """Bytes of this round's stream that this node has taken in so far."""
+
+
+@dataclass
+class PushReply:
+    written: Dict[str, str]
+    """File -> the sha256 of what this node wrote (equal to the sender's, or the file is not kept)."""
+    received: int
+    error: Optional[str] = None
+    """Why the stream from upstream ended early (the node keeps what it got, to resume)."""
+    forward_error: Optional[str] = None
+    """Why the next node stopped taking the stream (this node went on without it)."""
+
+
+@dataclass
+class PushRequest(Request[PushReply]):
+    """Take one stream on the listener `handle`: write the files this node needs (from
+    `start`, truncating what it had there), and pass everything on to `forward`."""
+
+    op: ClassVar[str] = "push"
+    reply_type: ClassVar[Type[Any]] = PushReply
+    handle: int
+    token: str
+    root: str
+    start: Dict[str, int]
+    """The files this node writes, and the offset the stream starts them at."""
+    forward: Optional[Target] = None
+    forward_token: str = ""
+    stall_timeout: float = 20.0
+
+
+# ---- storage ---------------------------------------------------------------------------------
+
+
+@dataclass
+class MountItem:
+    mount: str
+    label: str
+    role: str
+    """client (a mount is made) or server (a directory is served)."""
+    fstypes: List[str]
+    commands: List[List[str]]
+    undo: List[List[str]]
+    env: Dict[str, str] = field(default_factory=dict)
+    """Variable -> the name of the secret (in the request's `secrets`) that holds its value."""
+    requires: List[str] = field(default_factory=list)
+
+
+@dataclass
+class MountResult:
+    mount: str
+    state: str
+    """mounted, already (was mounted), unmounted, absent (was not mounted), failed."""
+    detail: str = ""
+    """For a failure: which command, and its output's tail."""
+
+
+@dataclass
+class StorageReply:
+    results: List[MountResult]
+
+
+@dataclass
+class StorageRequest(Request[StorageReply]):
+    """`action`: status, mount (what is missing) or umount."""
+
+    op: ClassVar[str] = "storage"
+    reply_type: ClassVar[Type[Any]] = StorageReply
+    action: str
+    items: List[MountItem]
+    secrets: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ProbeReply:
+    read: Dict[str, Optional[str]]
+    """Path -> its content (None: no such file)."""
+    errors: Dict[str, str]
+
+
+@dataclass
+class ProbeRequest(Request[ProbeReply]):
+    """Write, read and remove small files, each with a time limit (a hung mount must not
+    hang the caller)."""
+
+    op: ClassVar[str] = "probe"
+    reply_type: ClassVar[Type[Any]] = ProbeReply
+    write: Dict[str, str] = field(default_factory=dict)
+    read: List[str] = field(default_factory=list)
+    remove: List[str] = field(default_factory=list)
+    timeout: float = 10.0
+
+
 REQUESTS: Dict[str, Type[Any]] = {
     cls.op: cls
-    for cls in (FactsRequest, ManifestRequest, WriteRequest, PrepareRequest, ListenRequest, ReleaseRequest, ConnectRequest, LaunchRequest, StopRequest,
-                SweepRequest, TrustRequest, UntrustRequest, SSHMatrixRequest, FirewallRequest)
+    for cls in (FactsRequest, ManifestRequest, WriteRequest, PrepareRequest, LockRequest, JobsRequest, FollowRequest,
+                TopRequest, ListenRequest, ReleaseRequest, ConnectRequest, LaunchRequest, StopRequest,
+                SweepRequest, TrustRequest, UntrustRequest, SSHMatrixRequest, FirewallRequest, PushHaveRequest,
+                PushRequest, StorageRequest, ProbeRequest)
 }
 
 

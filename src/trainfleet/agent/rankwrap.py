@@ -30,6 +30,16 @@ import sys
 import time
 import traceback
 
+STACK_SIGNAL = getattr(signal, "SIGRTMIN", 34) + 3
+"""Dumps every thread's stack (faulthandler) when the job hangs; a real-time signal,
+which training code does not use for anything else (unlike SIGUSR1/2)."""
+
+
+def stacks_on_signal():
+    import faulthandler
+
+    faulthandler.register(STACK_SIGNAL, all_threads=True, chain=False)
+
 
 def _write_all(fd, data):
     while data:
@@ -61,7 +71,7 @@ def prefix_output(rank):
     read_end, write_end = os.pipe()
     if os.fork() == 0:
         # The reader: ends at EOF, when the rank (and anything it started) is gone.
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, STACK_SIGNAL):
             signal.signal(signum, signal.SIG_IGN)
         os.close(write_end)
         prefix = ("[tf:rank%d] " % rank).encode()
@@ -102,11 +112,13 @@ def record(rank, kind, summary, trace, exit_code):
     folder = os.path.join(os.environ.get("TRAINFLEET_JOB_DIR", ""), "errors")
     if not os.environ.get("TRAINFLEET_JOB_DIR") or not os.path.isdir(folder):
         return
-    path = os.path.join(folder, "rank-%d.json" % rank)
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    path = os.path.join(folder, "rank-%d-attempt-%d.json" % (rank, attempt))
     if os.path.exists(path):
         return
     entry = {"rank": rank, "node": os.environ.get("TRAINFLEET_NODE", ""), "time": time.time(), "kind": kind,
-             "summary": redact(summary)[:2000], "traceback": redact(trace)[-20000:], "exit_code": exit_code}
+             "summary": redact(summary)[:2000], "traceback": redact(trace)[-20000:], "exit_code": exit_code,
+             "attempt": attempt}
     tmp = "%s.tmp%d" % (path, os.getpid())
     try:
         with open(tmp, "w") as handle:
@@ -199,6 +211,7 @@ def main():
     rank = int(os.environ.get("RANK", "0"))
     entry, as_module, argv = split_argv(sys.argv)
     prefix_output(rank)
+    stacks_on_signal()
     import runpy
 
     code = 0

@@ -41,6 +41,7 @@ def _install():
             sys.path.remove(here)
         rank = int(os.environ["RANK"])
         rankwrap.prefix_output(rank)
+        rankwrap.stacks_on_signal()
         rankwrap.record_uncaught(rank)
 
 

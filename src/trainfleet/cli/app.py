@@ -27,8 +27,9 @@ class LazyGroup(click.Group):
     time is paid on every command, and most need one module of the CLI."""
 
     modules = {"bench": "run", "check": "fleet", "demo": "run", "doctor": "doctor", "exec": "remote", "export": "run",
-               "firewall": "trust", "hostfile": "fleet", "import": "fleet", "init": "fleet", "run": "run", "sandbox": "sandbox",
-               "setup": "remote", "ssh": "trust", "sync": "remote"}
+               "firewall": "trust", "hostfile": "fleet", "import": "fleet", "init": "fleet", "run": "run",
+               "sandbox": "sandbox", "setup": "remote", "ssh": "trust", "sync": "remote", "status": "jobs",
+               "logs": "jobs", "stop": "jobs", "top": "jobs", "push": "data", "mount": "data", "umount": "data"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(self.modules)

@@ -64,7 +64,7 @@ def run_summary(outcome: RunOutcome, logs: str) -> list[str]:
     root = outcome.root_cause
     if root is not None:
         code = f"exit code {root.first.exit_code}" + (f", {root.first.signal}" if root.first.signal else "")
-        lines.append(f"trainfleet: {job} failed: {root.headline()} ({code})")
+        lines.append(f"trainfleet: {job} failed: {root.headline()}" + ("" if root.first.cause_only else f" ({code})"))
         detail = root.first.detail.rstrip("\n").splitlines()[-40:]
         lines += [f"  | {line}" for line in detail]
         others = root.others_line()
@@ -73,6 +73,10 @@ def run_summary(outcome: RunOutcome, logs: str) -> list[str]:
         lines.append(f"trainfleet: every node stopped; full logs in {logs}")
     elif outcome.unreachable:
         lines.append(f"trainfleet: {job}: lost touch with {lost}; logs in {logs}")
+    elif outcome.lost:
+        gone = "; ".join(outcome.lost.values())
+        lines.append(f"trainfleet: {job} finished on {fold_nodes(outcome.states)} in {outcome.seconds:.1f}s, "
+                     f"after going on without a lost node ({gone})")
     else:
         lines.append(f"trainfleet: {job} finished on every node in {outcome.seconds:.1f}s")
     return lines

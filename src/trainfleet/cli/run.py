@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from trainfleet.cli.app import cli, echo_err, fleet_option, load, print_line, run_cancellable, status
+from trainfleet.cli.app import cli, echo_err, fleet_option, load, print_line, select, run_cancellable, status
 from trainfleet.errors import UsageError
 
 if TYPE_CHECKING:
@@ -48,7 +48,8 @@ def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 def launch(fleet: Fleet, job: JobSpec, options: RunOptions, printer: Callable[[str], None] = print_line) -> int:
-    """Sync (unless told not to), then run the job; prints its summary; returns the exit code."""
+    """Sync (unless told not to), then run the job; prints its summary (or, detached, its
+    id); returns the exit code."""
     from trainfleet.cli.render import run_summary
     from trainfleet.ops.run import check_entrypoint_locally, run_job
 
@@ -57,6 +58,11 @@ def launch(fleet: Fleet, job: JobSpec, options: RunOptions, printer: Callable[[s
         check_entrypoint_locally(job, options.project.source)
     outcome = run_cancellable(lambda cancel: run_job(fleet, job, options, secrets=secrets, printer=printer,
                                                      status=status, cancel=cancel))
+    if isinstance(outcome, str):  # detached: the job runs on without this process
+        status(f"job {outcome} runs on the fleet: `trainfleet logs {outcome} --follow`, `trainfleet status`, "
+               f"`trainfleet stop {outcome}`")
+        click.echo(outcome)
+        return 0
     logs = options.log_dir or Path("trainfleet-runs") / job.job_id
     for line in run_summary(outcome, str(logs)):
         echo_err(line)
@@ -79,6 +85,8 @@ def refuse_stray_option(script: str, command: click.Command) -> None:
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @fleet_option
+@click.option("-n", "--nodes", "node_names", metavar="NODES",
+              help="run on these nodes only (the first is node 0), e.g. one node to try the job alone first")
 @click.option("--nproc-per-node", type=int, help="processes per node (default: each node's slots)")
 @click.option("-m", "--module", is_flag=True, help="SCRIPT is a Python module name, as in `python -m`")
 @click.option("--port", type=int, help="rendezvous port on node 0 (default: 29500 if free, else any free one)")
@@ -102,13 +110,21 @@ def refuse_stray_option(script: str, command: click.Command) -> None:
               help="head: where the hostfile is written on every node (default: in the job's directory)")
 @click.option("--launcher-arg", "launcher_args", multiple=True, metavar="ARG",
               help="an option for the launcher itself, before the script (repeat)")
+@click.option("--detach", is_flag=True, help="return once every rank has started (the job id is the last line); "
+              "the job goes on without this process")
+@click.option("--concurrent", is_flag=True, help="run beside a job of this fleet that is still running")
+@click.option("--min-nodes", type=int, default=0, help="after a node is lost, go on with at least this many "
+              "(torchrun, with --max-restarts)")
+@click.option("--hang-timeout", type=float, help="seconds without a line from any rank before every rank's stack is "
+              "dumped and the job ends (default: off; 3600 with --detach; 0: off)")
 @click.option("-v", "--verbose", is_flag=True, help="also show the launcher's own output (kept in the logs anyway)")
 @click.argument("script")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run(fleet_file: str | None, nproc_per_node: int | None, module: bool, port: int | None, dry_run: bool,
+def run(fleet_file: str | None, node_names: str | None, nproc_per_node: int | None, module: bool, port: int | None, dry_run: bool,
         as_json: bool, sync_dir: Path, no_sync: bool, max_restarts: int, log_dir: Path | None, grace: float,
         job_id: str | None, env_pairs: tuple[str, ...], launcher: str | None, include: str, exclude: str,
-        hostfile_path: str, launcher_args: tuple[str, ...], verbose: bool, script: str, args: tuple[str, ...]) -> None:
+        hostfile_path: str, launcher_args: tuple[str, ...], detach: bool, concurrent: bool, min_nodes: int,
+        hang_timeout: float | None, verbose: bool, script: str, args: tuple[str, ...]) -> None:
     """Start SCRIPT on every node (torchrun, deepspeed or accelerate; or any command, on
     every node or on node 0 alone) and stream every rank's output."""
     from trainfleet.job.spec import JobSpec, new_job_id, validate_job
@@ -117,6 +133,7 @@ def run(fleet_file: str | None, nproc_per_node: int | None, module: bool, port: 
 
     refuse_stray_option(script, run)
     fleet = load(fleet_file)
+    fleet = fleet.subset(select(fleet, node_names))
     chosen = launcher or fleet.launcher
     if (include or exclude) and chosen != "deepspeed":
         raise UsageError("--include/--exclude select DeepSpeed slots", fix="add --launcher deepspeed, or leave them out")
@@ -125,7 +142,8 @@ def run(fleet_file: str | None, nproc_per_node: int | None, module: bool, port: 
     job = JobSpec(entrypoint=script, args=args, module=module, nproc_per_node=nproc_per_node,
                   max_restarts=max_restarts, job_id=job_id or new_job_id(), env=parse_env(env_pairs),
                   launcher=chosen, include=include, exclude=exclude, hostfile_path=hostfile_path,
-                  launcher_args=launcher_args)
+                  launcher_args=launcher_args, min_nodes=min_nodes,
+                  hang_timeout=hang_timeout if hang_timeout is not None else (3600.0 if detach else 0.0))
     validate_job(job)
     project = project_for(sync_dir)
     if dry_run:
@@ -133,7 +151,7 @@ def run(fleet_file: str | None, nproc_per_node: int | None, module: bool, port: 
         click.echo(json.dumps(plan.to_json(), indent=2) if as_json else plan.render(), nl=as_json)
         return
     options = RunOptions(project=project, sync=not no_sync, port=port, log_dir=log_dir, grace=grace,
-                         verbose=verbose)
+                         verbose=verbose, detach=detach, concurrent=concurrent)
     sys.exit(launch(fleet, job, options))
 
 
@@ -173,7 +191,8 @@ def bench_net(fleet_file: str | None, min_size: str, max_size: str, p2p_size: st
 
     job = JobSpec(entrypoint="netbench.py", nproc_per_node=nproc_per_node, job_id=new_job_id(),
                   args=job_args(sizes, parse_size(p2p_size), min_iters, seconds_per_size))
-    options = RunOptions(project=Project(source=JOB_DIR, name=REMOTE_JOB_DIR), port=port, grace=5.0, verbose=verbose)
+    options = RunOptions(project=Project(source=JOB_DIR, name=REMOTE_JOB_DIR), port=port, grace=5.0, verbose=verbose,
+                         concurrent=True)
     code = launch(fleet, job, options, printer=collect)
     if code == 0:
         click.echo(json.dumps(numbers.to_json(), indent=2) if as_json else numbers.render())

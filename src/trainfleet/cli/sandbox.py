@@ -129,7 +129,8 @@ def fault_block_port(node: str, port: int, mode: str, name: str | None, fleet_fi
 @sandbox_name
 @fleet_option
 def fault_cap(node: str, rate: str, name: str | None, fleet_file: str | None) -> None:
-    """Cap NODE's links at RATE (e.g. 100mbit) in both directions."""
+    """Cap NODE's links at RATE (e.g. 100mbit) in both directions; NODE `controller`: this machine's link to
+    the nodes (what `push` must not multiply)."""
     _inject(name, fleet_file, node, "cap", rate=rate)
 
 
@@ -154,11 +155,13 @@ def fault_cut(node: str, name: str | None, fleet_file: str | None) -> None:
 
 @sandbox_fault.command(name="fill-disk")
 @click.argument("node")
+@click.option("--path", default=None, metavar="DIR",
+              help="the directory to fill (default: the workdir); e.g. a container engine's data root")
 @sandbox_name
 @fleet_option
-def fault_fill_disk(node: str, name: str | None, fleet_file: str | None) -> None:
-    """Replace NODE's workdir with a small tmpfs that is full."""
-    _inject(name, fleet_file, node, "fill-disk")
+def fault_fill_disk(node: str, path: str | None, name: str | None, fleet_file: str | None) -> None:
+    """Replace NODE's workdir (or --path) with a small tmpfs that is full."""
+    _inject(name, fleet_file, node, "fill-disk", **({"path": path} if path else {}))
 
 
 @sandbox_fault.command(name="kill")
@@ -181,7 +184,7 @@ def fault_clear(node: str | None, name: str | None, fleet_file: str | None) -> N
     sandbox_name_, node_name = _target(name, fleet_file, node)
     undone = clear(sandbox_name_, node_name)
     click.echo(f"sandbox {sandbox_name_}: cleared {len(undone)} fault(s)"
-               + "".join(f"\n  {f.node}: {f.kind.value} ({f.detail})" for f in undone))
+               + "".join(f"\n  {node or f.node}: {f.kind.value} ({f.detail})" for f in undone))
 
 
 @sandbox_fault.command(name="list")

@@ -16,6 +16,7 @@ from trainfleet.agent.protocol import Attempt, Bound, FactsReply
 from trainfleet.fleet.model import Fleet
 from trainfleet.netchoice import NetworkChoice
 from trainfleet.results import fold_nodes
+from trainfleet.storage import Visibility
 
 GIB = 1024**3
 LATENCY_FLOOR_MS = 10.0
@@ -87,6 +88,7 @@ class Gathered:
     resolved: dict[str, dict[str, str | None]] = field(default_factory=dict)
     project: str = ""
     """The current directory's project directory on the nodes ("" when there is none)."""
+    storage: list[Visibility] = field(default_factory=list)
 
     @property
     def live(self) -> list[str]:
@@ -411,15 +413,23 @@ def check_gpus(data: Gathered) -> list[Finding]:
 
 def check_disk(data: Gathered) -> list[Finding]:
     findings = []
+    container = data.fleet.container
+    podman = container is not None and container.engine == "podman"
+    engine_root = "podman storage root" if podman else "Docker data-root"
+    move = ("`--root DIR` in container.engine_options" if podman
+            else '{"data-root": DIR} in /etc/docker/daemon.json, then restart docker')
     for name in data.live:
         facts = data.facts[name]
-        for label, disk in (("workdir", facts.disk), ("Docker data-root", facts.docker_disk)):
+        for label, disk in (("workdir", facts.disk), (engine_root, facts.container_disk)):
             if disk is None:
                 continue
             where = f"{label} {disk.path}"
             if disk.free < 1 * GIB:
+                fix = ("free space or point `workdir:` at a bigger disk; checkpoints will fail" if label == "workdir"
+                       else f"free space, or put the {label} on a bigger disk ({move}) before images and data go "
+                            f"in, else they fail with `No space left on device`")
                 findings.append(Finding("disk", Verdict.FAIL, (name,), f"{where}: only {disk.free / 2**20:.0f} MiB free",
-                                        "free space or point `workdir:` at a bigger disk; checkpoints will fail"))
+                                        fix))
             elif disk.free < 10 * GIB:
                 findings.append(Finding("disk", Verdict.WARN, (name,), f"{where}: {disk.free / GIB:.1f} GiB free",
                                         "checkpoints of large models need more room"))
@@ -469,6 +479,29 @@ def check_jobs(data: Gathered) -> list[Finding]:
     return findings
 
 
+def check_storage(data: Gathered) -> list[Finding]:
+    """Each storage mounted on every node, and a file written through it on one node read on all the others."""
+    findings = []
+    for seen in data.storage:
+        where = f"{seen.label} at {seen.storage.mount}"
+        if seen.absent:
+            findings.append(Finding("storage", Verdict.FAIL, seen.absent, f"{where} is not mounted",
+                                    "`trainfleet mount` mounts it (and `trainfleet run` does before a job)"))
+        if seen.error:
+            findings.append(Finding("storage", Verdict.FAIL, (seen.writer or "",), f"{where}: {seen.error}",
+                                    "check the mount's permissions and free space"))
+            continue
+        for node, what in sorted(seen.unseen.items()):
+            findings.append(Finding("storage", Verdict.FAIL, (node,),
+                                    f"{where}: a file written on {seen.writer} is not read here ({what})",
+                                    "`trainfleet umount` then `trainfleet mount`; a stale mount serves old data"))
+        seeing = tuple(n for n in seen.mounted if n not in seen.unseen)
+        if seen.writer and len(seeing) == len(data.fleet.nodes):
+            findings.append(Finding("storage", Verdict.OK, seeing,
+                                    f"{where}: a file written on {seen.writer} is read on every node"))
+    return findings
+
+
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("ssh", check_ssh),
     ("shell", check_shell),
@@ -480,6 +513,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("code", check_code),
     ("gpus", check_gpus),
     ("disk", check_disk),
+    ("storage", check_storage),
     ("clock", check_clock),
     ("jobs", check_jobs),
 )
@@ -493,7 +527,7 @@ def evaluate(data: Gathered) -> list[Finding]:
 
 
 _ORDER = {"ssh": 0, "shell": 1, "network": 2, "ports": 3, "latency": 4, "bandwidth": 4, "hostnames": 5,
-          "versions": 6, "code": 7, "gpus": 8, "disk": 9, "clock": 10, "jobs": 11}
+          "versions": 6, "code": 7, "gpus": 8, "disk": 9, "storage": 10, "clock": 11, "jobs": 12}
 
 
 def fold(findings: Sequence[Finding]) -> list[Finding]:

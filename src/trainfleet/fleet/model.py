@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from trainfleet.errors import SpecError
@@ -113,6 +113,31 @@ class Container:
 
 
 @dataclass(frozen=True)
+class Storage:
+    """A file system mounted at the same path on every node (`storage:` in the fleet file)."""
+
+    type: str
+    """shared-dir (a directory of one node over sshfs), nfs, s3 (s3fs) or cifs."""
+    mount: str
+    source: str = ""
+    """shared-dir: the directory on the serving node (default: `mount`); nfs: the exported
+    path; cifs: //server/share; s3: a prefix in the bucket (optional)."""
+    node: str = ""
+    """shared-dir and nfs: the node that serves it (default: node 0)."""
+    server: str = ""
+    """nfs: a server outside the fleet, instead of a node."""
+    bucket: str = ""
+    endpoint: str = ""
+    """s3: the URL of an S3-compatible server (default: AWS)."""
+    region: str = ""
+    username: str = ""
+    """cifs: the user; the password comes from the secret `password_secret`."""
+    password_secret: str = "CIFS_PASSWORD"
+    options: tuple[str, ...] = ()
+    """Extra mount options (`-o` values)."""
+
+
+@dataclass(frozen=True)
 class Fleet:
     nodes: tuple[Node, ...]
     workdir: str
@@ -127,6 +152,7 @@ class Fleet:
     launcher: str = "torchrun"
     """The project's launcher when `run` names none."""
     container: Container | None = None
+    storage: tuple[Storage, ...] = ()
     source: str = field(default="<memory>", compare=False)
 
     def node(self, name: str) -> Node:
@@ -147,6 +173,20 @@ class Fleet:
     def head(self) -> Node:
         return self.nodes[0]
 
+    def subset(self, nodes: tuple[Node, ...]) -> Fleet:
+        """The same fleet on fewer nodes (the first of them is node 0 of the job); a
+        directory another node serves must stay with its server."""
+        if nodes == self.nodes:
+            return self
+        names = {n.name for n in nodes}
+        storage = tuple(replace(s, node=s.node or self.head.name) if s.type in ("shared-dir", "nfs") and not s.server
+                        else s for s in self.storage)
+        for entry in storage:
+            if entry.type in ("shared-dir", "nfs") and not entry.server and entry.node not in names:
+                raise SpecError(f"{self.source}: storage {entry.mount} is served by {entry.node}, which is not "
+                                f"among the chosen nodes", fix=f"add {entry.node} to -n")
+        return replace(self, nodes=nodes, storage=storage)
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -161,4 +201,6 @@ class Fleet:
                    launcher=data.get("launcher", "torchrun"),
                    container=Container(**{k: tuple(v) if isinstance(v, list) else v
                                           for k, v in data["container"].items()}) if data.get("container") else None,
+                   storage=tuple(Storage(**{**entry, "options": tuple(entry.get("options", ()))})
+                                 for entry in data.get("storage", ())),
                    source=data["source"])

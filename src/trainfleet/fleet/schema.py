@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trainfleet.errors import SpecError
 from trainfleet.fleet.load import local_user
-from trainfleet.fleet.model import NAME_PATTERN, Container, Fleet, Jump, Node, Setup, SSHSettings
+from trainfleet.fleet.model import NAME_PATTERN, Container, Fleet, Jump, Node, Setup, SSHSettings, Storage
 
 
 class _Strict(BaseModel):
@@ -79,6 +79,41 @@ class ContainerModel(_Strict):
         return self
 
 
+class StorageModel(_Strict):
+    type: Literal["shared-dir", "nfs", "s3", "cifs"]
+    mount: str = Field(min_length=1)
+    source: str = ""
+    node: str = ""
+    server: str = ""
+    bucket: str = ""
+    endpoint: str = ""
+    region: str = ""
+    username: str = ""
+    password_secret: str = "CIFS_PASSWORD"
+    options: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _fields_of_its_type(self) -> StorageModel:
+        if not self.mount.startswith(("/", "~/")):
+            raise ValueError("`mount:` must be an absolute path (or start with ~/)")
+        if self.type == "s3" and not self.bucket:
+            raise ValueError("an s3 storage needs `bucket:`")
+        if self.type == "cifs" and not re.match(r"^//[^/]+/.+", self.source):
+            raise ValueError("a cifs storage needs `source: //server/share`")
+        if self.type == "cifs" and not self.username:
+            raise ValueError("a cifs storage needs `username:` (its password comes from `secrets:`)")
+        if self.type == "nfs" and not self.source.startswith("/"):
+            raise ValueError("an nfs storage needs `source:`, the exported path (absolute)")
+        if self.type != "s3" and (self.bucket or self.endpoint or self.region):
+            raise ValueError("`bucket:`, `endpoint:` and `region:` are for s3 storage")
+        if self.server and self.type != "nfs":
+            raise ValueError("`server:` is for nfs storage (shared-dir is served by a node: `node:`)")
+        for option in self.options:
+            if "," in option or not re.match(r"^[A-Za-z0-9_.=:/-]+$", option):
+                raise ValueError(f"option {option!r}: give one `name` or `name=value` per item")
+        return self
+
+
 class FleetModel(_Strict):
     nodes: list[NodeModel] = Field(min_length=1)
     workdir: str = "~/trainfleet"
@@ -91,6 +126,7 @@ class FleetModel(_Strict):
     """A list of commands, or {commands: [...], files: [...]}."""
     launcher: Literal["torchrun", "deepspeed", "accelerate", "command", "head"] = "torchrun"
     container: ContainerModel | None = None
+    storage: list[StorageModel] = Field(default_factory=list)
 
     @field_validator("setup")
     @classmethod
@@ -193,6 +229,7 @@ def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "")
         ))
     setup = model.setup
     commands = setup if isinstance(setup, list) else setup.commands if setup else []
+    storage = _storage(model, source, [n.name for n in nodes])
     return Fleet(
         nodes=tuple(nodes),
         workdir=model.workdir,
@@ -205,6 +242,7 @@ def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "")
         container=Container(image=model.container.image, engine=model.container.engine,
                             options=tuple(model.container.options), engine_options=tuple(model.container.engine_options),
                             rootfs=model.container.rootfs, python=model.container.python) if model.container else None,
+        storage=storage,
         ssh=SSHSettings(
             known_hosts=local_path(defaults.known_hosts) or "",
             connect_timeout=defaults.connect_timeout,
@@ -246,3 +284,32 @@ def parse_fleet_text(text: str, source: str, base_dir: Path, state_dir: str = ""
 
 def dump_fleet_yaml(fleet_data: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(fleet_data), sort_keys=False, default_flow_style=False)
+
+
+_STORAGE_SECRETS = {"s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+
+
+def _storage(model: FleetModel, source: str, names: list[str]) -> tuple[Storage, ...]:
+    """Each entry checked against the rest of the file: its node, its secrets, one path each."""
+    found = []
+    mounts: dict[str, int] = {}
+    for index, entry in enumerate(model.storage):
+        where = f"{source}: storage[{index}]"
+        if entry.mount.rstrip("/") in mounts:
+            raise SpecError(f"{where}.mount: {entry.mount} is also storage[{mounts[entry.mount.rstrip('/')]}]'s",
+                            fix="give each storage a path of its own")
+        mounts[entry.mount.rstrip("/")] = index
+        if entry.node and entry.node not in names:
+            raise SpecError(f"{where}.node: no node named {entry.node!r} (nodes: {', '.join(names)})",
+                            fix="name one of the fleet's nodes, or leave it out for node 0")
+        needed = _STORAGE_SECRETS.get(entry.type, ()) + ((entry.password_secret,) if entry.type == "cifs" else ())
+        missing = [name for name in needed if name not in model.secrets]
+        if missing:
+            raise SpecError(f"{where}: a {entry.type} storage needs the secret(s) {', '.join(missing)}",
+                            fix=f"add them to `secrets:` (their values come from your environment at run time, "
+                                f"never from this file)")
+        found.append(Storage(type=entry.type, mount=entry.mount.rstrip("/") or "/", source=entry.source,
+                             node=entry.node, server=entry.server, bucket=entry.bucket, endpoint=entry.endpoint,
+                             region=entry.region, username=entry.username, password_secret=entry.password_secret,
+                             options=tuple(entry.options)))
+    return tuple(found)

@@ -38,6 +38,8 @@ class LaunchFacts:
     """NVIDIA GPUs per node, where known (0: none found; missing: not asked)."""
     homes: Mapping[str, str] = field(default_factory=dict)
     """Each node's home directory (what a leading ~/ means there)."""
+    mesh_port: int = 0
+    """A free port on node 0 for the job's node supervisors to meet on."""
 
     def address(self, node: Node) -> str:
         return self.addresses.get(node.name, node.address)

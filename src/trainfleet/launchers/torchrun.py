@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import ClassVar
 
+from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet
 from trainfleet.job.spec import JobSpec, validate_job
 from trainfleet.launchers.base import (RANK_LINE, LaunchFacts, LaunchPlan, RankExit, base_env, endpoint, node_launch,
@@ -31,20 +32,31 @@ class Torchrun:
         `--local-addr` (else rank 0 advertises a hostname the others cannot resolve).
         """
         validate_job(job)
+        if job.min_nodes > len(fleet.nodes):
+            raise UsageError(f"--min-nodes {job.min_nodes} is more than the fleet's {len(fleet.nodes)} nodes")
         rendezvous = endpoint(facts.address(fleet.head), facts.rdzv_port)
+        nnodes = f"{job.min_nodes}:{len(fleet.nodes)}" if job.min_nodes else str(len(fleet.nodes))
+        # Elastic: a lost node's agent is dropped after 3 missed one-second heartbeats, and
+        # the survivors meet again 2 s after the last of them arrives.
+        elastic = ",keep_alive_interval=1,keep_alive_max_attempt=3,last_call_timeout=2" if job.min_nodes else ""
         entry = wrapped_entry(job, fleet.workdir)
         launches = []
         for rank, node in enumerate(fleet.nodes):
             count = nproc(job, node)
             env = base_env(fleet, job, node, rank, facts)
+            if job.max_restarts:
+                # Restarted ranks would otherwise meet in the agent's one shared store, where
+                # keys from the attempt before (gloo's and NCCL's addresses) are still found
+                # (pytorch/pytorch#135712): a store of their own per attempt.
+                env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
             argv = [
                 fleet.python, "-m", "torch.distributed.run",
-                f"--nnodes={len(fleet.nodes)}",
+                f"--nnodes={nnodes}",
                 f"--nproc-per-node={count}",
                 "--rdzv-backend=c10d",
                 f"--rdzv-endpoint={rendezvous}",
                 f"--rdzv-id={job.job_id}",
-                f"--rdzv-conf=is_host={'true' if rank == 0 else 'false'}",
+                f"--rdzv-conf=is_host={'true' if rank == 0 else 'false'}{elastic}",
                 f"--local-addr={facts.address(node)}",
                 f"--max-restarts={job.max_restarts}",
                 *job.launcher_args,

@@ -13,9 +13,13 @@ from trainfleet.results import FleetResult, NodeResult, fold_nodes
 
 def facts_request(fleet: Fleet, sections: Iterable[str], *, ports: Iterable[int] = (),
                   port_address: str | None = None, files: Iterable[str] = (), project: str = "") -> FactsRequest:
+    from trainfleet.containers import data_root
+
+    container = fleet.container
     return FactsRequest(sections=list(sections), python=fleet.python, workdir=fleet.workdir,
                         peers=route_peers(fleet), ports=list(ports), port_address=port_address, files=list(files),
-                        project=project)
+                        project=project, container_engine=container.engine if container else "",
+                        container_root=data_root(container) if container else "")
 
 
 PYTHON_FIX = ("set `python:` in the fleet file to the full path of the Python with torch on the nodes "

@@ -63,6 +63,10 @@ async def examine(fleet: Fleet, rdzv_port: int = DEFAULT_RDZV_PORT, connect_time
         try:
             if len(live) > 1:
                 await _connects(session, live, data, connect_timeout, throughput_bytes)
+            if fleet.storage and live:
+                from trainfleet.ops.storage import visibility
+
+                data.storage = await visibility(session)
         finally:
             await session.call_all(lambda n: ReleaseRequest(handle=listeners[n.name].handle)
                                    if n.name in listeners else None, timeout=10)

@@ -15,16 +15,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainfleet.agent.protocol import (ConnectRequest, FactsReply, FactsRequest, ListenRequest, ReleaseRequest,
-                                       SSHMatrixRequest, Target)
+from trainfleet.agent.protocol import (ConnectRequest, FactsReply, FactsRequest, ListenRequest, LockRequest,
+                                       ReleaseRequest, SSHMatrixRequest, Target)
 from trainfleet.containers import check_image, containerize
 from trainfleet.errors import FleetError, TrainfleetError, UsageError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.job.spec import JobSpec
-from trainfleet.launchers import DEFAULT_RDZV_PORT, LaunchFacts, LaunchPlan, get_launcher
+from trainfleet.launchers import DEFAULT_RDZV_PORT, Launcher, LaunchFacts, LaunchPlan, get_launcher
 from trainfleet.netchoice import NetworkChoice, choose
 from trainfleet.ops.common import facts_request, require_ok
 from trainfleet.ops.setup import setup_digest
+from trainfleet.ops.storage import ensure_mounted
 from trainfleet.ops.sync import Project, check_code, manifest, sync
 from trainfleet.results import fold_nodes
 from trainfleet.supervise.supervisor import RunOutcome, Supervisor
@@ -41,6 +42,10 @@ class RunOptions:
     """Whose directory on the nodes the job runs in."""
     sync: bool = True
     """Copy the project first; False when the code is already on the nodes (checked)."""
+    detach: bool = False
+    """Return once every rank has started; the job goes on without this process."""
+    concurrent: bool = False
+    """Run beside a job of this fleet that is still running (normally refused)."""
     port: int | None = None
     """Rendezvous port on node 0; None: 29500 when free, else any free one."""
     log_dir: Path | None = None
@@ -81,8 +86,10 @@ async def preflight(session: FleetSession, job: JobSpec, project: Project, wante
 
     def request(node: Node) -> FactsRequest:
         if node.name == head.name:
-            return facts_request(fleet, [*common, "ports", "files"], ports=[port],
-                                 files=[entry] if check_entry else [], project=project.name)
+            request = facts_request(fleet, [*common, "ports", "files"], ports=[port],
+                                    files=[entry] if check_entry else [], project=project.name)
+            request.free = 2  # a rendezvous port if the wanted one is taken, and the node supervisors' meeting port
+            return request
         return facts_request(fleet, common, project=project.name)
 
     replies = await session.call_all(request, timeout=30)
@@ -107,9 +114,10 @@ async def preflight(session: FleetSession, job: JobSpec, project: Project, wante
     port = _rendezvous_port(answers[head.name], head, port, wanted_port is not None)
     await check_reachable(session, choices, port)
     gpus = {n: len(a.gpu.gpus) if a.gpu else 0 for n, a in answers.items()} if "gpu" in common else {}
+    mesh_port = next(p for p in answers[head.name].free_ports if p != port)
     facts = LaunchFacts(rdzv_port=port, interfaces={n: c.interface for n, c in choices.items() if c.interface},
                         addresses={n: c.address for n, c in choices.items()}, gpus=gpus,
-                        homes={n: a.home for n, a in answers.items()})
+                        homes={n: a.home for n, a in answers.items()}, mesh_port=mesh_port)
     return facts, choices
 
 
@@ -205,38 +213,88 @@ async def check_reachable(session: FleetSession, choices: Mapping[str, NetworkCh
                               "(`trainfleet doctor` checks every port); do not disable the firewall")
 
 
-async def run_job(fleet: Fleet, job: JobSpec, options: RunOptions, *, secrets: Mapping[str, str],
-                  printer: Callable[[str], None], status: Status, cancel: asyncio.Event) -> RunOutcome:
-    """Everything after the sync: preflight, plan, supervise; one SSH connection per node."""
-    from trainfleet.agent import sources
+async def take_fleet(session: FleetSession, job: JobSpec) -> None:
+    """One job per fleet: the lock on node 0, or the running job named, and how to stop it.
+    A live job on any node of this run counts too: one started with `run -n` holds its
+    lock on its own node 0, which may not be among these nodes."""
+    fleet = session.fleet
+    seen = await session.call_all(facts_request(fleet, ["jobs"]), timeout=30)  # also: every agent started
+    require_ok(fleet, seen.failures, "cannot start the job")
+    reply = await session.call(fleet.head.name, LockRequest(job_id=job.job_id, workdir=fleet.workdir), timeout=30)
+    holder, state = ("", "") if reply.ok else (reply.holder, reply.holder_state)
+    for node in fleet.nodes:
+        for job_seen in seen.answers[node.name].jobs or []:
+            if job_seen.live and job_seen.processes and not holder:
+                holder, state = job_seen.job_id, f"running on {node.name}"
+                await session.call(fleet.head.name, LockRequest(job_id=job.job_id, workdir=fleet.workdir,
+                                                                release=True), timeout=30)
+    if holder:
+        raise TrainfleetError(f"job {holder} is {state} on this fleet; a second job would share "
+                              f"its nodes (and overwrite its checkpoints)",
+                              fix=f"`trainfleet stop {holder}` first, or pass --concurrent to run beside it")
 
+
+async def run_job(fleet: Fleet, job: JobSpec, options: RunOptions, *, secrets: Mapping[str, str],
+                  printer: Callable[[str], None], status: Status, cancel: asyncio.Event) -> RunOutcome | str:
+    """Everything after the sync: preflight, plan, supervise; one SSH connection per node.
+    With `detach`, the job's id once every rank has started."""
     launcher = get_launcher(job.launcher)
     sockets = start_tcp(fleet.nodes[:fleet.ssh.fanout])
     async with await FleetSession.open(fleet, sockets=sockets) as session:
         require_ok(fleet, session.failures, "cannot start the job, not every node is reachable")
-        synced = None
-        if options.sync:
-            started = time.monotonic()
-            _, listed = await sync(session, options.project)
-            synced = listed.digest
-            status(f"synced {options.project.source} ({len(listed.files)} files) to "
-                   f"{options.project.remote(fleet)} on {len(fleet.nodes)} node(s) in "
-                   f"{time.monotonic() - started:.1f}s")
-        facts, _ = await preflight(session, job, options.project, options.port, synced, status)
-        plan = launcher.plan(fleet, job, facts, options.project.remote(fleet))
-        if fleet.container is not None:
-            plan = containerize(plan, fleet, facts.homes, facts.gpus, fleet.secrets)
-            await check_container(session)
-        if plan.needs_node_ssh:
-            await check_node_ssh(session)
-        logs = options.log_dir or Path("trainfleet-runs") / job.job_id
-        status(f"job {plan.job_id}: {plan.world_size} process(es) on {len(plan.nodes)} node(s), "
-               f"{plan.rendezvous}, logs in {logs}")
-        agent = sources()
-        supervisor = Supervisor(session=session, plan=plan, launcher=launcher, log_dir=logs, printer=printer,
-                                workdir=fleet.workdir, secrets=secrets, files={"rankwrap.py": agent["tfagent.rankwrap"]},
-                                site_files={"sitecustomize.py": agent["tfagent.sitecustomize"],
-                                            "rankwrap.py": agent["tfagent.rankwrap"]}, grace=options.grace,
-                                settle=options.settle, verbose=options.verbose, on_status=status, cancel=cancel)
-        return await supervisor.run()
+        if not options.concurrent:  # before the sync, which would change the code under a running job
+            await take_fleet(session, job)
+        try:
+            return await _start(session, fleet, job, options, launcher, secrets, printer, status, cancel)
+        except BaseException:
+            if not options.concurrent:  # the job never started: the fleet is free again
+                await session.call(fleet.head.name, LockRequest(job_id=job.job_id, workdir=fleet.workdir, release=True),
+                                   timeout=30)
+            raise
+
+
+async def _start(session: FleetSession, fleet: Fleet, job: JobSpec, options: RunOptions, launcher: Launcher,
+                 secrets: Mapping[str, str], printer: Callable[[str], None], status: Status,
+                 cancel: asyncio.Event) -> RunOutcome | str:
+    synced = None
+    if options.sync:
+        started = time.monotonic()
+        _, listed = await sync(session, options.project)
+        synced = listed.digest
+        status(f"synced {options.project.source} ({len(listed.files)} files) to "
+               f"{options.project.remote(fleet)} on {len(fleet.nodes)} node(s) in "
+               f"{time.monotonic() - started:.1f}s")
+    facts, _ = await preflight(session, job, options.project, options.port, synced, status)
+    await ensure_mounted(session, secrets, status)
+    plan = launcher.plan(fleet, job, facts, options.project.remote(fleet))
+    if fleet.container is not None:
+        plan = containerize(plan, fleet, facts.homes, facts.gpus, fleet.secrets)
+        await check_container(session)
+    if plan.needs_node_ssh:
+        await check_node_ssh(session)
+    return await _supervise(session, fleet, job, options, plan, facts, launcher, secrets, printer, status,
+                            cancel)
+
+
+async def _supervise(session: FleetSession, fleet: Fleet, job: JobSpec, options: RunOptions, plan: LaunchPlan,
+                     facts: LaunchFacts, launcher: Launcher, secrets: Mapping[str, str],
+                     printer: Callable[[str], None], status: Status, cancel: asyncio.Event) -> RunOutcome | str:
+    from trainfleet.agent import sources
+
+    logs = options.log_dir or Path("trainfleet-runs") / job.job_id
+    status(f"job {plan.job_id}: {plan.world_size} process(es) on {len(plan.nodes)} node(s), "
+           f"{plan.rendezvous}, logs in {logs}")
+    agent = sources()
+    supervisor = Supervisor(session=session, plan=plan, launcher=launcher, log_dir=logs, printer=printer,
+                            workdir=fleet.workdir, secrets=secrets, files={"rankwrap.py": agent["tfagent.rankwrap"]},
+                            site_files={"sitecustomize.py": agent["tfagent.sitecustomize"],
+                                        "rankwrap.py": agent["tfagent.rankwrap"]}, grace=options.grace,
+                            settle=options.settle, verbose=options.verbose, on_status=status, cancel=cancel,
+                            mesh_port=facts.mesh_port, coordinator=facts.address(fleet.head),
+                            min_nodes=job.min_nodes, hang_timeout=job.hang_timeout,
+                            holds_lock=not options.concurrent, detach=options.detach)
+    if options.detach:
+        await supervisor.start_detached()
+        return plan.job_id
+    return await supervisor.run()
 

@@ -49,9 +49,10 @@ class Fault:
     node: str
     kind: FaultKind
     detail: str
+    path: str = ""  # fill-disk: the directory the full tmpfs covers
 
     def to_json(self) -> dict[str, str]:
-        return {"node": self.node, "kind": self.kind.value, "detail": self.detail}
+        return {"node": self.node, "kind": self.kind.value, "detail": self.detail, "path": self.path}
 
 
 def _faults_file(state: SandboxState) -> Path:
@@ -63,11 +64,24 @@ def active(state: SandboxState) -> list[Fault]:
         entries = json.loads(_faults_file(state).read_text())
     except (OSError, ValueError):
         return []
-    return [Fault(e["node"], FaultKind(e["kind"]), e["detail"]) for e in entries]
+    return [Fault(e["node"], FaultKind(e["kind"]), e["detail"], e.get("path", "")) for e in entries]
 
 
 def _record(state: SandboxState, faults: list[Fault]) -> None:
     _faults_file(state).write_text(json.dumps([f.to_json() for f in faults], indent=2))
+
+
+CONTROLLER = "controller"
+"""The machine the sandbox runs on, as a fault's target: its link to the nodes can be capped."""
+
+
+def _controller_links(state: SandboxState) -> list[tuple[str | None, str]]:
+    """Its uplink (the veth end in the root namespace) and its downlink (the bridge-side end)."""
+    return [(None, state.host_interface), (state.bridge_namespace, "up0")]
+
+
+def _in(namespace: str | None, *argv: str) -> list[str]:
+    return list(argv) if namespace is None else netns(namespace, *argv)
 
 
 def _node(state: SandboxState, name: str) -> SandboxNode:
@@ -104,11 +118,15 @@ def _rule(port: int, mode: str) -> list[str]:
 
 
 def inject(name: str, node_name: str, kind: FaultKind, *, port: int | None = None, mode: str = "drop",
-           rate: str | None = None, delay: str | None = None) -> Fault:
+           rate: str | None = None, delay: str | None = None, path: str = SANDBOX_WORKDIR) -> Fault:
     check_prerequisites()
     state = load_state(name)
-    node = _node(state, node_name)
     faults = active(state)
+    if node_name == CONTROLLER:
+        return _cap_controller(state, faults, kind, rate)
+    node = _node(state, node_name)
+    if kind is FaultKind.FILL_DISK and not path.startswith("/"):
+        raise UsageError(f"fill-disk --path {path}: not an absolute path", fix="name a directory such as /tmp/data")
     if any(f.node == node.name and f.kind == kind for f in faults) and kind is not FaultKind.BLOCK_PORT:
         raise SandboxError(f"{node.name} already has a {kind.value} fault",
                            fix=f"`trainfleet sandbox fault clear {node.name} --name {name}` first")
@@ -141,10 +159,10 @@ def inject(name: str, node_name: str, kind: FaultKind, *, port: int | None = Non
         fault = Fault(node.name, kind, "links down")
     elif kind is FaultKind.FILL_DISK:
         enter = ["nsenter", "-t", str(node.sshd_pid), "-m", "--"]
-        run([*enter, "mkdir", "-p", SANDBOX_WORKDIR])
-        run([*enter, "mount", "-t", "tmpfs", "-o", f"size={FILL_SIZE}", "trainfleet-fault", SANDBOX_WORKDIR])
-        run([*enter, "dd", "if=/dev/zero", f"of={SANDBOX_WORKDIR}/.fill", "bs=1M", "count=64"], check=False)
-        fault = Fault(node.name, kind, f"{SANDBOX_WORKDIR} is a full {FILL_SIZE} tmpfs")
+        run([*enter, "mkdir", "-p", path])
+        run([*enter, "mount", "-t", "tmpfs", "-o", f"size={FILL_SIZE}", "trainfleet-fault", path])
+        run([*enter, "dd", "if=/dev/zero", f"of={path}/.fill", "bs=1M", "count=64"], check=False)
+        fault = Fault(node.name, kind, f"{path} is a full {FILL_SIZE} tmpfs", path)
     elif kind is FaultKind.KILL:
         if node.sshd_pid and running(node.sshd_pid):
             os.kill(node.sshd_pid, signal.SIGKILL)
@@ -155,15 +173,36 @@ def inject(name: str, node_name: str, kind: FaultKind, *, port: int | None = Non
     return fault
 
 
+def _cap_controller(state: SandboxState, faults: list[Fault], kind: FaultKind, rate: str | None) -> Fault:
+    if kind is not FaultKind.CAP:
+        raise UsageError(f"the controller can only be capped, not given a {kind.value} fault",
+                         fix="name a node for the other faults")
+    if any(f.node == CONTROLLER for f in faults):
+        raise SandboxError(f"the controller's link is already capped",
+                           fix=f"`trainfleet sandbox fault clear {CONTROLLER} --name {state.name}` first")
+    bits = _rate_bits(rate or "")
+    burst = max(64 * 1024, int(bits / 8 / 100))
+    for namespace, device in _controller_links(state):
+        run(_in(namespace, "tc", "qdisc", "replace", "dev", device, "root", "tbf", "rate", rate or "",
+                "burst", str(burst), "latency", "100ms"))
+    fault = Fault(CONTROLLER, kind, rate or "")
+    _record(state, faults + [fault])
+    return fault
+
+
 def clear(name: str, node_name: str | None = None) -> list[Fault]:
     """Undo the recorded faults of one node (or of all); returns what was undone."""
     tools = check_prerequisites()
     state = load_state(name)
     faults = active(state)
     chosen = [f for f in faults if node_name is None or f.node == node_name]
-    if node_name is not None:
+    if node_name is not None and node_name != CONTROLLER:
         _node(state, node_name)
     for fault in chosen:
+        if fault.node == CONTROLLER:
+            for namespace, device in _controller_links(state):
+                run(_in(namespace, "tc", "qdisc", "del", "dev", device, "root"), check=False)
+            continue
         node = _node(state, fault.node)
         if fault.kind is FaultKind.BLOCK_PORT:
             mode, port = fault.detail.split(":")
@@ -176,7 +215,8 @@ def clear(name: str, node_name: str | None = None) -> list[Fault]:
                 run(netns(namespace, "ip", "link", "set", device, "up"))
         elif fault.kind is FaultKind.FILL_DISK:
             if node.sshd_pid and running(node.sshd_pid):
-                run(["nsenter", "-t", str(node.sshd_pid), "-m", "--", "umount", SANDBOX_WORKDIR], check=False)
+                run(["nsenter", "-t", str(node.sshd_pid), "-m", "--", "umount", fault.path or SANDBOX_WORKDIR],
+                    check=False)
         elif fault.kind is FaultKind.KILL:
             state = _restart(state, node, tools)
     _record(state, [f for f in faults if f not in chosen])

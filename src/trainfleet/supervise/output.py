@@ -28,11 +28,27 @@ _CHATTER = (
     # torch imported where numpy is not installed (torch does not need it): twice per rank.
     re.compile(r"UserWarning: Failed to initialize NumPy: No module named 'numpy'"),
     re.compile(r"^\s+cpu = _conversion_method_template\(device=torch\.device\(\"cpu\"\)\)$"),
+    # A hung rank's stack dump (faulthandler's frames): the frames of the rank wrapper and runpy under the script's.
+    re.compile(r'^\s+File "(<frozen runpy>|[^"]*/rankwrap\.py)", line \d+ in '),
+    re.compile(r'^\s+\S+ \((<frozen runpy>|[^()]*/rankwrap\.py):\d+\)$'),  # the same, as py-spy prints them
 )
 _TORCH_PREFIX = re.compile(r"^\[rank\d+\]: ?")
 _TRACEBACK_START = "Traceback (most recent call last):"
 _TRACEBACK_CONTINUES = ("During handling of the above exception", "The above exception was the direct cause",
                         _TRACEBACK_START)
+
+
+def chatter(body: str) -> bool:
+    """A rank's line that is noise for the user (kept in the logs)."""
+    return any(p.search(body) for p in _CHATTER)
+
+
+def on_screen(text: str, ranks_marked: bool) -> bool:
+    """Whether a line of a job's output is the user's (not its launcher's or torch's noise)."""
+    match = RANK_LINE.match(text)
+    if match is None:
+        return not ranks_marked
+    return not chatter(match.group(2))
 
 
 @dataclass
@@ -84,7 +100,7 @@ class OutputRouter:
         elif rank is None:
             if not self.ranks_marked:
                 self.print(shown)
-        elif not any(p.search(body) for p in _CHATTER):
+        elif not chatter(body):
             self._rank_line((node, rank), body, shown)
 
     def _rank_line(self, key: tuple[str, int], body: str, shown: str) -> None:

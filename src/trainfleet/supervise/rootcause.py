@@ -44,6 +44,11 @@ class Failure:
     def who(self) -> str:
         return f"rank {self.rank} on {self.node}" if self.rank is not None else f"node {self.node}"
 
+    @property
+    def cause_only(self) -> bool:
+        """The summary already says what happened to the node ("node2 was lost ...")."""
+        return self.rank is None and self.summary.startswith((self.node, "hung"))
+
 
 @dataclass(frozen=True)
 class RootCause:
@@ -51,6 +56,8 @@ class RootCause:
     others: tuple[Failure, ...] = ()
 
     def headline(self) -> str:
+        if self.first.cause_only:
+            return self.first.summary
         return f"{self.first.who} failed first: {self.first.summary}"
 
     def others_line(self) -> str | None:
@@ -78,12 +85,31 @@ def _consequence(text: str) -> str | None:
 
 def find_root_cause(states: Mapping[str, JobState], exits: Sequence[RankExit],
                     rank_tails: Mapping[tuple[str, int], Sequence[str]], node_tails: Mapping[str, Sequence[str]],
-                    records: Mapping[str, Sequence[ErrorRecord]] | None = None) -> RootCause | None:
+                    records: Mapping[str, Sequence[ErrorRecord]] | None = None,
+                    lost: Mapping[str, str] | None = None) -> RootCause | None:
     """None when nothing failed (or everything was only stopped). `records`: failure
-    records from nodes where the job's own runner started the ranks."""
+    records from nodes where the job's own runner started the ranks; `lost`: nodes lost
+    while the job ran. A hang, or a lost node, comes before what followed from it."""
+    ended = [s for s in states.values() if s.state != "succeeded"]
+    if states and not ended and not (lost and len(lost) == len(states) + len(lost)):
+        return None  # every node's part succeeded (after restarts, perhaps): earlier failures are history
+    hung = [s for s in states.values() if s.hang or s.reason.startswith("hung")]
+    if hung and ended:
+        why = next((s.reason for s in hung if s.reason.startswith("hung")), "hung")
+        report = "\n".join(f"{s.node}: {s.hang}" for s in sorted(states.values(), key=lambda s: s.node) if s.hang)
+        return RootCause(first=Failure(node=hung[0].node, rank=None, exit_code=1, summary=why, detail=report))
+    gone = dict(lost or {})
+    for state in states.values():
+        for name in state.lost:
+            gone.setdefault(name, state.reason if name in state.reason else f"{name} was lost")
+    if gone and (ended or len(gone) == len(states) + len(gone)):
+        name, why = next(iter(gone.items()))
+        return RootCause(first=Failure(node=name, rank=None, exit_code=1, summary=why, detail=""))
     failures: dict[tuple[str, int], Failure] = {}
     found = [(node, record) for node, state in states.items() for record in state.errors]
     found += [(node, record) for node, listed in (records or {}).items() for record in listed]
+    latest = max((record.attempt for _, record in found), default=0)
+    found = [(node, record) for node, record in found if record.attempt == latest]
     for node, record in found:
         stopped = record.kind == "signal" and any(name in record.summary for name in _STOP_SIGNALS)
         failures[(node, record.rank)] = Failure(

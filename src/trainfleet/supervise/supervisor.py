@@ -11,14 +11,15 @@ is still running; nothing is assumed.
 from __future__ import annotations
 
 import asyncio
+import secrets as secrets_module
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainfleet.agent.protocol import (ErrorRecord, JobState, LaunchRequest, OutputEvent, PrepareRequest, Proc,
-                                       StopRequest, SweepRequest, decode)
+from trainfleet.agent.protocol import (ErrorRecord, JobState, LaunchRequest, LostEvent, Mesh, OutputEvent,
+                                       PrepareRequest, Proc, StopRequest, SweepRequest, decode)
 from trainfleet.launchers.base import Launcher, LaunchPlan
 from trainfleet.results import fold_nodes
 from trainfleet.supervise.output import OutputRouter, Printer
@@ -38,6 +39,8 @@ class RunOutcome:
     unreachable: Mapping[str, str] = field(default_factory=dict)
     """Nodes whose final state could not be learned, and why."""
     seconds: float = 0.0
+    lost: Mapping[str, str] = field(default_factory=dict)
+    """Nodes lost while the job ran (it ended, or went on without them), and why."""
 
 
 @dataclass
@@ -57,6 +60,44 @@ class Supervisor:
     verbose: bool = False
     on_status: Callable[[str], None] = lambda text: None
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    mesh_port: int = 0
+    coordinator: str = ""
+    """Node 0's training address: the job's node supervisors meet there."""
+    min_nodes: int = 0
+    hang_timeout: float = 0.0
+    holds_lock: bool = False
+    detach: bool = False
+    lost: dict[str, str] = field(default_factory=dict)
+    """Nodes the job lost while it ran, and why."""
+
+    def requests(self) -> dict[str, LaunchRequest]:
+        """Each node's launch, as its agent gets it."""
+        token = secrets_module.token_hex(16)
+        names = [launch.node for launch in self.plan.nodes]
+        found = {}
+        for launch in self.plan.nodes:
+            mesh = Mesh(coordinator=self.coordinator, port=self.mesh_port, token=token, nodes=names, node=launch.node,
+                        min_nodes=self.min_nodes, hang_timeout=self.hang_timeout) if self.mesh_port else None
+            found[launch.node] = LaunchRequest(
+                job_id=self.plan.job_id, argv=list(launch.argv), cwd=launch.cwd, workdir=self.workdir,
+                env=dict(launch.env), secrets=dict(self.secrets), files=self._files(launch.site), grace=self.grace,
+                site=launch.site, path=list(launch.path), after=[list(c) for c in launch.after],
+                deepspeed_env=dict(launch.runner_env), mesh=mesh, detach=self.detach,
+                holds_lock=self.holds_lock and launch.node_rank == 0,
+                nproc=launch.nproc if self.launcher.wraps_ranks else 0, launcher=self.plan.launcher)
+        return found
+
+    async def start_detached(self) -> dict[str, JobState]:
+        """Every node's part started (each node answers once its ranks run); nothing streams."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        (self.log_dir / "plan.txt").write_text(self.plan.render())
+        await self._prepare()
+        requests = self.requests()
+        replies = await self.session.call_all(lambda node: requests.get(node.name), timeout=None)
+        if replies.failures:
+            await self._stop(list(replies.answers), "stopped: another node could not start")
+            replies.require("cannot start the job")
+        return replies.answers
 
     async def run(self) -> RunOutcome:
         started = time.monotonic()
@@ -69,15 +110,10 @@ class Supervisor:
         errors: dict[str, str] = {}
         tasks: dict[asyncio.Task[JobState], str] = {}
         await self._prepare()
-        for launch in self.plan.nodes:
-            request = LaunchRequest(job_id=self.plan.job_id, argv=list(launch.argv), cwd=launch.cwd,
-                                    workdir=self.workdir, env=dict(launch.env), secrets=dict(self.secrets),
-                                    files=self._files(launch.site), grace=self.grace, site=launch.site,
-                                    path=list(launch.path), after=[list(c) for c in launch.after],
-                                    deepspeed_env=dict(launch.runner_env))
-            handler = self._on_event(router, launch.node)
-            task = asyncio.ensure_future(self.session.call(launch.node, request, on_event=handler))
-            tasks[task] = launch.node
+        for node, request in self.requests().items():
+            handler = self._on_event(router, node, tasks)
+            task = asyncio.ensure_future(self.session.call(node, request, on_event=handler))
+            tasks[task] = node
         ticker = asyncio.ensure_future(self._tick(router))
         try:
             cancelled = await self._wait(tasks, states, errors, router)
@@ -97,18 +133,19 @@ class Supervisor:
                  for e in self.launcher.rank_exits(node, list(router.node_lines.get(node, ())))]
         root = None if cancelled else find_root_cause(
             states, exits, {key: list(lines) for key, lines in router.rank_lines.items()},
-            {node: router.node_tail(node) for node in states}, records)
+            {node: router.node_tail(node) for node in states}, records, self.lost)
         if cancelled:
             code = 130
         elif root is not None:
             code = root.first.exit_code if 0 < root.first.exit_code < 256 else 1
-        elif errors:
+        elif set(errors) - set(self.lost):  # a node lost and left behind (--min-nodes) is no failure of the job
             code = 1
         else:
             code = 0
         return RunOutcome(job_id=self.plan.job_id, exit_code=code, cancelled=cancelled, root_cause=root,
-                          states=states, left_running=left, unreachable=errors,
-                          seconds=time.monotonic() - started)
+                          states=states, left_running=left,
+                          unreachable={n: e for n, e in errors.items() if n not in self.lost},
+                          seconds=time.monotonic() - started, lost=dict(self.lost))
 
     def _files(self, site: bool) -> dict[str, str]:
         files = dict(self.files)
@@ -126,12 +163,30 @@ class Supervisor:
              for p in self.plan.prepare if p.node == node.name), None), timeout=60)
         replies.require("cannot prepare the nodes for the job")
 
-    def _on_event(self, router: OutputRouter, node: str) -> Callable[[dict[str, Any]], None]:
+    def _on_event(self, router: OutputRouter, node: str,
+                  tasks: dict[asyncio.Task[JobState], str]) -> Callable[[dict[str, Any]], None]:
         def handle(event: dict[str, Any]) -> None:
+            if "lost" in event:
+                self._lost(decode(LostEvent, event), tasks)
+                return
             for _, text in decode(OutputEvent, event).lines:
                 router.take(node, text)
 
         return handle
+
+    def _lost(self, event: LostEvent, tasks: dict[asyncio.Task[JobState], str]) -> None:
+        """Node 0's supervisor lost a node: its connection here may take a minute to
+        notice, so its part is given up on now."""
+        for name in event.lost:
+            if name in self.lost:
+                continue
+            self.lost[name] = event.reason if name in event.reason else f"{name} was lost"
+            goes_on = self.min_nodes and len(self.plan.nodes) - len(self.lost) >= self.min_nodes
+            self.on_status(f"{name} was lost; " + (f"the job goes on without it (--min-nodes {self.min_nodes})"
+                                                   if goes_on else "the job ends on every node"))
+            for task, node in tasks.items():
+                if node == name and not task.done():
+                    task.cancel()
 
     async def _tick(self, router: OutputRouter) -> None:
         while True:
@@ -163,14 +218,18 @@ class Supervisor:
         finally:
             cancel.cancel()
 
-    @staticmethod
-    def _record(task: asyncio.Task[JobState], node: str, states: dict[str, JobState], errors: dict[str, str]) -> bool:
-        """Keep what a finished launch call says; True when it is a failure."""
+    def _record(self, task: asyncio.Task[JobState], node: str, states: dict[str, JobState],
+                errors: dict[str, str]) -> bool:
+        """Keep what a finished launch call says; True when it is a failure that should
+        end the others (a lost node is the node supervisors' to deal with)."""
         try:
             state = task.result()
+        except asyncio.CancelledError:
+            errors[node] = self.lost.get(node, "lost")
+            return False
         except (AgentFailed, AgentError) as exc:
-            errors[node] = str(exc)
-            return True
+            errors[node] = self.lost.get(node, str(exc))
+            return not self.mesh_port
         states[node] = state
         return state.state != "succeeded"
 
@@ -206,8 +265,8 @@ class Supervisor:
         and the failure records those sweeps found."""
         left = {node: state.left for node, state in states.items() if state.left}
         launched = {launch.node for launch in self.plan.nodes}
-        unchecked = [n.name for n in self.session.nodes
-                     if (n.name in errors or n.name not in launched) and n.name not in self.session.failures]
+        unchecked = [n.name for n in self.session.nodes if (n.name in errors or n.name not in launched)
+                     and n.name not in self.session.failures and n.name not in self.lost]
         records: dict[str, list[ErrorRecord]] = {}
 
         async def sweep(node: str) -> None:

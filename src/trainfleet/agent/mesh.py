@@ -1,0 +1,281 @@
+"""The job's node supervisors, watching each other without the controller.
+
+Node 0's supervisor is the coordinator: every other node's supervisor connects to it
+(over the training network, with the job's token) and each side sends a heartbeat every
+second, with the time its ranks last wrote a line. A node whose connection closes, or
+that is silent for `loss_timeout` seconds, is lost: the coordinator then ends the job on
+every node at once (naming the node), or, when the job may continue on fewer nodes,
+ends only the survivors' ranks so that torchrun's agents restart them and meet again
+without it. A node that loses the coordinator ends its own part of the job. When no rank
+anywhere has written for `hang_timeout` seconds, every node dumps its ranks' stacks
+and the job ends. Messages are JSON lines; stdlib only.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from .protocol import Mesh
+
+BEAT = 1.0
+
+
+def _send(sock: socket.socket, lock: threading.Lock, message: Dict[str, Any]) -> bool:
+    data = (json.dumps(message) + "\n").encode()
+    try:
+        with lock:
+            sock.sendall(data)
+        return True
+    except OSError:
+        return False
+
+
+def _lines(sock: socket.socket, alive: Callable[[], bool]):  # type: ignore[no-untyped-def]
+    """Messages from `sock` until it closes (or fails): None for each quiet second."""
+    sock.settimeout(BEAT)
+    pending = b""
+    while alive():
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            yield None
+            continue
+        except OSError:
+            return
+        if not chunk:
+            return
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
+
+
+class Node:
+    """What a supervisor offers the mesh (implemented by jobs._Supervisor)."""
+
+    last_output: float
+    ended: bool
+    ended_by_mesh: bool
+    stop: threading.Event
+    """Set once this node's part is ending, for whatever reason."""
+
+    def stop_job(self, reason: str, lost: Optional[str] = None) -> None: ...
+
+    def restart_ranks(self, lost: str) -> None: ...
+
+    def dump_stacks(self) -> None: ...
+
+    def note_lost(self, node: str) -> None: ...
+
+
+class Coordinator:
+    def __init__(self, mesh: Mesh, node: Node) -> None:
+        self.mesh = mesh
+        self.node = node
+        self.peers: Dict[str, socket.socket] = {}
+        self.locks: Dict[str, threading.Lock] = {}
+        self.beats: Dict[str, float] = {}
+        self.outputs: Dict[str, float] = {}
+        self.ended: Dict[str, bool] = {}
+        self.lost: List[str] = []
+        self.started = time.time()
+        self.guard = threading.Lock()
+        self.server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("0.0.0.0", mesh.port))
+        self.server.listen(64)
+
+    def start(self) -> None:
+        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.node.ended:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        messages = _lines(conn, lambda: not self.node.ended)
+        hello = next((m for m in messages if m is not None), None)
+        if not hello or hello.get("token") != self.mesh.token or hello.get("hello") not in self.mesh.nodes:
+            conn.close()
+            return
+        name = hello["hello"]
+        with self.guard:
+            if name in self.lost:  # a lost node that comes back does not rejoin this job
+                _send(conn, threading.Lock(), {"stop": "this node was lost and left behind"})
+                conn.close()
+                return
+            self.peers[name] = conn
+            self.locks[name] = threading.Lock()
+            self.beats[name] = time.time()
+        for message in messages:
+            if message is None:
+                continue
+            with self.guard:
+                self.beats[name] = time.time()
+                self.outputs[name] = float(message.get("last_output", 0.0))
+                if message.get("ended"):
+                    self.ended[name] = True
+                    # A part that was stopped was stopped by what stops the others too (a user, the mesh).
+                    failed = message.get("state") == "failed"
+            if message.get("ended") and failed and not self.mesh.min_nodes and not self.node.stop.is_set():
+                # Without the others' ranks noticing, a part that failed alone would leave them waiting.
+                self.broadcast({"stop": "%s's part of the job %s" % (name, message["state"])})
+                self.node.stop_job("%s's part of the job %s" % (name, message["state"]))
+        with self.guard:
+            closed = not self.ended.get(name) and name not in self.lost
+        if closed:
+            self._lose(name, "its connection closed")
+
+    def broadcast(self, message: Dict[str, Any]) -> None:
+        with self.guard:
+            peers = [(n, s) for n, s in self.peers.items() if n not in self.lost]
+        for name, sock in peers:
+            _send(sock, self.locks[name], message)
+
+    def _lose(self, name: str, why: str) -> None:
+        with self.guard:
+            # While the job ends, every connection closes: that is no loss.
+            if name in self.lost or self.node.ended or self.node.stop.is_set():
+                return
+            self.lost.append(name)
+            survivors = len(self.mesh.nodes) - len(self.lost)
+        reason = "%s was lost (%s)" % (name, why)
+        self.node.note_lost(name)
+        self.broadcast({"lost": name})
+        if self.mesh.min_nodes and survivors >= self.mesh.min_nodes:
+            self.broadcast({"restart": name})
+            self.node.restart_ranks(name)
+        else:
+            self.broadcast({"stop": reason, "lost_node": name})
+            self.node.stop_job(reason, lost=name)
+
+    def _watch(self) -> None:
+        hung = False
+        while not self.node.ended:
+            time.sleep(0.25)
+            now = time.time()
+            with self.guard:
+                beats = dict(self.beats)
+                connected = set(self.peers)
+                outputs = list(self.outputs.values()) + [self.node.last_output]
+            for name, sock in list(self.peers.items()):
+                _send(sock, self.locks[name], {"beat": now})
+            for name in self.mesh.nodes:
+                if name == self.mesh.node or name in self.lost or self.ended.get(name):
+                    continue
+                if name not in connected:
+                    if now - self.started > self.mesh.join_timeout:
+                        self._lose(name, "its supervisor never joined")
+                elif now - beats.get(name, now) > self.mesh.loss_timeout:
+                    self._lose(name, "no heartbeat for %.0fs" % self.mesh.loss_timeout)
+            if self.mesh.hang_timeout and not hung and now - max(outputs) > self.mesh.hang_timeout:
+                hung = True
+                # Apart from this loop, whose heartbeats must go on while the stacks are taken.
+                threading.Thread(target=self._end_hung, daemon=True).start()
+
+    def _end_hung(self) -> None:
+        self.broadcast({"dump": True})
+        self.node.dump_stacks()
+        time.sleep(3)  # the dumps reach each node's log
+        reason = "hung: no rank wrote anything for %.0fs" % self.mesh.hang_timeout
+        self.broadcast({"stop": reason})
+        self.node.stop_job(reason)
+
+    def finish(self, state: str) -> None:
+        """Node 0's own part ended: if it failed, the others cannot go on; if it succeeded,
+        the coordinator stays until every other part has ended (or is lost), so that the
+        others are still watched and the fleet's lock is held while any part runs."""
+        if state == "failed" and not self.node.ended_by_mesh:
+            self.broadcast({"stop": "%s's part of the job %s" % (self.mesh.node, state)})
+        if state != "succeeded":
+            return
+        while not self.node.stop.is_set():
+            with self.guard:
+                left = [n for n in self.mesh.nodes
+                        if n != self.mesh.node and not self.ended.get(n) and n not in self.lost]
+            if not left:
+                return
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        try:
+            self.server.close()
+        except OSError:
+            pass
+
+
+class Member:
+    """A node other than node 0, in touch with the coordinator."""
+
+    def __init__(self, mesh: Mesh, node: Node) -> None:
+        self.mesh = mesh
+        self.node = node
+        self.sock: Optional[socket.socket] = None
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _connect(self) -> Optional[socket.socket]:
+        deadline = time.time() + self.mesh.join_timeout
+        while time.time() < deadline and not self.node.ended:
+            try:
+                return socket.create_connection((self.mesh.coordinator, self.mesh.port), timeout=2)
+            except OSError:
+                time.sleep(0.5)
+        return None
+
+    def _run(self) -> None:
+        sock = self._connect()
+        if sock is None:
+            if not self.node.ended:
+                self.node.stop_job("%s (the coordinator) could not be reached" % self.mesh.nodes[0],
+                                   lost=self.mesh.nodes[0])
+            return
+        self.sock = sock
+        _send(sock, self.lock, {"hello": self.mesh.node, "token": self.mesh.token})
+        threading.Thread(target=self._beat, daemon=True).start()
+        heard = time.time()
+        released = False
+        for message in _lines(sock, lambda: not self.node.ended):
+            now = time.time()
+            if message is None:
+                if now - heard > self.mesh.loss_timeout and not released:
+                    break
+                continue
+            heard = now
+            if "lost" in message:
+                self.node.note_lost(message["lost"])
+            if "stop" in message:
+                released = True  # the coordinator ends the job: its going away next is no loss
+                self.node.stop_job(message["stop"], lost=message.get("lost_node"))
+            elif "restart" in message:
+                self.node.restart_ranks(message["restart"])
+            elif "dump" in message:
+                threading.Thread(target=self.node.dump_stacks, daemon=True).start()
+        if not self.node.ended and not released and not self.node.stop.is_set():
+            head = self.mesh.nodes[0]
+            self.node.stop_job("%s (the coordinator) was lost" % head, lost=head)
+
+    def _beat(self) -> None:
+        while not self.node.ended and self.sock is not None:
+            if not _send(self.sock, self.lock, {"last_output": self.node.last_output}):
+                return
+            time.sleep(BEAT)
+
+    def finish(self, state: str) -> None:
+        """Tell the coordinator this node's part has ended (so it is not taken for lost)."""
+        if self.sock is not None:
+            _send(self.sock, self.lock, {"ended": True, "state": state, "last_output": self.node.last_output})

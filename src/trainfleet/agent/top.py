@@ -1,0 +1,91 @@
+"""`trainfleet top` on one node: CPU, memory and GPUs, and each running job's share."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Dict, List, Optional, Tuple
+
+from . import jobs, procs
+from .protocol import TopJob, TopReply, TopRequest
+
+STEP = re.compile(r"\bstep[ =:]+(\d+)", re.IGNORECASE)
+
+
+def _cpu_total() -> Tuple[float, float]:
+    with open("/proc/stat") as handle:
+        values = [float(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0.0)
+    return sum(values), idle
+
+
+def _process_ticks(pid: int) -> float:
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return float(fields[11]) + float(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open("/proc/%d/statm" % pid) as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _memory() -> Tuple[int, int]:
+    info: Dict[str, int] = {}
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            name, _, rest = line.partition(":")
+            info[name] = int(rest.split()[0]) * 1024
+    return info["MemTotal"] - info.get("MemAvailable", info.get("MemFree", 0)), info["MemTotal"]
+
+
+def _gpus() -> List[Dict[str, object]]:
+    from .facts import run_quiet
+
+    out = run_quiet(["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used,memory.total",
+                     "--format=csv,noheader,nounits"], timeout=10) or ""
+    found = []
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 4:
+            found.append({"index": parts[0], "util": float(parts[1]), "memory_used": float(parts[2]) * 2**20,
+                          "memory_total": float(parts[3]) * 2**20})
+    return found
+
+
+def steps_per_second(lines: List[Tuple[float, str]]) -> Optional[float]:
+    """From the step counter in the last minute of output (`step 120 ...`)."""
+    recent = [(moment, int(m.group(1))) for moment, text in lines[-400:] for m in [STEP.search(text)] if m]
+    recent = [(t, n) for t, n in recent if t >= lines[-1][0] - 60] if lines else []
+    if len(recent) < 2 or recent[-1][0] <= recent[0][0] or recent[-1][1] <= recent[0][1]:
+        return None
+    return (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
+
+
+def top(request: TopRequest) -> TopReply:
+    running = {job_id: state for job_id, state in jobs.list_states(request.workdir).items()
+               if jobs.live_state(request.workdir, state).state in ("starting", "running")}
+    members = {job_id: procs.job_processes(job_id) for job_id in running}
+    total0, idle0 = _cpu_total()
+    ticks0 = {p.pid: _process_ticks(p.pid) for listed in members.values() for p in listed}
+    time.sleep(request.interval)
+    total1, idle1 = _cpu_total()
+    elapsed = max(total1 - total0, 1.0)
+    cores = os.cpu_count() or 1
+    found = []
+    for job_id, listed in members.items():
+        used = sum(_process_ticks(p.pid) - ticks0.get(p.pid, 0.0) for p in listed)
+        lines = jobs._log_lines(os.path.join(jobs.job_dir(request.workdir, job_id), jobs.LOG_NAME))
+        found.append(TopJob(job_id=job_id, processes=len(listed), cpu_percent=round(100.0 * used / elapsed * cores, 1),
+                            rss_bytes=sum(_rss(p.pid) for p in listed), last_line=lines[-1][1][:200] if lines else "",
+                            steps_per_s=steps_per_second(lines)))
+    used_memory, total_memory = _memory()
+    return TopReply(cpu_percent=round(100.0 * (1 - (idle1 - idle0) / elapsed), 1), memory_used=used_memory,
+                    memory_total=total_memory, gpus=_gpus(), jobs=found)

@@ -1,0 +1,152 @@
+"""`trainfleet status | logs | stop | top`: the fleet's jobs, from any machine with the fleet file."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import json
+import sys
+
+import click
+
+from trainfleet.cli.app import cli, echo_err, fleet_option, load, print_line, select, status
+
+
+def _when(moment: float | None) -> str:
+    return _dt.datetime.fromtimestamp(moment).strftime("%m-%d %H:%M:%S") if moment else "-"
+
+
+@cli.command(name="status")
+@fleet_option
+@click.argument("job_id", required=False, default="")
+@click.option("--json", "as_json", is_flag=True)
+def status_command(fleet_file: str | None, job_id: str, as_json: bool) -> None:
+    """The fleet's jobs: state, nodes, start time, exit codes and, for a failure, its root cause."""
+    from trainfleet.ops.jobs import status as job_status
+    from trainfleet.results import fold_nodes
+
+    fleet = load(fleet_file)
+    found = asyncio.run(job_status(fleet, job_id))
+    if as_json:
+        click.echo(json.dumps([v.to_json() for v in found], indent=2))
+        return
+    if not found:
+        click.echo("no jobs on this fleet's nodes")
+    for view in found:
+        codes = ",".join(sorted({str(s.exit_code) for s in view.nodes.values() if s.exit_code is not None})) or "-"
+        line = (f"{view.job_id}  {view.state:9}  {fold_nodes(view.nodes)}  started {_when(view.started)}  "
+                f"ended {_when(view.ended)}  exit {codes}")
+        if view.lost:
+            line += f"  lost {fold_nodes(view.lost)}"
+        if view.unreachable:
+            line += f"  unreachable now: {fold_nodes(view.unreachable)}"
+        click.echo(line)
+        root = view.root_cause()
+        if view.state in ("stopped", "lost") and view.reason and root is None:
+            click.echo(f"  {view.reason}")
+        if root is not None and (job_id or view is found[0]):
+            click.echo(f"  {root.headline()}")
+            for text in root.first.detail.rstrip().splitlines()[-10:]:
+                click.echo(f"  | {text}")
+
+
+@cli.command()
+@fleet_option
+@click.argument("job_id")
+@click.option("--follow", is_flag=True, help="go on printing until the job ends (re-attaches to a detached job)")
+@click.option("--node", "node_names", metavar="NODES", help="only these nodes (node[0-1], a,b)")
+@click.option("--rank", type=int, help="only this rank")
+@click.option("--since", help="from this long ago (10m, 2h) or this time (2026-11-23T12:30)")
+@click.option("-v", "--verbose", is_flag=True, help="also the launcher's own lines")
+def logs(fleet_file: str | None, job_id: str, follow: bool, node_names: str | None, rank: int | None,
+         since: str | None, verbose: bool) -> None:
+    """A job's output from every node, merged as `[node:rank] line`."""
+    from trainfleet.ops.jobs import logs as job_logs
+    from trainfleet.ops.jobs import parse_since
+
+    fleet = load(fleet_file)
+    nodes = select(fleet, node_names)
+    start = parse_since(since) if since else 0.0
+    try:
+        states = asyncio.run(job_logs(fleet, job_id, nodes, rank=rank, since=start, follow=follow, printer=print_line,
+                                      verbose=verbose))
+    except KeyboardInterrupt:
+        echo_err("trainfleet: stopped following (the job goes on)")
+        sys.exit(130)
+    if follow and states:
+        ended = {s.state for s in states.values()}
+        status(f"job {job_id} ended: {', '.join(sorted(ended))}")
+        if ended != {"succeeded"}:
+            sys.exit(1)
+
+
+@cli.command()
+@fleet_option
+@click.argument("job_id")
+@click.option("--grace", type=float, default=10.0, show_default=True, help="seconds between SIGTERM and SIGKILL")
+def stop(fleet_file: str | None, job_id: str, grace: float) -> None:
+    """End every process of JOB_ID on every node (found by the job's id, nothing else), then check."""
+    from trainfleet.ops.jobs import stop as stop_job
+    from trainfleet.results import fold_nodes
+
+    fleet = load(fleet_file)
+    view = asyncio.run(stop_job(fleet, job_id, grace))
+    click.echo(f"job {job_id}: {view.state} on {fold_nodes(view.nodes)}; nothing of it is left running"
+               + (f" (unreachable: {fold_nodes(view.unreachable)})" if view.unreachable else ""))
+
+
+@cli.command()
+@fleet_option
+@click.option("--once", is_flag=True, help="print one table and leave")
+@click.option("--interval", type=float, default=2.0, show_default=True)
+def top(fleet_file: str | None, once: bool, interval: float) -> None:
+    """A live table per node: CPU, memory, GPUs, and each running job's processes, last line and steps/s."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    from rich.markup import escape
+
+    from trainfleet.launchers.base import RANK_LINE
+    from trainfleet.ops.jobs import top as look
+    from trainfleet.transport.session import FleetSession
+
+    def shown_line(text: str) -> str:
+        match = RANK_LINE.match(text)
+        return escape(f"rank {match.group(1)}: {match.group(2)}" if match else text)
+
+    fleet = load(fleet_file)
+
+    def table(answers, failures) -> Table:  # type: ignore[no-untyped-def]
+        grid = Table(header_style="bold")
+        for column in ("node", "cpu", "memory", "gpus", "job", "procs", "job cpu", "steps/s", "last line"):
+            grid.add_column(column, overflow="fold")
+        for node in fleet.nodes:
+            if node.name in failures:
+                grid.add_row(node.name, "-", "-", "-", escape(failures[node.name]), "", "", "", "")
+                continue
+            answer = answers[node.name]
+            gpus = " ".join(f"{g['util']:.0f}%/{g['memory_used'] / 2**30:.0f}G" for g in answer.gpus) or "none"
+            memory = f"{answer.memory_used / 2**30:.1f}/{answer.memory_total / 2**30:.0f}G"
+            jobs = answer.jobs or [None]
+            for job in jobs:
+                grid.add_row(node.name, f"{answer.cpu_percent:.0f}%", memory, gpus, job.job_id if job else "-",
+                             str(job.processes) if job else "", f"{job.cpu_percent:.0f}%" if job else "",
+                             f"{job.steps_per_s:.2f}" if job and job.steps_per_s else "",
+                             shown_line(job.last_line) if job else "")
+        return grid
+
+    async def watch() -> None:
+        async with await FleetSession.open(fleet) as session:
+            if once:
+                Console(width=200).print(table(*await look(session)))
+                return
+            with Live(table(*await look(session)), refresh_per_second=1) as live:
+                while True:
+                    await asyncio.sleep(interval)
+                    live.update(table(*await look(session)))
+
+    try:
+        asyncio.run(watch())
+    except KeyboardInterrupt:
+        pass

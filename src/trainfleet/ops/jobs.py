@@ -1,0 +1,198 @@
+"""`trainfleet status | logs | stop | top`: jobs as the nodes keep them.
+
+A job's records live on its nodes (state, output, failure records), so any machine with
+the fleet file sees the same, and a detached job needs no client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainfleet.agent.protocol import (FollowRequest, JobsRequest, JobState, OutputEvent, StopRequest, SweepRequest,
+                                       TopReply, TopRequest, decode)
+from trainfleet.errors import TrainfleetError, UsageError
+from trainfleet.fleet.model import Fleet, Node
+from trainfleet.launchers.base import RANK_LINE
+from trainfleet.supervise.output import on_screen
+from trainfleet.supervise.rootcause import RootCause, find_root_cause
+from trainfleet.transport.agent_client import AgentError, AgentFailed
+from trainfleet.transport.session import FleetSession
+
+ORDER = ("running", "starting", "failed", "lost", "stopped", "succeeded")
+WRAPPED = {"torchrun", "deepspeed", "accelerate"}
+"""Launchers whose ranks mark their lines (the node's own lines are the launcher's)."""
+
+
+@dataclass
+class JobView:
+    job_id: str
+    nodes: dict[str, JobState] = field(default_factory=dict)
+    unreachable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def state(self) -> str:
+        states = {s.state for s in self.nodes.values()}
+        for name in ORDER:
+            if name in states:
+                return name
+        return "unknown"
+
+    @property
+    def started(self) -> float:
+        return min(s.started for s in self.nodes.values())
+
+    @property
+    def ended(self) -> float | None:
+        ends = [s.ended for s in self.nodes.values()]
+        return None if any(e is None for e in ends) else max(e for e in ends if e is not None)
+
+    @property
+    def lost(self) -> list[str]:
+        return sorted({n for s in self.nodes.values() for n in s.lost})
+
+    def root_cause(self) -> RootCause | None:
+        if self.state not in ("failed", "lost"):
+            return None
+        return find_root_cause(self.nodes, [], {}, {})
+
+    @property
+    def reason(self) -> str:
+        """Why it ended, when it was stopped or lost (the first node's word for it)."""
+        return next((s.reason for s in self.nodes.values() if s.reason), "")
+
+    def to_json(self) -> dict[str, Any]:
+        root = self.root_cause()
+        return {
+            "job_id": self.job_id, "state": self.state, "started": self.started, "ended": self.ended,
+            "lost": self.lost, "unreachable": self.unreachable, "reason": self.reason,
+            "root_cause": None if root is None else {"summary": root.headline(), "node": root.first.node,
+                                                     "rank": root.first.rank, "exit_code": root.first.exit_code,
+                                                     "signal": root.first.signal, "detail": root.first.detail},
+            "nodes": {n: {"state": s.state, "exit_code": s.exit_code, "signal": s.signal, "reason": s.reason,
+                          "started": s.started, "ended": s.ended, "hang": s.hang} for n, s in self.nodes.items()},
+        }
+
+
+async def views(session: FleetSession, job_id: str = "") -> list[JobView]:
+    fleet = session.fleet
+    replies = await session.call_all(JobsRequest(workdir=fleet.workdir, job_id=job_id), timeout=30)
+    found: dict[str, JobView] = {}
+    for node, answer in replies.answers.items():
+        for state in answer.states:
+            found.setdefault(state.job_id, JobView(state.job_id)).nodes[node] = state
+    for view in found.values():
+        for node, failed in replies.failures.items():
+            view.unreachable[node] = failed.error or "no answer"
+    if job_id and job_id not in found:
+        where = " (unreachable: " + ", ".join(replies.failures) + ")" if replies.failures else ""
+        raise UsageError(f"no job {job_id} on this fleet's nodes{where}", fix="`trainfleet status` lists them")
+    return sorted(found.values(), key=lambda v: v.started, reverse=True)
+
+
+async def status(fleet: Fleet, job_id: str = "") -> list[JobView]:
+    async with await FleetSession.open(fleet) as session:
+        return await views(session, job_id)
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """`10m`, `2h`, `30s`, `1d` ago, or a time as `2026-11-23T12:30` (local)."""
+    import datetime as _dt
+
+    now = time.time() if now is None else now
+    match = _DURATION.match(text.strip())
+    if match:
+        return now - float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    try:
+        return _dt.datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise UsageError(f"--since {text!r} is not understood", fix="write it like 10m, 2h or 2026-11-23T12:30") \
+            from None
+
+
+def matches(text: str, rank: int | None) -> bool:
+    if rank is None:
+        return True
+    match = RANK_LINE.match(text)
+    return match is not None and int(match.group(1)) == rank
+
+
+def shown(node: str, text: str) -> str:
+    match = RANK_LINE.match(text)
+    return f"[{node}:{match.group(1)}] {match.group(2)}" if match else f"[{node}] {text}"
+
+
+async def logs(fleet: Fleet, job_id: str, nodes: Iterable[Node], *, rank: int | None, since: float, follow: bool,
+               printer: Callable[[str], None], verbose: bool = False) -> dict[str, JobState]:
+    """The job's output, merged: all of it in time order, or (following) as it comes, until
+    it ends; the launcher's chatter only with `verbose`, as `run` shows it."""
+    chosen = list(nodes)
+    collected: list[tuple[float, str]] = []
+    marked = {True}
+
+    def take(node: str) -> Callable[[dict[str, Any]], None]:
+        def handle(event: dict[str, Any]) -> None:
+            if "lines" not in event:
+                return
+            for moment, text in decode(OutputEvent, event).lines:
+                if (verbose or on_screen(text, next(iter(marked)))) and matches(text, rank):
+                    if follow:
+                        printer(shown(node, text))
+                    else:
+                        collected.append((moment, shown(node, text)))
+        return handle
+
+    async with await FleetSession.open(fleet, chosen) as session:
+        known = await views(session, job_id)
+        launchers = {s.launcher for s in known[0].nodes.values()}
+        marked.clear()
+        marked.add(bool(launchers & WRAPPED))
+        states: dict[str, JobState] = {}
+
+        async def one(node: Node) -> None:
+            if node.name not in known[0].nodes:
+                return
+            try:
+                states[node.name] = await session.call(
+                    node.name, FollowRequest(job_id=job_id, workdir=fleet.workdir, since=since, follow=follow),
+                    on_event=take(node.name), timeout=None)
+            except (AgentFailed, AgentError) as exc:
+                printer(f"[trainfleet] {node.name}: {exc}")
+
+        await asyncio.gather(*(one(n) for n in chosen))
+    for _, line in sorted(collected, key=lambda item: item[0]):
+        printer(line)
+    return states
+
+
+async def stop(fleet: Fleet, job_id: str, grace: float = 10.0) -> JobView:
+    """End every process of the job on every node (by its id, nothing else), then check."""
+    async with await FleetSession.open(fleet) as session:
+        view = (await views(session, job_id))[0]
+        targets = [n for n in session.nodes if n.name in view.nodes]
+        replies = await session.call_all(lambda n: StopRequest(job_id=job_id, workdir=fleet.workdir, grace=grace,
+                                                               reason=f"stopped by `trainfleet stop`")
+                                         if n.name in view.nodes else None, targets, timeout=grace + 60)
+        for node, failed in replies.failures.items():
+            view.unreachable[node] = failed.error or "no answer"
+        view.nodes.update(replies.answers)
+        checks = await session.call_all(SweepRequest(job_id=job_id, kill=True), targets, timeout=60)
+        left = {n: a.left for n, a in checks.answers.items() if a.left}
+    if left:
+        where = "; ".join(f"{n}: pids {' '.join(str(p.pid) for p in procs)}" for n, procs in left.items())
+        raise TrainfleetError(f"job {job_id}: processes still running after stop ({where})",
+                              fix="end them with `trainfleet exec -n NODE -- kill -9 PID`")
+    return view
+
+
+async def top(session: FleetSession) -> tuple[dict[str, TopReply], dict[str, str]]:
+    """One look at every node (a live view keeps the session and asks again)."""
+    replies = await session.call_all(TopRequest(workdir=session.fleet.workdir), timeout=30)
+    return replies.answers, {n: f.error or "no answer" for n, f in replies.failures.items()}

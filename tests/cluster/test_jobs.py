@@ -1,0 +1,210 @@
+"""Jobs that outlive their client: detach, status, logs, stop, the fleet's lock, lost
+nodes (killed for real: every process of the node's PID namespace, or its links cut),
+continuing on the survivors, and hangs."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Sandboxes
+from helpers import EXAMPLE, job_processes_on, losses, node_tmp, tf, tf_start, wait_for_line
+from trainfleet.sandbox import cluster as sb
+from trainfleet.sandbox import faults
+
+
+@pytest.fixture(scope="module")
+def durable(sandboxes: Sandboxes) -> Iterator[sb.SandboxState]:
+    """Three nodes of this module's own: tests here kill and cut nodes (and bring them back)."""
+    state = sandboxes.make(3, slots=2)
+    yield state
+    sandboxes.remove(state)
+
+
+@pytest.fixture
+def fleet(durable: sb.SandboxState) -> Iterator[Path]:
+    yield Path(durable.fleet_file)
+    faults.clear(durable.name)  # a killed node's sshd comes back, a cut link goes up
+
+
+def detach(fleet: Path, workdir: Path, *args: str) -> str:
+    started = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "--detach", *args, timeout=180)
+    assert started.returncode == 0, started.stdout + started.stderr
+    job_id = started.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"tf-\d{8}-\d{6}-[0-9a-f]{4}", job_id), started.stdout
+    return job_id
+
+
+def job_state(fleet: Path, job_id: str) -> dict:
+    listed = tf("status", "-f", str(fleet), job_id, "--json", timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    return json.loads(listed.stdout)[0]
+
+
+def ranks_running(state: sb.SandboxState, nodes: list[str]) -> list[str]:
+    """The job's python processes on these nodes, seen from outside."""
+    return [f"{n.name}: {p}" for n in state.nodes if n.name in nodes for p in job_processes_on(n)
+            if p.split()[1].startswith(("python", "pt_elastic", "torchrun"))]
+
+
+def lock_holder(state: sb.SandboxState) -> str | None:
+    path = node_tmp(state, "node0") / "trainfleet" / ".trainfleet" / "lock"
+    return path.read_text().split()[0] if path.exists() else None
+
+
+def test_detached_job_outlives_its_client_and_logs_follow_reattaches(fleet: Path, durable: sb.SandboxState,
+                                                                     workdir: Path) -> None:
+    started = time.monotonic()
+    job_id = detach(fleet, workdir, "ranks.py", "--tick", "--seconds", "14")
+    # The client has exited (tf() waited for it); the job runs on with every rank started.
+    assert time.monotonic() - started < 60
+    running = job_state(fleet, job_id)
+    assert running["state"] == "running" and sorted(running["nodes"]) == ["node0", "node1", "node2"]
+    assert lock_holder(durable) == job_id
+
+    time.sleep(2)  # a tick or two
+    table = tf("top", "-f", str(fleet), "--once", timeout=60)
+    assert table.returncode == 0, table.stderr
+    for node in ("node0", "node1", "node2"):
+        assert re.search(rf"{node} .*{job_id}", table.stdout), table.stdout
+    assert re.search(r"node0 .* rank 0: tick \d", table.stdout), table.stdout  # node0's last line
+
+    followed = tf("logs", "-f", str(fleet), job_id, "--follow", timeout=120)
+    assert followed.returncode == 0, followed.stdout + followed.stderr
+    lines = followed.stdout.splitlines()
+    # From the start (the first all-reduce on every rank) to the end, merged as [node:rank].
+    assert len([l for l in lines if re.match(r"^\[node\d:\d\] rank \d of 6 on node\d", l)]) == 6, followed.stdout
+    ticks = [int(m.group(1)) for m in (re.match(r"^\[node0:0\] tick (\d+)$", l) for l in lines) if m]
+    assert len(ticks) >= 10 and ticks == sorted(ticks), followed.stdout
+    assert f"job {job_id} ended: succeeded" in followed.stderr
+
+    ended = job_state(fleet, job_id)
+    assert ended["state"] == "succeeded" and {n["exit_code"] for n in ended["nodes"].values()} == {0}
+    assert lock_holder(durable) is None  # released when the job ended
+    # Only node1's rank lines, and from any machine with the fleet file: the record is on the nodes.
+    one = tf("logs", "-f", str(fleet), job_id, "--node", "node1", "--rank", "3", timeout=60)
+    assert one.returncode == 0 and one.stdout.splitlines() == ["[node1:3] rank 3 of 6 on node1 pid "
+                                                               + one.stdout.split(" pid ")[1].splitlines()[0]]
+
+
+def test_a_second_run_is_refused_and_stop_ends_only_that_job(fleet: Path, durable: sb.SandboxState,
+                                                            workdir: Path) -> None:
+    job_id = detach(fleet, workdir, "ranks.py", "--forever")
+    # A user's own process on node1 whose command line looks like the job's.
+    bystander = tf("exec", "-f", str(fleet), "-n", "node1", "--",
+                   "setsid bash -c 'exec -a \"python ranks.py --forever\" sleep 600' </dev/null >/dev/null 2>&1 & "
+                   "echo $!", timeout=60)
+    assert bystander.returncode == 0, bystander.stderr
+    pid = int(bystander.stdout.split()[-1])
+    try:
+        second = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "ranks.py", timeout=120)
+        assert second.returncode != 0
+        assert (f"error: job {job_id} is running on this fleet" in second.stderr
+                and f"`trainfleet stop {job_id}`" in second.stderr), second.stderr
+        assert "Traceback" not in second.stderr and "synced" not in second.stderr  # refused before any copy
+
+        stopped = tf("stop", "-f", str(fleet), job_id, timeout=120)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert f"job {job_id}: stopped on node[0-2]; nothing of it is left running" in stopped.stdout
+        assert ranks_running(durable, ["node0", "node1", "node2"]) == []
+        assert job_state(fleet, job_id)["state"] == "stopped"
+        assert tf("exec", "-f", str(fleet), "-n", "node1", "--", f"kill -0 {pid}").returncode == 0, \
+            "stop killed a process that is not the job's"
+        assert lock_holder(durable) is None
+        after = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "ranks.py", timeout=180)
+        assert after.returncode == 0, after.stdout + after.stderr
+    finally:
+        tf("exec", "-f", str(fleet), "-n", "node1", "--", f"kill {pid}")
+
+
+@pytest.mark.parametrize("fault", ["kill", "cut"])
+def test_a_lost_node_ends_a_detached_job_on_the_others_within_seconds(fleet: Path, durable: sb.SandboxState,
+                                                                      workdir: Path, fault: str) -> None:
+    job_id = detach(fleet, workdir, "ranks.py", "--forever")
+    assert len(ranks_running(durable, ["node0", "node1"])) >= 4
+    injected = time.time()
+    faults.inject(durable.name, "node2", faults.FaultKind(fault))
+    deadline = time.monotonic() + 20
+    while ranks_running(durable, ["node0", "node1"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    gone_after = time.time() - injected
+    assert ranks_running(durable, ["node0", "node1"]) == []
+    assert gone_after < 10, f"the survivors ran on for {gone_after:.1f}s"
+    record = job_state(fleet, job_id)
+    assert record["state"] == "failed" and record["lost"] == ["node2"], record
+    assert record["root_cause"]["summary"].startswith("node2 was lost"), record
+    for node in ("node0", "node1"):
+        assert record["nodes"][node]["ended"] - injected < 10, record
+    listed = tf("status", "-f", str(fleet), timeout=60)
+    assert re.search(rf"^{job_id}  failed .* lost node2", listed.stdout, re.MULTILINE), listed.stdout
+    assert lock_holder(durable) is None
+
+
+def test_with_min_nodes_training_resumes_on_the_survivors(fleet: Path, durable: sb.SandboxState) -> None:
+    run = tf_start("run", "-f", str(fleet), "--sync-dir", str(EXAMPLE), "--min-nodes", "2", "--max-restarts", "3",
+                   "train.py", "--steps", "300", "--checkpoint-dir", "checkpoints", "--checkpoint-every", "10",
+                   "--resume")
+    seen = wait_for_line(run, r"^\[node0:0\] step 40 ", timeout=240)
+    killed = time.monotonic()
+    faults.inject(durable.name, "node2", faults.FaultKind.KILL)
+    seen += wait_for_line(run, r"resumed from checkpoints/ckpt.pt at step \d+ on 4 rank", timeout=120)
+    resumed_after = time.monotonic() - killed
+    out, err = run.communicate(timeout=600)
+    output = "".join(seen) + out
+    assert run.returncode == 0, output[-3000:] + err[-3000:]
+    assert "node2 was lost; the job goes on without it (--min-nodes 2)" in err, err
+    assert re.search(r"^\[node0:0\] step 300 loss ", output, re.MULTILINE), output[-3000:]
+    assert losses(output)[-1] < losses(output)[0] - 0.4
+    assert resumed_after < 60, resumed_after
+
+
+@pytest.mark.parametrize("dump", ["py-spy", "faulthandler"])
+def test_a_rank_that_blocks_forever_gets_its_stack_shown_and_the_job_ends(fleet: Path, durable: sb.SandboxState,
+                                                                        workdir: Path, dump: str) -> None:
+    # py-spy is in the fleet's environment (the test extras); the fallback is asked for by name.
+    chosen = ["--env", "TRAINFLEET_STACK_DUMP=faulthandler"] if dump == "faulthandler" else []
+    started = time.monotonic()
+    hung = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "--hang-timeout", "6", *chosen, "ranks.py",
+              "--block-rank", "3", timeout=180)
+    assert hung.returncode == 1, hung.stdout + hung.stderr
+    assert time.monotonic() - started < 90
+    # Every rank's stack on screen; the rank that blocks is in the function it blocks in.
+    frame = (r"^\[node1:3\]     block_forever \(ranks.py:\d+\)$" if dump == "py-spy" else
+             r'^\[node1:3\]   File "ranks.py", line \d+ in block_forever$')
+    assert re.search(frame, hung.stdout, re.MULTILINE), hung.stdout[-4000:]
+    header = "py-spy dump of pid" if dump == "py-spy" else "Current thread"
+    for rank in range(6):
+        assert f":{rank}] {header}" in hung.stdout, hung.stdout[-4000:]
+    assert "rankwrap.py" not in hung.stdout  # trainfleet's own frames stay in the log
+    assert "failed: hung: no rank wrote anything for 6s" in hung.stderr, hung.stderr
+    assert re.search(r"node1: rank 2 in all_reduce \(ranks.py:\d+\); rank 3 in block_forever \(ranks.py:\d+\)",
+                     hung.stderr), hung.stderr
+    assert ranks_running(durable, ["node0", "node1", "node2"]) == []
+
+
+def test_status_of_an_unknown_job_is_one_line(fleet: Path) -> None:
+    missing = tf("logs", "-f", str(fleet), "tf-20000101-000000-abcd", timeout=60)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines()[0].startswith("trainfleet: error: no job tf-20000101-000000-abcd")
+    bad = tf("logs", "-f", str(fleet), "x", "--since", "yesterday", timeout=60)
+    assert bad.returncode == 2 and "--since 'yesterday' is not understood" in bad.stderr
+
+
+def test_the_lock_of_a_job_whose_node_zero_died_is_recovered(fleet: Path, durable: sb.SandboxState,
+                                                             workdir: Path) -> None:
+    job_id = detach(fleet, workdir, "ranks.py", "--forever")
+    faults.inject(durable.name, "node0", faults.FaultKind.KILL)
+    faults.clear(durable.name, "node0")  # the machine comes back: its /tmp (and the lock in it) survive
+    assert lock_holder(durable) == job_id
+    deadline = time.monotonic() + 20
+    while ranks_running(durable, ["node1", "node2"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ranks_running(durable, ["node1", "node2"]) == []  # the coordinator's loss ended them
+    again = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "ranks.py", timeout=180)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert job_state(fleet, job_id)["state"] in ("lost", "failed")
