@@ -49,10 +49,11 @@ def test_transformer_on_eight_nodes_with_c10d_s3_and_a_network_drive(fresh: Sand
         error = [line for line in refused.stderr.splitlines() if line.startswith("trainfleet: error:")]
         assert len(error) == 1 and "cannot mount cifs //198.18.99.5/training" in error[0], refused.stderr
         if not kernel_has("cifs"):
-            assert "this node's kernel has no cifs file system (not in /proc/filesystems)" in error[0], error
+            assert ("cannot mount cifs //198.18.99.5/training on node[0-7]: this node's kernel has no cifs file system "
+                    "(not in /proc/filesystems); fix: load it on those nodes (`sudo modprobe cifs`") in error[0], error
         # Without a CIFS-capable kernel (and drive), the checkpoints go to the bucket instead.
         user.edit_fleet(storage=[s3_entry])
-        user("mount")
+        assert "already mounted on node[0-7]" in user("mount").stderr
         started = user("run", "--detach", "--job-id", "transformer-1", "train.py", "--steps", "40", "--step-time",
                        "0.25", "--data", "/tmp/my_s3_mount/data/opus_books.txt", "--save-dir",
                        "/tmp/my_s3_mount/weights", timeout=300)
