@@ -16,7 +16,6 @@ Target: trainfleet within 1.3x of size/RATE at 3 and at 8 nodes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import statistics
@@ -28,18 +27,11 @@ from pathlib import Path
 
 import yaml
 
+from trainfleet.agent.project import file_digest
 from trainfleet.fleet import load_fleet
 from trainfleet.sandbox import cluster as sb
 from trainfleet.sandbox import faults
 from trainfleet.transport.ssh import openssh_options
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def subset(state: sb.SandboxState, count: int, folder: Path) -> Path:
@@ -80,7 +72,7 @@ def main() -> None:
             with source.open("wb") as handle:
                 for _ in range(args.size_mib):
                     handle.write(os.urandom(1 << 20))
-            digest = sha256(source)
+            digest = file_digest(str(source))
             faults.inject(state.name, faults.CONTROLLER, faults.FaultKind.CAP, rate=args.rate)
             for count in counts:
                 fleet_file = subset(state, count, Path(folder))
@@ -102,7 +94,7 @@ def main() -> None:
                     subprocess.run(["rsync", "-e", "ssh " + " ".join(openssh_options(fleet, node)), str(source),
                                     f"{node.host}:/tmp/seqbench/data.bin"], check=True)
                 in_turn = time.perf_counter() - started
-                equal = all(sha256(node_copy(state, n.name, f"{d}/data.bin")) == digest
+                equal = all(file_digest(str(node_copy(state, n.name, f"{d}/data.bin"))) == digest
                             for n in fleet.nodes for d in ("pushbench", "seqbench"))
                 rows.append((count, pushed, in_turn, equal))
             clean(state)

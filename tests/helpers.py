@@ -131,3 +131,14 @@ def s3_server(address: str, bucket: str, key_id: str, secret: str) -> Iterator[s
     finally:
         server.terminate()
         server.wait(10)
+
+
+def text_files_holding(value: str, roots: list[Path], exclude_dirs: tuple[str, ...] = ()) -> list[str]:
+    """Text files under `roots` that hold `value` (grep: fast over big trees such as ~/.cache)."""
+    hits = []
+    for root in roots:
+        if root.exists():
+            found = subprocess.run(["grep", "-rlsI", *(f"--exclude-dir={d}" for d in exclude_dirs), value, str(root)],
+                                   capture_output=True, text=True)
+            hits += found.stdout.split()
+    return hits

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import Sandboxes
-from helpers import node_tmp, tf
+from helpers import node_tmp, text_files_holding, tf
 from helpers import s3_server as s3
 from trainfleet.sandbox import cluster as sb
 
@@ -71,13 +71,7 @@ def secret_in_argv(state: sb.SandboxState) -> list[str]:
 def secret_in_files(state: sb.SandboxState) -> list[str]:
     roots = [Path(state.directory) / "nodes", Path.home() / ".cache", Path.home() / ".passwd-s3fs",
              Path("/etc/passwd-s3fs")]
-    hits = []
-    for root in roots:
-        if not root.exists():
-            continue
-        done = subprocess.run(["grep", "-rlsI", "--exclude-dir=s3", SECRET, str(root)], capture_output=True, text=True)
-        hits += done.stdout.split()
-    return hits
+    return text_files_holding(SECRET, roots, exclude_dirs=("s3",))
 
 
 def test_shared_dir_and_s3_are_mounted_seen_everywhere_checked_and_removed(stored: sb.SandboxState, s3_server: str,

@@ -93,13 +93,3 @@ def trained(output: str, steps: int) -> None:
     assert len(found) == steps, output[-3000:]
     assert found[-1] < found[0] / 2, found
 
-
-def leaked(value: str, roots: list[Path]) -> list[str]:
-    """Files under `roots` that hold `value` (the s3fs cache of the bucket's objects aside)."""
-    hits = []
-    for root in roots:
-        if root.exists():
-            found = subprocess.run(["grep", "-rlsI", "--exclude-dir=.s3fs-cache", value, str(root)],
-                                   capture_output=True, text=True)
-            hits += found.stdout.split()
-    return hits

@@ -13,8 +13,8 @@ from pathlib import Path
 import boto3
 
 from conftest import Sandboxes
-from helpers import node_tmp, s3_server
-from runbook import Session, leaked, trained
+from helpers import node_tmp, s3_server, text_files_holding
+from runbook import Session, trained
 
 KEY_ID = "AKIALLAVARUNBOOK0001"
 SECRET = "llava-s3-secret-9d2f0c7e1b"
@@ -65,6 +65,6 @@ def test_llava_on_four_nodes_with_s3_and_wandb(fresh: Sandboxes, tmp_path: Path)
     # No key in any file: the project (logs included), the nodes' private /tmp, the caches.
     roots = [user.project, Path.home() / ".cache", *(node_tmp(state, n.name) for n in state.nodes)]
     for value in (SECRET, WANDB):
-        assert leaked(value, roots) == []
+        assert text_files_holding(value, roots) == []
     assert Path("/etc/hosts").read_bytes() == hosts_before  # and no alias was needed: c10d rendezvous by address
     user.check_page()

@@ -13,8 +13,8 @@ from pathlib import Path
 import boto3
 
 from conftest import Sandboxes
-from helpers import s3_server
-from runbook import Session, leaked, trained
+from helpers import node_tmp, s3_server, text_files_holding
+from runbook import Session, trained
 
 KEY_ID = "AKIATRANSFORMER00004"
 SECRET = "transformer-s3-secret-51c0ffee"
@@ -74,7 +74,6 @@ def test_transformer_on_eight_nodes_with_c10d_s3_and_a_network_drive(fresh: Sand
         assert seen.stdout.strip() == "node7: step-40.pt"
         assert s3.head_object(Bucket="transformer", Key="weights/step-40.pt")["ContentLength"] > 0
         user("umount")
-    assert leaked(SECRET, [user.project, *(Path(state.directory) / "nodes" / n.name / "tmp"
-                                           for n in state.nodes)]) == []
+    assert text_files_holding(SECRET, [user.project, *(node_tmp(state, n.name) for n in state.nodes)]) == []
     assert Path("/etc/hosts").read_bytes() == hosts_before
     user.check_page()

@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .project import file_digest
 from .protocol import PushFile, PushHaveReply, PushHaveRequest, PushProgress, PushReply, PushRequest
 
 CHUNK = 1 << 20
@@ -77,20 +78,6 @@ def _remember(entries: Dict[str, Tuple[int, int, str]]) -> None:
             pass
 
 
-def _sha256_of(path: str, limit: Optional[int] = None) -> str:
-    digest = hashlib.sha256()
-    left = limit
-    with open(path, "rb") as handle:
-        while left is None or left > 0:
-            chunk = handle.read(CHUNK if left is None else min(CHUNK, left))
-            if not chunk:
-                break
-            digest.update(chunk)
-            if left is not None:
-                left -= len(chunk)
-    return digest.hexdigest()
-
-
 def _whole(final: str, wanted: PushFile, cache: Dict[str, List[object]], verified: Dict[str, Tuple[int, int, str]]
            ) -> bool:
     try:
@@ -102,7 +89,7 @@ def _whole(final: str, wanted: PushFile, cache: Dict[str, List[object]], verifie
     known = cache.get(_key(final))
     if known and known[0] == stat.st_size and known[1] == stat.st_mtime_ns:
         return known[2] == wanted.sha256
-    digest = _sha256_of(final)
+    digest = file_digest(final)
     verified[final] = (stat.st_size, stat.st_mtime_ns, digest)
     return digest == wanted.sha256
 

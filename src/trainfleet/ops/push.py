@@ -12,7 +12,6 @@ the controller's.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import secrets
@@ -21,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from trainfleet.agent.project import file_digest
 from trainfleet.agent.protocol import (PushFile, PushHaveReply, PushHaveRequest, PushProgress, PushReply, PushRequest,
                                        Target, decode)
 from trainfleet.errors import UsageError
@@ -67,14 +67,6 @@ class PushOutcome:
     seconds: float = 0.0
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def plan_push(source: Path, dest: str, workdir: str) -> PushPlan:
     """What goes where. A file goes to DEST (into DEST when it ends with /); a directory's
     contents go into DEST. A relative DEST is under the fleet's workdir."""
@@ -102,7 +94,7 @@ def plan_push(source: Path, dest: str, workdir: str) -> PushPlan:
         if not names:
             raise UsageError(f"{source}: no files to push")
     files = tuple(LocalFile(source=path, wire=PushFile(path=relative, size=path.stat().st_size,
-                                                       sha256=_sha256(path))) for path, relative in names)
+                                                       sha256=file_digest(str(path)))) for path, relative in names)
     return PushPlan(root=root, files=files)
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainfleet.agent.project import file_digest
 from trainfleet.agent.protocol import ManifestRequest, ProjectState
 from trainfleet.errors import FleetError, TrainfleetError, UsageError
 from trainfleet.fleet.model import Fleet, Node
@@ -80,17 +81,9 @@ def manifest(source: Path, excludes: Iterable[str]) -> Manifest:
             name = fields[4]
             path = source / name
             size = path.stat().st_size
-            files[name] = [size, _file_digest(path) if size <= HASHED_LIMIT else None]
+            files[name] = [size, file_digest(str(path)) if size <= HASHED_LIMIT else None]
     text = "\n".join(f"{name} {size} {digest}" for name, (size, digest) in sorted(files.items()))
     return Manifest(digest=hashlib.sha256(text.encode()).hexdigest()[:16], files=files)
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _rsync(args: list[str]) -> str:
