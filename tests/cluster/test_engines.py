@@ -128,7 +128,7 @@ def test_a_job_inside_a_container_on_every_node(fresh: Sandboxes, workdir: Path)
     state = fresh.make(2, slots=2)
     data = yaml.safe_load(Path(state.fleet_file).read_text())
     data["container"] = {**podman_options(), "python": data["python"]}
-    fleet = Path(state.directory).parent / f"{state.name}-container.yaml"
+    fleet = Path(state.fleet_file).with_name("container.yaml")
     fleet.write_text(yaml.safe_dump(data))
     overlay = ("mkdir -p /tmp/ov/upper /tmp/ov/work /tmp/rootfs && mount -t overlay overlay "
                "-o lowerdir=/,upperdir=/tmp/ov/upper,workdir=/tmp/ov/work /tmp/rootfs")

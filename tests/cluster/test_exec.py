@@ -98,7 +98,7 @@ def test_ctrl_c_ends_the_remote_command_tree(fleet3: Path, cluster3: sb.SandboxS
     import signal
     import sys
 
-    from helpers import job_processes_on
+    from helpers import job_processes_on, wait_until_no_job_processes
 
     process = subprocess.Popen([sys.executable, "-m", "trainfleet", "exec", "-f", str(fleet3), "--",
                                 "echo started; sleep 63"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -107,7 +107,5 @@ def test_ctrl_c_ends_the_remote_command_tree(fleet3: Path, cluster3: sb.SandboxS
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=30)
     assert process.returncode == 130
-    deadline = time.monotonic() + 10
-    while any(job_processes_on(n) for n in cluster3.nodes) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until_no_job_processes(cluster3, timeout=10)  # the nodes end their part once the channel closes
     assert [job_processes_on(n) for n in cluster3.nodes] == [[], [], []]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import EXAMPLE, job_processes_on, losses, tf, tf_start, wait_for_line
+from helpers import EXAMPLE, job_processes_on, losses, tf, tf_start, wait_for_line, wait_until_no_job_processes
 from trainfleet.ops.sync import project_for
 from trainfleet.sandbox import cluster as sb
 
@@ -53,6 +53,18 @@ def test_example_trains_across_two_nodes_and_resumes(fleet2: Path, cluster3: sb.
     assert "[node0:0] resumed from checkpoints/ckpt.pt at step 40" in resumed.stdout
     assert "steps 40->50" in resumed.stdout and losses(resumed.stdout)[-1] < curve[0] - 0.4
     assert_nothing_left(cluster3, fleet2)
+
+
+def test_nothing_is_left_when_run_returns_even_after_a_job_of_a_moment(fleet2: Path, cluster3: sb.SandboxState,
+                                                                       tmp_path: Path) -> None:
+    """A part that ends before its node supervisor has joined node 0's must still say so:
+    else node 0's supervisor waits for it, and outlives the `run` that reported the end."""
+    for attempt in range(4):
+        done = tf("run", "-f", str(fleet2), "--sync-dir", str(EXAMPLE), "--log-dir", str(tmp_path / str(attempt)),
+                  "--launcher", "command", "--", "true")
+        assert done.returncode == 0, done.stderr
+        for node in cluster3.nodes:
+            assert job_processes_on(node) == [], f"attempt {attempt}: {node.name} still runs {job_processes_on(node)}"
 
 
 def test_three_nodes_form_one_world(fleet3: Path, workdir: Path) -> None:
@@ -110,9 +122,7 @@ def test_controller_killed_outright_still_ends_the_job(fleet2: Path, cluster3: s
     wait_for_line(process, r"rank 3 of 4", timeout=120)
     process.kill()
     process.wait()
-    deadline = time.monotonic() + 30
-    while any(job_processes_on(n) for n in cluster3.nodes[:2]) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_until_no_job_processes(cluster3, timeout=30)
     assert_nothing_left(cluster3, fleet2)
 
 

@@ -158,6 +158,7 @@ def signal_name(code: int) -> Optional[str]:
 # ---- the supervisor (its own process) -------------------------------------------------------
 
 MESH_GRACE = 2.0
+SUPERVISOR_EXIT_WAIT = 30.0
 
 
 class _Supervisor:
@@ -439,7 +440,14 @@ def launch(request: LaunchRequest, emit: Callable[[object], None]) -> JobState:
         return state
     if request.detach:
         return wait_for_ranks(directory, request)
-    return follow(directory, emit)
+    state = follow(directory, emit)
+    # The supervisor outlives the final state by a moment (node 0's waits for the others'
+    # parts to end, then frees the fleet's lock): the node is only done once it has gone.
+    try:
+        boot.wait(SUPERVISOR_EXIT_WAIT)
+    except subprocess.TimeoutExpired:
+        pass
+    return state
 
 
 def wait_for_ranks(directory: str, request: LaunchRequest, timeout: float = 900.0) -> JobState:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional
 from .protocol import Mesh
 
 BEAT = 1.0
+FINISH_JOIN_WAIT = 5.0
 
 
 def _send(sock: socket.socket, lock: threading.Lock, message: Dict[str, Any]) -> bool:
@@ -224,6 +225,8 @@ class Member:
         self.node = node
         self.sock: Optional[socket.socket] = None
         self.lock = threading.Lock()
+        self.joined = threading.Event()
+        """Set once this node has said hello to the coordinator, or given up trying."""
 
     def start(self) -> None:
         threading.Thread(target=self._run, daemon=True).start()
@@ -240,12 +243,14 @@ class Member:
     def _run(self) -> None:
         sock = self._connect()
         if sock is None:
+            self.joined.set()
             if not self.node.ended:
                 self.node.stop_job("%s (the coordinator) could not be reached" % self.mesh.nodes[0],
                                    lost=self.mesh.nodes[0])
             return
-        self.sock = sock
         _send(sock, self.lock, {"hello": self.mesh.node, "token": self.mesh.token})
+        self.sock = sock
+        self.joined.set()
         threading.Thread(target=self._beat, daemon=True).start()
         heard = time.time()
         released = False
@@ -276,6 +281,9 @@ class Member:
             time.sleep(BEAT)
 
     def finish(self, state: str) -> None:
-        """Tell the coordinator this node's part has ended (so it is not taken for lost)."""
+        """Tell the coordinator this node's part has ended (so it is not taken for lost).
+        A part that ends before it has joined (a command of a moment) joins first: else
+        the coordinator waits for it until the join timeout."""
+        self.joined.wait(FINISH_JOIN_WAIT)
         if self.sock is not None:
             _send(self.sock, self.lock, {"ended": True, "state": state, "last_output": self.node.last_output})
