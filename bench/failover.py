@@ -45,8 +45,7 @@ def job_left(state: sb.SandboxState) -> list[str]:
     """The job's processes on every node, seen from this machine (by command line)."""
     found = []
     for node in state.nodes:
-        pids = subprocess.run(["ip", "netns", "pids", node.namespace], capture_output=True, text=True).stdout.split()
-        for pid in pids:
+        for pid in sb.namespace_pids(node.namespace):
             try:
                 line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:

@@ -63,9 +63,8 @@ alive = sb.running  # a zombie waiting for its parent to reap it is not running
 
 def job_processes_on(node: sb.SandboxNode) -> list[str]:
     """`pid comm` of every process in the node's namespace that is not sandbox infrastructure."""
-    out = subprocess.run(["ip", "netns", "pids", node.namespace], capture_output=True, text=True).stdout
     found = []
-    for pid in out.split():
+    for pid in sb.namespace_pids(node.namespace):
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:

@@ -58,8 +58,7 @@ def mounts_on(fleet: Path) -> str:
 def secret_in_argv(state: sb.SandboxState) -> list[str]:
     found = []
     for node in state.nodes:
-        pids = subprocess.run(["ip", "netns", "pids", node.namespace], capture_output=True, text=True).stdout.split()
-        for pid in pids:
+        for pid in sb.namespace_pids(node.namespace):
             try:
                 if SECRET.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                     found.append(f"{node.name}:{pid}")

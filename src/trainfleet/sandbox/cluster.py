@@ -504,7 +504,8 @@ def load_state(name: str) -> SandboxState:
         raise SandboxError(f"no sandbox named {name!r}", fix="`trainfleet sandbox up --nodes N`") from None
 
 
-def _namespace_pids(namespace: str) -> list[int]:
+def namespace_pids(namespace: str) -> list[int]:
+    """Every process in a node's network namespace, seen from this machine."""
     out = run(["ip", "netns", "pids", namespace], check=False).stdout
     return [int(p) for p in out.split() if p.isdigit()]
 
@@ -512,7 +513,7 @@ def _namespace_pids(namespace: str) -> list[int]:
 def _kill_namespace(namespace: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        pids = _namespace_pids(namespace)
+        pids = namespace_pids(namespace)
         if not pids:
             return
         for pid in pids:
