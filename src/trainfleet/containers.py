@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 
 from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Container, Fleet
-from trainfleet.launchers.base import LaunchPlan, job_dir
+from trainfleet.job.plan import LaunchPlan, job_path
 from trainfleet.shellwords import shell_word
 
 SET_BY_THE_SUPERVISOR = ("TRAINFLEET_JOB_ID", "TRAINFLEET_JOB_DIR")
@@ -96,7 +96,7 @@ def containerize(plan: LaunchPlan, fleet: Fleet, homes: Mapping[str, str], gpus:
         names = [k for k, _ in launch.env] + list(SET_BY_THE_SUPERVISOR) + secrets
         name = container_name(plan.job_id, launch.node)
         argv = run_argv(container, name, inner, cwd, names,
-                        [cwd, absolute(job_dir(fleet.workdir, plan.job_id), home)], gpus.get(launch.node, 0) > 0)
+                        [cwd, absolute(job_path(fleet.workdir, plan.job_id), home)], gpus.get(launch.node, 0) > 0)
         launches.append(dataclasses.replace(launch, argv=tuple(argv), after=(tuple(remove_argv(container, name)),)))
     return dataclasses.replace(plan, nodes=tuple(launches),
                                rendezvous=f"{plan.rendezvous}, in {container.image or container.rootfs}")

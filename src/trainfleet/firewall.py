@@ -17,7 +17,7 @@ from pathlib import Path
 
 from trainfleet.agent.protocol import FirewallStep
 from trainfleet.fleet.model import Fleet
-from trainfleet.launchers.base import DEFAULT_RDZV_PORT
+from trainfleet.job.placement import DEFAULT_RDZV_PORT
 
 DEFAULT_EPHEMERAL = (32768, 60999)
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shlex
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,10 +17,12 @@ from test_plan import check_golden
 from trainfleet.containers import containerize
 from trainfleet.errors import UsageError
 from trainfleet.export.kubernetes import render_pytorchjob
-from trainfleet.export.slurm import render_sbatch
+from trainfleet.export.slurm import NODE_PRELUDE as SLURM_PRELUDE
+from trainfleet.export.slurm import node_script, render_sbatch
 from trainfleet.fleet.schema import fleet_from_data
 from trainfleet.job.spec import JobSpec
-from trainfleet.launchers import LaunchFacts, get_launcher
+from trainfleet.job.placement import LaunchFacts
+from trainfleet.launchers import get_launcher, launcher_names, plan_job
 from trainfleet.launchers.deepspeed import world_info
 
 FLEET = {
@@ -34,8 +41,8 @@ FACTS = LaunchFacts(rdzv_port=29555, gpus={"gpu0": 0, "gpu1": 0}, homes={"gpu0":
 def plan(launcher: str, entry: str = "train.py", args: tuple[str, ...] = ("--deepspeed", "ds.json"),
          fleet: dict | None = None, **job: object) -> str:  # type: ignore[type-arg]
     spec = fleet_from_data(fleet or FLEET, "fleet.yaml")
-    return get_launcher(launcher).plan(spec, JobSpec(entrypoint=entry, args=args, job_id="tf-golden",
-                                                     launcher=launcher, **job), FACTS, "~/job/proj").render()
+    return plan_job(spec, JobSpec(entrypoint=entry, args=args, job_id="tf-golden", launcher=launcher,
+                                  options=job), FACTS, "~/job/proj").render()
 
 
 @pytest.mark.parametrize("launcher", ["deepspeed", "accelerate", "command", "head"])
@@ -54,14 +61,14 @@ def test_deepspeed_gives_every_node_the_world_and_its_rank() -> None:
 def test_deepspeed_include_and_exclude_select_slots_as_deepspeed_does() -> None:
     fleet = fleet_from_data(FLEET, "fleet.yaml")
     job = JobSpec(entrypoint="x.py", job_id="j")
-    assert world_info(fleet, JobSpec(**{**job.__dict__, "include": "gpu0:1@gpu1"})) == {"gpu0": [1], "gpu1": [0, 1]}
-    assert world_info(fleet, JobSpec(**{**job.__dict__, "exclude": "gpu1"})) == {"gpu0": [0, 1]}
-    assert world_info(fleet, JobSpec(**{**job.__dict__, "exclude": "gpu0:0"})) == {"gpu0": [1], "gpu1": [0, 1]}
+    assert world_info(fleet, replace(job, options={"include": "gpu0:1@gpu1"})) == {"gpu0": [1], "gpu1": [0, 1]}
+    assert world_info(fleet, replace(job, options={"exclude": "gpu1"})) == {"gpu0": [0, 1]}
+    assert world_info(fleet, replace(job, options={"exclude": "gpu0:0"})) == {"gpu0": [1], "gpu1": [0, 1]}
     for bad, words in [({"include": "gpu7"}, "no node named 'gpu7'"), ({"include": "gpu0:5"}, "gpu0 has no slot 5"),
                        ({"include": "gpu0", "exclude": "gpu1"}, "cannot be used together"),
                        ({"exclude": "gpu0@gpu1"}, "leave no slot")]:
         with pytest.raises(UsageError, match=words):
-            world_info(fleet, JobSpec(**{**job.__dict__, **bad}))
+            world_info(fleet, replace(job, options=bad))
     one = plan("deepspeed", include="gpu1:0")
     assert "gpu0" not in one.split("\n", 1)[1] and "1 process(es)" in one and "--node_rank=0" in one
 
@@ -78,7 +85,7 @@ def test_accelerate_counts_processes_across_machines_and_uses_the_cpu_without_gp
 def test_command_and_head_get_the_rendezvous_in_their_environment() -> None:
     command = plan("command", "sh -c 'echo $NODE_RANK'", ())
     assert "NODE_RANK=1" in command and "MASTER_ADDR=10.0.0.10 MASTER_PORT=29555" in command
-    head = plan("head", "python deepy.py train.py", (), hostfile_path="/job/hostfile")
+    head = plan("head", "python deepy.py train.py", (), **{"hostfile-path": "/job/hostfile"})
     assert head.count("[gpu0] node_rank=0") == 1 and "[gpu1] node_rank" not in head  # node 0 alone runs it
     assert "TRAINFLEET_HOSTFILE=/job/hostfile" in head and "[gpu1] prepared:" in head and "writes /job/hostfile" in head
 
@@ -87,7 +94,7 @@ def test_a_container_wraps_each_nodes_command_and_passes_variables_by_name() -> 
     spec = fleet_from_data({**FLEET, "container": {"image": "nvcr.io/nvidia/pytorch:24.05-py3",
                                                    "options": ["--shm-size=16g"]}}, "fleet.yaml")
     job = JobSpec(entrypoint="train.py", job_id="tf-golden")
-    planned = get_launcher("torchrun").plan(spec, job, FACTS, "~/job/proj")
+    planned = plan_job(spec, job, FACTS, "~/job/proj")
     wrapped = containerize(planned, spec, FACTS.homes, {"gpu0": 8, "gpu1": 0}, spec.secrets)
     check_golden("plan_torchrun_docker.txt", wrapped.render())
     head = wrapped.nodes[0].argv
@@ -98,28 +105,97 @@ def test_a_container_wraps_each_nodes_command_and_passes_variables_by_name() -> 
     assert ("-v", "/home/u/job/proj:/home/u/job/proj") in zip(head, head[1:])
     assert wrapped.nodes[0].after == (("docker", "rm", "-f", "tf-tf-golden-gpu0"),)
     with pytest.raises(UsageError, match="outside any container"):
-        containerize(get_launcher("head").plan(spec, JobSpec(entrypoint="x", job_id="j", launcher="head"), FACTS,
-                                               "~/job"), spec, FACTS.homes, {}, ())
+        containerize(plan_job(spec, JobSpec(entrypoint="x", job_id="j", launcher="head"), FACTS, "~/job"), spec,
+                     FACTS.homes, {}, ())
 
 
 def test_sbatch_golden_and_valid_bash(tmp_path: Path) -> None:
     fleet = fleet_from_data(FLEET, "fleet.yaml")
-    for launcher in ("torchrun", "deepspeed", "accelerate"):
+    for launcher in EXPORTABLE:
         text = render_sbatch(fleet, JobSpec(entrypoint="train.py", args=("--lr", "3e-4"), job_id="tf-golden",
                                             launcher=launcher))
         script = tmp_path / f"{launcher}.sbatch"
         script.write_text(text)
         checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert checked.returncode == 0, checked.stderr
-        assert "#SBATCH --nodes=2" in text and 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST"' in text
+        assert "#SBATCH --nodes=2" in text and 'TF_HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST"' in text
         assert "WANDB_API_KEY" in text and "WANDB_API_KEY=" not in text.replace('"${WANDB_API_KEY:?', "")
         if launcher == "torchrun":
             check_golden("export_torchrun.sbatch", text)
 
 
+EXPORTABLE = [name for name in launcher_names() if get_launcher(name).script_entry or name == "command"]
+"""Every launcher a scheduler can start on each node (head's runner reaches the nodes itself)."""
+
+
+def run_on_node(command: str, variables: dict[str, str], shell: str = "bash") -> tuple[str, dict[str, str], list[str]]:
+    """Runs an exported node command in a real shell with the scheduler's variables set and
+    `cd` and `env` recording what they were given: (cwd, environment, argv) as the node's
+    launcher would start with."""
+    recorder = ('cd() { TF_CWD="$1"; }\n'
+                'env() { python3 -c \'import json, sys; print(json.dumps(sys.argv[1:]))\' "$TF_CWD" "$@"; }\n')
+    done = subprocess.run([shell, "-c", recorder + command], env={**variables, "PATH": os.environ["PATH"]},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    cwd, *words = json.loads(done.stdout)
+    split = next(i for i, w in enumerate(words) if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", w))
+    env = dict(w.split("=", 1) for w in words[:split])
+    assert env.pop("PATH").startswith("/opt/venv/bin:")
+    return cwd, env, words[split:]
+
+
+def dry_run_node(launch) -> tuple[str, dict[str, str], list[str]]:  # type: ignore[no-untyped-def]
+    """A dry-run node's command without the rank wrapper (which only trainfleet's own runs have)."""
+    return launch.cwd, dict(launch.env), [w for w in launch.argv if not w.endswith("/rankwrap.py")]
+
+
+@pytest.mark.parametrize("launcher", EXPORTABLE)
+def test_export_slurm_runs_what_the_dry_run_plans_on_every_node(launcher: str) -> None:
+    """The sbatch script's command, expanded on each node with Slurm's variables, is the
+    dry-run's command for that node: one plan, two renderings."""
+    fleet = fleet_from_data(FLEET, "fleet.yaml")
+    job = JobSpec(entrypoint="train.py", args=("--lr", "3e-4", "two words"), job_id="tf-golden", launcher=launcher)
+    facts = LaunchFacts(rdzv_port=29555, interfaces={"gpu0": "ens5", "gpu1": "enp6s0"})
+    planned = plan_job(fleet, job, facts, "~/job/proj")
+    script = node_script(fleet, job)
+    assert script.startswith(SLURM_PRELUDE)
+    assert f"bash -c {shlex.quote(script)}" in render_sbatch(fleet, job)
+    for launch in planned.nodes:
+        node = fleet.node(launch.node)
+        variables = {"SLURMD_NODENAME": node.name, "SLURM_NODEID": str(launch.node_rank), "TF_LOCAL_ADDR": node.address,
+                     "TF_IFACE": facts.interfaces[node.name], "TF_IS_HOST": "true" if launch.node_rank == 0 else "false",
+                     "MASTER_ADDR": fleet.head.address, "MASTER_PORT": "29555", "SLURM_SUBMIT_DIR": "~/job/proj"}
+        assert run_on_node(script[len(SLURM_PRELUDE):], variables) == dry_run_node(launch)
+
+
+@pytest.mark.parametrize("launcher", EXPORTABLE)
+def test_export_k8s_runs_what_the_dry_run_plans_in_every_pod(launcher: str, tmp_path: Path) -> None:
+    """Each pod's command, run by sh with the training operator's variables, is the dry-run's
+    command for that node, except what Kubernetes decides: the image's Python, the pod's
+    working directory, and no interface name (a pod has one network)."""
+    fleet = fleet_from_data(FLEET, "fleet.yaml")
+    job = JobSpec(entrypoint="train.py", args=("--lr", "3e-4"), job_id="tf-golden", launcher=launcher)
+    planned = plan_job(fleet, job, LaunchFacts(rdzv_port=29555), "~/job/proj")
+    manifest = render_pytorchjob(fleet, job, "img:1")
+    for launch in planned.nodes:
+        kind = "Master" if launch.node_rank == 0 else "Worker"
+        pod = manifest["spec"]["pytorchReplicaSpecs"][kind]["template"]["spec"]["containers"][0]
+        shell, dash_c, command = pod["command"]
+        node = fleet.node(launch.node)
+        variables = {"HOSTNAME": node.name, "RANK": str(launch.node_rank), "POD_IP": node.address,
+                     "MASTER_ADDR": fleet.head.address, "MASTER_PORT": "29555"}
+        cwd, env, argv = run_on_node(command.replace("cd \"${PWD}\"", f"cd {tmp_path}"), variables, shell=shell)
+        _, planned_env, planned_argv = dry_run_node(launch)
+        interface = {k: planned_env.pop(k) for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")}
+        assert (dash_c, cwd, interface) == ("-c", str(tmp_path), {"GLOO_SOCKET_IFNAME": "ens5" if launch.node_rank == 0
+                                                                  else "enp6s0", "NCCL_SOCKET_IFNAME": interface[
+                                                                      "GLOO_SOCKET_IFNAME"]})
+        assert env == planned_env and argv == planned_argv
+
+
 def test_pytorchjob_parses_with_master_and_workers() -> None:
-    fleet = fleet_from_data({**FLEET, "nodes": FLEET["nodes"] + [{"name": "gpu2", "host": "203.0.113.12", "slots": 2}]},
-                            "fleet.yaml")
+    fleet = fleet_from_data({**FLEET, "nodes": FLEET["nodes"] + [{"name": "gpu2", "host": "203.0.113.12", "slots": 2}],
+                             "container": {"image": "img:1", "python": "python3"}}, "fleet.yaml")
     manifest = render_pytorchjob(fleet, JobSpec(entrypoint="train.py", args=("--steps", "10"), job_id="tf-golden"),
                                  "nvcr.io/nvidia/pytorch:24.05-py3")
     parsed = yaml.safe_load(yaml.safe_dump(manifest))
@@ -127,9 +203,13 @@ def test_pytorchjob_parses_with_master_and_workers() -> None:
     assert parsed["kind"] == "PyTorchJob" and parsed["apiVersion"] == "kubeflow.org/v1"
     assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 2
     container = replicas["Worker"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["torchrun", "--nproc-per-node=2", "--max-restarts=0", "train.py", "--steps", "10"]
+    assert container["command"][:2] == ["sh", "-c"]
+    assert " python3 -m torch.distributed.run --nnodes=3 --nproc-per-node=2 " in container["command"][2]
     assert {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "tf-golden-secrets",
                                                                      "key": "WANDB_API_KEY"}}} in container["env"]
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in container["env"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
     with pytest.raises(UsageError, match="needs an image"):
         render_pytorchjob(fleet, JobSpec(entrypoint="train.py", job_id="j"), "")
+    with pytest.raises(UsageError, match="cannot be exported to Kubernetes"):
+        render_pytorchjob(fleet, JobSpec(entrypoint="x", job_id="j", launcher="head"), "img:1")

@@ -14,7 +14,8 @@ from trainfleet.ops.sync import project_for
 from trainfleet.errors import UsageError
 from trainfleet.fleet.schema import fleet_from_data
 from trainfleet.job.spec import JobSpec
-from trainfleet.launchers import LaunchFacts, get_launcher
+from trainfleet.job.placement import LaunchFacts
+from trainfleet.launchers import plan_job
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("TRAINFLEET_UPDATE_GOLDEN") == "1"
@@ -42,7 +43,7 @@ def check_golden(name: str, text: str) -> None:
 
 
 def plan_torchrun(fleet, job, facts):  # type: ignore[no-untyped-def]
-    return get_launcher("torchrun").plan(fleet, job, facts, fleet.workdir)
+    return plan_job(fleet, job, facts, fleet.workdir)
 
 
 def two_node_plan():  # type: ignore[no-untyped-def]

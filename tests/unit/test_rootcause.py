@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from trainfleet.agent.protocol import ErrorRecord, JobState
-from trainfleet.launchers.base import RankExit
-from trainfleet.launchers.torchrun import Torchrun
+from trainfleet.job.plan import RankExit
+from trainfleet.supervise.rankexits import torchelastic_exits
 from trainfleet.supervise.rootcause import find_root_cause
 
 
@@ -110,5 +110,5 @@ def test_torchruns_failure_report_is_read() -> None:
 [node0]   rank      : 1 (local_rank: 1)
 [node0]   exitcode  : -6 (pid: 5888)  (SIGABRT)
 [node0] ======================================================""".replace("[node0] ", "").splitlines()
-    exits = {e.rank: e for e in Torchrun().rank_exits("node0", lines)}
+    exits = {e.rank: e for e in torchelastic_exits("node0", lines)}
     assert exits[0].signal == "SIGTERM" and exits[1].signal == "SIGABRT" and exits[1].exit_code == -6

@@ -177,12 +177,12 @@ def free_ports(address: str, count: int) -> List[int]:
 
 
 def jobs_seen(workdir: str) -> List[JobSeen]:
-    from . import jobs
+    from . import records
 
     seen = []
     for job_id, processes in sorted(procs.all_jobs().items()):
-        state = jobs.read_state(workdir, job_id)
-        live = state is not None and jobs.supervisor_alive(workdir, job_id)
+        state = records.read_state(workdir, job_id)
+        live = state is not None and records.supervisor_alive(workdir, job_id)
         seen.append(JobSeen(job_id=job_id, state=state.state if state else "unknown", processes=processes,
                             live=live))
     return seen

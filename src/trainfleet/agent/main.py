@@ -7,6 +7,7 @@ controller is done, or gone.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import threading
@@ -25,50 +26,26 @@ def send(message: Dict[str, Any]) -> None:
         sys.stdout.flush()
 
 
-def _handler(op: str, emit: Any) -> Any:
-    """The function answering `op` (its module imported only when first asked for: the
-    agent starts on every node for every command, and most commands need two or three)."""
-    if op == "facts":
-        from . import facts
-        return facts.gather
-    if op in ("listen", "connect"):
-        from . import probes
-        return probes.listen if op == "listen" else probes.connect
-    if op in ("launch", "stop", "prepare", "write", "lock", "jobs", "follow"):
-        from . import jobs
-        return {"launch": lambda r: jobs.launch(r, emit), "stop": jobs.stop, "prepare": jobs.prepare,
-                "write": jobs.write, "lock": jobs.lock, "jobs": jobs.jobs,
-                "follow": lambda r: jobs.follow_request(r, emit)}[op]
-    if op == "top":
-        from . import top
-        return top.top
-    if op in ("trust", "untrust", "ssh_matrix"):
-        from . import trust
-        return getattr(trust, op)
-    if op == "manifest":
-        from . import project
-        return project.write_manifest
-    if op in ("push_have", "push"):
-        from . import push
-        return push.have if op == "push_have" else lambda r: push.receive(r, emit)
-    if op in ("storage", "probe"):
-        from . import storage
-        return storage.storage if op == "storage" else storage.probe
-    if op == "firewall":
-        from . import firewall
-        return firewall.firewall
-    return {"sweep": sweep, "release": release}[op]
+def _handler(request: Any, emit: Any) -> Any:
+    """The function answering `request`, as its class names it (its module imported only
+    when first asked for: the agent starts on every node for every command, and most
+    commands need two or three of its modules)."""
+    module_name, function = request.handler.rsplit(".", 1)
+    module = importlib.import_module("." + module_name, __package__)
+    answer = getattr(module, function)
+    return (lambda r: answer(r, emit)) if request.streams else answer
 
 
 def sweep(request: Any) -> SweepReply:
-    from . import jobs, procs
+    from . import procs
+    from .records import job_dir, read_errors, remove_secrets
 
     left = procs.end_job(request.job_id, request.grace) if request.kill else procs.job_processes(request.job_id)
     errors = []
     if request.workdir:
-        errors = jobs.read_errors(jobs.job_dir(request.workdir, request.job_id))
+        errors = read_errors(job_dir(request.workdir, request.job_id))
     if request.kill:
-        jobs.remove_secrets(request.job_id)
+        remove_secrets(request.job_id)
     return SweepReply(left=left, errors=errors)
 
 
@@ -87,7 +64,7 @@ def handle(message: Dict[str, Any]) -> None:
 
     try:
         request = request_from_wire(message)
-        reply = _handler(request.op, emit)(request)
+        reply = _handler(request, emit)(request)
         send({"id": ident, "reply": to_wire(reply)})
     except Exception as exc:
         send({"id": ident, "error": "%s: %s" % (type(exc).__name__, exc), "trace": traceback.format_exc()})

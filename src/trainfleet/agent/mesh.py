@@ -59,7 +59,7 @@ def _lines(sock: socket.socket, alive: Callable[[], bool]):  # type: ignore[no-u
 
 
 class Node:
-    """What a supervisor offers the mesh (implemented by jobs._Supervisor)."""
+    """What a supervisor offers the mesh (implemented by node_supervisor._Supervisor)."""
 
     last_output: float
     ended: bool

@@ -26,6 +26,10 @@ class Request(Generic[R]):
 
     op: ClassVar[str] = ""
     reply_type: ClassVar[Type[Any]]
+    handler: ClassVar[str] = ""
+    """`module.function` in the agent that answers it (imported when first asked for)."""
+    streams: ClassVar[bool] = False
+    """The handler also takes an `emit` function for the events it sends before its reply."""
 
 
 # ---- values that appear in several replies ---------------------------------------------
@@ -153,6 +157,7 @@ class FactsRequest(Request[FactsReply]):
     """Sections: net, ports, software, gpu, disk, jobs, files, project."""
 
     op: ClassVar[str] = "facts"
+    handler: ClassVar[str] = "facts.gather"
     reply_type: ClassVar[Type[Any]] = FactsReply
     sections: List[str]
     python: str
@@ -177,6 +182,7 @@ class ManifestRequest(Request[Empty]):
     for files too big to hash at every launch]."""
 
     op: ClassVar[str] = "manifest"
+    handler: ClassVar[str] = "project.write_manifest"
     reply_type: ClassVar[Type[Any]] = Empty
     workdir: str
     project: str
@@ -189,6 +195,7 @@ class WriteRequest(Request[Empty]):
     """Write files (absolute or ~/ paths), each atomically, making their directories."""
 
     op: ClassVar[str] = "write"
+    handler: ClassVar[str] = "records.write"
     reply_type: ClassVar[Type[Any]] = Empty
     files: Dict[str, str]
 
@@ -214,6 +221,7 @@ class ListenRequest(Request[ListenReply]):
     """Hold TCP listeners (port 0: any free one) until `release` or the agent ends."""
 
     op: ClassVar[str] = "listen"
+    handler: ClassVar[str] = "probes.listen"
     reply_type: ClassVar[Type[Any]] = ListenReply
     ports: List[int]
     address: Optional[str] = None
@@ -223,6 +231,7 @@ class ListenRequest(Request[ListenReply]):
 @dataclass
 class ReleaseRequest(Request[Empty]):
     op: ClassVar[str] = "release"
+    handler: ClassVar[str] = "main.release"
     reply_type: ClassVar[Type[Any]] = Empty
     handle: int
 
@@ -256,6 +265,7 @@ class ConnectReply:
 @dataclass
 class ConnectRequest(Request[ConnectReply]):
     op: ClassVar[str] = "connect"
+    handler: ClassVar[str] = "probes.connect"
     reply_type: ClassVar[Type[Any]] = ConnectReply
     targets: List[Target]
     timeout: float = 2.0
@@ -326,6 +336,8 @@ class JobState:
     """Where this node's ranks were when the job hung (from their stacks)."""
     nproc: int = 0
     launcher: str = ""
+    wrapped: bool = False
+    """The ranks' lines are marked by the rank wrapper (the rest is the launcher's)."""
 
 
 @dataclass
@@ -342,12 +354,26 @@ class LostEvent:
 
 
 @dataclass
+class EnvFile:
+    """NAME=value lines for the job's own runner to export to every node: written in the
+    job directory after the user's own files of that kind (home, then the working
+    directory), and named to the runner by `variable`."""
+
+    variable: str
+    name: str
+    merge: List[str] = field(default_factory=list)
+    values: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class LaunchRequest(Request[JobState]):
     """Start `argv` under a node supervisor that outlives this agent. Streams the job's
     output as OutputEvents and answers with its final state. With `detach` the
     answer comes once it has started and the job does not end with the agent."""
 
     op: ClassVar[str] = "launch"
+    handler: ClassVar[str] = "node_supervisor.launch"
+    streams: ClassVar[bool] = True
     reply_type: ClassVar[Type[Any]] = JobState
     job_id: str
     argv: List[str]
@@ -364,9 +390,8 @@ class LaunchRequest(Request[JobState]):
     """Put the job directory's site/ (trainfleet's sitecustomize) first on PYTHONPATH."""
     path: List[str] = field(default_factory=list)
     """Directories put first on PATH."""
-    deepspeed_env: Dict[str, str] = field(default_factory=dict)
-    """Variables for DeepSpeed's runner to export to every node: written, after the
-    user's own .deepspeed_env lines, to a file in the job directory named by DS_ENV_FILE."""
+    env_file: Optional[EnvFile] = None
+    """Variables the job's own runner exports to every node (DeepSpeed's DS_ENV_FILE)."""
     after: List[List[str]] = field(default_factory=list)
     """Commands run when the job has ended, however it ended (removing its container)."""
     mesh: Optional[Mesh] = None
@@ -375,6 +400,8 @@ class LaunchRequest(Request[JobState]):
     nproc: int = 0
     """Ranks this node runs (a detached launch answers once they have all started)."""
     launcher: str = ""
+    wrapped: bool = False
+    """The ranks run under the rank wrapper (their lines are marked)."""
 
 
 @dataclass
@@ -384,6 +411,7 @@ class PrepareRequest(Request[Empty]):
     /dev/shm until the job ends), and files the runner expects (a hostfile)."""
 
     op: ClassVar[str] = "prepare"
+    handler: ClassVar[str] = "node_supervisor.prepare"
     reply_type: ClassVar[Type[Any]] = Empty
     job_id: str
     workdir: str
@@ -408,6 +436,7 @@ class LockRequest(Request[LockReply]):
     A lock whose job has ended, or whose supervisor died, is taken over."""
 
     op: ClassVar[str] = "lock"
+    handler: ClassVar[str] = "lock.lock"
     reply_type: ClassVar[Type[Any]] = LockReply
     job_id: str
     workdir: str
@@ -425,6 +454,7 @@ class JobsRequest(Request[JobsReply]):
     """The jobs this node has records of (one, when `job_id` is given)."""
 
     op: ClassVar[str] = "jobs"
+    handler: ClassVar[str] = "records.jobs"
     reply_type: ClassVar[Type[Any]] = JobsReply
     workdir: str
     job_id: str = ""
@@ -436,6 +466,8 @@ class FollowRequest(Request[JobState]):
     the job ends; answers with its state."""
 
     op: ClassVar[str] = "follow"
+    handler: ClassVar[str] = "logs.follow_request"
+    streams: ClassVar[bool] = True
     reply_type: ClassVar[Type[Any]] = JobState
     job_id: str
     workdir: str
@@ -454,17 +486,28 @@ class TopJob:
 
 
 @dataclass
+class TopGpu:
+    index: str
+    util: float
+    """Percent busy."""
+    memory_used: float
+    memory_total: float
+    """Bytes."""
+
+
+@dataclass
 class TopReply:
     cpu_percent: float
     memory_used: int
     memory_total: int
-    gpus: List[Dict[str, Any]] = field(default_factory=list)
+    gpus: List[TopGpu] = field(default_factory=list)
     jobs: List[TopJob] = field(default_factory=list)
 
 
 @dataclass
 class TopRequest(Request[TopReply]):
     op: ClassVar[str] = "top"
+    handler: ClassVar[str] = "top.top"
     reply_type: ClassVar[Type[Any]] = TopReply
     workdir: str
     interval: float = 0.5
@@ -475,6 +518,7 @@ class StopRequest(Request[JobState]):
     """End a job on this node: its supervisor stops every process of it."""
 
     op: ClassVar[str] = "stop"
+    handler: ClassVar[str] = "node_supervisor.stop"
     reply_type: ClassVar[Type[Any]] = JobState
     job_id: str
     workdir: str
@@ -495,6 +539,7 @@ class SweepRequest(Request[SweepReply]):
     job's failure records there and remove its secrets file."""
 
     op: ClassVar[str] = "sweep"
+    handler: ClassVar[str] = "main.sweep"
     reply_type: ClassVar[Type[Any]] = SweepReply
     job_id: str
     kill: bool = True
@@ -514,6 +559,7 @@ class TrustReply:
 @dataclass
 class TrustRequest(Request[TrustReply]):
     op: ClassVar[str] = "trust"
+    handler: ClassVar[str] = "trust.trust"
     reply_type: ClassVar[Type[Any]] = TrustReply
     tag: str
     private_key: str
@@ -532,6 +578,7 @@ class UntrustReply:
 @dataclass
 class UntrustRequest(Request[UntrustReply]):
     op: ClassVar[str] = "untrust"
+    handler: ClassVar[str] = "trust.untrust"
     reply_type: ClassVar[Type[Any]] = UntrustReply
     tag: str
 
@@ -552,6 +599,7 @@ class SSHMatrixRequest(Request[SSHMatrixReply]):
     """From this node, `ssh ALIAS true` to every alias at once."""
 
     op: ClassVar[str] = "ssh_matrix"
+    handler: ClassVar[str] = "trust.ssh_matrix"
     reply_type: ClassVar[Type[Any]] = SSHMatrixReply
     aliases: List[str]
     timeout: int = 5
@@ -584,6 +632,7 @@ class FirewallRequest(Request[FirewallReply]):
     rule carrying the tag, whichever firewall holds it."""
 
     op: ClassVar[str] = "firewall"
+    handler: ClassVar[str] = "firewall.firewall"
     reply_type: ClassVar[Type[Any]] = FirewallReply
     action: str
     tag: str
@@ -617,6 +666,7 @@ class PushHaveReply:
 @dataclass
 class PushHaveRequest(Request[PushHaveReply]):
     op: ClassVar[str] = "push_have"
+    handler: ClassVar[str] = "push.have"
     reply_type: ClassVar[Type[Any]] = PushHaveReply
     root: str
     files: List[PushFile]
@@ -645,6 +695,8 @@ class PushRequest(Request[PushReply]):
     `start`, truncating what it had there), and pass everything on to `forward`."""
 
     op: ClassVar[str] = "push"
+    handler: ClassVar[str] = "push.receive"
+    streams: ClassVar[bool] = True
     reply_type: ClassVar[Type[Any]] = PushReply
     handle: int
     token: str
@@ -692,6 +744,7 @@ class StorageRequest(Request[StorageReply]):
     """`action`: status, mount (what is missing) or umount."""
 
     op: ClassVar[str] = "storage"
+    handler: ClassVar[str] = "storage.storage"
     reply_type: ClassVar[Type[Any]] = StorageReply
     action: str
     items: List[MountItem]
@@ -711,6 +764,7 @@ class ProbeRequest(Request[ProbeReply]):
     hang the caller)."""
 
     op: ClassVar[str] = "probe"
+    handler: ClassVar[str] = "storage.probe"
     reply_type: ClassVar[Type[Any]] = ProbeReply
     write: Dict[str, str] = field(default_factory=dict)
     read: List[str] = field(default_factory=list)

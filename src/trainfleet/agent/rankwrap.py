@@ -25,10 +25,20 @@ Stdlib only; Python 3.8 syntax.
 
 import json
 import os
+import re
 import signal
 import sys
 import time
 import traceback
+
+RANK_TAG = "tf:rank"
+"""The mark on every line a rank writes (`[tf:rankN] text`): defined here, where lines
+are marked, and read from here by the node agent and the controller."""
+RANK_LINE = re.compile(r"^\[" + RANK_TAG + r"(\d+)\] ?(.*)$")
+
+
+def rank_mark(rank):
+    return "[%s%d] " % (RANK_TAG, rank)
 
 STACK_SIGNAL = getattr(signal, "SIGRTMIN", 34) + 3
 """Dumps every thread's stack (faulthandler) when the job hangs; a real-time signal,
@@ -74,7 +84,7 @@ def prefix_output(rank):
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, STACK_SIGNAL):
             signal.signal(signum, signal.SIG_IGN)
         os.close(write_end)
-        prefix = ("[tf:rank%d] " % rank).encode()
+        prefix = rank_mark(rank).encode()
         pending = b""
         while True:
             try:

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
 SPY_FRAME = re.compile(r"^\s+(?P<func>\S+) \((?P<file>[^()]+):(?P<line>\d+)\)$")
 SPY_THREAD = re.compile(r'^Thread (0x)?[0-9A-Fa-f]+ \((\w+)\)(: "(?P<name>[^"]*)")?')
-RANK = re.compile(r"^\[tf:rank(\d+)\] ?(.*)$")
+from .rankwrap import RANK_LINE as RANK
 LIBRARY = ("site-packages", "dist-packages", "/lib/python", "<frozen", "tfagent", "trainfleet/agent")
 
 

@@ -7,8 +7,9 @@ import re
 import time
 from typing import Dict, List, Optional, Tuple
 
-from . import jobs, procs
-from .protocol import TopJob, TopReply, TopRequest
+from . import procs
+from .protocol import TopGpu, TopJob, TopReply, TopRequest
+from .records import LOG_NAME, job_dir, list_states, live_state, log_lines
 
 STEP = re.compile(r"\bstep[ =:]+(\d+)", re.IGNORECASE)
 
@@ -46,7 +47,7 @@ def _memory() -> Tuple[int, int]:
     return info["MemTotal"] - info.get("MemAvailable", info.get("MemFree", 0)), info["MemTotal"]
 
 
-def _gpus() -> List[Dict[str, object]]:
+def _gpus() -> List[TopGpu]:
     from .facts import run_quiet
 
     out = run_quiet(["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used,memory.total",
@@ -55,8 +56,8 @@ def _gpus() -> List[Dict[str, object]]:
     for line in out.splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) == 4:
-            found.append({"index": parts[0], "util": float(parts[1]), "memory_used": float(parts[2]) * 2**20,
-                          "memory_total": float(parts[3]) * 2**20})
+            found.append(TopGpu(index=parts[0], util=float(parts[1]), memory_used=float(parts[2]) * 2**20,
+                                memory_total=float(parts[3]) * 2**20))
     return found
 
 
@@ -70,8 +71,8 @@ def steps_per_second(lines: List[Tuple[float, str]]) -> Optional[float]:
 
 
 def top(request: TopRequest) -> TopReply:
-    running = {job_id: state for job_id, state in jobs.list_states(request.workdir).items()
-               if jobs.live_state(request.workdir, state).state in ("starting", "running")}
+    running = {job_id: state for job_id, state in list_states(request.workdir).items()
+               if live_state(request.workdir, state).state in ("starting", "running")}
     members = {job_id: procs.job_processes(job_id) for job_id in running}
     total0, idle0 = _cpu_total()
     ticks0 = {p.pid: _process_ticks(p.pid) for listed in members.values() for p in listed}
@@ -82,7 +83,7 @@ def top(request: TopRequest) -> TopReply:
     found = []
     for job_id, listed in members.items():
         used = sum(_process_ticks(p.pid) - ticks0.get(p.pid, 0.0) for p in listed)
-        lines = jobs._log_lines(os.path.join(jobs.job_dir(request.workdir, job_id), jobs.LOG_NAME))
+        lines = log_lines(os.path.join(job_dir(request.workdir, job_id), LOG_NAME))
         found.append(TopJob(job_id=job_id, processes=len(listed), cpu_percent=round(100.0 * used / elapsed * cores, 1),
                             rss_bytes=sum(_rss(p.pid) for p in listed), last_line=lines[-1][1][:200] if lines else "",
                             steps_per_s=steps_per_second(lines)))

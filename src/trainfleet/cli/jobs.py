@@ -107,7 +107,7 @@ def top(fleet_file: str | None, once: bool, interval: float) -> None:
 
     from rich.markup import escape
 
-    from trainfleet.launchers.base import RANK_LINE
+    from trainfleet.job.plan import RANK_LINE
     from trainfleet.ops.jobs import top as look
     from trainfleet.transport.session import FleetSession
 
@@ -126,7 +126,7 @@ def top(fleet_file: str | None, once: bool, interval: float) -> None:
                 grid.add_row(node.name, "-", "-", "-", escape(failures[node.name]), "", "", "", "")
                 continue
             answer = answers[node.name]
-            gpus = " ".join(f"{g['util']:.0f}%/{g['memory_used'] / 2**30:.0f}G" for g in answer.gpus) or "none"
+            gpus = " ".join(f"{g.util:.0f}%/{g.memory_used / 2**30:.0f}G" for g in answer.gpus) or "none"
             memory = f"{answer.memory_used / 2**30:.1f}/{answer.memory_total / 2**30:.0f}G"
             jobs = answer.jobs or [None]
             for job in jobs:

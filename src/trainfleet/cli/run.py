@@ -14,6 +14,7 @@ import click
 
 from trainfleet.cli.app import cli, echo_err, fleet_option, load, print_line, select, run_cancellable, status
 from trainfleet.errors import UsageError
+from trainfleet.launchers import launcher_names, launcher_options
 
 if TYPE_CHECKING:
     from trainfleet.fleet.model import Fleet
@@ -69,6 +70,20 @@ def launch(fleet: Fleet, job: JobSpec, options: RunOptions, printer: Callable[[s
     return outcome.exit_code if not outcome.left_running else max(outcome.exit_code, 1)
 
 
+def launcher_option_flags(command):  # type: ignore[no-untyped-def]
+    """Each launcher's own options (`--include` for deepspeed), as its file declares them."""
+    for name, (owner, declared) in sorted(launcher_options().items(), reverse=True):
+        command = click.option(f"--{name}", f"option_{name.replace('-', '_')}", type=declared.type,
+                               metavar=declared.metavar, help=f"{owner}: {declared.help}")(command)
+    return command
+
+
+def given_options(values: dict[str, str | int | None]) -> dict[str, str | int]:
+    """The launcher options given on the command line, by their names."""
+    return {key[len("option_"):].replace("_", "-"): value for key, value in values.items()
+            if key.startswith("option_") and value not in (None, "", 0)}
+
+
 def refuse_stray_option(script: str, command: click.Command) -> None:
     """`run --nproc 2 train.py`: an option run does not know, before the script, would
     otherwise become the script (or reach the launcher)."""
@@ -102,19 +117,14 @@ def refuse_stray_option(script: str, command: click.Command) -> None:
               help="seconds between SIGTERM and SIGKILL at teardown")
 @click.option("--job-id", help="rendezvous id and log name (default: tf-DATE-TIME-RANDOM)")
 @click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE", help="extra environment for this run")
-@click.option("--launcher", type=click.Choice(["torchrun", "deepspeed", "accelerate", "command", "head"]),
+@click.option("--launcher", type=click.Choice(launcher_names()),
               help="what starts the ranks on the nodes (default: the fleet file's `launcher:`, else torchrun)")
-@click.option("--include", default="", metavar="NODES", help="deepspeed: only these nodes/slots (node0:0,1@node1)")
-@click.option("--exclude", default="", metavar="NODES", help="deepspeed: not these nodes/slots")
-@click.option("--hostfile-path", default="", metavar="PATH",
-              help="head: where the hostfile is written on every node (default: in the job's directory)")
+@launcher_option_flags
 @click.option("--launcher-arg", "launcher_args", multiple=True, metavar="ARG",
               help="an option for the launcher itself, before the script (repeat)")
 @click.option("--detach", is_flag=True, help="return once every rank has started (the job id is the last line); "
               "the job goes on without this process")
 @click.option("--concurrent", is_flag=True, help="run beside a job of this fleet that is still running")
-@click.option("--min-nodes", type=int, default=0, help="after a node is lost, go on with at least this many "
-              "(torchrun, with --max-restarts)")
 @click.option("--hang-timeout", type=float, help="seconds without a line from any rank before every rank's stack is "
               "dumped and the job ends (default: off; 3600 with --detach; 0: off)")
 @click.option("-v", "--verbose", is_flag=True, help="also show the launcher's own output (kept in the logs anyway)")
@@ -122,29 +132,26 @@ def refuse_stray_option(script: str, command: click.Command) -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(fleet_file: str | None, node_names: str | None, nproc_per_node: int | None, module: bool, port: int | None, dry_run: bool,
         as_json: bool, sync_dir: Path, no_sync: bool, max_restarts: int, log_dir: Path | None, grace: float,
-        job_id: str | None, env_pairs: tuple[str, ...], launcher: str | None, include: str, exclude: str,
-        hostfile_path: str, launcher_args: tuple[str, ...], detach: bool, concurrent: bool, min_nodes: int,
-        hang_timeout: float | None, verbose: bool, script: str, args: tuple[str, ...]) -> None:
+        job_id: str | None, env_pairs: tuple[str, ...], launcher: str | None, launcher_args: tuple[str, ...],
+        detach: bool, concurrent: bool, hang_timeout: float | None, verbose: bool, script: str, args: tuple[str, ...],
+        **launcher_option_values: str | int | None) -> None:
     """Start SCRIPT on every node (torchrun, deepspeed or accelerate; or any command, on
     every node or on node 0 alone) and stream every rank's output."""
     from trainfleet.job.spec import JobSpec, new_job_id, validate_job
+    from trainfleet.launchers import check_options
     from trainfleet.ops.run import RunOptions, plan_offline
     from trainfleet.ops.sync import project_for
 
     refuse_stray_option(script, run)
     fleet = load(fleet_file)
     fleet = fleet.subset(select(fleet, node_names))
-    chosen = launcher or fleet.launcher
-    if (include or exclude) and chosen != "deepspeed":
-        raise UsageError("--include/--exclude select DeepSpeed slots", fix="add --launcher deepspeed, or leave them out")
-    if hostfile_path and chosen != "head":
-        raise UsageError("--hostfile-path is for --launcher head")
     job = JobSpec(entrypoint=script, args=args, module=module, nproc_per_node=nproc_per_node,
                   max_restarts=max_restarts, job_id=job_id or new_job_id(), env=parse_env(env_pairs),
-                  launcher=chosen, include=include, exclude=exclude, hostfile_path=hostfile_path,
-                  launcher_args=launcher_args, min_nodes=min_nodes,
+                  launcher=launcher or fleet.launcher, launcher_args=launcher_args,
+                  options=given_options(launcher_option_values),
                   hang_timeout=hang_timeout if hang_timeout is not None else (3600.0 if detach else 0.0))
     validate_job(job)
+    check_options(job)
     project = project_for(sync_dir)
     if dry_run:
         plan = plan_offline(fleet, job, project, port)
@@ -243,7 +250,7 @@ def export_group() -> None:
 def job_options(command):  # type: ignore[no-untyped-def]
     for option in reversed([
         fleet_option,
-        click.option("--launcher", type=click.Choice(["torchrun", "deepspeed", "accelerate", "command"])),
+        click.option("--launcher", type=click.Choice(launcher_names())),
         click.option("--nproc-per-node", type=int),
         click.option("-m", "--module", is_flag=True),
         click.option("--max-restarts", type=int, default=0, show_default=True),
@@ -262,7 +269,7 @@ def exported_job(fleet, launcher, nproc_per_node, module, max_restarts, env_pair
 
     return JobSpec(entrypoint=script, args=args, module=module, nproc_per_node=nproc_per_node,
                    max_restarts=max_restarts, job_id=job_id or new_job_id(), env=parse_env(env_pairs),
-                   launcher=launcher or (fleet.launcher if fleet.launcher != "head" else "torchrun"))
+                   launcher=launcher or fleet.launcher)
 
 
 def emit(text: str, out: Path | None) -> None:

@@ -1,35 +1,49 @@
-"""A Kubeflow PyTorchJob for the job: one Master and Worker replicas, torchrun in each pod.
+"""A Kubeflow PyTorchJob for the job: one Master and Worker replicas, the launcher's plan in each pod.
 
-The training operator gives each pod PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR and
-PET_MASTER_PORT, which torchrun reads; secrets become secretKeyRefs to a Kubernetes
-Secret (named after the job unless told), never values.
+The training operator gives each pod RANK (its replica's rank: the node rank),
+MASTER_ADDR and MASTER_PORT (the master's service); the pod's own address comes from
+the downward API. Secrets become secretKeyRefs to a Kubernetes Secret (named after the
+job unless told), never values.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet
+from trainfleet.job.placement import Placement, scheduler_placement
 from trainfleet.job.spec import JobSpec, validate_job
+from trainfleet.export.template import node_command, scheduled_plan
+
+NODE_PRELUDE = 'if [ "$RANK" = 0 ]; then TF_IS_HOST=true; else TF_IS_HOST=false; fi\n'
+
+
+def kubernetes_placement(fleet: Fleet, job: JobSpec) -> Placement:
+    """Pods have one network: gloo and NCCL find it without an interface name."""
+    return scheduler_placement(fleet, job, "Kubernetes", "${PWD}", node="${HOSTNAME}", rank="${RANK}",
+                               address="${POD_IP}", interface="", is_head="${TF_IS_HOST}",
+                               head_address="${MASTER_ADDR}", port="${MASTER_PORT}")
+
+
+def pod_command(fleet: Fleet, job: JobSpec, python: str) -> list[str]:
+    placement = kubernetes_placement(fleet, job)
+    launch = scheduled_plan(fleet, job, placement).nodes[0]
+    if launch.argv and launch.argv[0] == fleet.python:  # the image's Python, as in a container on the nodes
+        launch = dataclasses.replace(launch, argv=(python, *launch.argv[1:]))
+    return ["sh", "-c", NODE_PRELUDE + node_command(launch, placement)]
 
 
 def render_pytorchjob(fleet: Fleet, job: JobSpec, image: str, secret_name: str = "") -> dict[str, Any]:
     validate_job(job)
-    if job.launcher not in ("torchrun", "command"):
-        raise UsageError(f"--launcher {job.launcher} cannot be exported to a PyTorchJob",
-                         fix="use torchrun (or command); the training operator sets torchrun's variables")
     if not image:
         raise UsageError("a PyTorchJob needs an image", fix="pass --image, or set `container: {image: ...}`")
     per_node = job.nproc_per_node or min(n.slots for n in fleet.nodes)
-    entry = (["-m"] if job.module else []) + [job.entrypoint, *job.args]
-    if job.launcher == "torchrun":
-        command = ["torchrun", f"--nproc-per-node={per_node}", f"--max-restarts={job.max_restarts}",
-                   *job.launcher_args, *entry]
-    else:
-        command = ["sh", "-c", job.entrypoint] if not job.args else [job.entrypoint, *job.args]
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted({**fleet.env, **job.env}.items())]
+    python = fleet.container.python if fleet.container else fleet.python
+    command = pod_command(fleet, job, python)
+    env: list[dict[str, Any]] = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     secret = secret_name or f"{job.job_id}-secrets"
     env += [{"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": name}}} for name in fleet.secrets]
 

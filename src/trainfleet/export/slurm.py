@@ -1,54 +1,46 @@
-"""An sbatch script for the job: one task per node, the launcher started by srun on each.
+"""An sbatch script for the job: one task per node, the launcher's plan run by srun on each.
 
-The head node's address comes from the allocation (the first host of SLURM_JOB_NODELIST),
-each node's rank from SLURM_NODEID: what trainfleet otherwise asks the nodes for.
-Secrets are named, never written: set them in the environment sbatch is run from.
+The launcher renders its plan for Slurm's placement: each node's rank is
+SLURM_NODEID, the head's address comes from the allocation (the first node's
+NodeAddr), each node's own training address and interface are the ones that route to
+the head (what trainfleet otherwise asks the nodes for), and the rendezvous port is
+the job's own. Secrets are named, never written: set them in the environment sbatch
+is run from.
 """
 
 from __future__ import annotations
 
 import shlex
 
-from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet
+from trainfleet.job.placement import Placement, scheduler_placement
 from trainfleet.job.spec import JobSpec, validate_job
-from trainfleet.launchers.deepspeed import world_info
+from trainfleet.export.template import node_command, scheduled_plan
+
+NODE_PRELUDE = (
+    "TF_LOCAL_ADDR=$(ip -o route get \"$MASTER_ADDR\" | sed -n 's/.* src \\([^ ]*\\).*/\\1/p')\n"
+    "TF_IFACE=$(ip -o addr show to \"$TF_LOCAL_ADDR\" | awk '{print $2; exit}')\n"
+    "if [ \"$SLURM_NODEID\" = 0 ]; then TF_IS_HOST=true; else TF_IS_HOST=false; fi\n"
+)
+"""On each node, before the command: its address and interface towards the head, and whether it is the head."""
 
 
-def _quoted(words: list[str]) -> str:
-    return " ".join(shlex.quote(w) for w in words)
+def slurm_placement(fleet: Fleet, job: JobSpec) -> Placement:
+    return scheduler_placement(fleet, job, "Slurm", "${SLURM_SUBMIT_DIR}", node="${SLURMD_NODENAME}",
+                               rank="${SLURM_NODEID}", address="${TF_LOCAL_ADDR}", interface="${TF_IFACE}",
+                               is_head="${TF_IS_HOST}", head_address="${MASTER_ADDR}", port="${MASTER_PORT}")
 
 
-def launcher_command(fleet: Fleet, job: JobSpec, per_node: int) -> str:
-    """The command srun runs on every node ($MASTER_ADDR etc. expanded there)."""
-    entry = (["-m"] if job.module else []) + [job.entrypoint, *job.args]
-    python = shlex.quote(fleet.python)
-    extra = _quoted(list(job.launcher_args))
-    if job.launcher == "torchrun":
-        return (f"{python} -m torch.distributed.run --nnodes=\"$SLURM_NNODES\" --nproc-per-node={per_node} "
-                f"--rdzv-backend=c10d --rdzv-endpoint=\"$MASTER_ADDR:$MASTER_PORT\" --rdzv-id=\"$SLURM_JOB_ID\" "
-                f"--max-restarts={job.max_restarts} {extra} {_quoted(entry)}")
-    if job.launcher == "deepspeed":
-        import base64
-        import json
-
-        info = base64.urlsafe_b64encode(json.dumps(world_info(fleet, job)).encode()).decode()
-        return (f"{python} -u -m deepspeed.launcher.launch --world_info={info} --node_rank=\"$SLURM_NODEID\" "
-                f"--master_addr=\"$MASTER_ADDR\" --master_port=\"$MASTER_PORT\" {extra} {_quoted(entry)}")
-    if job.launcher == "accelerate":
-        return (f"{python} -m accelerate.commands.launch --multi_gpu --num_machines=\"$SLURM_NNODES\" "
-                f"--machine_rank=\"$SLURM_NODEID\" --main_process_ip=\"$MASTER_ADDR\" "
-                f"--main_process_port=\"$MASTER_PORT\" --num_processes=$((SLURM_NNODES * {per_node})) "
-                f"--rdzv_backend=static {extra} {_quoted(entry)}")
-    if job.launcher == "command":
-        return (f"NODE_RANK=\"$SLURM_NODEID\" NNODES=\"$SLURM_NNODES\" NPROC_PER_NODE={per_node} "
-                f"{job.entrypoint if not job.args else _quoted([job.entrypoint, *job.args])}")
-    raise UsageError(f"--launcher {job.launcher} cannot be exported to Slurm",
-                     fix="use torchrun, deepspeed, accelerate or command")
+def node_script(fleet: Fleet, job: JobSpec) -> str:
+    """What srun runs on every node: the prelude, then the launcher's command."""
+    placement = slurm_placement(fleet, job)
+    plan = scheduled_plan(fleet, job, placement)
+    return NODE_PRELUDE + node_command(plan.nodes[0], placement)
 
 
-def render_sbatch(fleet: Fleet, job: JobSpec, workdir: str = '"$SLURM_SUBMIT_DIR"') -> str:
+def render_sbatch(fleet: Fleet, job: JobSpec) -> str:
     validate_job(job)
+    script = node_script(fleet, job)
     per_node = job.nproc_per_node or min(n.slots for n in fleet.nodes)
     lines = [
         "#!/bin/bash",
@@ -60,17 +52,15 @@ def render_sbatch(fleet: Fleet, job: JobSpec, workdir: str = '"$SLURM_SUBMIT_DIR
         "#SBATCH --output=%x-%j.out",
         "set -euo pipefail",
         "",
-        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        "MASTER_PORT=29500",
+        "# The head's address from the allocation (node names need not resolve), a port of this job's own.",
+        'TF_HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "MASTER_ADDR=$(scontrol show node \"$TF_HEAD\" | sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p')",
+        "MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
         "export MASTER_ADDR MASTER_PORT",
     ]
-    for name, value in sorted({**fleet.env, **job.env}.items()):
-        lines.append(f"export {name}={shlex.quote(value)}")
     if fleet.secrets:
         lines.append(f"# secrets, from the environment sbatch runs in (never written here): {' '.join(fleet.secrets)}")
         lines += [f': "${{{name}:?set {name} before sbatch}}"' for name in fleet.secrets]
         lines.append(f"export {' '.join(fleet.secrets)}")
-    lines += ["", f"cd {workdir}",
-              f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c {shlex.quote(launcher_command(fleet, job, per_node))}",
-              ""]
+    lines += ["", f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c {shlex.quote(script)}", ""]
     return "\n".join(lines)

@@ -124,9 +124,18 @@ class FleetModel(_Strict):
     sync: SyncModel = Field(default_factory=SyncModel)
     setup: list[str] | SetupModel | None = None
     """A list of commands, or {commands: [...], files: [...]}."""
-    launcher: Literal["torchrun", "deepspeed", "accelerate", "command", "head"] = "torchrun"
+    launcher: str = "torchrun"
     container: ContainerModel | None = None
     storage: list[StorageModel] = Field(default_factory=list)
+
+    @field_validator("launcher")
+    @classmethod
+    def _known_launcher(cls, value: str) -> str:
+        from trainfleet.launchers import launcher_names  # the registry: launchers import the fleet's model
+
+        if value not in launcher_names():
+            raise ValueError(f"unknown launcher {value!r}; use one of: {', '.join(launcher_names())}")
+        return value
 
     @field_validator("setup")
     @classmethod

@@ -30,13 +30,9 @@ class JobSpec:
     """Variables for this job only (`--env K=V`), on top of the fleet's `env`."""
     launcher_args: tuple[str, ...] = ()
     """Extra options passed to the launcher itself, before the entrypoint."""
-    include: str = ""
-    exclude: str = ""
-    """DeepSpeed's slot selection (`node0:0,1@node1`)."""
-    hostfile_path: str = ""
-    """Where the `head` launcher writes the hostfile on every node (default: the job's directory)."""
-    min_nodes: int = 0
-    """With restarts (torchrun): go on without a lost node while at least this many remain (0: never)."""
+    options: Mapping[str, str | int] = field(default_factory=dict)
+    """Options of the chosen launcher, by name (`include` for `--include`): each
+    launcher declares and checks its own."""
     hang_timeout: float = 0.0
     """Seconds without a line from any rank before the ranks' stacks are dumped and the job ends (0: never)."""
 
@@ -54,12 +50,8 @@ def validate_job(job: JobSpec) -> None:
         raise UsageError(f"--nproc-per-node must be >= 1 (got {job.nproc_per_node})")
     if job.max_restarts < 0:
         raise UsageError(f"--max-restarts must be >= 0 (got {job.max_restarts})")
-    if job.min_nodes < 0 or job.hang_timeout < 0:
-        raise UsageError("--min-nodes and --hang-timeout cannot be negative")
-    if job.min_nodes and job.launcher != "torchrun":
-        raise UsageError("--min-nodes works with torchrun's elastic agent", fix="use --launcher torchrun")
-    if job.min_nodes and not job.max_restarts:
-        raise UsageError("--min-nodes restarts the job on the nodes left: it needs --max-restarts N (N >= 1)")
+    if job.hang_timeout < 0:
+        raise UsageError("--hang-timeout cannot be negative")
     for name in job.env:
         if not ENV_NAME.match(name):
             raise UsageError(f"--env {name}=...: {name!r} is not a valid environment variable name")

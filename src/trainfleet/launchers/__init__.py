@@ -1,11 +1,16 @@
-"""Launchers, by name: each renders per-node commands from a job, the fleet and facts."""
+"""Launchers, by name: each renders a job's `LaunchPlan` for a placement. A new launcher
+is one file in this package and one line in `_LAUNCHERS`."""
 
 from __future__ import annotations
 
-from trainfleet.errors import UsageError
-from trainfleet.launchers.base import (DEFAULT_RDZV_PORT, Launcher, LaunchFacts, LaunchPlan, NodeLaunch, NodePrepare,
-                                       RankExit)
+import importlib
 
+from trainfleet.errors import UsageError
+from trainfleet.fleet.model import Fleet
+from trainfleet.job.placement import LaunchFacts, facts_placement
+from trainfleet.job.plan import LaunchPlan
+from trainfleet.job.spec import JobSpec
+from trainfleet.launchers.base import Launcher, LauncherOption
 
 _LAUNCHERS = {
     "torchrun": ("trainfleet.launchers.torchrun", "Torchrun"),
@@ -24,11 +29,31 @@ def get_launcher(name: str) -> Launcher:
     """The launcher called `name` (its module imported only when asked for)."""
     if name not in _LAUNCHERS:
         raise UsageError(f"unknown launcher {name!r}", fix=f"use one of: {', '.join(launcher_names())}")
-    import importlib
-
     module, attribute = _LAUNCHERS[name]
     return getattr(importlib.import_module(module), attribute)()  # type: ignore[no-any-return]
 
 
-__all__ = ["DEFAULT_RDZV_PORT", "LaunchFacts", "LaunchPlan", "Launcher", "NodeLaunch", "NodePrepare", "RankExit",
-           "get_launcher", "launcher_names"]
+def launcher_options() -> dict[str, tuple[str, LauncherOption]]:
+    """Every launcher's own options, by name: (the launcher, the option)."""
+    return {o.name: (name, o) for name in launcher_names() for o in get_launcher(name).options}
+
+
+def check_options(job: JobSpec) -> None:
+    """An option given for another launcher than the job's is a mistake, said as one."""
+    owners = launcher_options()
+    for name in job.options:
+        owner = owners[name][0] if name in owners else None
+        if owner != job.launcher:
+            raise UsageError(f"--{name} is an option of --launcher {owner}" if owner else f"unknown option --{name}",
+                             fix=f"add --launcher {owner}, or leave --{name} out" if owner else
+                             "see `trainfleet run --help`")
+
+
+def plan_job(fleet: Fleet, job: JobSpec, facts: LaunchFacts, cwd: str) -> LaunchPlan:
+    """The job's plan for the fleet's nodes, as they were found."""
+    check_options(job)
+    return get_launcher(job.launcher).plan(fleet, job, facts_placement(fleet, job, facts, cwd))
+
+
+__all__ = ["LaunchFacts", "Launcher", "LauncherOption", "check_options", "get_launcher", "launcher_names",
+           "launcher_options", "plan_job"]

@@ -11,43 +11,43 @@ from typing import ClassVar
 
 from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet
+from trainfleet.job.placement import Placement
+from trainfleet.job.plan import ExitReport, LaunchPlan
 from trainfleet.job.spec import JobSpec, validate_job
-from trainfleet.launchers.base import (LaunchFacts, LaunchPlan, base_env, endpoint, node_launch, nproc,
-                                       wrapped_entry)
-from trainfleet.launchers.torchrun import Torchrun
+from trainfleet.launchers.base import LauncherOption, base_env, endpoint, node_launch, wrapped_entry
 
 
-class Accelerate(Torchrun):
-    """Its ranks are torchrun's workers, so torchrun's failure report applies."""
+class Accelerate:
+    """Its ranks are torchrun's workers, so torchelastic's failure report applies."""
 
     name: ClassVar[str] = "accelerate"
-    wraps_ranks: ClassVar[bool] = True
+    options: ClassVar[tuple[LauncherOption, ...]] = ()
+    script_entry: ClassVar[bool] = True
     needs_gpu_facts: ClassVar[bool] = True
 
-    def plan(self, fleet: Fleet, job: JobSpec, facts: LaunchFacts, cwd: str) -> LaunchPlan:
+    def plan(self, fleet: Fleet, job: JobSpec, placement: Placement) -> LaunchPlan:
         validate_job(job)
-        counts = {nproc(job, n) for n in fleet.nodes}
+        counts = {p.nproc for p in placement.places}
         if len(counts) > 1:
             raise UsageError(f"accelerate runs the same number of processes on every node; the fleet's slots differ "
-                             f"({', '.join(f'{n.name}={nproc(job, n)}' for n in fleet.nodes)})",
+                             f"({', '.join(f'{p.node}={p.nproc}' for p in placement.places)})",
                              fix="pass --nproc-per-node N")
-        per_node = counts.pop()
-        total = per_node * len(fleet.nodes)
-        master = facts.address(fleet.head)
-        cpu_only = bool(facts.gpus) and not any(facts.gpus.get(n.name) for n in fleet.nodes)
-        entry = wrapped_entry(job, fleet.workdir)
+        total = placement.world_size
+        cpu_only = all(p.gpus == 0 for p in placement.places)
+        entry = wrapped_entry(job, placement, fleet.workdir)
         launches = []
-        for rank, node in enumerate(fleet.nodes):
-            env = base_env(fleet, job, node, rank, facts)
+        for place in placement.places:
+            env = base_env(fleet, job, place, placement)
             if cpu_only:
                 env.setdefault("ACCELERATE_USE_CPU", "1")
             argv = [fleet.python, "-m", "accelerate.commands.launch", "--multi_gpu",
-                    f"--num_machines={len(fleet.nodes)}", f"--machine_rank={rank}",
-                    f"--main_process_ip={master}", f"--main_process_port={facts.rdzv_port}",
+                    f"--num_machines={placement.nnodes}", f"--machine_rank={place.rank}",
+                    f"--main_process_ip={placement.head_address}", f"--main_process_port={placement.port}",
                     f"--num_processes={total}", "--rdzv_backend=static", "--mixed_precision=no",
                     "--dynamo_backend=no", "--num_cpu_threads_per_process=1", *job.launcher_args, *entry]
-            launches.append(node_launch(fleet, node, rank, per_node, cwd, argv, env))
+            launches.append(node_launch(fleet, place, placement, argv, env))
         return LaunchPlan(job_id=job.job_id, launcher=self.name,
-                          rendezvous=f"static rendezvous at {endpoint(master, facts.rdzv_port)}"
+                          rendezvous=f"static rendezvous at {endpoint(placement.head_address, placement.port)}"
                                      + (", on the CPU (no GPU on the nodes)" if cpu_only else ""),
-                          world_size=total, nodes=tuple(launches))
+                          world_size=total, nodes=tuple(launches), wraps_ranks=True,
+                          exit_report=ExitReport.TORCHELASTIC)

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 from trainfleet.fleet.model import Fleet
+from trainfleet.job.placement import Placement
+from trainfleet.job.plan import LaunchPlan
 from trainfleet.job.spec import JobSpec, validate_job
-from trainfleet.launchers.base import (LaunchFacts, LaunchPlan, NoRankReport, base_env, endpoint, node_launch, nproc,
-                                       rendezvous_env)
+from trainfleet.launchers.base import LauncherOption, base_env, endpoint, node_launch, rendezvous_env
 
 
 def command_argv(job: JobSpec) -> list[str]:
@@ -21,17 +22,17 @@ def command_argv(job: JobSpec) -> list[str]:
     return [job.entrypoint, *job.args]
 
 
-class Command(NoRankReport):
+class Command:
     name: ClassVar[str] = "command"
-    wraps_ranks: ClassVar[bool] = False
+    options: ClassVar[tuple[LauncherOption, ...]] = ()
+    script_entry: ClassVar[bool] = False
     needs_gpu_facts: ClassVar[bool] = False
 
-    def plan(self, fleet: Fleet, job: JobSpec, facts: LaunchFacts, cwd: str) -> LaunchPlan:
+    def plan(self, fleet: Fleet, job: JobSpec, placement: Placement) -> LaunchPlan:
         validate_job(job)
-        launches = []
-        for rank, node in enumerate(fleet.nodes):
-            env = {**base_env(fleet, job, node, rank, facts), **rendezvous_env(fleet, job, facts, rank)}
-            launches.append(node_launch(fleet, node, rank, nproc(job, node), cwd, command_argv(job), env))
-        master = endpoint(facts.address(fleet.head), facts.rdzv_port)
+        launches = [node_launch(fleet, place, placement, command_argv(job),
+                                {**base_env(fleet, job, place, placement), **rendezvous_env(job, place, placement)})
+                    for place in placement.places]
+        master = endpoint(placement.head_address, placement.port)
         return LaunchPlan(job_id=job.job_id, launcher=self.name, rendezvous=f"MASTER_ADDR:MASTER_PORT={master}",
-                          world_size=sum(n.nproc for n in launches), nodes=tuple(launches))
+                          world_size=placement.world_size, nodes=tuple(launches))

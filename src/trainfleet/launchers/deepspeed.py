@@ -10,42 +10,45 @@ CROSS_SIZE, MASTER_ADDR, MASTER_PORT and the `--local_rank` argument, as it alwa
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from typing import ClassVar
 
 from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet
+from trainfleet.job.placement import Placement, nproc
+from trainfleet.job.plan import LaunchPlan
 from trainfleet.job.spec import JobSpec, validate_job
-from trainfleet.launchers.base import (LaunchFacts, LaunchPlan, NoRankReport, base_env, endpoint, node_launch, nproc,
-                                       wrapped_entry)
+from trainfleet.launchers.base import LauncherOption, base_env, endpoint, node_launch, option, wrapped_entry
 
 
-def parse_filter(text: str, option: str, fleet: Fleet) -> dict[str, list[int] | None]:
+def parse_filter(text: str, flag: str, fleet: Fleet) -> dict[str, list[int] | None]:
     """DeepSpeed's `host[:slot,slot][@host...]` (None: every slot of that host)."""
     chosen: dict[str, list[int] | None] = {}
     known = {n.name for n in fleet.nodes}
     for part in filter(None, text.split("@")):
         host, _, slots = part.partition(":")
         if host not in known:
-            raise UsageError(f"--{option} {text}: no node named {host!r}", fix=f"use the fleet's node names: "
+            raise UsageError(f"--{flag} {text}: no node named {host!r}", fix=f"use the fleet's node names: "
                              f"{', '.join(sorted(known))}")
         try:
             chosen[host] = [int(s) for s in slots.split(",")] if slots else None
         except ValueError:
-            raise UsageError(f"--{option} {text}: slots must be numbers (host:0,1)") from None
+            raise UsageError(f"--{flag} {text}: slots must be numbers (host:0,1)") from None
     return chosen
 
 
 def world_info(fleet: Fleet, job: JobSpec) -> dict[str, list[int]]:
     """Node -> the slots it runs, in fleet order, after --include / --exclude."""
-    if job.include and job.exclude:
+    include, exclude = str(option(job, "include")), str(option(job, "exclude"))
+    if include and exclude:
         raise UsageError("--include and --exclude cannot be used together (as with DeepSpeed)")
     slots = {n.name: list(range(nproc(job, n))) for n in fleet.nodes}
-    if job.include:
-        wanted = parse_filter(job.include, "include", fleet)
+    if include:
+        wanted = parse_filter(include, "include", fleet)
         slots = {n: (wanted[n] if wanted[n] is not None else s) for n, s in slots.items() if n in wanted}
-    if job.exclude:
-        unwanted = parse_filter(job.exclude, "exclude", fleet)
+    if exclude:
+        unwanted = parse_filter(exclude, "exclude", fleet)
         slots = {n: ([] if unwanted[n] is None else [x for x in s if x not in unwanted[n]]) if n in unwanted else s
                  for n, s in slots.items()}
     for node, chosen in slots.items():
@@ -58,25 +61,35 @@ def world_info(fleet: Fleet, job: JobSpec) -> dict[str, list[int]]:
     return chosen
 
 
-class DeepSpeed(NoRankReport):
+class DeepSpeed:
     name: ClassVar[str] = "deepspeed"
-    wraps_ranks: ClassVar[bool] = True
+    options: ClassVar[tuple[LauncherOption, ...]] = (
+        LauncherOption("include", "only these nodes/slots (node0:0,1@node1)", metavar="NODES"),
+        LauncherOption("exclude", "not these nodes/slots", metavar="NODES"),
+    )
+    script_entry: ClassVar[bool] = True
     needs_gpu_facts: ClassVar[bool] = False
 
-    def plan(self, fleet: Fleet, job: JobSpec, facts: LaunchFacts, cwd: str) -> LaunchPlan:
+    def plan(self, fleet: Fleet, job: JobSpec, placement: Placement) -> LaunchPlan:
         validate_job(job)
+        if placement.template and (option(job, "include") or option(job, "exclude")):
+            raise UsageError(f"--include/--exclude choose the fleet's nodes; {placement.scheduler} chooses them in "
+                             f"its allocation", fix="leave them out of the export")
         info = world_info(fleet, job)
+        if placement.template:
+            info = {name: list(range(placement.places[0].nproc)) for name in info}
+            places = list(placement.places)
+        else:  # the nodes --include/--exclude leave, ranked in that order
+            chosen = [p for p in placement.places if p.node in info]
+            places = [dataclasses.replace(p, rank=str(i), nproc=len(info[p.node])) for i, p in enumerate(chosen)]
         encoded = base64.urlsafe_b64encode(json.dumps(info).encode()).decode()
-        master = facts.address(fleet.head)
-        entry = wrapped_entry(job, fleet.workdir)
+        entry = wrapped_entry(job, placement, fleet.workdir)
         launches = []
-        for rank, name in enumerate(info):
-            node = fleet.node(name)
+        for place in places:
             argv = [fleet.python, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={encoded}",
-                    f"--node_rank={rank}", f"--master_addr={master}", f"--master_port={facts.rdzv_port}",
-                    *job.launcher_args, *entry]
-            launches.append(node_launch(fleet, node, rank, len(info[name]), cwd, argv,
-                                        base_env(fleet, job, node, rank, facts)))
+                    f"--node_rank={place.rank}", f"--master_addr={placement.head_address}",
+                    f"--master_port={placement.port}", *job.launcher_args, *entry]
+            launches.append(node_launch(fleet, place, placement, argv, base_env(fleet, job, place, placement)))
         return LaunchPlan(job_id=job.job_id, launcher=self.name,
-                          rendezvous=f"master at {endpoint(master, facts.rdzv_port)}",
-                          world_size=sum(len(s) for s in info.values()), nodes=tuple(launches))
+                          rendezvous=f"master at {endpoint(placement.head_address, placement.port)}",
+                          world_size=sum(len(s) for s in info.values()), nodes=tuple(launches), wraps_ranks=True)

@@ -1,5 +1,5 @@
 """A command on node 0 only, for tools that start their own multi-node runner: GPT-NeoX's
-deepy.py, `deepspeed --hostfile`, mpirun.
+deepy.py, `deepspeed --hostfile`.
 
 trainfleet writes the hostfile where the tool expects it (on every node), and relies on
 the node aliases `trainfleet ssh setup` writes, so pdsh and ssh reach the nodes by name.
@@ -18,36 +18,50 @@ from typing import ClassVar
 
 from trainfleet.fleet.hostfiles import render_hostfile
 from trainfleet.fleet.model import Fleet
+from trainfleet.job.placement import Placement
+from trainfleet.job.plan import EnvFile, LaunchPlan, NodePrepare, job_path
 from trainfleet.job.spec import JobSpec, validate_job
-from trainfleet.launchers.base import (LaunchFacts, LaunchPlan, NodePrepare, NoRankReport, base_env, job_dir,
-                                       node_launch, nproc, rendezvous_env)
+from trainfleet.launchers.base import (LauncherOption, base_env, node_launch, option, refuse_template,
+                                       rendezvous_env)
 from trainfleet.launchers.command import command_argv
 
 NODE_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TRAINFLEET_NODE", "TRAINFLEET_NODE_RANK")
 
 
-class Head(NoRankReport):
+def prepare_nodes(fleet: Fleet, job: JobSpec, placement: Placement, hostfile: str, text: str) -> tuple[NodePrepare, ...]:
+    """Every node: its own variables (for trainfleet's sitecustomize) and the hostfile."""
+    prepared = []
+    for place in placement.places:
+        node_env = base_env(fleet, job, place, placement)
+        prepared.append(NodePrepare(node=place.node, env=tuple((k, node_env[k]) for k in NODE_VARIABLES
+                                                               if k in node_env), write=((hostfile, text),)))
+    return tuple(prepared)
+
+
+class Head:
     name: ClassVar[str] = "head"
-    wraps_ranks: ClassVar[bool] = False
+    options: ClassVar[tuple[LauncherOption, ...]] = (
+        LauncherOption("hostfile-path", "where the hostfile is written on every node (default: in the job's "
+                                        "directory)", metavar="PATH"),
+    )
+    script_entry: ClassVar[bool] = False
     needs_gpu_facts: ClassVar[bool] = False
 
-    def plan(self, fleet: Fleet, job: JobSpec, facts: LaunchFacts, cwd: str) -> LaunchPlan:
+    def plan(self, fleet: Fleet, job: JobSpec, placement: Placement) -> LaunchPlan:
         validate_job(job)
-        hostfile = job.hostfile_path or f"{job_dir(fleet.workdir, job.job_id)}/hostfile"
-        head = fleet.head
-        env = {**base_env(fleet, job, head, 0, facts), **rendezvous_env(fleet, job, facts, 0),
+        refuse_template(placement, self.name, "its runner starts the other nodes' processes over SSH itself")
+        hostfile = str(option(job, "hostfile-path")) or f"{job_path(fleet.workdir, job.job_id)}/hostfile"
+        head = placement.places[0]
+        env = {**base_env(fleet, job, head, placement), **rendezvous_env(job, head, placement),
                "TRAINFLEET_HOSTFILE": hostfile}
         # Everything but each node's own variables and the secrets, for the runner to export.
         shared = {**fleet.env, **job.env}
-        launch = dataclasses.replace(node_launch(fleet, head, 0, nproc(job, head), cwd, command_argv(job), env), site=True,
-                                     runner_env=tuple(sorted(shared.items())))
-        prepare = []
-        for rank, node in enumerate(fleet.nodes):
-            node_env = base_env(fleet, job, node, rank, facts)
-            prepare.append(NodePrepare(node=node.name,
-                                       env=tuple((k, node_env[k]) for k in NODE_VARIABLES if k in node_env),
-                                       write=((hostfile, render_hostfile(fleet, "deepspeed", job.nproc_per_node)),)))
+        runner_env = EnvFile(variable="DS_ENV_FILE", name="deepspeed_env", merge=(".deepspeed_env",),
+                             values=tuple(sorted(shared.items())))
+        launch = dataclasses.replace(node_launch(fleet, head, placement, command_argv(job), env), site=True,
+                                     env_file=runner_env)
+        prepare = prepare_nodes(fleet, job, placement, hostfile,
+                                render_hostfile(fleet, "deepspeed", job.nproc_per_node))
         return LaunchPlan(job_id=job.job_id, launcher=self.name,
-                          rendezvous=f"{head.name} runs the job's own runner; hostfile {hostfile}",
-                          world_size=sum(nproc(job, n) for n in fleet.nodes), nodes=(launch,), prepare=tuple(prepare),
-                          needs_node_ssh=True)
+                          rendezvous=f"{head.node} runs the job's own runner; hostfile {hostfile}",
+                          world_size=placement.world_size, nodes=(launch,), prepare=prepare, needs_node_ssh=True)

@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from typing import ClassVar
 
 from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet
+from trainfleet.job.placement import Placement
+from trainfleet.job.plan import ExitReport, LaunchPlan
 from trainfleet.job.spec import JobSpec, validate_job
-from trainfleet.launchers.base import (RANK_LINE, LaunchFacts, LaunchPlan, RankExit, base_env, endpoint, node_launch,
-                                       nproc, wrapped_entry)
-
-_FAILURE_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)")
-_FAILURE_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
-_FAILURE_TIME = re.compile(r"^\s*time\s*:\s*(\S+)")
-_FAILURE_SIGNAL = re.compile(r"\((SIG[A-Z0-9]+)\)")
+from trainfleet.launchers.base import LauncherOption, base_env, endpoint, node_launch, option, wrapped_entry
 
 
 class Torchrun:
     name: ClassVar[str] = "torchrun"
-    wraps_ranks: ClassVar[bool] = True
+    options: ClassVar[tuple[LauncherOption, ...]] = (
+        LauncherOption("min-nodes", "after a node is lost, go on with at least this many (with --max-restarts)",
+                       metavar="N", type=int),
+    )
+    script_entry: ClassVar[bool] = True
     needs_gpu_facts: ClassVar[bool] = False
 
-    def plan(self, fleet: Fleet, job: JobSpec, facts: LaunchFacts, cwd: str) -> LaunchPlan:
+    def plan(self, fleet: Fleet, job: JobSpec, placement: Placement) -> LaunchPlan:
         """One elastic agent per node; the c10d store on node 0.
 
         Rendezvous across machines that cannot resolve each other's hostnames needs two
@@ -32,18 +30,22 @@ class Torchrun:
         `--local-addr` (else rank 0 advertises a hostname the others cannot resolve).
         """
         validate_job(job)
-        if job.min_nodes > len(fleet.nodes):
-            raise UsageError(f"--min-nodes {job.min_nodes} is more than the fleet's {len(fleet.nodes)} nodes")
-        rendezvous = endpoint(facts.address(fleet.head), facts.rdzv_port)
-        nnodes = f"{job.min_nodes}:{len(fleet.nodes)}" if job.min_nodes else str(len(fleet.nodes))
+        min_nodes = int(option(job, "min-nodes", 0))  # type: ignore[call-overload]
+        if min_nodes < 0:
+            raise UsageError("--min-nodes cannot be negative")
+        if min_nodes and not job.max_restarts:
+            raise UsageError("--min-nodes restarts the job on the nodes left: it needs --max-restarts N (N >= 1)")
+        if min_nodes > placement.nnodes:
+            raise UsageError(f"--min-nodes {min_nodes} is more than the fleet's {placement.nnodes} nodes")
+        rendezvous = endpoint(placement.head_address, placement.port)
+        nnodes = f"{min_nodes}:{placement.nnodes}" if min_nodes else str(placement.nnodes)
         # Elastic: a lost node's agent is dropped after 3 missed one-second heartbeats, and
         # the survivors meet again 2 s after the last of them arrives.
-        elastic = ",keep_alive_interval=1,keep_alive_max_attempt=3,last_call_timeout=2" if job.min_nodes else ""
-        entry = wrapped_entry(job, fleet.workdir)
+        elastic = ",keep_alive_interval=1,keep_alive_max_attempt=3,last_call_timeout=2" if min_nodes else ""
+        entry = wrapped_entry(job, placement, fleet.workdir)
         launches = []
-        for rank, node in enumerate(fleet.nodes):
-            count = nproc(job, node)
-            env = base_env(fleet, job, node, rank, facts)
+        for place in placement.places:
+            env = base_env(fleet, job, place, placement)
             if job.max_restarts:
                 # Restarted ranks would otherwise meet in the agent's one shared store, where
                 # keys from the attempt before (gloo's and NCCL's addresses) are still found
@@ -52,39 +54,17 @@ class Torchrun:
             argv = [
                 fleet.python, "-m", "torch.distributed.run",
                 f"--nnodes={nnodes}",
-                f"--nproc-per-node={count}",
+                f"--nproc-per-node={place.nproc}",
                 "--rdzv-backend=c10d",
                 f"--rdzv-endpoint={rendezvous}",
                 f"--rdzv-id={job.job_id}",
-                f"--rdzv-conf=is_host={'true' if rank == 0 else 'false'}{elastic}",
-                f"--local-addr={facts.address(node)}",
+                f"--rdzv-conf=is_host={place.is_head}{elastic}",
+                f"--local-addr={place.address}",
                 f"--max-restarts={job.max_restarts}",
                 *job.launcher_args,
                 *entry,
             ]
-            launches.append(node_launch(fleet, node, rank, count, cwd, argv, env))
+            launches.append(node_launch(fleet, place, placement, argv, env))
         return LaunchPlan(job_id=job.job_id, launcher=self.name, rendezvous=f"c10d rendezvous at {rendezvous}",
-                          world_size=sum(n.nproc for n in launches), nodes=tuple(launches))
-
-    def rank_exits(self, node: str, lines: Sequence[str]) -> list[RankExit]:
-        """The ranks in torchrun's failure report ('Failures:' and 'Root Cause')."""
-        exits: dict[int, RankExit] = {}
-        rank: int | None = None
-        code: int | None = None
-        signal: str | None = None
-        when = ""
-        for raw in [*lines, "==="]:
-            text = RANK_LINE.sub(r"\2", raw)
-            if re.match(r"^\s*\[\d+\]:\s*$", text) or text.startswith("===") or text.startswith("---"):
-                if rank is not None and code is not None:
-                    exits.setdefault(rank, RankExit(node=node, rank=rank, exit_code=code, signal=signal, time=when))
-                rank, code, signal, when = None, None, None, ""
-            elif match := _FAILURE_RANK.match(text):
-                rank = int(match.group(1))
-            elif match := _FAILURE_EXIT.match(text):
-                code = int(match.group(1))
-                named = _FAILURE_SIGNAL.search(text)
-                signal = named.group(1) if named else None
-            elif match := _FAILURE_TIME.match(text):
-                when = match.group(1)
-        return list(exits.values())
+                          world_size=placement.world_size, nodes=tuple(launches), wraps_ranks=True,
+                          exit_report=ExitReport.TORCHELASTIC, min_nodes=min_nodes)

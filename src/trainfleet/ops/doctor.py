@@ -19,7 +19,7 @@ from trainfleet.agent.protocol import (Attempt, Bound, ConnectRequest, FactsRepl
                                        ReleaseRequest, Target)
 from trainfleet.doctor.checks import Finding, Gathered, Measured, Verdict, bandwidth_suspect, evaluate, latency_suspect
 from trainfleet.fleet.model import Fleet, Node
-from trainfleet.launchers import DEFAULT_RDZV_PORT
+from trainfleet.job.placement import DEFAULT_RDZV_PORT
 from trainfleet.netchoice import choose
 from trainfleet.ops.common import facts_request
 from trainfleet.transport.agent_client import AgentError, AgentFailed

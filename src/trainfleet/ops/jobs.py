@@ -17,7 +17,7 @@ from trainfleet.agent.protocol import (FollowRequest, JobsRequest, JobState, Out
                                        TopReply, TopRequest, decode)
 from trainfleet.errors import TrainfleetError, UsageError
 from trainfleet.fleet.model import Fleet, Node
-from trainfleet.launchers.base import RANK_LINE
+from trainfleet.job.plan import RANK_LINE
 from trainfleet.supervise.output import on_screen
 from trainfleet.supervise.rootcause import RootCause, find_root_cause
 from trainfleet.transport.agent_client import AgentError, AgentFailed
@@ -151,9 +151,8 @@ async def logs(fleet: Fleet, job_id: str, nodes: Iterable[Node], *, rank: int | 
 
     async with await FleetSession.open(fleet, chosen) as session:
         known = await views(session, job_id)
-        launchers = {s.launcher for s in known[0].nodes.values()}
         marked.clear()
-        marked.add(bool(launchers & WRAPPED))
+        marked.add(any(s.wrapped for s in known[0].nodes.values()))
         states: dict[str, JobState] = {}
 
         async def one(node: Node) -> None:

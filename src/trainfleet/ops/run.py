@@ -21,7 +21,9 @@ from trainfleet.containers import check_image, containerize
 from trainfleet.errors import FleetError, TrainfleetError, UsageError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.job.spec import JobSpec
-from trainfleet.launchers import DEFAULT_RDZV_PORT, Launcher, LaunchFacts, LaunchPlan, get_launcher
+from trainfleet.job.placement import DEFAULT_RDZV_PORT, LaunchFacts
+from trainfleet.job.plan import LaunchPlan
+from trainfleet.launchers import get_launcher, plan_job
 from trainfleet.netchoice import NetworkChoice, choose
 from trainfleet.ops.common import facts_request, require_ok
 from trainfleet.ops.setup import setup_digest
@@ -55,7 +57,7 @@ class RunOptions:
 
 
 def check_entrypoint_locally(job: JobSpec, source: Path) -> None:
-    if not get_launcher(job.launcher).wraps_ranks or job.module:
+    if not get_launcher(job.launcher).script_entry or job.module:
         return
     if not (source / job.entrypoint).is_file():
         raise UsageError(f"{job.entrypoint}: no such file in {source} (the directory `run` syncs)",
@@ -65,8 +67,7 @@ def check_entrypoint_locally(job: JobSpec, source: Path) -> None:
 def plan_offline(fleet: Fleet, job: JobSpec, project: Project, port: int | None) -> LaunchPlan:
     """The plan `--dry-run` prints: nobody is asked, so interfaces not in the fleet file
     show as detected, and a container's paths keep their ~/ (each node's home)."""
-    plan = get_launcher(job.launcher).plan(fleet, job, LaunchFacts(rdzv_port=port or DEFAULT_RDZV_PORT),
-                                           project.remote(fleet))
+    plan = plan_job(fleet, job, LaunchFacts(rdzv_port=port or DEFAULT_RDZV_PORT), project.remote(fleet))
     if fleet.container is not None:
         plan = containerize(plan, fleet, {}, {}, fleet.secrets)
     return plan
@@ -81,7 +82,7 @@ async def preflight(session: FleetSession, job: JobSpec, project: Project, wante
     port = wanted_port or DEFAULT_RDZV_PORT
     entry = f"{project.name}/{job.entrypoint}"
     launcher = get_launcher(job.launcher)
-    check_entry = synced is None and not job.module and launcher.wraps_ranks
+    check_entry = synced is None and not job.module and launcher.script_entry
     common = ["net", "project"] + (["gpu"] if launcher.needs_gpu_facts or fleet.container else [])
 
     def request(node: Node) -> FactsRequest:
@@ -238,14 +239,13 @@ async def run_job(fleet: Fleet, job: JobSpec, options: RunOptions, *, secrets: M
                   printer: Callable[[str], None], status: Status, cancel: asyncio.Event) -> RunOutcome | str:
     """Everything after the sync: preflight, plan, supervise; one SSH connection per node.
     With `detach`, the job's id once every rank has started."""
-    launcher = get_launcher(job.launcher)
     sockets = start_tcp(fleet.nodes[:fleet.ssh.fanout])
     async with await FleetSession.open(fleet, sockets=sockets) as session:
         require_ok(fleet, session.failures, "cannot start the job, not every node is reachable")
         if not options.concurrent:  # before the sync, which would change the code under a running job
             await take_fleet(session, job)
         try:
-            return await _start(session, fleet, job, options, launcher, secrets, printer, status, cancel)
+            return await _start(session, fleet, job, options, secrets, printer, status, cancel)
         except BaseException:
             if not options.concurrent:  # the job never started: the fleet is free again
                 await session.call(fleet.head.name, LockRequest(job_id=job.job_id, workdir=fleet.workdir, release=True),
@@ -253,7 +253,7 @@ async def run_job(fleet: Fleet, job: JobSpec, options: RunOptions, *, secrets: M
             raise
 
 
-async def _start(session: FleetSession, fleet: Fleet, job: JobSpec, options: RunOptions, launcher: Launcher,
+async def _start(session: FleetSession, fleet: Fleet, job: JobSpec, options: RunOptions,
                  secrets: Mapping[str, str], printer: Callable[[str], None], status: Status,
                  cancel: asyncio.Event) -> RunOutcome | str:
     synced = None
@@ -266,18 +266,17 @@ async def _start(session: FleetSession, fleet: Fleet, job: JobSpec, options: Run
                f"{time.monotonic() - started:.1f}s")
     facts, _ = await preflight(session, job, options.project, options.port, synced, status)
     await ensure_mounted(session, secrets, status)
-    plan = launcher.plan(fleet, job, facts, options.project.remote(fleet))
+    plan = plan_job(fleet, job, facts, options.project.remote(fleet))
     if fleet.container is not None:
         plan = containerize(plan, fleet, facts.homes, facts.gpus, fleet.secrets)
         await check_container(session)
     if plan.needs_node_ssh:
         await check_node_ssh(session)
-    return await _supervise(session, fleet, job, options, plan, facts, launcher, secrets, printer, status,
-                            cancel)
+    return await _supervise(session, fleet, job, options, plan, facts, secrets, printer, status, cancel)
 
 
 async def _supervise(session: FleetSession, fleet: Fleet, job: JobSpec, options: RunOptions, plan: LaunchPlan,
-                     facts: LaunchFacts, launcher: Launcher, secrets: Mapping[str, str],
+                     facts: LaunchFacts, secrets: Mapping[str, str],
                      printer: Callable[[str], None], status: Status, cancel: asyncio.Event) -> RunOutcome | str:
     from trainfleet.agent import sources
 
@@ -285,13 +284,13 @@ async def _supervise(session: FleetSession, fleet: Fleet, job: JobSpec, options:
     status(f"job {plan.job_id}: {plan.world_size} process(es) on {len(plan.nodes)} node(s), "
            f"{plan.rendezvous}, logs in {logs}")
     agent = sources()
-    supervisor = Supervisor(session=session, plan=plan, launcher=launcher, log_dir=logs, printer=printer,
+    supervisor = Supervisor(session=session, plan=plan, log_dir=logs, printer=printer,
                             workdir=fleet.workdir, secrets=secrets, files={"rankwrap.py": agent["tfagent.rankwrap"]},
                             site_files={"sitecustomize.py": agent["tfagent.sitecustomize"],
                                         "rankwrap.py": agent["tfagent.rankwrap"]}, grace=options.grace,
                             settle=options.settle, verbose=options.verbose, on_status=status, cancel=cancel,
                             mesh_port=facts.mesh_port, coordinator=facts.address(fleet.head),
-                            min_nodes=job.min_nodes, hang_timeout=job.hang_timeout,
+                            hang_timeout=job.hang_timeout,
                             holds_lock=not options.concurrent, detach=options.detach)
     if options.detach:
         await supervisor.start_detached()

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from trainfleet.launchers.base import RANK_LINE, RELAYED_RANK_LINE
+from trainfleet.agent.rankwrap import rank_mark
+from trainfleet.job.plan import RANK_LINE, RELAYED_RANK_LINE
 
 Printer = Callable[[str], None]
 TAIL = 20
@@ -87,7 +88,7 @@ class OutputRouter:
         relayed = None if match else RELAYED_RANK_LINE.match(text)
         if relayed and relayed.group(1) in self.logs:  # pdsh relaying another node's rank
             node, rank, body = relayed.group(1), int(relayed.group(2)), relayed.group(3)
-            text = f"[tf:rank{rank}] {body}"
+            text = rank_mark(rank) + body
         shown = f"[{node}:{rank}] {body}" if rank is not None else f"[{node}] {body}"
         self.logs[node].write(shown + "\n")
         self.node_lines[node].append(text)

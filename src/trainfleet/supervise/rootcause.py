@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from trainfleet.agent.protocol import ErrorRecord, JobState
-from trainfleet.launchers.base import RankExit
+from trainfleet.job.plan import RankExit
 
 _CONSEQUENCES = (
     ("Connection closed by peer", "connection closed by peer"),

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainfleet.agent.protocol import (ErrorRecord, JobState, LaunchRequest, LostEvent, Mesh, OutputEvent,
+from trainfleet.agent.protocol import (EnvFile, ErrorRecord, JobState, LaunchRequest, LostEvent, Mesh, OutputEvent,
                                        PrepareRequest, Proc, StopRequest, SweepRequest, decode)
-from trainfleet.launchers.base import Launcher, LaunchPlan
+from trainfleet.job.plan import LaunchPlan, NodeLaunch
+from trainfleet.supervise.rankexits import rank_exits
 from trainfleet.results import fold_nodes
 from trainfleet.supervise.output import OutputRouter, Printer
 from trainfleet.supervise.rootcause import RootCause, find_root_cause
@@ -43,11 +44,16 @@ class RunOutcome:
     """Nodes lost while the job ran (it ended, or went on without them), and why."""
 
 
+def env_file(launch: NodeLaunch) -> EnvFile | None:
+    spec = launch.env_file
+    return EnvFile(variable=spec.variable, name=spec.name, merge=list(spec.merge), values=dict(spec.values)) \
+        if spec else None
+
+
 @dataclass
 class Supervisor:
     session: FleetSession
     plan: LaunchPlan
-    launcher: Launcher
     log_dir: Path
     printer: Printer
     workdir: str
@@ -63,7 +69,6 @@ class Supervisor:
     mesh_port: int = 0
     coordinator: str = ""
     """Node 0's training address: the job's node supervisors meet there."""
-    min_nodes: int = 0
     hang_timeout: float = 0.0
     holds_lock: bool = False
     detach: bool = False
@@ -77,14 +82,15 @@ class Supervisor:
         found = {}
         for launch in self.plan.nodes:
             mesh = Mesh(coordinator=self.coordinator, port=self.mesh_port, token=token, nodes=names, node=launch.node,
-                        min_nodes=self.min_nodes, hang_timeout=self.hang_timeout) if self.mesh_port else None
+                        min_nodes=self.plan.min_nodes, hang_timeout=self.hang_timeout) if self.mesh_port else None
             found[launch.node] = LaunchRequest(
                 job_id=self.plan.job_id, argv=list(launch.argv), cwd=launch.cwd, workdir=self.workdir,
                 env=dict(launch.env), secrets=dict(self.secrets), files=self._files(launch.site), grace=self.grace,
                 site=launch.site, path=list(launch.path), after=[list(c) for c in launch.after],
-                deepspeed_env=dict(launch.runner_env), mesh=mesh, detach=self.detach,
+                env_file=env_file(launch), mesh=mesh, detach=self.detach,
                 holds_lock=self.holds_lock and launch.node_rank == 0,
-                nproc=launch.nproc if self.launcher.wraps_ranks else 0, launcher=self.plan.launcher)
+                nproc=launch.nproc if self.plan.wraps_ranks else 0, launcher=self.plan.launcher,
+                wrapped=self.plan.wraps_ranks)
         return found
 
     async def start_detached(self) -> dict[str, JobState]:
@@ -104,7 +110,7 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.log_dir / "plan.txt").write_text(self.plan.render())
         router = OutputRouter(self.log_dir, [n.name for n in self.session.nodes], self.printer,
-                              ranks_marked=self.launcher.wraps_ranks, verbose=self.verbose,
+                              ranks_marked=self.plan.wraps_ranks, verbose=self.verbose,
                               redact=self.secrets.values())
         states: dict[str, JobState] = {}
         errors: dict[str, str] = {}
@@ -130,7 +136,7 @@ class Supervisor:
             ticker.cancel()
             router.close()
         exits = [e for node, state in states.items() if state.state in ("failed", "stopped")
-                 for e in self.launcher.rank_exits(node, list(router.node_lines.get(node, ())))]
+                 for e in rank_exits(self.plan.exit_report, node, list(router.node_lines.get(node, ())))]
         root = None if cancelled else find_root_cause(
             states, exits, {key: list(lines) for key, lines in router.rank_lines.items()},
             {node: router.node_tail(node) for node in states}, records, self.lost)
@@ -181,8 +187,8 @@ class Supervisor:
             if name in self.lost:
                 continue
             self.lost[name] = event.reason if name in event.reason else f"{name} was lost"
-            goes_on = self.min_nodes and len(self.plan.nodes) - len(self.lost) >= self.min_nodes
-            self.on_status(f"{name} was lost; " + (f"the job goes on without it (--min-nodes {self.min_nodes})"
+            goes_on = self.plan.min_nodes and len(self.plan.nodes) - len(self.lost) >= self.plan.min_nodes
+            self.on_status(f"{name} was lost; " + (f"the job goes on without it (--min-nodes {self.plan.min_nodes})"
                                                    if goes_on else "the job ends on every node"))
             for task, node in tasks.items():
                 if node == name and not task.done():

@@ -21,87 +21,15 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Callable, Dict, List, Optional, Tuple
+from typing import IO, Callable, Dict, List, Optional
 
 from . import procs
-from .protocol import (Empty, ErrorRecord, FollowRequest, JobsReply, JobsRequest, JobState, LaunchRequest, LockReply,
-                       LockRequest, LostEvent, OutputEvent, PrepareRequest, StopRequest, WriteRequest, decode, to_wire)
-
-TERMINAL = ("succeeded", "failed", "stopped", "lost")
-LOG_NAME = "output.log"
-
-
-def job_dir(workdir: str, job_id: str) -> str:
-    return os.path.join(os.path.expanduser(workdir), ".trainfleet", "jobs", job_id)
-
-
-def _write_atomically(path: str, text: str) -> None:
-    tmp = "%s.tmp%d" % (path, os.getpid())
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-def write_state(directory: str, state: JobState) -> None:
-    _write_atomically(os.path.join(directory, "state.json"), json.dumps(to_wire(state)))
-
-
-def read_state(workdir: str, job_id: str) -> Optional[JobState]:
-    return read_state_at(job_dir(workdir, job_id))
-
-
-def read_state_at(directory: str) -> Optional[JobState]:
-    try:
-        with open(os.path.join(directory, "state.json")) as handle:
-            return decode(JobState, json.load(handle))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def supervisor_alive(workdir: str, job_id: str) -> bool:
-    return _supervisor(job_dir(workdir, job_id)) is not None
-
-
-def _supervisor(directory: str) -> Optional[int]:
-    try:
-        with open(os.path.join(directory, "supervisor.pid")) as handle:
-            pid_text, started_text = handle.read().split()
-    except (OSError, ValueError):
-        return None
-    pid = int(pid_text)
-    return pid if procs.alive(pid, int(started_text)) else None
-
-
-def read_errors(directory: str) -> List[ErrorRecord]:
-    records = []
-    folder = os.path.join(directory, "errors")
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        try:
-            with open(os.path.join(folder, name)) as handle:
-                records.append(decode(ErrorRecord, json.load(handle)))
-        except (OSError, ValueError, TypeError):
-            continue
-    return records
-
-
-def secrets_path(job_id: str) -> str:
-    return "/dev/shm/trainfleet-%s-secrets" % job_id
-
-
-def remove_secrets(job_id: str) -> None:
-    try:
-        os.unlink(secrets_path(job_id))
-    except OSError:
-        pass
-
-
-def write_files(directory: str, files: Dict[str, str]) -> None:
-    for name, text in files.items():
-        path = os.path.join(directory, name)
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with open(path, "w") as handle:
-            handle.write(text)
-
+from .lock import release_lock
+from .logs import follow
+from .protocol import EnvFile, Empty, JobState, LaunchRequest, PrepareRequest, StopRequest, decode, to_wire
+from .rankwrap import rank_mark
+from .records import (LOG_NAME, TERMINAL, job_dir, log_lines, read_errors, read_state_at, remove_secrets,
+                      secrets_path, supervisor_pid, write_files, write_paths, write_state)
 
 def prepare(request: PrepareRequest) -> Empty:
     directory = job_dir(request.workdir, request.job_id)
@@ -117,30 +45,19 @@ def prepare(request: PrepareRequest) -> Empty:
     return Empty()
 
 
-def write_paths(files: Dict[str, str]) -> None:
-    for path, text in files.items():
-        target = os.path.expanduser(path)
-        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        _write_atomically(target, text)
-
-
-def write(request: WriteRequest) -> Empty:
-    write_paths(request.files)
-    return Empty()
-
-
-def _deepspeed_env(directory: str, cwd: str, extra: Dict[str, str]) -> str:
-    """The user's own .deepspeed_env lines (home, then the working directory, as
-    DeepSpeed reads them), then ours; the path of the file written."""
+def write_env_file(directory: str, cwd: str, spec: EnvFile, extra: Dict[str, str]) -> str:
+    """The user's own files of this kind (home, then the working directory, as the runner
+    reads them), then ours; the path of the file written."""
     lines = []
     for folder in (os.path.expanduser("~"), cwd):
-        try:
-            with open(os.path.join(folder, ".deepspeed_env")) as handle:
-                lines += [line.rstrip("\n") for line in handle if "=" in line]
-        except OSError:
-            pass
-    lines += ["%s=%s" % item for item in sorted(extra.items())]
-    path = os.path.join(directory, "deepspeed_env")
+        for name in spec.merge:
+            try:
+                with open(os.path.join(folder, name)) as handle:
+                    lines += [line.rstrip("\n") for line in handle if "=" in line]
+            except OSError:
+                pass
+    lines += ["%s=%s" % item for item in sorted(dict(spec.values, **extra).items())]
+    path = os.path.join(directory, spec.name)
     with open(path, "w") as handle:
         handle.write("\n".join(lines) + "\n")
     return path
@@ -228,14 +145,14 @@ class _Supervisor:
         for pid, rank in procs.rank_processes(self.request.job_id):
             lines = stacks.py_spy_dump(spy, pid) if spy else None
             if lines is not None:
-                self.write_lines(["[tf:rank%d] %s" % (rank, line) for line in lines])
+                self.write_lines([rank_mark(rank) + line for line in lines])
                 continue
             try:
                 os.kill(pid, STACK_SIGNAL)
             except OSError:
                 pass
         time.sleep(2)
-        lines = [text for moment, text in _log_lines(os.path.join(self.directory, LOG_NAME)) if moment >= since]
+        lines = [text for moment, text in log_lines(os.path.join(self.directory, LOG_NAME)) if moment >= since]
         with self.guard:
             self.state.hang = stacks.summarize(lines)
             write_state(self.directory, self.state)
@@ -301,8 +218,9 @@ class _Supervisor:
         if request.site:
             site = os.path.join(self.directory, "site")
             env["PYTHONPATH"] = site + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-            extra = dict(request.deepspeed_env, TRAINFLEET_JOB_ID=request.job_id, TRAINFLEET_JOB_DIR=self.directory)
-            env["DS_ENV_FILE"] = _deepspeed_env(self.directory, cwd, extra)
+        if request.env_file is not None:
+            extra = {"TRAINFLEET_JOB_ID": request.job_id, "TRAINFLEET_JOB_DIR": self.directory}
+            env[request.env_file.variable] = write_env_file(self.directory, cwd, request.env_file, extra)
         # A leading ~/ names the node's home, as it would typed into a shell.
         argv = [os.path.expanduser(a) if a.startswith("~/") else a for a in request.argv]
         write_state(self.directory, self.state)
@@ -397,8 +315,9 @@ def supervise_main(request: LaunchRequest, directory: str, tether: Optional[int]
 _tethers: List[int] = []
 """Write ends of attached jobs' tethers: they close when this agent process ends."""
 
+
 _SUPERVISOR_ENTRY = (
-    "import tfagent.jobs as j; a=json.loads(sys.stdin.readline()); sys.stdin.close()\n"
+    "import tfagent.node_supervisor as j; a=json.loads(sys.stdin.readline()); sys.stdin.close()\n"
     "j.supervise_main(j.decode(j.LaunchRequest,a['request']),a['directory'],a['tether'],a['ready'])\n"
 )
 
@@ -464,66 +383,6 @@ def wait_for_ranks(directory: str, request: LaunchRequest, timeout: float = 900.
         time.sleep(0.2)
 
 
-def _log_lines(path: str) -> List[Tuple[float, str]]:
-    found = []
-    try:
-        with open(path, "rb") as handle:
-            for raw in handle:
-                stamp, _, text = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
-                try:
-                    found.append((float(stamp), text))
-                except ValueError:
-                    continue
-    except OSError:
-        pass
-    return found
-
-
-def follow(directory: str, emit: Callable[[object], None], since: float = 0.0, poll: float = 0.05) -> JobState:
-    """Send the job's output as it is written, until the job has ended and all of it is sent."""
-    path = os.path.join(directory, LOG_NAME)
-    offset, partial = 0, b""
-    told: List[str] = []
-    while True:
-        state = read_state_at(directory)
-        done = state is not None and state.state in TERMINAL
-        if state is not None and state.lost != told:
-            told = list(state.lost)
-            emit(LostEvent(lost=told, reason=state.reason))
-        if not done and _supervisor(directory) is None and state is not None:
-            # Killed outright (or the node rebooted): nobody will write the final state.
-            state.state, state.reason, state.ended = "lost", "the node supervisor died", time.time()
-            state.left = procs.end_job(state.job_id, 3.0)
-            write_state(directory, state)
-            done = True
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read(4 << 20)
-        except OSError:
-            chunk = b""
-        offset += len(chunk)
-        data = partial + chunk
-        lines, _, partial = data.rpartition(b"\n")
-        if lines:
-            batch = []
-            for raw in lines.split(b"\n"):
-                stamp, _, text = raw.decode("utf-8", "replace").partition(" ")
-                try:
-                    moment = float(stamp)
-                except ValueError:
-                    continue
-                if moment >= since:
-                    batch.append((moment, text))
-            if batch:
-                emit(OutputEvent(lines=batch))
-        if done and not chunk:
-            assert state is not None
-            return state
-        if not chunk:
-            time.sleep(poll)
-
-
 def stop(request: StopRequest) -> JobState:
     directory = job_dir(request.workdir, request.job_id)
     state = read_state_at(directory)
@@ -535,7 +394,7 @@ def stop(request: StopRequest) -> JobState:
             state.left = left
             write_state(directory, state)
         return state
-    supervisor = _supervisor(directory)
+    supervisor = supervisor_pid(directory)
     if supervisor is not None:
         with open(os.path.join(directory, "stop"), "w") as handle:
             handle.write(request.reason)
@@ -551,96 +410,3 @@ def stop(request: StopRequest) -> JobState:
     state.state, state.reason, state.ended = "stopped", request.reason, time.time()
     write_state(directory, state)
     return state
-
-
-def lock_path(workdir: str) -> str:
-    return os.path.join(os.path.expanduser(workdir), ".trainfleet", "lock")
-
-
-def _holder_text(job_id: str) -> str:
-    # The agent taking the lock serves the launching client until the job's supervisor
-    # runs: while it lives, a holder with no job record yet is still on its way.
-    return "%s %d %d\n" % (job_id, os.getpid(), procs.start_time(os.getpid()) or 0)
-
-
-def _read_holder(path: str) -> Tuple[str, bool]:
-    """The holding job's id, and whether the agent that took the lock still runs."""
-    try:
-        with open(path) as handle:
-            fields = handle.read().split()
-    except OSError:
-        return "", False
-    if len(fields) != 3:
-        return (fields[0] if fields else ""), False
-    return fields[0], procs.alive(int(fields[1]), int(fields[2]))
-
-
-def lock(request: LockRequest) -> LockReply:
-    """One job per fleet at a time (unless a job asks to run beside others)."""
-    path = lock_path(request.workdir)
-    if request.release:
-        release_lock(request.workdir, request.job_id)
-        return LockReply(ok=True)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(_holder_text(request.job_id))
-        return LockReply(ok=True)
-    except FileExistsError:
-        pass
-    holder, launching = _read_holder(path)
-    state = read_state(request.workdir, holder) if holder else None
-    running = state is not None and state.state not in TERMINAL and supervisor_alive(request.workdir, holder)
-    starting = state is None and launching
-    if holder and holder != request.job_id and (running or starting):
-        return LockReply(ok=False, holder=holder, holder_state=state.state if state else "starting")
-    _write_atomically(path, _holder_text(request.job_id))  # the holder has ended (or died): the fleet is free
-    return LockReply(ok=True)
-
-
-def release_lock(workdir: str, job_id: str) -> None:
-    path = lock_path(workdir)
-    if _read_holder(path)[0] == job_id:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-
-
-def live_state(workdir: str, state: JobState) -> JobState:
-    """A record that says running, of a job whose supervisor is gone, says lost."""
-    if state.state not in TERMINAL and not supervisor_alive(workdir, state.job_id):
-        state.state = "lost"
-        state.reason = state.reason or "its node supervisor is gone (the node restarted, or it was killed)"
-    return state
-
-
-def jobs(request: JobsRequest) -> JobsReply:
-    states = list_states(request.workdir)
-    chosen = [states[request.job_id]] if request.job_id in states else [] if request.job_id else list(states.values())
-    return JobsReply(states=[live_state(request.workdir, s) for s in chosen])
-
-
-def follow_request(request: FollowRequest, emit: Callable[[object], None]) -> JobState:
-    directory = job_dir(request.workdir, request.job_id)
-    state = read_state_at(directory)
-    if state is None:
-        raise ValueError("no job %s on this node" % request.job_id)
-    if request.follow:
-        return follow(directory, emit, since=request.since)
-    lines = [(moment, text) for moment, text in _log_lines(os.path.join(directory, LOG_NAME))
-             if moment >= request.since]
-    for start in range(0, len(lines), 500):
-        emit(OutputEvent(lines=lines[start:start + 500]))
-    return live_state(request.workdir, state)
-
-
-def list_states(workdir: str) -> Dict[str, JobState]:
-    root = os.path.join(os.path.expanduser(workdir), ".trainfleet", "jobs")
-    found = {}
-    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        state = read_state_at(os.path.join(root, name))
-        if state is not None:
-            found[name] = state
-    return found

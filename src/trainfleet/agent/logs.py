@@ -1,0 +1,70 @@
+"""A job's output log on a node, sent to the controller: as it grows, or all of it."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, List
+
+from . import procs
+from .protocol import FollowRequest, JobState, LostEvent, OutputEvent
+from .records import (LOG_NAME, TERMINAL, job_dir, live_state, log_lines, read_state_at, supervisor_pid,
+                      write_state)
+
+def follow(directory: str, emit: Callable[[object], None], since: float = 0.0, poll: float = 0.05) -> JobState:
+    """Send the job's output as it is written, until the job has ended and all of it is sent."""
+    path = os.path.join(directory, LOG_NAME)
+    offset, partial = 0, b""
+    told: List[str] = []
+    while True:
+        state = read_state_at(directory)
+        done = state is not None and state.state in TERMINAL
+        if state is not None and state.lost != told:
+            told = list(state.lost)
+            emit(LostEvent(lost=told, reason=state.reason))
+        if not done and supervisor_pid(directory) is None and state is not None:
+            # Killed outright (or the node rebooted): nobody will write the final state.
+            state.state, state.reason, state.ended = "lost", "the node supervisor died", time.time()
+            state.left = procs.end_job(state.job_id, 3.0)
+            write_state(directory, state)
+            done = True
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read(4 << 20)
+        except OSError:
+            chunk = b""
+        offset += len(chunk)
+        data = partial + chunk
+        lines, _, partial = data.rpartition(b"\n")
+        if lines:
+            batch = []
+            for raw in lines.split(b"\n"):
+                stamp, _, text = raw.decode("utf-8", "replace").partition(" ")
+                try:
+                    moment = float(stamp)
+                except ValueError:
+                    continue
+                if moment >= since:
+                    batch.append((moment, text))
+            if batch:
+                emit(OutputEvent(lines=batch))
+        if done and not chunk:
+            assert state is not None
+            return state
+        if not chunk:
+            time.sleep(poll)
+
+
+def follow_request(request: FollowRequest, emit: Callable[[object], None]) -> JobState:
+    directory = job_dir(request.workdir, request.job_id)
+    state = read_state_at(directory)
+    if state is None:
+        raise ValueError("no job %s on this node" % request.job_id)
+    if request.follow:
+        return follow(directory, emit, since=request.since)
+    lines = [(moment, text) for moment, text in log_lines(os.path.join(directory, LOG_NAME))
+             if moment >= request.since]
+    for start in range(0, len(lines), 500):
+        emit(OutputEvent(lines=lines[start:start + 500]))
+    return live_state(request.workdir, state)

@@ -1,0 +1,147 @@
+"""A job's records on a node: its directory, state, errors and output log.
+
+Job directory: <workdir>/.trainfleet/jobs/<job id>/ with state.json, output.log,
+errors/ (the rank wrapper's first-exception records) and supervisor.pid. The
+controller imports `job_dir` from here too, so both sides name the same place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+from . import procs
+from .protocol import Empty, ErrorRecord, JobsReply, JobsRequest, JobState, WriteRequest, decode, to_wire
+
+TERMINAL = ("succeeded", "failed", "stopped", "lost")
+LOG_NAME = "output.log"
+
+
+def job_path(workdir: str, job_id: str) -> str:
+    """The job's directory as plans write it (a leading ~/ kept: each node's own home)."""
+    return "%s/.trainfleet/jobs/%s" % (workdir.rstrip("/"), job_id)
+
+
+def job_dir(workdir: str, job_id: str) -> str:
+    """The job's directory on this node."""
+    return os.path.expanduser(job_path(workdir, job_id))
+
+
+def write_atomically(path: str, text: str) -> None:
+    tmp = "%s.tmp%d" % (path, os.getpid())
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def write_state(directory: str, state: JobState) -> None:
+    write_atomically(os.path.join(directory, "state.json"), json.dumps(to_wire(state)))
+
+
+def read_state(workdir: str, job_id: str) -> Optional[JobState]:
+    return read_state_at(job_dir(workdir, job_id))
+
+
+def read_state_at(directory: str) -> Optional[JobState]:
+    try:
+        with open(os.path.join(directory, "state.json")) as handle:
+            return decode(JobState, json.load(handle))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def supervisor_alive(workdir: str, job_id: str) -> bool:
+    return supervisor_pid(job_dir(workdir, job_id)) is not None
+
+
+def supervisor_pid(directory: str) -> Optional[int]:
+    try:
+        with open(os.path.join(directory, "supervisor.pid")) as handle:
+            pid_text, started_text = handle.read().split()
+    except (OSError, ValueError):
+        return None
+    pid = int(pid_text)
+    return pid if procs.alive(pid, int(started_text)) else None
+
+
+def read_errors(directory: str) -> List[ErrorRecord]:
+    records = []
+    folder = os.path.join(directory, "errors")
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        try:
+            with open(os.path.join(folder, name)) as handle:
+                records.append(decode(ErrorRecord, json.load(handle)))
+        except (OSError, ValueError, TypeError):
+            continue
+    return records
+
+
+def secrets_path(job_id: str) -> str:
+    return "/dev/shm/trainfleet-%s-secrets" % job_id
+
+
+def remove_secrets(job_id: str) -> None:
+    try:
+        os.unlink(secrets_path(job_id))
+    except OSError:
+        pass
+
+
+def write_files(directory: str, files: Dict[str, str]) -> None:
+    for name, text in files.items():
+        path = os.path.join(directory, name)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with open(path, "w") as handle:
+            handle.write(text)
+
+
+def write_paths(files: Dict[str, str]) -> None:
+    for path, text in files.items():
+        target = os.path.expanduser(path)
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        write_atomically(target, text)
+
+
+def write(request: WriteRequest) -> Empty:
+    write_paths(request.files)
+    return Empty()
+
+
+def log_lines(path: str) -> List[Tuple[float, str]]:
+    found = []
+    try:
+        with open(path, "rb") as handle:
+            for raw in handle:
+                stamp, _, text = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
+                try:
+                    found.append((float(stamp), text))
+                except ValueError:
+                    continue
+    except OSError:
+        pass
+    return found
+
+
+def live_state(workdir: str, state: JobState) -> JobState:
+    """A record that says running, of a job whose supervisor is gone, says lost."""
+    if state.state not in TERMINAL and not supervisor_alive(workdir, state.job_id):
+        state.state = "lost"
+        state.reason = state.reason or "its node supervisor is gone (the node restarted, or it was killed)"
+    return state
+
+
+def jobs(request: JobsRequest) -> JobsReply:
+    states = list_states(request.workdir)
+    chosen = [states[request.job_id]] if request.job_id in states else [] if request.job_id else list(states.values())
+    return JobsReply(states=[live_state(request.workdir, s) for s in chosen])
+
+
+def list_states(workdir: str) -> Dict[str, JobState]:
+    root = os.path.join(os.path.expanduser(workdir), ".trainfleet", "jobs")
+    found = {}
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        state = read_state_at(os.path.join(root, name))
+        if state is not None:
+            found[name] = state
+    return found
