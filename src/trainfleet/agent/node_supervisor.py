@@ -26,7 +26,7 @@ from typing import IO, Callable, Dict, List, Optional
 from . import procs
 from .lock import release_lock
 from .logs import follow
-from .protocol import EnvFile, Empty, JobState, LaunchRequest, PrepareRequest, StopRequest, decode, to_wire
+from .protocol import EnvFile, Empty, JobState, LaunchRequest, PrepareRequest, StopRequest, to_wire
 from .rankwrap import rank_mark
 from .records import (LOG_NAME, TERMINAL, job_dir, log_lines, read_errors, read_state_at, remove_secrets,
                       secrets_path, supervisor_pid, write_files, write_paths, write_state)
@@ -317,8 +317,8 @@ _tethers: List[int] = []
 
 
 _SUPERVISOR_ENTRY = (
-    "import tfagent.node_supervisor as j; a=json.loads(sys.stdin.readline()); sys.stdin.close()\n"
-    "j.supervise_main(j.decode(j.LaunchRequest,a['request']),a['directory'],a['tether'],a['ready'])\n"
+    "import tfagent.node_supervisor as j, tfagent.protocol as p; a=json.loads(sys.stdin.readline()); sys.stdin.close()\n"
+    "j.supervise_main(p.decode(p.LaunchRequest,a['request']),a['directory'],a['tether'],a['ready'])\n"
 )
 
 

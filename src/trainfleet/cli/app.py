@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -26,10 +26,10 @@ class LazyGroup(click.Group):
     """Imports a command's module only when that command runs (or help lists it): start-up
     time is paid on every command, and most need one module of the CLI."""
 
-    modules = {"bench": "run", "check": "fleet", "demo": "run", "doctor": "doctor", "exec": "remote", "export": "run",
-               "firewall": "trust", "hostfile": "fleet", "import": "fleet", "init": "fleet", "run": "run",
-               "sandbox": "sandbox", "setup": "remote", "ssh": "trust", "sync": "remote", "status": "jobs",
-               "logs": "jobs", "stop": "jobs", "top": "jobs", "push": "data", "mount": "data", "umount": "data"}
+    modules = {"bench": "bench", "check": "fleet", "demo": "demo", "doctor": "doctor", "exec": "exec", "export": "export",
+               "firewall": "firewall", "hostfile": "fleet", "import": "fleet", "init": "fleet", "run": "run",
+               "sandbox": "sandbox", "setup": "setup", "ssh": "ssh", "sync": "sync", "status": "jobs",
+               "logs": "jobs", "stop": "jobs", "top": "jobs", "push": "push", "mount": "mount", "umount": "mount"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(self.modules)
@@ -114,6 +114,13 @@ class StatusLine:
             sys.stderr.flush()
 
 
+def run_async(work: Coroutine[Any, Any, T]) -> T:
+    """The one way a command runs its operation's coroutine."""
+    import asyncio
+
+    return asyncio.run(work)
+
+
 def run_cancellable(make: Callable[[asyncio.Event], Awaitable[T]]) -> T:
     """Run a coroutine; SIGINT and SIGTERM set the event it was given instead of raising."""
     import asyncio
@@ -131,3 +138,20 @@ def run_cancellable(make: Callable[[asyncio.Event], Awaitable[T]]) -> T:
                 loop.remove_signal_handler(signum)
 
     return asyncio.run(main())
+
+
+def secret_values(fleet: Fleet) -> dict[str, str]:
+    """Each secret from this process's environment, else typed at a prompt; never stored."""
+    import getpass
+    import os
+
+    values = {}
+    for name in fleet.secrets:
+        value = os.environ.get(name)
+        if value is None:
+            if not sys.stdin.isatty():
+                raise UsageError(f"{fleet.source}: secret {name} has no value",
+                                 fix=f"export {name}=... before running, or run from a terminal to be asked")
+            value = getpass.getpass(f"{name} (secret, not echoed): ")
+        values[name] = value
+    return values

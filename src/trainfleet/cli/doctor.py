@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 
 import click
 
-from trainfleet.cli.app import cli, fleet_option, load
+from trainfleet.cli.app import cli, fleet_option, load, run_async
 
 
 @cli.command()
@@ -31,7 +30,7 @@ def doctor(fleet_file: str | None, port: int, as_json: bool, show_all: bool) -> 
         project = project_for(Path.cwd()).name
     except UsageError:  # run from / or the home directory: no project to check
         project = ""
-    report = asyncio.run(examine(fleet, rdzv_port=port, project=project))
+    report = run_async(examine(fleet, rdzv_port=port, project=project))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:

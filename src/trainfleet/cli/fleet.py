@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from trainfleet.cli.app import cli, fleet_option, load
+from trainfleet.cli.app import cli, fleet_option, load, run_async
 from trainfleet.errors import SpecError, UsageError
 
 
@@ -94,12 +94,8 @@ def check_fleet(fleet_file: str | None) -> None:
 @click.option("--write", "path", metavar="PATH", help="write it to PATH on every node instead of printing it")
 def hostfile(fleet_file: str | None, form: str, path: str | None) -> None:
     """The fleet as a hostfile (node names, which `trainfleet ssh setup` makes resolvable)."""
-    import asyncio
-
-    from trainfleet.agent.protocol import WriteRequest
     from trainfleet.fleet.hostfiles import render_hostfile
-    from trainfleet.ops.common import require_ok
-    from trainfleet.transport.session import FleetSession
+    from trainfleet.ops.common import write_files
 
     fleet = load(fleet_file)
     text = render_hostfile(fleet, form)
@@ -107,11 +103,5 @@ def hostfile(fleet_file: str | None, form: str, path: str | None) -> None:
         click.echo(text, nl=False)
         return
 
-    async def write() -> None:
-        async with await FleetSession.open(fleet) as session:
-            require_ok(fleet, session.failures, f"cannot write {path}")
-            replies = await session.call_all(WriteRequest(files={path: text}), timeout=30)
-            require_ok(fleet, replies.failures, f"cannot write {path}")
-
-    asyncio.run(write())
+    run_async(write_files(fleet, {path: text}, f"cannot write {path}"))
     click.echo(f"wrote {path} ({form}, {len(fleet.nodes)} node(s)) on every node")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as _dt
 import json
 import sys
 
 import click
 
-from trainfleet.cli.app import cli, echo_err, fleet_option, load, print_line, select, status
+from trainfleet.cli.app import cli, echo_err, fleet_option, load, print_line, run_async, select, status
 
 
 def _when(moment: float | None) -> str:
@@ -26,7 +25,7 @@ def status_command(fleet_file: str | None, job_id: str, as_json: bool) -> None:
     from trainfleet.results import fold_nodes
 
     fleet = load(fleet_file)
-    found = asyncio.run(job_status(fleet, job_id))
+    found = run_async(job_status(fleet, job_id))
     if as_json:
         click.echo(json.dumps([v.to_json() for v in found], indent=2))
         return
@@ -68,7 +67,7 @@ def logs(fleet_file: str | None, job_id: str, follow: bool, node_names: str | No
     nodes = select(fleet, node_names)
     start = parse_since(since) if since else 0.0
     try:
-        states = asyncio.run(job_logs(fleet, job_id, nodes, rank=rank, since=start, follow=follow, printer=print_line,
+        states = run_async(job_logs(fleet, job_id, nodes, rank=rank, since=start, follow=follow, printer=print_line,
                                       verbose=verbose))
     except KeyboardInterrupt:
         echo_err("trainfleet: stopped following (the job goes on)")
@@ -90,7 +89,7 @@ def stop(fleet_file: str | None, job_id: str, grace: float) -> None:
     from trainfleet.results import fold_nodes
 
     fleet = load(fleet_file)
-    view = asyncio.run(stop_job(fleet, job_id, grace))
+    view = run_async(stop_job(fleet, job_id, grace))
     click.echo(f"job {job_id}: {view.state} on {fold_nodes(view.nodes)}; nothing of it is left running"
                + (f" (unreachable: {fold_nodes(view.unreachable)})" if view.unreachable else ""))
 
@@ -108,8 +107,7 @@ def top(fleet_file: str | None, once: bool, interval: float) -> None:
     from rich.markup import escape
 
     from trainfleet.job.plan import RANK_LINE
-    from trainfleet.ops.jobs import top as look
-    from trainfleet.transport.session import FleetSession
+    from trainfleet.ops.jobs import top as watch
 
     def shown_line(text: str) -> str:
         match = RANK_LINE.match(text)
@@ -136,17 +134,19 @@ def top(fleet_file: str | None, once: bool, interval: float) -> None:
                              shown_line(job.last_line) if job else "")
         return grid
 
-    async def watch() -> None:
-        async with await FleetSession.open(fleet) as session:
-            if once:
-                Console(width=200).print(table(*await look(session)))
-                return
-            with Live(table(*await look(session)), refresh_per_second=1) as live:
-                while True:
-                    await asyncio.sleep(interval)
-                    live.update(table(*await look(session)))
+    if once:
+        async def print_once(view) -> bool:  # type: ignore[no-untyped-def]
+            Console(width=200).print(table(*view))
+            return False
 
-    try:
-        asyncio.run(watch())
-    except KeyboardInterrupt:
-        pass
+        run_async(watch(fleet, print_once, interval))
+        return
+    with Live(refresh_per_second=1) as live:
+        async def redraw(view) -> bool:  # type: ignore[no-untyped-def]
+            live.update(table(*view))
+            return True
+
+        try:
+            run_async(watch(fleet, redraw, interval))
+        except KeyboardInterrupt:
+            pass

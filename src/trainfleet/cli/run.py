@@ -1,18 +1,18 @@
-"""`trainfleet run`, `bench net` and `demo`: jobs on the fleet."""
+"""`trainfleet run`: a job on every node of the fleet."""
 
 from __future__ import annotations
 
 import difflib
 import json
-import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from trainfleet.cli.app import cli, echo_err, fleet_option, load, print_line, select, run_cancellable, status
+from trainfleet.cli.app import (cli, echo_err, fleet_option, load, print_line, run_cancellable, secret_values, select,
+                               status)
 from trainfleet.errors import UsageError
 from trainfleet.launchers import launcher_names, launcher_options
 
@@ -20,22 +20,6 @@ if TYPE_CHECKING:
     from trainfleet.fleet.model import Fleet
     from trainfleet.job.spec import JobSpec
     from trainfleet.ops.run import RunOptions
-
-
-def secret_values(fleet: Fleet) -> dict[str, str]:
-    """Each secret from this process's environment, else typed at a prompt; never stored."""
-    import getpass
-
-    values = {}
-    for name in fleet.secrets:
-        value = os.environ.get(name)
-        if value is None:
-            if not sys.stdin.isatty():
-                raise UsageError(f"{fleet.source}: secret {name} has no value",
-                                 fix=f"export {name}=... before running, or run from a terminal to be asked")
-            value = getpass.getpass(f"{name} (secret, not echoed): ")
-        values[name] = value
-    return values
 
 
 def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -48,13 +32,13 @@ def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
-def launch(fleet: Fleet, job: JobSpec, options: RunOptions, printer: Callable[[str], None] = print_line) -> int:
+def launch(fleet: Fleet, job: JobSpec, options: RunOptions, secrets: Mapping[str, str],
+           printer: Callable[[str], None] = print_line) -> int:
     """Sync (unless told not to), then run the job; prints its summary (or, detached, its
     id); returns the exit code."""
     from trainfleet.cli.render import run_summary
     from trainfleet.ops.run import check_entrypoint_locally, run_job
 
-    secrets = secret_values(fleet)
     if options.sync:
         check_entrypoint_locally(job, options.project.source)
     outcome = run_cancellable(lambda cancel: run_job(fleet, job, options, secrets=secrets, printer=printer,
@@ -159,157 +143,4 @@ def run(fleet_file: str | None, node_names: str | None, nproc_per_node: int | No
         return
     options = RunOptions(project=project, sync=not no_sync, port=port, log_dir=log_dir, grace=grace,
                          verbose=verbose, detach=detach, concurrent=concurrent)
-    sys.exit(launch(fleet, job, options))
-
-
-@cli.group()
-def bench() -> None:
-    """Measure the fleet."""
-
-
-@bench.command(name="net")
-@fleet_option
-@click.option("--min-size", default="1K", show_default=True)
-@click.option("--max-size", default="256M", show_default=True)
-@click.option("--p2p-size", default="32M", show_default=True, help="bytes per point-to-point transfer (0: skip)")
-@click.option("--nproc-per-node", type=int, default=1, show_default=True,
-              help="ranks per node (1 measures the network; slots measures what training sees)")
-@click.option("--min-iters", type=int, default=3, show_default=True)
-@click.option("--seconds-per-size", type=float, default=1.0, show_default=True)
-@click.option("--port", type=int, help="rendezvous port on node 0")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("-v", "--verbose", is_flag=True, help="also show every rank's output")
-def bench_net(fleet_file: str | None, min_size: str, max_size: str, p2p_size: str, nproc_per_node: int,
-              min_iters: int, seconds_per_size: float, port: int | None, as_json: bool, verbose: bool) -> None:
-    """All-reduce bandwidth (algbw, busbw) from --min-size to --max-size through torch.distributed
-    (gloo on CPU, NCCL on GPU), and a point-to-point matrix that names the slowest link."""
-    from trainfleet.job.spec import JobSpec, new_job_id
-    from trainfleet.netbench import JOB_DIR, REMOTE_JOB_DIR, NetBenchResult, job_args, parse_size, size_ladder
-    from trainfleet.ops.run import RunOptions
-    from trainfleet.ops.sync import Project
-
-    fleet = load(fleet_file)
-    sizes = size_ladder(parse_size(min_size), parse_size(max_size))
-    numbers = NetBenchResult(node_names=[n.name for n in fleet.nodes])
-
-    def collect(line: str) -> None:
-        if not numbers.take(line) and verbose:
-            print_line(line)
-
-    job = JobSpec(entrypoint="netbench.py", nproc_per_node=nproc_per_node, job_id=new_job_id(),
-                  args=job_args(sizes, parse_size(p2p_size), min_iters, seconds_per_size))
-    options = RunOptions(project=Project(source=JOB_DIR, name=REMOTE_JOB_DIR), port=port, grace=5.0, verbose=verbose,
-                         concurrent=True)
-    code = launch(fleet, job, options, printer=collect)
-    if code == 0:
-        click.echo(json.dumps(numbers.to_json(), indent=2) if as_json else numbers.render())
-    sys.exit(code)
-
-
-@cli.command()
-@click.option("--steps", type=int, default=60, show_default=True)
-@click.option("--name", default="demo", show_default=True, help="sandbox name to use")
-def demo(steps: int, name: str) -> None:
-    """Sandbox up (2 nodes), train the example across both, show the loss falling, sandbox down."""
-    from trainfleet.examples_path import example_dir
-    from trainfleet.fleet import load_fleet
-    from trainfleet.job.spec import JobSpec, new_job_id
-    from trainfleet.ops.run import RunOptions
-    from trainfleet.ops.sync import project_for
-    from trainfleet.sandbox import cluster
-
-    example = example_dir("charlm")
-    state = cluster.up(2, name=name, slots=2)
-    try:
-        fleet = load_fleet(Path(state.fleet_file))
-        status(f"sandbox {name}: 2 nodes ({', '.join(n.address for n in state.nodes)}); training {example.name} "
-               f"with 2 processes per node")
-        job = JobSpec(entrypoint="train.py", args=("--steps", str(steps), "--checkpoint-dir", "checkpoints"),
-                      job_id=new_job_id())
-        losses: list[str] = []
-
-        def show(line: str) -> None:
-            if line.startswith(f"[{fleet.head.name}:0] step ") and " loss " in line:
-                losses.append(line.split(" loss ")[1].split()[0])
-            print_line(line)
-
-        code = launch(fleet, job, RunOptions(project=project_for(example), grace=5.0), printer=show)
-    finally:
-        cluster.down(name, missing_ok=True)
-        status(f"sandbox {name} removed")
-    if code == 0 and len(losses) >= 2:
-        status(f"demo: loss fell from {losses[0]} to {losses[-1]} in {steps} steps across 2 nodes x 2 processes")
-    sys.exit(code)
-
-
-@cli.group(name="export")
-def export_group() -> None:
-    """The same job as an sbatch script (Slurm) or a PyTorchJob manifest (Kubernetes)."""
-
-
-def job_options(command):  # type: ignore[no-untyped-def]
-    for option in reversed([
-        fleet_option,
-        click.option("--launcher", type=click.Choice(launcher_names())),
-        click.option("--nproc-per-node", type=int),
-        click.option("-m", "--module", is_flag=True),
-        click.option("--max-restarts", type=int, default=0, show_default=True),
-        click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE"),
-        click.option("--job-id", help="the job's name (default: tf-DATE-TIME-RANDOM)"),
-        click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="write it here, not to stdout"),
-        click.argument("script"),
-        click.argument("args", nargs=-1, type=click.UNPROCESSED),
-    ]):
-        command = option(command)
-    return command
-
-
-def exported_job(fleet, launcher, nproc_per_node, module, max_restarts, env_pairs, job_id, script, args):  # type: ignore[no-untyped-def]
-    from trainfleet.job.spec import JobSpec, new_job_id
-
-    return JobSpec(entrypoint=script, args=args, module=module, nproc_per_node=nproc_per_node,
-                   max_restarts=max_restarts, job_id=job_id or new_job_id(), env=parse_env(env_pairs),
-                   launcher=launcher or fleet.launcher)
-
-
-def emit(text: str, out: Path | None) -> None:
-    if out is None:
-        click.echo(text, nl=False)
-        return
-    from trainfleet.files import write_atomically
-
-    write_atomically(out, text)
-    status(f"wrote {out}")
-
-
-@export_group.command(name="slurm", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@job_options
-def export_slurm(fleet_file: str | None, launcher: str | None, nproc_per_node: int | None, module: bool,
-                 max_restarts: int, env_pairs: tuple[str, ...], job_id: str | None, out: Path | None, script: str,
-                 args: tuple[str, ...]) -> None:
-    """An sbatch script: srun starts the launcher on every node of the allocation."""
-    from trainfleet.export.slurm import render_sbatch
-
-    refuse_stray_option(script, export_slurm)
-    fleet = load(fleet_file)
-    job = exported_job(fleet, launcher, nproc_per_node, module, max_restarts, env_pairs, job_id, script, args)
-    emit(render_sbatch(fleet, job), out)
-
-
-@export_group.command(name="k8s", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--image", help="the container image (default: the fleet file's `container: {image}`)")
-@click.option("--secret-name", default="", help="the Secret holding the fleet's `secrets:` (default: JOB-secrets)")
-@job_options
-def export_k8s(image: str | None, secret_name: str, fleet_file: str | None, launcher: str | None,
-               nproc_per_node: int | None, module: bool, max_restarts: int, env_pairs: tuple[str, ...],
-               job_id: str | None, out: Path | None, script: str, args: tuple[str, ...]) -> None:
-    """A Kubeflow PyTorchJob: a Master and Worker replicas running torchrun."""
-    import yaml
-
-    from trainfleet.export.kubernetes import render_pytorchjob
-
-    refuse_stray_option(script, export_k8s)
-    fleet = load(fleet_file)
-    job = exported_job(fleet, launcher, nproc_per_node, module, max_restarts, env_pairs, job_id, script, args)
-    chosen = image or (fleet.container.image if fleet.container else "")
-    emit(yaml.safe_dump(render_pytorchjob(fleet, job, chosen, secret_name), sort_keys=False), out)
+    sys.exit(launch(fleet, job, options, secret_values(fleet)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from trainfleet.agent.protocol import FactsRequest
+from trainfleet.agent.protocol import FactsRequest, WriteRequest
 from trainfleet.errors import FleetError, TrainfleetError
 from trainfleet.fleet.model import Fleet
 from trainfleet.netchoice import route_peers
@@ -39,3 +39,13 @@ def require_ok(fleet: Fleet, failures: Mapping[str, NodeResult], what: str) -> N
 
 def node_results(results: Iterable[NodeResult]) -> dict[str, NodeResult]:
     return {r.node: r for r in results}
+
+
+async def write_files(fleet: Fleet, files: Mapping[str, str], what: str) -> None:
+    """Each path (absolute, or ~/) written with its text on every node, atomically."""
+    from trainfleet.transport.session import FleetSession
+
+    async with await FleetSession.open(fleet) as session:
+        require_ok(fleet, session.failures, what)
+        replies = await session.call_all(WriteRequest(files=dict(files)), timeout=30)
+        require_ok(fleet, replies.failures, what)

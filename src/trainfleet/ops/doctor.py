@@ -24,7 +24,6 @@ from trainfleet.netchoice import choose
 from trainfleet.ops.common import facts_request
 from trainfleet.transport.agent_client import AgentError, AgentFailed
 from trainfleet.transport.session import FleetSession
-from trainfleet.transport.ssh import start_tcp
 
 THROUGHPUT_BYTES = 8 * 1024 * 1024
 SECTIONS = ["net", "software", "gpu", "disk", "jobs", "project"]
@@ -52,7 +51,7 @@ async def examine(fleet: Fleet, rdzv_port: int = DEFAULT_RDZV_PORT, connect_time
     """`project`: the directory on the nodes of the project whose code is checked."""
     started = time.monotonic()
     data = Gathered(fleet=fleet, rdzv_port=rdzv_port, project=project)
-    session = await FleetSession.open(fleet, sockets=start_tcp(fleet.nodes[:fleet.ssh.fanout]))
+    session = await FleetSession.open(fleet)
     for name, failed in session.failures.items():
         data.ssh_errors[name] = failed.error or "unreachable"
     async with session:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,7 +191,16 @@ async def stop(fleet: Fleet, job_id: str, grace: float = 10.0) -> JobView:
     return view
 
 
-async def top(session: FleetSession) -> tuple[dict[str, TopReply], dict[str, str]]:
-    """One look at every node (a live view keeps the session and asks again)."""
-    replies = await session.call_all(TopRequest(workdir=session.fleet.workdir), timeout=30)
-    return replies.answers, {n: f.error or "no answer" for n, f in replies.failures.items()}
+TopView = tuple[dict[str, TopReply], dict[str, str]]
+"""Every node's answer, and why the others gave none."""
+
+
+async def top(fleet: Fleet, show: Callable[[TopView], Awaitable[bool]], interval: float) -> None:
+    """Looks at every node, shows it, and again every `interval` seconds while `show` says
+    go on: one session for the whole watch, one request per node per look."""
+    async with await FleetSession.open(fleet) as session:
+        while True:
+            replies = await session.call_all(TopRequest(workdir=fleet.workdir), timeout=30)
+            if not await show((replies.answers, {n: f.error or "no answer" for n, f in replies.failures.items()})):
+                return
+            await asyncio.sleep(interval)

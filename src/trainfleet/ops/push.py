@@ -26,7 +26,7 @@ from trainfleet.agent.protocol import (PushFile, PushHaveReply, PushHaveRequest,
 from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.netchoice import choose
-from trainfleet.ops.common import facts_request, require_ok
+from trainfleet.ops.common import facts_request
 from trainfleet.transport.agent_client import AgentError, AgentFailed
 from trainfleet.transport.session import FleetSession
 
@@ -102,7 +102,7 @@ async def _stream(session: FleetSession, first: str, port: int, token: str, plan
                   start: dict[str, int], stall_timeout: float) -> int:
     """The controller's end: the files from their offsets into the first node's listener,
     through a tunnel in that node's SSH connection."""
-    reader, writer = await session.connections[first].open_connection("127.0.0.1", port)
+    reader, writer = await session.tunnel(first, "127.0.0.1", port)
     sent = 0
     try:
         writer.write((token + "\n").encode())

@@ -32,7 +32,6 @@ from trainfleet.ops.sync import Project, check_code, manifest, sync
 from trainfleet.results import fold_nodes
 from trainfleet.supervise.supervisor import RunOutcome, Supervisor
 from trainfleet.transport.session import FleetSession
-from trainfleet.transport.ssh import start_tcp
 
 Status = Callable[[str], None]
 REACH_TIMEOUT = 2.0
@@ -239,8 +238,7 @@ async def run_job(fleet: Fleet, job: JobSpec, options: RunOptions, *, secrets: M
                   printer: Callable[[str], None], status: Status, cancel: asyncio.Event) -> RunOutcome | str:
     """Everything after the sync: preflight, plan, supervise; one SSH connection per node.
     With `detach`, the job's id once every rank has started."""
-    sockets = start_tcp(fleet.nodes[:fleet.ssh.fanout])
-    async with await FleetSession.open(fleet, sockets=sockets) as session:
+    async with await FleetSession.open(fleet) as session:
         require_ok(fleet, session.failures, "cannot start the job, not every node is reachable")
         if not options.concurrent:  # before the sync, which would change the code under a running job
             await take_fleet(session, job)

@@ -13,7 +13,7 @@ import asyncio
 import datetime as _dt
 import hashlib
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,10 @@ from typing import Any
 from trainfleet.agent.protocol import JobState, LaunchRequest, OutputEvent, decode
 from trainfleet.containers import absolute, container_name, remove_argv, setup_argv
 from trainfleet.errors import UsageError
-from trainfleet.fleet.model import Fleet
+from trainfleet.fleet.model import Fleet, Node
 from trainfleet.launchers.base import python_path
 from trainfleet.ops.common import facts_request, require_ok
-from trainfleet.ops.sync import Project
+from trainfleet.ops.sync import Project, check_code, sync
 from trainfleet.transport.agent_client import AgentError, AgentFailed
 from trainfleet.transport.session import FleetSession
 
@@ -147,3 +147,17 @@ async def run_setup(session: FleetSession, project: Project, *, force: bool, sec
     await asyncio.gather(*(one(n) for n in todo))
     return SetupOutcome(digest=digest, states=states, skipped=skipped, lost=lost,
                         tails={n: tails[n] for n in todo if n not in states or states[n].state != "succeeded"})
+
+
+async def setup_nodes(fleet: Fleet, nodes: Sequence[Node], project: Project, *, synced: bool, force: bool,
+                      secrets: Mapping[str, str], log_dir: Path, on_step: Callable[[str, str], None]) -> SetupOutcome:
+    """`trainfleet setup`: sync the project first (unless it is there already, checked), then set up."""
+    async with await FleetSession.open(fleet, nodes) as session:
+        require_ok(fleet, session.failures, "cannot run setup")
+        if not synced:
+            await sync(session, project)
+        else:
+            replies = await session.call_all(facts_request(fleet, ["project"], project=project.name))
+            require_ok(fleet, replies.failures, "cannot run setup")
+            check_code({n: a.project for n, a in replies.answers.items()}, project)
+        return await run_setup(session, project, force=force, secrets=secrets, log_dir=log_dir, on_step=on_step)

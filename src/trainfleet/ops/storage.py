@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from trainfleet.agent.protocol import MountItem, MountResult, ProbeRequest, StorageRequest
 from trainfleet.errors import TrainfleetError
-from trainfleet.fleet.model import Fleet
+from trainfleet.fleet.model import Fleet, Node
 from trainfleet.netchoice import choose
 from trainfleet.ops.common import facts_request
 from trainfleet.results import fold_nodes
@@ -98,6 +98,13 @@ async def apply(session: FleetSession, action: str, secrets: Mapping[str, str] |
                 r.state == "failed" for s in chosen for r in [outcome.results[(s.label, s.mount)].get(s.node)] if r):
             break  # clients of a directory that is not served would only fail after it
     return outcome
+
+
+async def storage_nodes(fleet: Fleet, nodes: Sequence[Node], action: str,
+                        secrets: Mapping[str, str] | None = None) -> StorageOutcome:
+    """`trainfleet mount` / `umount` on these nodes, over a session of their own."""
+    async with await FleetSession.open(fleet, nodes) as session:
+        return await apply(session, action, secrets)
 
 
 def require_mounted(fleet: Fleet, outcome: StorageOutcome) -> None:

@@ -16,7 +16,6 @@ import re
 import shlex
 import shutil
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -97,10 +96,9 @@ def _rsync(args: list[str]) -> str:
     return done.stdout
 
 
-def rsync_argv(relay_socket: str, node: Node, source: Path, destination: str, excludes: Iterable[str],
+def rsync_argv(remote_shell: str, node: Node, source: Path, destination: str, excludes: Iterable[str],
                delete: bool) -> list[str]:
-    relay = f"{sys.executable} -S {Path(__file__).resolve().parents[1] / 'transport' / 'relay.py'} {relay_socket}"
-    argv = ["rsync", "--archive", "--compress", "--mkpath", "--partial", "--info=progress2", "--rsh", relay,
+    argv = ["rsync", "--archive", "--compress", "--mkpath", "--partial", "--info=progress2", "--rsh", remote_shell,
             *filters(source, excludes)]
     if delete:
         argv.append("--delete")  # excluded files (the node's .trainfleet/ records) are kept
@@ -141,13 +139,13 @@ async def sync(session: FleetSession, project: Project, *, excludes: Sequence[st
         raise UsageError(f"{project.source}: not a directory to sync")
     every = (*fleet.sync_exclude, *excludes)
     listed = manifest(project.source, every)
-    relay = await session.relay()
+    remote_shell = await session.remote_shell()
     destination = project.remote(fleet)
     limit = asyncio.Semaphore(fleet.ssh.fanout)
 
     async def one(node: Node) -> NodeResult:
         async with limit:
-            result = await _rsync_node(rsync_argv(relay, node, project.source, destination, every, delete),
+            result = await _rsync_node(rsync_argv(remote_shell, node, project.source, destination, every, delete),
                                        node.name, progress)
         if result.ok:
             await session.call(node.name, ManifestRequest(workdir=fleet.workdir, project=project.name,
@@ -158,6 +156,16 @@ async def sync(session: FleetSession, project: Project, *, excludes: Sequence[st
     if not results.ok:
         raise FleetError(f"sync of {project.source} failed", results)
     return results, listed
+
+
+async def sync_nodes(fleet: Fleet, nodes: Sequence[Node], project: Project, *, excludes: Sequence[str] = (),
+                     delete: bool = False, progress: Progress | None = None) -> tuple[FleetResult, Manifest]:
+    """`trainfleet sync`: the project onto these nodes, over a session of its own."""
+    from trainfleet.ops.common import require_ok
+
+    async with await FleetSession.open(fleet, nodes) as session:
+        require_ok(fleet, session.failures, "cannot sync")
+        return await sync(session, project, excludes=excludes, delete=delete, progress=progress)
 
 
 def check_code(states: Mapping[str, ProjectState | None], project: Project, synced: str | None = None,

@@ -9,21 +9,19 @@ added on a node is marked with the fleet's tag so that `revoke` removes exactly 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from trainfleet.agent.protocol import Reach, SSHMatrixRequest, TrustRequest, UntrustReply, UntrustRequest
 from trainfleet.errors import TrainfleetError, UsageError
 from trainfleet.files import write_atomically
-from trainfleet.fleet.model import Fleet, Node
+from trainfleet.fleet.model import Fleet
 from trainfleet.ops.common import require_ok
 from trainfleet.transport.session import FleetSession, PasswordPrompt
-from trainfleet.transport.ssh import NodeUnreachable, connect, known_hosts_files
+from trainfleet.transport.hostkeys import ScanFailed, new_key_pair, pinned_keys, scan_host_keys
 
 Confirm = Callable[[str], bool]
 
@@ -63,18 +61,16 @@ def _state_dir(fleet: Fleet) -> Path:
 
 def ensure_fleet_key(fleet: Fleet) -> FleetKey:
     """The fleet's ed25519 key pair, made once (0700 directory, 0600 key)."""
-    import asyncssh
-
     directory = _state_dir(fleet)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(directory, 0o700)
     private = directory / "id_ed25519"
     if not private.exists():
-        key = asyncssh.generate_private_key("ssh-ed25519", comment="trainfleet fleet key")
+        private_key, public_key = new_key_pair("trainfleet fleet key")
         fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(key.export_private_key())
-        (directory / "id_ed25519.pub").write_bytes(key.export_public_key())
+            handle.write(private_key)
+        (directory / "id_ed25519.pub").write_bytes(public_key)
     public = (directory / "id_ed25519.pub").read_text().split()
     tag = hashlib.sha256(public[1].encode()).hexdigest()[:12]
     return FleetKey(private_path=private, public_line=f"{public[0]} {public[1]}", tag=tag)
@@ -84,44 +80,14 @@ def known_hosts_name(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
-async def _scan(node: Node, fleet: Fleet) -> Any:
-    import asyncssh
-
-    tunnel = None
-    if node.jump is not None:
-        jump = Node(**{**node.__dict__, "host": node.jump.host, "port": node.jump.port,
-                       "user": node.jump.user or node.user, "jump": None})
-        tunnel = await connect(jump, fleet.ssh)
-    try:
-        return await asyncio.wait_for(
-            asyncssh.get_server_host_key(node.host, node.port, tunnel=tunnel or (), config=()),
-            fleet.ssh.connect_timeout)
-    finally:
-        if tunnel is not None:
-            tunnel.close()
-
-
 async def collect_host_keys(fleet: Fleet) -> list[HostKey]:
-    import asyncssh
-
-    files = known_hosts_files(fleet.ssh)
-    trusted = asyncssh.read_known_hosts(files) if files else None
-
-    async def one(node: Node) -> HostKey:
-        try:
-            key = await _scan(node, fleet)
-        except (OSError, asyncio.TimeoutError, asyncssh.Error, NodeUnreachable) as exc:
-            raise TrainfleetError(f"{node.name} ({node.host}:{node.port}): cannot read its host key: {exc}") from None
-        status = "new"
-        if trusted is not None:
-            host_keys = trusted.match(node.host, "", node.port)[0]
-            if host_keys:
-                blobs = {k.public_data for k in host_keys}
-                status = "pinned" if key.public_data in blobs else "changed"
-        line = key.export_public_key().decode().split()
-        return HostKey(node.name, line[0], line[1], key.get_fingerprint("sha256"), status)
-
-    return list(await asyncio.gather(*(one(n) for n in fleet.nodes)))
+    found = []
+    for node, key in (await scan_host_keys(fleet)).items():
+        if isinstance(key, ScanFailed):
+            address = fleet.node(node)
+            raise TrainfleetError(f"{node} ({address.host}:{address.port}): cannot read its host key: {key}")
+        found.append(HostKey(node, key.key_type, key.key_data, key.fingerprint, key.status))
+    return found
 
 
 def render_known_hosts(fleet: Fleet, keys: list[HostKey]) -> str:
@@ -164,8 +130,6 @@ def render_hosts(fleet: Fleet, addresses: dict[str, str], hostnames: dict[str, s
 
 async def setup(fleet: Fleet, *, confirm: Confirm, ask_password: PasswordPrompt | None = None,
                 hosts_file: bool = False) -> SetupReport:
-    import asyncssh
-
     key = ensure_fleet_key(fleet)
     host_keys = await collect_host_keys(fleet)
     changed = [k for k in host_keys if k.status == "changed"]
@@ -180,7 +144,7 @@ async def setup(fleet: Fleet, *, confirm: Confirm, ask_password: PasswordPrompt 
         raise UsageError("host keys not confirmed; nothing was changed",
                          fix="compare the fingerprints with the provider's console, then confirm (or pass --yes)")
     known_hosts_text = render_known_hosts(fleet, host_keys)
-    pinned = asyncssh.import_known_hosts(known_hosts_text)
+    pinned = pinned_keys(known_hosts_text)
     report = SetupReport(key=key, host_keys=host_keys)
     async with await FleetSession.open(fleet, known_hosts=pinned, ask_password=ask_password) as session:
         if session.failures:

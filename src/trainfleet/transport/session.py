@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import socket
 import struct
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from trainfleet.errors import FleetError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.results import FleetResult, NodeResult
 from trainfleet.transport.commands import OutputCallback, run_on_connection
-from trainfleet.transport.ssh import NodeUnreachable, connect
+from trainfleet.transport.ssh import NodeUnreachable, connect, start_tcp
 
 if TYPE_CHECKING:
     import asyncssh
@@ -80,7 +82,9 @@ class FleetSession:
         the whole fleet and kept in memory only. With `wait=False` it returns at once, and
         each node's requests and commands start as soon as that node is connected."""
         session = cls(fleet, nodes if nodes is not None else fleet.nodes)
-        session._start(agents, sockets or {}, known_hosts, ask_password)
+        if sockets is None:
+            sockets = start_tcp(session.nodes[:fleet.ssh.fanout])
+        session._start(agents, sockets, known_hosts, ask_password)
         if wait:
             await asyncio.gather(*session._ready.values())
         return session
@@ -208,6 +212,17 @@ class FleetSession:
                                            timeout=timeout, cwd=cwd)
 
         return FleetResult(tuple(await asyncio.gather(*(one(n) for n in targets))))
+
+    async def remote_shell(self) -> str:
+        """A command for rsync's `--rsh` (or any tool that runs `SHELL NODE COMMAND`): the
+        command runs over this session's connection to NODE, host key checked as always."""
+        relay = os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay.py")
+        return f"{shlex.quote(sys.executable)} -S {shlex.quote(relay)} {shlex.quote(await self.relay())}"
+
+    async def tunnel(self, node: str, host: str, port: int) -> tuple[Any, Any]:
+        """A TCP connection to host:port as seen from `node`, through its SSH connection:
+        a reader and a writer, as asyncio's streams have them."""
+        return await self.connections[node].open_connection(host, port)  # type: ignore[no-any-return]
 
     async def relay(self) -> str:
         """A unix socket that `relay.py` (rsync's remote shell) hands commands to: they

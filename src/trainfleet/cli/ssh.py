@@ -1,14 +1,13 @@
-"""`trainfleet ssh` and `firewall`: trust between nodes, and exactly the ports training needs."""
+"""`trainfleet ssh`: trust between all nodes (one fleet key, pinned host keys)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 
 import click
 
-from trainfleet.cli.app import cli, echo_err, fleet_option, load
+from trainfleet.cli.app import cli, echo_err, fleet_option, load, run_async
 
 
 @cli.group(name="ssh")
@@ -42,7 +41,7 @@ def ssh_setup(fleet_file: str | None, yes: bool, ask_password: bool, hosts_file:
     def prompt(node) -> str:  # type: ignore[no-untyped-def]
         return getpass.getpass(f"password for {node.user}@{node.host} (used once, not stored): ")
 
-    report = asyncio.run(setup(fleet, confirm=confirm, ask_password=prompt if ask_password or interactive else None,
+    report = run_async(setup(fleet, confirm=confirm, ask_password=prompt if ask_password or interactive else None,
                                hosts_file=hosts_file))
     for key in report.host_keys:
         state = "pinned" if key.status == "pinned" else "now pinned"
@@ -69,7 +68,7 @@ def ssh_check(fleet_file: str | None, as_json: bool) -> None:
     from trainfleet.ops.trust import check
 
     fleet = load(fleet_file)
-    matrix = asyncio.run(check(fleet))
+    matrix = run_async(check(fleet))
     missing = [(src, dst, r.error) for src, row in matrix.items() for dst, r in row.items() if not r.ok]
     if as_json:
         click.echo(json.dumps({"ok": not missing, "matrix": {
@@ -92,7 +91,7 @@ def ssh_revoke(fleet_file: str | None) -> None:
     from trainfleet.ops.trust import revoke
 
     fleet = load(fleet_file)
-    answers = asyncio.run(revoke(fleet))
+    answers = run_async(revoke(fleet))
     for node in fleet.nodes:
         answer = answers[node.name]
         parts = []
@@ -101,57 +100,3 @@ def ssh_revoke(fleet_file: str | None) -> None:
         if answer.removed:
             parts.append(f"removed {', '.join(answer.removed)}")
         click.echo(f"{node.name}: " + ("; ".join(parts) if parts else "nothing of this fleet was there"))
-
-
-@cli.group(name="firewall")
-def firewall_group() -> None:
-    """Open exactly the ports training needs between fleet nodes (never `ufw disable`)."""
-
-
-port_option = click.option("--port", type=int, default=29500, show_default=True, help="the rendezvous port on node 0")
-
-
-@firewall_group.command(name="plan")
-@fleet_option
-@port_option
-def firewall_plan(fleet_file: str | None, port: int) -> None:
-    """Print the allow rules for every node, and the exact commands for each kind of firewall."""
-    from trainfleet.firewall import fleet_tag, render
-    from trainfleet.ops.firewall import plan
-
-    fleet = load(fleet_file)
-    click.echo(render(asyncio.run(plan(fleet, port)), fleet_tag(fleet)), nl=False)
-
-
-def _report(fleet, outcome, action: str) -> None:  # type: ignore[no-untyped-def]
-    for node in fleet.nodes:
-        answer = outcome.replies.get(node.name)
-        if answer is None:
-            continue
-        changes = answer.added if action == "apply" else answer.removed
-        note = " (no firewall is active: nothing to open)" if answer.backend == "none" and action == "apply" else ""
-        verb = "added" if action == "apply" else "removed"
-        click.echo(f"{node.name}: {answer.backend}: {len(changes)} rule(s) {verb}{note}")
-    if outcome.error is not None:
-        raise outcome.error
-
-
-@firewall_group.command(name="apply")
-@fleet_option
-@port_option
-def firewall_apply(fleet_file: str | None, port: int) -> None:
-    """Insert the planned rules into each node's firewall (iptables, nftables or ufw); idempotent."""
-    from trainfleet.ops.firewall import apply
-
-    fleet = load(fleet_file)
-    _report(fleet, asyncio.run(apply(fleet, port)), "apply")
-
-
-@firewall_group.command(name="revoke")
-@fleet_option
-def firewall_revoke(fleet_file: str | None) -> None:
-    """Remove the rules `firewall apply` added, and nothing else."""
-    from trainfleet.ops.firewall import revoke
-
-    fleet = load(fleet_file)
-    _report(fleet, asyncio.run(revoke(fleet)), "revoke")

@@ -1,14 +1,13 @@
-"""`trainfleet push`, `mount`, `umount`: data on every node."""
+"""`trainfleet push`: a large file or directory to every node, through a chain of nodes."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
 import click
 
-from trainfleet.cli.app import StatusLine, cli, echo_err, fleet_option, load, nodes_option, select, status
+from trainfleet.cli.app import StatusLine, cli, echo_err, fleet_option, load, nodes_option, run_async, select, status
 
 
 def _size(count: float) -> str:
@@ -57,7 +56,7 @@ def push(fleet_file: str | None, node_names: str | None, stall_timeout: float, s
     status(f"pushing {source} ({_size(plan.size)}, {len(plan.files)} file(s)) to {plan.root} on "
            f"{fold_nodes([n.name for n in nodes])}")
     try:
-        outcome = asyncio.run(push_files(fleet, nodes, plan, progress, stall_timeout=stall_timeout))
+        outcome = run_async(push_files(fleet, nodes, plan, progress, stall_timeout=stall_timeout))
     finally:
         line.done()
     resumed = {n: b for n, b in outcome.resumed.items() if b and n in outcome.done}
@@ -74,59 +73,3 @@ def push(fleet_file: str | None, node_names: str | None, stall_timeout: float, s
                  f"then push again: it resumes")
     if outcome.failed:
         sys.exit(1)
-
-
-def _storage_command(fleet_file: str | None, node_names: str | None, action: str, dry_run: bool) -> None:
-    from trainfleet.cli.run import secret_values
-    from trainfleet.errors import UsageError
-    from trainfleet.ops.storage import apply, mount_lines, require_mounted
-    from trainfleet.storage import plan_mounts, render
-    from trainfleet.transport.session import FleetSession
-
-    fleet = load(fleet_file)
-    nodes = select(fleet, node_names)
-    if not fleet.storage:
-        raise UsageError(f"{fleet.source} has no `storage:`",
-                         fix="add one, e.g. `storage: [{type: shared-dir, mount: /data}]` (see the README)")
-    if dry_run:
-        click.echo(render(plan_mounts(fleet, nodes)), nl=False)
-        return
-    secrets = secret_values(fleet) if action == "mount" else {}
-
-    async def everywhere():  # type: ignore[no-untyped-def]
-        async with await FleetSession.open(fleet, nodes) as session:
-            return await apply(session, action, secrets)
-
-    outcome = asyncio.run(everywhere())
-    for line in mount_lines(outcome):
-        status(line)
-    for node, reason in sorted(outcome.unreachable.items()):
-        echo_err(f"trainfleet: {node}: {reason}")
-    if action == "mount":
-        require_mounted(fleet, outcome)
-    elif outcome.failures:
-        what, node, result = outcome.failures[0]
-        echo_err(f"trainfleet: error: cannot unmount {what} on {node}: {result.detail}; fix: stop what uses it "
-                 f"(`trainfleet exec -n {node} -- fuser -vm PATH`), then again")
-        sys.exit(1)
-    if outcome.unreachable:
-        sys.exit(1)
-
-
-@cli.command()
-@fleet_option
-@nodes_option
-@click.option("--dry-run", is_flag=True, help="print each node's commands (secrets by name only) and do nothing")
-def mount(fleet_file: str | None, node_names: str | None, dry_run: bool) -> None:
-    """Mount the fleet file's `storage:` on every node where it is not mounted yet
-    (shared-dir over sshfs, nfs, s3 with s3fs, cifs); keys and passwords come from
-    `secrets:` and reach the mount helpers by environment only."""
-    _storage_command(fleet_file, node_names, "mount", dry_run)
-
-
-@cli.command()
-@fleet_option
-@nodes_option
-def umount(fleet_file: str | None, node_names: str | None) -> None:
-    """Unmount the fleet file's `storage:` on every node (what is served stays on its node)."""
-    _storage_command(fleet_file, node_names, "umount", False)
