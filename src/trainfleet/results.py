@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 TAIL_LINES = 20
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,24 @@ class NodeResult:
 
 
 @dataclass(frozen=True)
-class FleetResult:
+class FleetResult(Generic[R]):
+    """Every node's outcome of one operation: a command's exit, or an agent request's
+    typed answer (`answers`), or why there is none."""
+
     results: tuple[NodeResult, ...] = field(default_factory=tuple)
+    answers: Mapping[str, R] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> dict[str, NodeResult]:
+        return {r.node: r for r in self.failed}
+
+    def require(self, what: str, fix: str | None = None) -> Mapping[str, R]:
+        """The answers, or a FleetError naming every node that gave none."""
+        if self.failed:
+            from trainfleet.errors import FleetError
+
+            raise FleetError(what, self, fix=fix)
+        return self.answers
 
     @property
     def succeeded(self) -> tuple[NodeResult, ...]:

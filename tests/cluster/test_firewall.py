@@ -15,7 +15,7 @@ import pytest
 from conftest import Sandboxes
 from helpers import JOBS, tf
 from trainfleet.sandbox import cluster as sb
-from trainfleet.firewall import plan_firewall
+from trainfleet.firewall_rules import plan_firewall
 from trainfleet.fleet.schema import fleet_from_data
 
 NFT_DEFAULT_DENY = """table inet filter {

@@ -11,7 +11,7 @@ import pytest
 from test_plan import FLEET, check_golden
 from trainfleet.errors import SpecError
 from trainfleet.fleet.schema import fleet_from_data
-from trainfleet.storage import plan_mounts, render
+from trainfleet.mount_plan import plan_mounts, render
 
 STORAGE = [
     {"type": "shared-dir", "mount": "/data/shared", "source": "/srv/shared"},

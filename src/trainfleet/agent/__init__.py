@@ -26,8 +26,9 @@ BOOTSTRAP = (
 """Installs the agent's modules from the next stdin line (a JSON map of sources); what
 follows it picks the entry point: the agent's loop, or a job's node supervisor."""
 
-MODULES = ("__init__", "protocol", "procs", "facts", "probes", "project", "trust", "firewall", "records", "lock", "logs",
-           "node_supervisor", "mesh", "push", "storage", "stacks", "top", "main", "rankwrap", "sitecustomize")
+MODULES = ("__init__", "protocol", "procs", "facts", "probes", "project", "trust", "firewall_backends", "records",
+           "lock", "logs", "node_supervisor", "mesh", "push", "mounts", "stacks", "top", "main", "rankwrap",
+           "sitecustomize")
 
 
 def sources() -> Dict[str, str]:

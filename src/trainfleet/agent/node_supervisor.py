@@ -95,7 +95,7 @@ class _Supervisor:
         self.ended = False
         self.ended_by_mesh = False
         self.guard = threading.Lock()
-        self.log = None  # type: Optional[IO[str]]
+        self.log: Optional[IO[str]] = None
         self.log_guard = threading.Lock()
 
     # ---- what the mesh asks of this node (see mesh.Node) ----------------------------------

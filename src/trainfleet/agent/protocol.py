@@ -632,7 +632,7 @@ class FirewallRequest(Request[FirewallReply]):
     rule carrying the tag, whichever firewall holds it."""
 
     op: ClassVar[str] = "firewall"
-    handler: ClassVar[str] = "firewall.firewall"
+    handler: ClassVar[str] = "firewall_backends.firewall"
     reply_type: ClassVar[Type[Any]] = FirewallReply
     action: str
     tag: str
@@ -744,7 +744,7 @@ class StorageRequest(Request[StorageReply]):
     """`action`: status, mount (what is missing) or umount."""
 
     op: ClassVar[str] = "storage"
-    handler: ClassVar[str] = "storage.storage"
+    handler: ClassVar[str] = "mounts.storage"
     reply_type: ClassVar[Type[Any]] = StorageReply
     action: str
     items: List[MountItem]
@@ -764,7 +764,7 @@ class ProbeRequest(Request[ProbeReply]):
     hang the caller)."""
 
     op: ClassVar[str] = "probe"
-    handler: ClassVar[str] = "storage.probe"
+    handler: ClassVar[str] = "mounts.probe"
     reply_type: ClassVar[Type[Any]] = ProbeReply
     write: Dict[str, str] = field(default_factory=dict)
     read: List[str] = field(default_factory=list)

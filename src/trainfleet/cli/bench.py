@@ -33,7 +33,7 @@ def bench_net(fleet_file: str | None, min_size: str, max_size: str, p2p_size: st
     """All-reduce bandwidth (algbw, busbw) from --min-size to --max-size through torch.distributed
     (gloo on CPU, NCCL on GPU), and a point-to-point matrix that names the slowest link."""
     from trainfleet.job.spec import JobSpec, new_job_id
-    from trainfleet.netbench import JOB_DIR, REMOTE_JOB_DIR, NetBenchResult, job_args, parse_size, size_ladder
+    from trainfleet.netbench_results import JOB_DIR, REMOTE_JOB_DIR, NetBenchResult, job_args, parse_size, size_ladder
     from trainfleet.ops.run import RunOptions
     from trainfleet.ops.sync import Project
 

@@ -7,7 +7,6 @@ matters for training fails; a job of this fleet that is running is information.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -16,7 +15,7 @@ from trainfleet.agent.protocol import Attempt, Bound, FactsReply
 from trainfleet.fleet.model import Fleet
 from trainfleet.netchoice import NetworkChoice
 from trainfleet.results import fold_nodes
-from trainfleet.storage import Visibility
+from trainfleet.mount_plan import Visibility
 
 GIB = 1024**3
 LATENCY_FLOOR_MS = 10.0

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from trainfleet.errors import SpecError
+from trainfleet.fleet.local import local_user
 from trainfleet.fleet.model import Fleet
 
 DEFAULT_FLEET_FILE = "fleet.yaml"
@@ -21,12 +22,6 @@ FLEET_ENV_VAR = "TRAINFLEET_FLEET"
 
 def fleet_path(option: str | None) -> Path:
     return Path(option or os.environ.get(FLEET_ENV_VAR) or DEFAULT_FLEET_FILE)
-
-
-def local_user() -> str:
-    import getpass
-
-    return getpass.getuser()
 
 
 def _xdg(variable: str, default: str) -> Path:

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainfleet.errors import SpecError
-from trainfleet.fleet.load import local_user
+from trainfleet.fleet.local import local_user
 from trainfleet.fleet.model import NAME_PATTERN, Container, Fleet, Jump, Node, Setup, SSHSettings, Storage
 
 

@@ -63,7 +63,7 @@ async def examine(fleet: Fleet, rdzv_port: int = DEFAULT_RDZV_PORT, connect_time
             if len(live) > 1:
                 await _connects(session, live, data, connect_timeout, throughput_bytes)
             if fleet.storage and live:
-                from trainfleet.ops.storage import visibility
+                from trainfleet.ops.mount import visibility
 
                 data.storage = await visibility(session)
         finally:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from trainfleet.agent.protocol import FirewallReply, FirewallRequest
 from trainfleet.errors import FleetError
-from trainfleet.firewall import NodeFirewall, fleet_tag, plan_firewall, steps
+from trainfleet.firewall_rules import NodeFirewall, fleet_tag, plan_firewall, steps
 from trainfleet.fleet.model import Fleet
 from trainfleet.netchoice import choose
 from trainfleet.ops.common import facts_request, require_ok
@@ -41,12 +41,12 @@ async def apply(fleet: Fleet, port: int) -> FirewallOutcome:
         plans = {p.node: p for p in await _plan(session, port)}
         replies = await session.call_all(
             lambda n: FirewallRequest(action="apply", tag=tag, steps=steps(plans[n.name], tag)), timeout=120)
-    error = FleetError("firewall apply failed", replies.result()) if replies.failures else None
+    error = FleetError("firewall apply failed", replies) if replies.failures else None
     return FirewallOutcome(replies=replies.answers, error=error)
 
 
 async def revoke(fleet: Fleet) -> FirewallOutcome:
     async with await FleetSession.open(fleet) as session:
         replies = await session.call_all(FirewallRequest(action="revoke", tag=fleet_tag(fleet)), timeout=120)
-    error = FleetError("firewall revoke failed", replies.result()) if replies.failures else None
+    error = FleetError("firewall revoke failed", replies) if replies.failures else None
     return FirewallOutcome(replies=replies.answers, error=error)

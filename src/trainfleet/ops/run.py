@@ -27,7 +27,7 @@ from trainfleet.launchers import get_launcher, plan_job
 from trainfleet.netchoice import NetworkChoice, choose
 from trainfleet.ops.common import facts_request, require_ok
 from trainfleet.ops.setup import setup_digest
-from trainfleet.ops.storage import ensure_mounted
+from trainfleet.ops.mount import ensure_mounted
 from trainfleet.ops.sync import Project, check_code, manifest, sync
 from trainfleet.results import fold_nodes
 from trainfleet.supervise.supervisor import RunOutcome, Supervisor

@@ -18,8 +18,7 @@ import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from trainfleet.errors import FleetError
 from trainfleet.fleet.model import Fleet, Node
@@ -35,27 +34,6 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 PasswordPrompt = Callable[[Node], str]
-
-
-@dataclass
-class Replies(Generic[R]):
-    """Every node's answer to one request, or why there is none."""
-
-    answers: dict[str, R] = field(default_factory=dict)
-    failures: dict[str, NodeResult] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def result(self) -> FleetResult:
-        return FleetResult(tuple(self.failures.values()))
-
-    def require(self, what: str, fix: str | None = None) -> dict[str, R]:
-        """The answers, or a FleetError naming every node that gave none."""
-        if self.failures:
-            raise FleetError(what, self.result(), fix=fix)
-        return self.answers
 
 
 class FleetSession:
@@ -171,30 +149,33 @@ class FleetSession:
 
     async def call_all(self, request: protocol.Request[R] | Callable[[Node], protocol.Request[R] | None],
                        nodes: Iterable[Node] | None = None, *, timeout: float | None = 60,
-                       on_event: Callable[[str, dict[str, Any]], None] | None = None) -> Replies[R]:
+                       on_event: Callable[[str, dict[str, Any]], None] | None = None) -> FleetResult[R]:
         """The same request (or one per node) on every live node at once."""
         from trainfleet.transport.agent_client import AgentError, AgentFailed
 
-        replies: Replies[R] = Replies()
+        results: dict[str, NodeResult] = {}
+        answers: dict[str, R] = {}
         targets = [n for n in (nodes if nodes is not None else self.nodes)]
 
         async def one(node: Node) -> None:
             await self.ready(node.name)
             if node.name in self.failures:
-                replies.failures[node.name] = self.failures[node.name]
+                results[node.name] = self.failures[node.name]
                 return
             each = request(node) if callable(request) else request
             if each is None:
                 return
             handler = (lambda event, name=node.name: on_event(name, event)) if on_event else None
+            started = time.monotonic()
             try:
-                replies.answers[node.name] = await self.agents[node.name].call(each, on_event=handler,
-                                                                               timeout=timeout)
+                answers[node.name] = await self.agents[node.name].call(each, on_event=handler, timeout=timeout)
+                results[node.name] = NodeResult(node=node.name, command=each.op, exit_status=0,
+                                                seconds=time.monotonic() - started)
             except (AgentFailed, AgentError) as exc:
-                replies.failures[node.name] = self._failed(node.name, exc, each.op)
+                results[node.name] = self._failed(node.name, exc, each.op)
 
         await asyncio.gather(*(one(n) for n in targets))
-        return replies
+        return FleetResult(tuple(results[n.name] for n in targets if n.name in results), answers)
 
     async def run(self, command: str | Callable[[Node], str], nodes: Iterable[Node] | None = None, *,
                   on_output: OutputCallback | None = None, timeout: float | None = None,

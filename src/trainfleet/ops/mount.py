@@ -13,7 +13,7 @@ from trainfleet.fleet.model import Fleet, Node
 from trainfleet.netchoice import choose
 from trainfleet.ops.common import facts_request
 from trainfleet.results import fold_nodes
-from trainfleet.storage import MountStep, Visibility, label, plan_mounts
+from trainfleet.mount_plan import MountStep, Visibility, label, plan_mounts
 from trainfleet.transport.session import FleetSession
 
 PROBE = ".trainfleet-probe-"
