@@ -90,7 +90,7 @@ class _Supervisor:
         self.state = JobState(job_id=request.job_id, node=request.env.get("TRAINFLEET_NODE", ""), state="starting",
                               started=time.time(), supervisor_pid=os.getpid(), argv=list(request.argv),
                               cwd=request.cwd, detached=request.detach, nproc=request.nproc,
-                              launcher=request.launcher)
+                              launcher=request.launcher, wrapped=request.wrapped, rank_nodes=request.rank_nodes)
         self.last_output = time.time()
         self.ended = False
         self.ended_by_mesh = False

@@ -338,6 +338,7 @@ class JobState:
     launcher: str = ""
     wrapped: bool = False
     """The ranks' lines are marked by the rank wrapper (the rest is the launcher's)."""
+    rank_nodes: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -402,6 +403,8 @@ class LaunchRequest(Request[JobState]):
     launcher: str = ""
     wrapped: bool = False
     """The ranks run under the rank wrapper (their lines are marked)."""
+    rank_nodes: List[str] = field(default_factory=list)
+    """The node of each rank whose output this node relays (mpirun), by global rank."""
 
 
 @dataclass

@@ -109,6 +109,9 @@ class LaunchPlan:
     exit_report: ExitReport = ExitReport.NONE
     min_nodes: int = 0
     """After a node is lost the launcher goes on while this many remain (0: the job ends)."""
+    rank_nodes: tuple[str, ...] = ()
+    """The node each rank runs on, by global rank, where one node's runner starts every
+    rank and relays all their output (mpirun): their lines are shown as that node's."""
 
     def render(self) -> str:
         lines = [f"# job {self.job_id}: {self.launcher} on {len(self.nodes)} node(s), {self.world_size} "

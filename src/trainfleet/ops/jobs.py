@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from trainfleet.agent.protocol import (FollowRequest, JobsRequest, JobState, Out
 from trainfleet.errors import TrainfleetError, UsageError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.job.plan import RANK_LINE
-from trainfleet.supervise.output import on_screen
+from trainfleet.supervise.output import on_screen, rank_node
 from trainfleet.supervise.rootcause import RootCause, find_root_cause
 from trainfleet.transport.agent_client import AgentError, AgentFailed
 from trainfleet.transport.session import FleetSession
@@ -124,9 +124,12 @@ def matches(text: str, rank: int | None) -> bool:
     return match is not None and int(match.group(1)) == rank
 
 
-def shown(node: str, text: str) -> str:
+def shown(node: str, text: str, rank_nodes: Sequence[str] = ()) -> str:
     match = RANK_LINE.match(text)
-    return f"[{node}:{match.group(1)}] {match.group(2)}" if match else f"[{node}] {text}"
+    if match is None:
+        return f"[{node}] {text}"
+    rank = int(match.group(1))
+    return f"[{rank_node(rank_nodes, rank, node)}:{rank}] {match.group(2)}"
 
 
 async def logs(fleet: Fleet, job_id: str, nodes: Iterable[Node], *, rank: int | None, since: float, follow: bool,
@@ -135,28 +138,27 @@ async def logs(fleet: Fleet, job_id: str, nodes: Iterable[Node], *, rank: int | 
     it ends; the launcher's chatter only with `verbose`, as `run` shows it."""
     chosen = list(nodes)
     collected: list[tuple[float, str]] = []
-    marked = {True}
-
-    def take(node: str) -> Callable[[dict[str, Any]], None]:
-        def handle(event: dict[str, Any]) -> None:
-            if "lines" not in event:
-                return
-            for moment, text in decode(OutputEvent, event).lines:
-                if (verbose or on_screen(text, next(iter(marked)))) and matches(text, rank):
-                    if follow:
-                        printer(shown(node, text))
-                    else:
-                        collected.append((moment, shown(node, text)))
-        return handle
-
     async with await FleetSession.open(fleet, chosen) as session:
-        known = await views(session, job_id)
-        marked.clear()
-        marked.add(any(s.wrapped for s in known[0].nodes.values()))
+        known = (await views(session, job_id))[0]
+        marked = any(s.wrapped for s in known.nodes.values())
+        placed = next((s.rank_nodes for s in known.nodes.values() if s.rank_nodes), [])
+
+        def take(node: str) -> Callable[[dict[str, Any]], None]:
+            def handle(event: dict[str, Any]) -> None:
+                if "lines" not in event:
+                    return
+                for moment, text in decode(OutputEvent, event).lines:
+                    if (verbose or on_screen(text, marked)) and matches(text, rank):
+                        if follow:
+                            printer(shown(node, text, placed))
+                        else:
+                            collected.append((moment, shown(node, text, placed)))
+            return handle
+
         states: dict[str, JobState] = {}
 
         async def one(node: Node) -> None:
-            if node.name not in known[0].nodes:
+            if node.name not in known.nodes:
                 return
             try:
                 states[node.name] = await session.call(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -52,6 +52,12 @@ def on_screen(text: str, ranks_marked: bool) -> bool:
     return not chatter(match.group(2))
 
 
+def rank_node(rank_nodes: Sequence[str], rank: int, node: str) -> str:
+    """The node a rank's line belongs to: where the plan placed the rank (one runner
+    relaying every rank's output), else the node whose stream carried it."""
+    return rank_nodes[rank] if 0 <= rank < len(rank_nodes) else node
+
+
 @dataclass
 class _Held:
     since: float
@@ -61,8 +67,10 @@ class _Held:
 
 class OutputRouter:
     def __init__(self, log_dir: Path, nodes: Iterable[str], printer: Printer, *, ranks_marked: bool,
-                 verbose: bool = False, redact: Iterable[str] = (), hold: float = 2.0) -> None:
+                 verbose: bool = False, redact: Iterable[str] = (), hold: float = 2.0,
+                 rank_nodes: Sequence[str] = ()) -> None:
         self.print = printer
+        self.rank_nodes = tuple(rank_nodes)
         self.ranks_marked = ranks_marked
         self.verbose = verbose
         self.hold = hold
@@ -89,6 +97,8 @@ class OutputRouter:
         if relayed and relayed.group(1) in self.logs:  # pdsh relaying another node's rank
             node, rank, body = relayed.group(1), int(relayed.group(2)), relayed.group(3)
             text = rank_mark(rank) + body
+        elif rank is not None:
+            node = rank_node(self.rank_nodes, rank, node)
         shown = f"[{node}:{rank}] {body}" if rank is not None else f"[{node}] {body}"
         self.logs[node].write(shown + "\n")
         self.node_lines[node].append(text)

@@ -90,7 +90,7 @@ class Supervisor:
                 env_file=env_file(launch), mesh=mesh, detach=self.detach,
                 holds_lock=self.holds_lock and launch.node_rank == 0,
                 nproc=launch.nproc if self.plan.wraps_ranks else 0, launcher=self.plan.launcher,
-                wrapped=self.plan.wraps_ranks)
+                wrapped=self.plan.wraps_ranks, rank_nodes=list(self.plan.rank_nodes))
         return found
 
     async def start_detached(self) -> dict[str, JobState]:
@@ -111,7 +111,7 @@ class Supervisor:
         (self.log_dir / "plan.txt").write_text(self.plan.render())
         router = OutputRouter(self.log_dir, [n.name for n in self.session.nodes], self.printer,
                               ranks_marked=self.plan.wraps_ranks, verbose=self.verbose,
-                              redact=self.secrets.values())
+                              redact=self.secrets.values(), rank_nodes=self.plan.rank_nodes)
         states: dict[str, JobState] = {}
         errors: dict[str, str] = {}
         tasks: dict[asyncio.Task[JobState], str] = {}
