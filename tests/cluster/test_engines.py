@@ -1,6 +1,6 @@
 """Every launcher the runbooks use, with the real packages, across sandbox nodes (gloo on
 the CPU): DeepSpeed's per-node launcher, accelerate, a plain command, DeepSpeed's own
-pdsh runner started on node 0 (`head`), and a job inside a podman container."""
+pdsh runner started on node 0 (`head`), Open MPI's mpirun, and a job inside a podman container."""
 
 from __future__ import annotations
 
@@ -109,6 +109,41 @@ def test_head_starts_deepspeeds_own_runner_which_trains_everywhere_and_stops_eve
     _, stderr = forever.communicate(timeout=60)
     assert forever.returncode == 130 and "nothing left running" in stderr, stderr
     assert [job_processes_on(n) for n in state.nodes] == [[], []]
+
+
+MPI_RANK = re.compile(r"^\[(node\d):(\d)\] rank (\d) env WORLD_SIZE=(\d) cwd ", re.MULTILINE)
+
+
+def test_mpirun_runs_an_unchanged_torch_script_on_every_node(fresh: Sandboxes, workdir: Path) -> None:
+    """Open MPI's mpirun on node 0 starts all 4 ranks over SSH; each gets torch's variables
+    from Open MPI's, its lines are shown as its own node's, the rank that failed first is
+    named, and Ctrl-C leaves nothing on any node."""
+    state = fresh.make(2, slots=2)
+    fleet = state.fleet_file
+    tf("ssh", "setup", "-f", fleet, "--yes", check=True)
+    done = tf("run", "-f", fleet, "--sync-dir", str(workdir), "--launcher", "mpirun", "ranks.py", "--print-env",
+              "WORLD_SIZE", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = sorted(MPI_RANK.findall(done.stdout))
+    assert found == [("node0", "0", "0", "4"), ("node0", "1", "1", "4"), ("node1", "2", "2", "4"),
+                     ("node1", "3", "3", "4")], done.stdout[-3000:]
+    for rank, node in ((0, "node0"), (3, "node1")):  # TRAINFLEET_NODE from each node's own variables
+        assert f"rank {rank} of 4 on {node} pid" in done.stdout
+    failed = tf("run", "-f", fleet, "--no-sync", "--sync-dir", str(workdir), "--launcher", "mpirun", "ranks.py",
+                "--fail-rank", "2", timeout=300)
+    assert failed.returncode != 0
+    assert "rank 2 on node1 failed first: RuntimeError: deliberate failure in rank 2" in failed.stderr, failed.stderr
+    assert [job_processes_on(n) for n in state.nodes] == [[], []]
+    forever = tf_start("run", "-f", fleet, "--no-sync", "--sync-dir", str(workdir), "--launcher", "mpirun",
+                       "ranks.py", "--forever")
+    wait_for_line(forever, r"\[node1:3\] rank 3 of 4", timeout=120)
+    assert job_processes_on(state.nodes[1])  # ranks Open MPI started on node1
+    forever.send_signal(signal.SIGINT)
+    _, stderr = forever.communicate(timeout=60)
+    assert forever.returncode == 130 and "nothing left running" in stderr, stderr
+    assert [job_processes_on(n) for n in state.nodes] == [[], []]
+    orted = tf("exec", "-f", fleet, "--", "pgrep -x orted || true", check=True)
+    assert orted.stdout.strip() == "", orted.stdout
 
 
 def podman_options() -> dict[str, object]:

@@ -22,7 +22,7 @@ from trainfleet.export.slurm import node_script, render_sbatch
 from trainfleet.fleet.schema import fleet_from_data
 from trainfleet.job.spec import JobSpec
 from trainfleet.job.placement import LaunchFacts
-from trainfleet.launchers import get_launcher, launcher_names, plan_job
+from trainfleet.launchers import launcher_names, plan_job
 from trainfleet.launchers.deepspeed import world_info
 
 FLEET = {
@@ -45,7 +45,7 @@ def plan(launcher: str, entry: str = "train.py", args: tuple[str, ...] = ("--dee
                                   options=job), FACTS, "~/job/proj").render()
 
 
-@pytest.mark.parametrize("launcher", ["deepspeed", "accelerate", "command", "head"])
+@pytest.mark.parametrize("launcher", ["deepspeed", "accelerate", "command", "head", "mpirun"])
 def test_launcher_plans_golden(launcher: str) -> None:
     entry = "deepspeed --hostfile $TRAINFLEET_HOSTFILE train.py" if launcher == "head" else "train.py"
     args = () if launcher == "head" else ("--deepspeed", "ds.json")
@@ -90,6 +90,25 @@ def test_command_and_head_get_the_rendezvous_in_their_environment() -> None:
     assert "TRAINFLEET_HOSTFILE=/job/hostfile" in head and "[gpu1] prepared:" in head and "writes /job/hostfile" in head
 
 
+def test_mpirun_starts_every_rank_from_node_0_with_torchs_variables_from_open_mpis() -> None:
+    planned = plan_job(fleet_from_data(FLEET, "fleet.yaml"), JobSpec(entrypoint="train.py", args=("--lr", "1"),
+                                                                     job_id="j", launcher="mpirun"), FACTS, "~/job/p")
+    (launch,) = planned.nodes
+    argv = list(launch.argv)
+    assert argv[:7] == ["mpirun", "--hostfile", "~/job/.trainfleet/jobs/j/hostfile", "-np", "4", "-npernode", "2"]
+    exported = {argv[i + 1] for i, word in enumerate(argv) if word == "-x"}
+    assert {"MASTER_ADDR", "MASTER_PORT", "TRAINFLEET_JOB_ID", "TRAINFLEET_JOB_DIR", "PYTHONPATH"} <= exported
+    assert not exported & {"GLOO_SOCKET_IFNAME", "TRAINFLEET_NODE", "NODE_RANK", "WANDB_API_KEY"}  # per node, or secret
+    script = argv[argv.index("sh") + 2]
+    assert "RANK=$OMPI_COMM_WORLD_RANK" in script and "LOCAL_RANK=$OMPI_COMM_WORLD_LOCAL_RANK" in script
+    assert argv[argv.index("sh") + 3:] == ["/opt/venv/bin/python", "train.py", "--lr", "1"]
+    assert planned.rank_nodes == ("gpu0", "gpu0", "gpu1", "gpu1") and planned.needs_node_ssh
+    assert [p.write for p in planned.prepare] == [(("~/job/.trainfleet/jobs/j/hostfile",
+                                                    "gpu0 slots=2\ngpu1 slots=2\n"),)] * 2
+    with pytest.raises(UsageError, match="cannot be exported to Slurm"):
+        render_sbatch(fleet_from_data(FLEET, "fleet.yaml"), JobSpec(entrypoint="x.py", job_id="j", launcher="mpirun"))
+
+
 def test_a_container_wraps_each_nodes_command_and_passes_variables_by_name() -> None:
     spec = fleet_from_data({**FLEET, "container": {"image": "nvcr.io/nvidia/pytorch:24.05-py3",
                                                    "options": ["--shm-size=16g"]}}, "fleet.yaml")
@@ -124,8 +143,18 @@ def test_sbatch_golden_and_valid_bash(tmp_path: Path) -> None:
             check_golden("export_torchrun.sbatch", text)
 
 
-EXPORTABLE = [name for name in launcher_names() if get_launcher(name).script_entry or name == "command"]
-"""Every launcher a scheduler can start on each node (head's runner reaches the nodes itself)."""
+def exportable(launcher: str) -> bool:
+    """A scheduler can start it on each node (head's and mpirun's runners reach the nodes themselves)."""
+    try:
+        node_script(fleet_from_data(FLEET, "fleet.yaml"), JobSpec(entrypoint="x.py", job_id="j", launcher=launcher))
+    except UsageError as refused:
+        assert "cannot be exported to Slurm" in str(refused)
+        return False
+    return True
+
+
+EXPORTABLE = [name for name in launcher_names() if exportable(name)]
+assert {"torchrun", "deepspeed", "accelerate", "command"} <= set(EXPORTABLE)
 
 
 def run_on_node(command: str, variables: dict[str, str], shell: str = "bash") -> tuple[str, dict[str, str], list[str]]:

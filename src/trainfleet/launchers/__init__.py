@@ -18,6 +18,7 @@ _LAUNCHERS = {
     "accelerate": ("trainfleet.launchers.accelerate", "Accelerate"),
     "command": ("trainfleet.launchers.command", "Command"),
     "head": ("trainfleet.launchers.head", "Head"),
+    "mpirun": ("trainfleet.launchers.mpirun", "Mpirun"),
 }
 
 
