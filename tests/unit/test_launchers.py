@@ -71,6 +71,7 @@ def test_deepspeed_include_and_exclude_select_slots_as_deepspeed_does() -> None:
             world_info(fleet, replace(job, options=bad))
     one = plan("deepspeed", include="gpu1:0")
     assert "gpu0" not in one.split("\n", 1)[1] and "1 process(es)" in one and "--node_rank=0" in one
+    assert "--master_addr=10.0.0.11" in one and "master at 10.0.0.11:29555" in one  # rank 0 is on gpu1 now
 
 
 def test_accelerate_counts_processes_across_machines_and_uses_the_cpu_without_gpus() -> None:
@@ -157,7 +158,8 @@ EXPORTABLE = [name for name in launcher_names() if exportable(name)]
 assert {"torchrun", "deepspeed", "accelerate", "command"} <= set(EXPORTABLE)
 
 
-def run_on_node(command: str, variables: dict[str, str], shell: str = "bash") -> tuple[str, dict[str, str], list[str]]:
+def run_on_node(command: str, variables: dict[str, str], shell: str = "bash",
+                path: str = "/opt/venv/bin:") -> tuple[str, dict[str, str], list[str]]:
     """Runs an exported node command in a real shell with the scheduler's variables set and
     `cd` and `env` recording what they were given: (cwd, environment, argv) as the node's
     launcher would start with."""
@@ -169,7 +171,7 @@ def run_on_node(command: str, variables: dict[str, str], shell: str = "bash") ->
     cwd, *words = json.loads(done.stdout)
     split = next(i for i, w in enumerate(words) if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", w))
     env = dict(w.split("=", 1) for w in words[:split])
-    assert env.pop("PATH").startswith("/opt/venv/bin:")
+    assert env.pop("PATH", "").startswith(path)
     return cwd, env, words[split:]
 
 
@@ -200,8 +202,8 @@ def test_export_slurm_runs_what_the_dry_run_plans_on_every_node(launcher: str) -
 @pytest.mark.parametrize("launcher", EXPORTABLE)
 def test_export_k8s_runs_what_the_dry_run_plans_in_every_pod(launcher: str, tmp_path: Path) -> None:
     """Each pod's command, run by sh with the training operator's variables, is the dry-run's
-    command for that node, except what Kubernetes decides: the image's Python, the pod's
-    working directory, and no interface name (a pod has one network)."""
+    command for that node, except what Kubernetes decides: the image's Python and PATH, the
+    pod's working directory, and no interface name (a pod has one network)."""
     fleet = fleet_from_data(FLEET, "fleet.yaml")
     job = JobSpec(entrypoint="train.py", args=("--lr", "3e-4"), job_id="tf-golden", launcher=launcher)
     planned = plan_job(fleet, job, LaunchFacts(rdzv_port=29555), "~/job/proj")
@@ -213,8 +215,12 @@ def test_export_k8s_runs_what_the_dry_run_plans_in_every_pod(launcher: str, tmp_
         node = fleet.node(launch.node)
         variables = {"HOSTNAME": node.name, "RANK": str(launch.node_rank), "POD_IP": node.address,
                      "MASTER_ADDR": fleet.head.address, "MASTER_PORT": "29555"}
-        cwd, env, argv = run_on_node(command.replace("cd \"${PWD}\"", f"cd {tmp_path}"), variables, shell=shell)
+        cwd, env, argv = run_on_node(command.replace("cd \"${PWD}\"", f"cd {tmp_path}"), variables, shell=shell,
+                                     path="")
         _, planned_env, planned_argv = dry_run_node(launch)
+        if planned_argv[0] == "/opt/venv/bin/python":  # the nodes' Python; the image has its own
+            assert argv[0] == "python"
+            argv[0] = planned_argv[0]
         interface = {k: planned_env.pop(k) for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")}
         assert (dash_c, cwd, interface) == ("-c", str(tmp_path), {"GLOO_SOCKET_IFNAME": "ens5" if launch.node_rank == 0
                                                                   else "enp6s0", "NCCL_SOCKET_IFNAME": interface[

@@ -119,7 +119,7 @@ def run(fleet_file: str | None, node_names: str | None, nproc_per_node: int | No
         job_id: str | None, env_pairs: tuple[str, ...], launcher: str | None, launcher_args: tuple[str, ...],
         detach: bool, concurrent: bool, hang_timeout: float | None, verbose: bool, script: str, args: tuple[str, ...],
         **launcher_option_values: str | int | None) -> None:
-    """Start SCRIPT on every node (torchrun, deepspeed or accelerate; or any command, on
+    """Start SCRIPT on every node (torchrun, deepspeed, accelerate or mpirun; or any command, on
     every node or on node 0 alone) and stream every rank's output."""
     from trainfleet.job.spec import JobSpec, new_job_id, validate_job
     from trainfleet.launchers import check_options

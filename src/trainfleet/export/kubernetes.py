@@ -29,10 +29,11 @@ def kubernetes_placement(fleet: Fleet, job: JobSpec) -> Placement:
 
 
 def pod_command(fleet: Fleet, job: JobSpec, python: str) -> list[str]:
+    """The node's command in the image: its Python (as in a container on the nodes), its PATH."""
     placement = kubernetes_placement(fleet, job)
     launch = scheduled_plan(fleet, job, placement).nodes[0]
-    if launch.argv and launch.argv[0] == fleet.python:  # the image's Python, as in a container on the nodes
-        launch = dataclasses.replace(launch, argv=(python, *launch.argv[1:]))
+    argv = (python, *launch.argv[1:]) if launch.argv and launch.argv[0] == fleet.python else launch.argv
+    launch = dataclasses.replace(launch, argv=argv, path=())
     return ["sh", "-c", NODE_PRELUDE + node_command(launch, placement)]
 
 
@@ -41,7 +42,7 @@ def render_pytorchjob(fleet: Fleet, job: JobSpec, image: str, secret_name: str =
     if not image:
         raise UsageError("a PyTorchJob needs an image", fix="pass --image, or set `container: {image: ...}`")
     per_node = job.nproc_per_node or min(n.slots for n in fleet.nodes)
-    python = fleet.container.python if fleet.container else fleet.python
+    python = fleet.container.python if fleet.container else "python"  # the image's, not the nodes' path
     command = pod_command(fleet, job, python)
     env: list[dict[str, Any]] = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     secret = secret_name or f"{job.job_id}-secrets"

@@ -83,13 +83,16 @@ class DeepSpeed:
             chosen = [p for p in placement.places if p.node in info]
             places = [dataclasses.replace(p, rank=str(i), nproc=len(info[p.node])) for i, p in enumerate(chosen)]
         encoded = base64.urlsafe_b64encode(json.dumps(info).encode()).decode()
+        # Rank 0 hosts the rendezvous: on the first node chosen, which --include/--exclude may
+        # make another than the fleet's node 0.
+        master = placement.head_address if placement.template else places[0].address
         entry = wrapped_entry(job, placement, fleet.workdir)
         launches = []
         for place in places:
             argv = [fleet.python, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={encoded}",
-                    f"--node_rank={place.rank}", f"--master_addr={placement.head_address}",
+                    f"--node_rank={place.rank}", f"--master_addr={master}",
                     f"--master_port={placement.port}", *job.launcher_args, *entry]
             launches.append(node_launch(fleet, place, placement, argv, base_env(fleet, job, place, placement)))
         return LaunchPlan(job_id=job.job_id, launcher=self.name,
-                          rendezvous=f"master at {endpoint(placement.head_address, placement.port)}",
+                          rendezvous=f"master at {endpoint(master, placement.port)}",
                           world_size=sum(len(s) for s in info.values()), nodes=tuple(launches), wraps_ranks=True)
