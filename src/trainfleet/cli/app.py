@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -78,9 +78,35 @@ def status(text: str) -> None:
     click.echo(f"[trainfleet] {text}", err=True)
 
 
-def print_line(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+def stdout_printer(closed_note: str = "") -> Callable[[str], None]:
+    """Writes a line to stdout at once; when the reader has gone (`| head`, `| grep -q`),
+    ends this process as a Unix tool ends on SIGPIPE, saying `closed_note` on stderr."""
+    def emit(text: str) -> None:
+        try:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            stdout_closed(closed_note)
+    return emit
+
+
+def stdout_closed(note: str = "") -> NoReturn:
+    """Nothing is cleaned up here, on purpose: an attached job's node supervisors see this
+    client's connections close and end the job, as when a terminal goes away; anything
+    only read (logs, status) is left as it is."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to fail on
+        if note:
+            sys.stderr.write(f"trainfleet: {note}\n")
+            sys.stderr.flush()
+    except OSError:
+        pass
+    os._exit(141)  # 128 + SIGPIPE, what a shell reports for a tool that SIGPIPE ended
+
+
+print_line = stdout_printer()
 
 
 class StatusLine:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from trainfleet.cli.app import cli, echo_err, fleet_option, load, nodes_option, run_async, select
+from trainfleet.cli.app import cli, echo_err, fleet_option, load, nodes_option, print_line, run_async, select
 
 
 @cli.command(name="exec", context_settings={"ignore_unknown_options": True})
@@ -26,7 +26,10 @@ def exec_command(fleet_file: str | None, node_names: str | None, as_json: bool, 
     nodes = select(fleet, node_names)
 
     def show(node: str, stream: str, line: str) -> None:
-        click.echo(f"{node}: {line}", err=stream == "stderr")
+        if stream == "stderr":
+            click.echo(f"{node}: {line}", err=True)
+        else:
+            print_line(f"{node}: {line}")
 
     result = run_async(exec_command(fleet, nodes, " ".join(command), on_output=None if as_json else show,
                                     timeout=timeout))

@@ -51,7 +51,7 @@ def status_command(fleet_file: str | None, job_id: str, as_json: bool) -> None:
 
 @cli.command()
 @fleet_option
-@click.argument("job_id")
+@click.argument("job_id", required=False, default="")
 @click.option("--follow", is_flag=True, help="go on printing until the job ends (re-attaches to a detached job)")
 @click.option("--node", "node_names", metavar="NODES", help="only these nodes (node[0-1], a,b)")
 @click.option("--rank", type=int, help="only this rank")
@@ -59,7 +59,7 @@ def status_command(fleet_file: str | None, job_id: str, as_json: bool) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="also the launcher's own lines")
 def logs(fleet_file: str | None, job_id: str, follow: bool, node_names: str | None, rank: int | None,
          since: str | None, verbose: bool) -> None:
-    """A job's output from every node, merged as `[node:rank] line`."""
+    """A job's output from every node, merged as `[node:rank] line` (default: the newest job)."""
     from trainfleet.ops.jobs import logs as job_logs
     from trainfleet.ops.jobs import parse_since
 
@@ -67,8 +67,8 @@ def logs(fleet_file: str | None, job_id: str, follow: bool, node_names: str | No
     nodes = select(fleet, node_names)
     start = parse_since(since) if since else 0.0
     try:
-        states = run_async(job_logs(fleet, job_id, nodes, rank=rank, since=start, follow=follow, printer=print_line,
-                                      verbose=verbose))
+        job_id, states = run_async(job_logs(fleet, job_id, nodes, rank=rank, since=start, follow=follow,
+                                            printer=print_line, verbose=verbose, on_job=status))
     except KeyboardInterrupt:
         echo_err("trainfleet: stopped following (the job goes on)")
         sys.exit(130)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from trainfleet.cli.app import (cli, echo_err, fleet_option, load, print_line, run_cancellable, secret_values, select,
-                               status)
+                               status, stdout_printer)
 from trainfleet.errors import UsageError
 from trainfleet.launchers import launcher_names, launcher_options
 
@@ -143,4 +143,6 @@ def run(fleet_file: str | None, node_names: str | None, nproc_per_node: int | No
         return
     options = RunOptions(project=project, sync=not no_sync, port=port, log_dir=log_dir, grace=grace,
                          verbose=verbose, detach=detach, concurrent=concurrent)
-    sys.exit(launch(fleet, job, options, secret_values(fleet)))
+    closed = (f"output closed: job {job.job_id} ends on every node with this client"
+              + ("" if detach else " (--detach keeps a job running without it)"))
+    sys.exit(launch(fleet, job, options, secret_values(fleet), printer=stdout_printer(closed)))

@@ -133,13 +133,21 @@ def shown(node: str, text: str, rank_nodes: Sequence[str] = ()) -> str:
 
 
 async def logs(fleet: Fleet, job_id: str, nodes: Iterable[Node], *, rank: int | None, since: float, follow: bool,
-               printer: Callable[[str], None], verbose: bool = False) -> dict[str, JobState]:
-    """The job's output, merged: all of it in time order, or (following) as it comes, until
-    it ends; the launcher's chatter only with `verbose`, as `run` shows it."""
+               printer: Callable[[str], None], verbose: bool = False,
+               on_job: Callable[[str], None] = lambda text: None) -> tuple[str, dict[str, JobState]]:
+    """The job's output (`job_id` "": the newest job's, named through `on_job`), merged: all
+    of it in time order, or (following) as it comes, until it ends; the launcher's chatter
+    only with `verbose`, as `run` shows it. Returns the job's id and its final states."""
     chosen = list(nodes)
     collected: list[tuple[float, str]] = []
     async with await FleetSession.open(fleet, chosen) as session:
-        known = (await views(session, job_id))[0]
+        found = await views(session, job_id)
+        if not found:
+            raise UsageError("no jobs on this fleet's nodes yet", fix="start one: `trainfleet run SCRIPT`")
+        known = found[0]
+        if not job_id:
+            job_id = known.job_id
+            on_job(f"job {job_id} (the newest; `trainfleet status` lists them all)")
         marked = any(s.wrapped for s in known.nodes.values())
         placed = next((s.rank_nodes for s in known.nodes.values() if s.rank_nodes), [])
 
@@ -170,7 +178,7 @@ async def logs(fleet: Fleet, job_id: str, nodes: Iterable[Node], *, rank: int | 
         await asyncio.gather(*(one(n) for n in chosen))
     for _, line in sorted(collected, key=lambda item: item[0]):
         printer(line)
-    return states
+    return job_id, states
 
 
 async def stop(fleet: Fleet, job_id: str, grace: float = 10.0) -> JobView:
