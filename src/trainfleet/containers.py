@@ -63,7 +63,8 @@ def check_image(container: Container) -> str:
     """A shell command: the image is there, or is pulled now (a rootfs: it exists)."""
     tool = " ".join(shell_word(w) for w in engine(container))
     if container.rootfs:
-        return f"test -d {shell_word(container.rootfs)} || {{ echo 'no root file system {container.rootfs}' >&2; exit 1; }}"
+        missing = shell_word(f"no root file system {container.rootfs}")
+        return f"test -d {shell_word(container.rootfs)} || {{ echo {missing} >&2; exit 1; }}"
     image = shell_word(container.image)
     return f"{tool} image inspect {image} >/dev/null 2>&1 || {tool} pull {image}"
 

@@ -17,7 +17,8 @@ from trainfleet.fleet.model import Fleet, Node, Storage
 SSHFS_OPTIONS = ("reconnect", "ServerAliveInterval=15", "ServerAliveCountMax=3", "BatchMode=yes",
                  "StrictHostKeyChecking=yes")
 NFS_OPTIONS = ("vers=4.2", "hard", "timeo=600")
-EXPORT_OPTIONS = "rw,sync,no_subtree_check,no_root_squash"
+EXPORT_OPTIONS = "rw,sync,no_subtree_check,root_squash"
+"""root_squash: root on a client (any node) writes as nobody, not as the server's root."""
 FUSE_UNMOUNT = 'fusermount3 -u "$1" 2>/dev/null || fusermount -u "$1"'
 
 

@@ -55,6 +55,13 @@ nodes:
     ("nodes:\n  - {host: a, port: 70000}\n", "nodes[0].port: Input should be less than or equal to 65535"),
     ("nodes: [\n", "not valid YAML"),
     ("ssh: {port: 22}\n", "nodes: required key is missing"),
+    # Fields that reach ssh_config files, shell lines and mount options on every node.
+    ('nodes:\n  - {host: "a\\n  ProxyCommand touch /tmp/owned"}\n', "nodes[0].host: Value error, contains a control"),
+    ("nodes:\n  - {host: -oProxyCommand=x}\n", "nodes[0].host: Value error, not a valid host name"),
+    ('nodes:\n  - {host: a, user: "root; id"}\n', "nodes[0].user: Value error, not a valid user name"),
+    ('nodes:\n  - {host: a, interface: "eth0 up"}\n', "nodes[0].interface: Value error, not a valid network interface"),
+    ('nodes:\n  - {host: a}\nssh: {user: "x y"}\n', "ssh.user: String should match pattern"),
+    ('nodes:\n  - {host: a}\ncontainer: {engine: podman, rootfs: "/r\' ; id #"}\n', "`rootfs:` is an absolute path"),
 ])
 def test_bad_spec_is_one_line_naming_the_field(tmp_path: Path, body: str, expected: str) -> None:
     path = write(tmp_path, body)

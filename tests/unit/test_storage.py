@@ -40,7 +40,7 @@ def test_every_kind_renders_commands_with_secrets_by_name_only() -> None:
     assert "AWS_SECRET_ACCESS_KEY=<secret AWS_SECRET_ACCESS_KEY> s3fs" in text and "PASSWD=<secret CIFS_PASSWORD>" in text
     nfs_server = next(s for s in steps if s.role == "server" and s.label.startswith("nfs"))
     # The export goes to the other node's training address, and is taken back on umount.
-    assert ("exportfs", "-o", "rw,sync,no_subtree_check,no_root_squash", "10.0.0.10:/export/ckpt") in nfs_server.commands
+    assert ("exportfs", "-o", "rw,sync,no_subtree_check,root_squash", "10.0.0.10:/export/ckpt") in nfs_server.commands
     assert nfs_server.undo == (("exportfs", "-u", "10.0.0.10:/export/ckpt"),)
 
 
@@ -56,6 +56,14 @@ def test_every_kind_renders_commands_with_secrets_by_name_only() -> None:
     ({"type": "shared-dir", "mount": "/d", "options": ["a,b"]}, None, "give one `name` or `name=value` per item"),
     ({"type": "shared-dir", "mount": "/d", "bucket": "x"}, None, "are for s3 storage"),
     ({"type": "zfs", "mount": "/d"}, None, "storage[0].type"),
+    # Values that would become mount options or commands: refused, never passed on.
+    ({"type": "s3", "mount": "/mnt/s3", "bucket": "-o allow_other"}, None, "`bucket:` is a bucket name"),
+    ({"type": "cifs", "mount": "/mnt/c", "source": "//f/x", "username": "u,uid=0"}, None, "`username:` is one user"),
+    ({"type": "nfs", "mount": "/mnt/n", "source": "/"}, None, "would export a system directory"),
+    ({"type": "nfs", "mount": "/mnt/n", "source": "/etc/"}, None, "would export a system directory"),
+    ({"type": "nfs", "mount": "/mnt/n", "source": "/export/../etc"}, None, "without spaces, commas, quotes or '..'"),
+    ({"type": "shared-dir", "mount": "/d,nosuid"}, None, "without spaces, commas, quotes or '..'"),
+    ({"type": "s3", "mount": "/s", "bucket": "b", "endpoint": "http://x,y"}, None, "`endpoint:` is a URL"),
 ])
 def test_a_wrong_entry_is_one_line_naming_it(entry: dict, secrets: list[str] | None, message: str) -> None:
     with pytest.raises(SpecError) as caught:

@@ -23,9 +23,39 @@ from trainfleet.fleet.model import NAME_PATTERN, Container, Fleet, Jump, Node, S
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        """Values reach ssh_config files, shell lines and mount options on every node: a
+        newline or another control character in one is never meant, and could inject."""
+        for text in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+            if isinstance(text, str) and CONTROL.search(text):
+                raise ValueError("contains a control character (a newline?): write it on one line")
+        return value
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+HOST = re.compile(r"^(?!-)[A-Za-z0-9._:-]+$|^\[[0-9A-Fa-f:.]+\]$")
+"""A host name or an IP address (never an option: no leading '-', no spaces or quotes)."""
+USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*\$?$")
+INTERFACE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@:-]{0,14}$")
+S3_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+PATH_WORD = re.compile(r"^[^\s,'\"\\]+$")
+"""A path that goes into mount options and commands as one word: no spaces, commas or quotes."""
+CIFS_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@\\-]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SYSTEM_DIRECTORIES = ("/", "/etc", "/root", "/home", "/usr", "/var", "/boot", "/bin", "/sbin", "/lib", "/proc",
+                      "/sys", "/dev")
+
+
+def _matches(pattern: re.Pattern[str], value: str | None, what: str) -> str | None:
+    if value is not None and not pattern.match(value):
+        raise ValueError(f"not a valid {what}")
+    return value
+
 
 class SSHDefaultsModel(_Strict):
-    user: str | None = None
+    user: str | None = Field(default=None, pattern=USER.pattern)
     port: int = Field(default=22, ge=1, le=65535)
     identity_file: str | None = None
     known_hosts: str = "~/.ssh/known_hosts"
@@ -52,6 +82,21 @@ class NodeModel(_Strict):
             raise ValueError("use letters, digits, '.', '_' and '-' only")
         return value
 
+    @field_validator("host", "address")
+    @classmethod
+    def _host_is_a_host(cls, value: str | None) -> str | None:
+        return _matches(HOST, value, "host name or IP address (letters, digits, '.', '-', ':')")
+
+    @field_validator("user")
+    @classmethod
+    def _user_is_a_user(cls, value: str | None) -> str | None:
+        return _matches(USER, value, "user name")
+
+    @field_validator("interface")
+    @classmethod
+    def _interface_is_a_name(cls, value: str | None) -> str | None:
+        return _matches(INTERFACE, value, "network interface name (as `ip link` shows it)")
+
 
 class SyncModel(_Strict):
     exclude: list[str] = Field(default_factory=list)
@@ -72,6 +117,10 @@ class ContainerModel(_Strict):
 
     @model_validator(mode="after")
     def _image_or_rootfs(self) -> ContainerModel:
+        if self.image.startswith("-") or not PATH_WORD.match(self.image or "x"):
+            raise ValueError("`image:` is one word, such as nvcr.io/nvidia/pytorch:24.05-py3")
+        if self.rootfs and not (self.rootfs.startswith("/") and PATH_WORD.match(self.rootfs)):
+            raise ValueError("`rootfs:` is an absolute path without spaces, commas or quotes")
         if not self.image and not self.rootfs:
             raise ValueError("name an `image:` (or, with podman, a `rootfs:`)")
         if self.rootfs and self.engine != "podman":
@@ -104,6 +153,24 @@ class StorageModel(_Strict):
             raise ValueError("a cifs storage needs `username:` (its password comes from `secrets:`)")
         if self.type == "nfs" and not self.source.startswith("/"):
             raise ValueError("an nfs storage needs `source:`, the exported path (absolute)")
+        if self.type == "nfs" and (self.source.rstrip("/") or "/") in SYSTEM_DIRECTORIES:
+            raise ValueError(f"`source: {self.source}` would export a system directory to every node: export "
+                             f"a directory of its own, such as /export/ckpt")
+        for name in ("mount", "source"):
+            if getattr(self, name) and (not PATH_WORD.match(getattr(self, name)) or ".." in getattr(self, name)):
+                raise ValueError(f"`{name}:` is one path without spaces, commas, quotes or '..'")
+        if self.bucket and not S3_BUCKET.match(self.bucket):
+            raise ValueError("`bucket:` is a bucket name (letters, digits, '.', '-', '_'; not starting with '-')")
+        if self.endpoint and not re.match(r"^https?://[^\s,'\"]+$", self.endpoint):
+            raise ValueError("`endpoint:` is a URL such as https://s3.example.com")
+        if self.region and not re.match(r"^[a-z0-9-]+$", self.region):
+            raise ValueError("`region:` is a region name such as us-east-1")
+        if self.username and not CIFS_USER.match(self.username):
+            raise ValueError("`username:` is one user name (no commas, spaces or '=')")
+        if not ENV_NAME.match(self.password_secret):
+            raise ValueError("`password_secret:` names an environment variable")
+        if self.server and not HOST.match(self.server):
+            raise ValueError("`server:` is a host name or IP address")
         if self.type != "s3" and (self.bucket or self.endpoint or self.region):
             raise ValueError("`bucket:`, `endpoint:` and `region:` are for s3 storage")
         if self.server and self.type != "nfs":
