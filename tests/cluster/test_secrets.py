@@ -7,14 +7,14 @@ import re
 import secrets as random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import pytest
 import yaml
 
+from conftest import Sandboxes
 from helpers import tf
 from trainfleet.sandbox import cluster as sb
-
 
 
 def with_secret(fleet: Path, tmp_path: Path) -> Path:
@@ -90,3 +90,44 @@ def test_missing_secret_without_a_terminal_is_a_clear_error(fleet2: Path, tmp_pa
                                capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
     assert completed.returncode == 2
     assert "secret TF_TEST_TOKEN has no value" in completed.stderr and "export TF_TEST_TOKEN" in completed.stderr
+
+
+def test_a_multi_line_secret_is_redacted_line_by_line(fleet2: Path, workdir: Path, tmp_path: Path) -> None:
+    """A key file as a secret: printed, it spans lines, and each of its lines is redacted."""
+    first, second = f"-----{random.token_hex(8)}", f"key+{random.token_hex(16)}"
+    fleet = with_secret(fleet2, tmp_path)
+    done = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "--log-dir", str(tmp_path / "logs"), "secret.py",
+              "0", env={"TF_TEST_TOKEN": f"{first}\n{second}\n"}, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert first not in done.stdout + done.stderr and second not in done.stdout + done.stderr
+    assert done.stdout.count("secret is ***") == 4, done.stdout
+    assert files_containing(tmp_path / "logs", second.encode()) == []
+
+
+def test_head_secrets_leave_every_node_however_the_job_ends(fresh: Sandboxes, workdir: Path, tmp_path: Path) -> None:
+    """`--launcher head` keeps each node's secrets in memory (/dev/shm) while the job runs
+    there; after a detached job is stopped, nothing of them is left on any node."""
+    state = fresh.make(2, slots=2)
+    tf("ssh", "setup", "-f", state.fleet_file, "--yes", check=True)
+    fleet = with_secret(Path(state.fleet_file), tmp_path)
+    value = f"tok-{random.token_hex(12)}"
+    runner = "deepspeed --no_local_rank --hostfile $TRAINFLEET_HOSTFILE secret.py 600"
+    started = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "--launcher", "head", "--detach", runner,
+                 env={"TF_TEST_TOKEN": value}, timeout=300)
+    assert started.returncode == 0, started.stderr[-2000:]
+    job_id = started.stdout.strip().splitlines()[-1]
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # every rank, on both nodes, has read its secret
+        shown = tf("logs", "-f", str(fleet), job_id, env={"TF_TEST_TOKEN": value})
+        if shown.stdout.count("holding") == 4:
+            break
+        time.sleep(1)
+    assert shown.stdout.count("secret is *** (argv clean)") == 4 and value not in shown.stdout, shown.stdout
+    held = [p for p in Path("/dev/shm").glob(f"trainfleet-{job_id}-*")]
+    assert sorted(p.name for p in held) == [f"trainfleet-{job_id}-node0-secrets", f"trainfleet-{job_id}-node1-secrets"]
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in held)
+    tf("stop", "-f", str(fleet), job_id, check=True, timeout=120)
+    deadline = time.monotonic() + 30
+    while list(Path("/dev/shm").glob(f"trainfleet-{job_id}-*")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert files_containing(Path("/dev/shm"), value.encode()) == []

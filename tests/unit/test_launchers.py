@@ -248,3 +248,11 @@ def test_pytorchjob_parses_with_master_and_workers() -> None:
         render_pytorchjob(fleet, JobSpec(entrypoint="train.py", job_id="j"), "")
     with pytest.raises(UsageError, match="cannot be exported to Kubernetes"):
         render_pytorchjob(fleet, JobSpec(entrypoint="x", job_id="j", launcher="head"), "img:1")
+
+
+def test_head_refuses_a_secret_deepspeeds_runner_would_put_in_its_command_line() -> None:
+    spec = fleet_from_data({**FLEET, "secrets": ["NCCL_IB_KEY", "WANDB_API_KEY"]}, "fleet.yaml")
+    with pytest.raises(UsageError, match=r"secret NCCL_IB_KEY would be copied by DeepSpeed's runner into its pdsh "
+                                         r"command line"):
+        plan_job(spec, JobSpec(entrypoint="deepspeed --hostfile h x.py", job_id="j", launcher="head"), FACTS, "~/p")
+    plan_job(spec, JobSpec(entrypoint="x.py", job_id="j", launcher="torchrun"), FACTS, "~/p")  # others keep it in env

@@ -70,3 +70,13 @@ def test_secret_values_are_redacted_everywhere(tmp_path: Path) -> None:
     out.take("node0", "[tf:rank0] token=hunter2")
     out.close()
     assert shown == ["[node0:0] token=***"] and "hunter2" not in (tmp_path / "node0.log").read_text()
+
+
+def test_secret_fragments_cover_each_line_of_a_multi_line_secret() -> None:
+    from trainfleet.agent.rankwrap import secret_fragments
+
+    key = "-----BEGIN KEY-----\nAAAAB3NzaC1yc2EAAAADAQAB\nshort\n-----END KEY-----\n"
+    found = secret_fragments([key, "", "pw-123456"])
+    assert found[0] == key and "AAAAB3NzaC1yc2EAAAADAQAB" in found and "pw-123456" in found
+    assert "short" not in found  # too short to redact safely on its own
+    assert found == sorted(found, key=len, reverse=True)

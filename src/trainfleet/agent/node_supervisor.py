@@ -27,7 +27,7 @@ from . import procs
 from .lock import release_lock
 from .logs import follow
 from .protocol import EnvFile, Empty, JobState, LaunchRequest, PrepareRequest, StopRequest, to_wire
-from .rankwrap import rank_mark
+from .rankwrap import rank_mark, secret_fragments
 from .records import (LOG_NAME, TERMINAL, job_dir, log_lines, read_errors, read_state_at, remove_secrets,
                       secrets_path, supervisor_pid, write_files, write_paths, write_state)
 
@@ -38,11 +38,50 @@ def prepare(request: PrepareRequest) -> Empty:
     with open(os.path.join(directory, "node.env"), "w") as handle:
         json.dump(request.env, handle)
     if request.secrets:
-        fd = os.open(secrets_path(request.job_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        node = request.env.get("TRAINFLEET_NODE", "")
+        # A new file of our own, never one that is there already (a link planted in /dev/shm).
+        fd = os.open(secrets_path(request.job_id, node), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(request.secrets, handle)
+        start_keeper(request.job_id)
     write_paths(request.write)
     return Empty()
+
+
+KEEPER_FIRST_WAIT = 900.0
+"""Seconds the job's first process may take to appear on a prepared node (a runner that
+builds kernels first) before its secrets are taken back anyway."""
+KEEPER_GONE = 5.0
+"""Seconds without any process of the job before it counts as ended on this node."""
+
+_KEEPER_ENTRY = "import tfagent.node_supervisor as j; a=json.loads(sys.stdin.readline()); j.keep_secrets(a['job_id'])\n"
+
+
+def start_keeper(job_id: str) -> None:
+    """A process of its own that removes the job's secrets from this node once the job has
+    no process left here, however it ended (finished, stopped, detached, the controller
+    killed): another node's runner starts this node's ranks, so no supervisor of ours runs here."""
+    from . import BOOTSTRAP, sources
+
+    keeper = subprocess.Popen([sys.executable, "-c", BOOTSTRAP + _KEEPER_ENTRY], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    assert keeper.stdin is not None
+    keeper.stdin.write((json.dumps(sources()) + "\n" + json.dumps({"job_id": job_id}) + "\n").encode())
+    keeper.stdin.close()
+
+
+def keep_secrets(job_id: str, poll: float = 1.0) -> None:
+    started = time.monotonic()
+    seen = None
+    while True:
+        if procs.job_processes(job_id):
+            seen = time.monotonic()
+        elif seen is not None and time.monotonic() - seen > KEEPER_GONE:
+            break
+        elif seen is None and time.monotonic() - started > KEEPER_FIRST_WAIT:
+            break
+        time.sleep(poll)
+    remove_secrets(job_id)
 
 
 def write_env_file(directory: str, cwd: str, spec: EnvFile, extra: Dict[str, str]) -> str:
@@ -85,8 +124,7 @@ class _Supervisor:
         self.tether = tether
         self.stop = threading.Event()
         self.reason = ""
-        # Longest first, so that a secret containing another is redacted whole.
-        self.redact = sorted((v.encode() for v in request.secrets.values() if v), key=len, reverse=True)
+        self.redact = [v.encode() for v in secret_fragments(request.secrets.values())]
         self.state = JobState(job_id=request.job_id, node=request.env.get("TRAINFLEET_NODE", ""), state="starting",
                               started=time.time(), supervisor_pid=os.getpid(), argv=list(request.argv),
                               cwd=request.cwd, detached=request.detach, nproc=request.nproc,

@@ -110,11 +110,26 @@ def prefix_output(rank):
     os.close(write_end)
 
 
+SECRET_LINE_MIN = 8
+"""A multi-line secret (a key file) is also redacted line by line, each line this long or
+longer: output is read and redacted a line at a time, where the whole never appears."""
+
+
+def secret_fragments(values):
+    """What to replace in output, longest first (a secret containing another goes whole)."""
+    found = set()
+    for value in values:
+        if value:
+            found.add(value)
+            if "\n" in value:
+                found.update(line.strip() for line in value.splitlines() if len(line.strip()) >= SECRET_LINE_MIN)
+    return sorted(found, key=len, reverse=True)
+
+
 def redact(text):
     names = [n for n in os.environ.get("TRAINFLEET_SECRET_NAMES", "").split(",") if n]
-    for value in sorted((os.environ.get(n, "") for n in names), key=len, reverse=True):
-        if value:
-            text = text.replace(value, "***")
+    for value in secret_fragments(os.environ.get(n, "") for n in names):
+        text = text.replace(value, "***")
     return text
 
 

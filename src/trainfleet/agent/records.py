@@ -77,15 +77,27 @@ def read_errors(directory: str) -> List[ErrorRecord]:
     return records
 
 
-def secrets_path(job_id: str) -> str:
-    return "/dev/shm/trainfleet-%s-secrets" % job_id
+SECRETS_DIRECTORY = "/dev/shm"
+
+
+def secrets_path(job_id: str, node: str) -> str:
+    """In memory, never on disk; per node, as machines that share /dev/shm (the sandbox's)
+    would otherwise share it."""
+    return "%s/trainfleet-%s-%s-secrets" % (SECRETS_DIRECTORY, job_id, node)
 
 
 def remove_secrets(job_id: str) -> None:
+    """Every node's secrets file of the job (those this node can see)."""
+    prefix = "trainfleet-%s-" % job_id
     try:
-        os.unlink(secrets_path(job_id))
+        names = [n for n in os.listdir(SECRETS_DIRECTORY) if n.startswith(prefix) and n.endswith("-secrets")]
     except OSError:
-        pass
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(SECRETS_DIRECTORY, name))
+        except OSError:
+            pass
 
 
 def write_files(directory: str, files: Dict[str, str]) -> None:

@@ -29,7 +29,8 @@ def _install():
         return
     for name, value in _load(os.path.join(job_dir, "node.env")).items():
         os.environ.setdefault(name, value)
-    for name, value in _load("/dev/shm/trainfleet-%s-secrets" % job_id).items():
+    node = os.environ.get("TRAINFLEET_NODE", "")
+    for name, value in _load("/dev/shm/trainfleet-%s-%s-secrets" % (job_id, node)).items():
         os.environ.setdefault(name, value)
     if "RANK" in os.environ and "LOCAL_RANK" in os.environ and not os.environ.get("TRAINFLEET_RANK_MARKED"):
         os.environ["TRAINFLEET_RANK_MARKED"] = "1"  # its children (data loaders) write through this rank's marks

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+from trainfleet.errors import UsageError
 from trainfleet.fleet.hostfiles import render_hostfile
 from trainfleet.fleet.model import Fleet
 from trainfleet.job.placement import Placement
@@ -26,6 +27,9 @@ from trainfleet.launchers.base import (LauncherOption, base_env, node_launch, op
 from trainfleet.launchers.command import command_argv
 
 NODE_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TRAINFLEET_NODE", "TRAINFLEET_NODE_RANK")
+RUNNER_FORWARDS = ("MLFLOW", "NCCL", "PYTHON", "MV2", "UCX")
+"""Prefixes of the variables DeepSpeed's runner copies into its pdsh command line (its
+EXPORT_ENVS): a secret so named would be in `ps` on every node."""
 
 
 def prepare_nodes(fleet: Fleet, job: JobSpec, placement: Placement, hostfile: str, text: str) -> tuple[NodePrepare, ...]:
@@ -50,6 +54,12 @@ class Head:
     def plan(self, fleet: Fleet, job: JobSpec, placement: Placement) -> LaunchPlan:
         validate_job(job)
         refuse_template(placement, self.name, "its runner starts the other nodes' processes over SSH itself")
+        forwarded = [name for name in fleet.secrets if name.startswith(RUNNER_FORWARDS)]
+        if forwarded:
+            raise UsageError(f"secret {forwarded[0]} would be copied by DeepSpeed's runner into its pdsh command "
+                             f"line (it forwards every {'_*, '.join(RUNNER_FORWARDS)}_* variable), where `ps` "
+                             f"shows it on every node", fix=f"give the secret another name in `secrets:` and "
+                                                           f"read that name in your code")
         hostfile = str(option(job, "hostfile-path")) or f"{job_path(fleet.workdir, job.job_id)}/hostfile"
         head = placement.places[0]
         env = {**base_env(fleet, job, head, placement), **rendezvous_env(job, head, placement),

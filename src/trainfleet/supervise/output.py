@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from trainfleet.agent.rankwrap import rank_mark
+from trainfleet.agent.rankwrap import rank_mark, secret_fragments
 from trainfleet.job.plan import RANK_LINE, RELAYED_RANK_LINE
 
 Printer = Callable[[str], None]
@@ -74,7 +74,7 @@ class OutputRouter:
         self.ranks_marked = ranks_marked
         self.verbose = verbose
         self.hold = hold
-        self.redact = sorted((v for v in redact if v), key=len, reverse=True)
+        self.redact = secret_fragments(redact)
         self.quiet = False
         """After Ctrl-C nothing more of the job reaches the screen."""
         self.failing = False
