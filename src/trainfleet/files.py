@@ -7,10 +7,14 @@ from pathlib import Path
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write beside `path`, then rename over it: a crash leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """Write beside `path`, then rename over it: a crash leaves the old file or the new one.
+    The temporary name is random (two machines sharing a directory can share pids)."""
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
     try:
-        tmp.write_text(text)
+        with open(tmp, "x") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

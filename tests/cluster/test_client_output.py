@@ -32,8 +32,9 @@ def wait_for_no_job(state: sb.SandboxState, nodes: int, seconds: float = 30) -> 
 
 
 def test_run_into_head_ends_the_client_at_once_and_the_job_everywhere(fleet2: Path, cluster3: sb.SandboxState,
-                                                                      workdir: Path) -> None:
+                                                                      workdir: Path, tmp_path: Path) -> None:
     done, seconds = piped(["run", "-f", str(fleet2), "--sync-dir", str(workdir), "--job-id", "tf-head-closed",
+                           "--log-dir", str(tmp_path / "logs"),
                            "ranks.py", "--tick", "--seconds", "120"], "head -n 3")
     assert done.stdout.count("\n") == 3 and "rank " in done.stdout, done.stdout + done.stderr
     assert seconds < 60, f"the client took {seconds:.0f}s to notice its reader had gone"

@@ -13,6 +13,7 @@ import os
 from typing import Dict, List, Optional
 
 from .protocol import Empty, ManifestRequest, ProjectState
+from .records import write_atomically
 
 MANIFEST = os.path.join(".trainfleet", "manifest.json")
 SETUP_STAMP = os.path.join(".trainfleet", "setup.json")
@@ -42,10 +43,7 @@ def write_manifest(request: ManifestRequest) -> Empty:
     root = directory(request.workdir, request.project)
     os.makedirs(os.path.join(root, ".trainfleet"), exist_ok=True)
     path = os.path.join(root, MANIFEST)
-    tmp = "%s.tmp%d" % (path, os.getpid())
-    with open(tmp, "w") as handle:
-        json.dump({"digest": request.digest, "files": request.files}, handle)
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps({"digest": request.digest, "files": request.files}))
     return Empty()
 
 

@@ -144,7 +144,7 @@ def record(rank, kind, summary, trace, exit_code):
     entry = {"rank": rank, "node": os.environ.get("TRAINFLEET_NODE", ""), "time": time.time(), "kind": kind,
              "summary": redact(summary)[:2000], "traceback": redact(trace)[-20000:], "exit_code": exit_code,
              "attempt": attempt}
-    tmp = "%s.tmp%d" % (path, os.getpid())
+    tmp = "%s.%s.tmp" % (path, os.urandom(6).hex())  # not the pid: nodes sharing a file system share pids
     try:
         with open(tmp, "w") as handle:
             json.dump(entry, handle)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 import threading
 from typing import Dict, List, Optional
 
 from .protocol import Reach, SSHMatrixReply, SSHMatrixRequest, TrustReply, TrustRequest, UntrustReply, UntrustRequest
+from .records import write_atomically
 
 
 def _read(path: str) -> Optional[str]:
@@ -30,16 +30,7 @@ def _write_if_changed(path: str, text: str, mode: int, changed: List[str]) -> No
             os.chmod(path, mode)
             changed.append(path)
         return
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".trainfleet-")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, text, mode)
     changed.append(path)
 
 
@@ -124,8 +115,7 @@ def _put_back(path: str, text: str, created_by_us: bool, restored: List[str], re
         os.unlink(path)
         removed.append(path)
     else:
-        with open(path, "w") as handle:  # in place: keeps the file's mode and owner
-            handle.write(text)
+        write_atomically(path, text)  # a full disk or a crash must not leave authorized_keys half written
         restored.append(path)
 
 
