@@ -76,7 +76,7 @@ def test_setup_gives_full_trust_is_idempotent_and_revocable(fresh3: sb.SandboxSt
         assert sorted(p.name for p in ssh_dir.iterdir()) == ["authorized_keys"]
 
 
-def test_replaced_host_key_is_refused(fresh3: sb.SandboxState, tmp_path: Path) -> None:
+def test_replaced_host_key_is_refused_then_repinned_once_confirmed(fresh3: sb.SandboxState, tmp_path: Path) -> None:
     fleet = fresh3.fleet_file
     assert tf("ssh", "setup", "-f", fleet, "--yes").returncode == 0
     # node1 is "replaced": a new host key, same address.
@@ -91,8 +91,24 @@ def test_replaced_host_key_is_refused(fresh3: sb.SandboxState, tmp_path: Path) -
     again = tf("ssh", "setup", "-f", fleet, "--yes")
     assert again.returncode == 1
     assert "host key changed for node1" in again.stderr and "refusing" in again.stderr
+    assert "pinned in " in again.stderr and "known_hosts" in again.stderr  # names the files
+    assert "`trainfleet ssh setup --repin node1` shows the old and new fingerprints" in again.stderr
     refused = tf("exec", "-f", fleet, "--", "true")
     assert refused.returncode == 255 and "node1: host key of" in refused.stderr and "does not match" in refused.stderr
+    assert "trainfleet ssh setup --repin node1" in refused.stderr
+    # Not confirmed (no terminal, no --yes): both fingerprints shown, nothing changed.
+    unconfirmed = tf("ssh", "setup", "-f", fleet, "--repin", "node1")
+    new = subprocess.run(["ssh-keygen", "-lf", str(node_dir / "ssh_host_ed25519_key.pub")], capture_output=True,
+                         text=True, check=True).stdout.split()[1]
+    assert unconfirmed.returncode == 1 and "host keys that changed" in unconfirmed.stderr
+    assert f"now    ssh-ed25519 {new}" in unconfirmed.stderr and "pinned SHA256:" in unconfirmed.stderr
+    assert tf("exec", "-f", fleet, "--", "true").returncode == 255
+    # Confirmed: the new key is pinned everywhere, and the fleet works again.
+    repinned = tf("ssh", "setup", "-f", fleet, "--repin", "node1", "--yes")
+    assert repinned.returncode == 0, repinned.stderr
+    assert f"node1: host key ssh-ed25519 {new} (now pinned)" in repinned.stdout
+    assert tf("exec", "-f", fleet, "--", "true").returncode == 0
+    assert tf("ssh", "check", "-f", fleet).returncode == 0  # node to node too
 
 
 def test_unconfirmed_new_host_keys_change_nothing(fresh3: sb.SandboxState, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from trainfleet.cli.app import cli, echo_err, fleet_option, load, run_async
+from trainfleet.cli.app import cli, echo_err, fleet_option, load, run_async, select
 
 
 @cli.group(name="ssh")
@@ -21,7 +21,10 @@ def ssh_group() -> None:
 @click.option("--ask-password", is_flag=True, help="nodes that refuse your keys get a password prompt "
               "(typed once, never stored); the default when run from a terminal")
 @click.option("--hosts-file", is_flag=True, help="also add node names to /etc/hosts on every node (needs root)")
-def ssh_setup(fleet_file: str | None, yes: bool, ask_password: bool, hosts_file: bool) -> None:
+@click.option("--repin", "repin", metavar="NODES", default="",
+              help="nodes whose host key changed (a re-rented machine): show old and new fingerprints, and pin "
+                   "the new one once confirmed (--yes confirms)")
+def ssh_setup(fleet_file: str | None, yes: bool, ask_password: bool, hosts_file: bool, repin: str) -> None:
     """Install one fleet key so every node reaches every node; pin host keys; write an ssh_config."""
     import getpass
 
@@ -38,11 +41,21 @@ def ssh_setup(fleet_file: str | None, yes: bool, ask_password: bool, hosts_file:
             return False
         return click.confirm("trust them?", default=False, err=True)
 
+    def confirm_change(fingerprints: str) -> bool:
+        click.echo(f"host keys that changed:\n{fingerprints}", err=True)
+        if yes:
+            return True
+        if not interactive:
+            return False
+        return click.confirm("is this the machine you expect (compare with the provider's console)? replace the "
+                             "pinned key?", default=False, err=True)
+
     def prompt(node) -> str:  # type: ignore[no-untyped-def]
         return getpass.getpass(f"password for {node.user}@{node.host} (used once, not stored): ")
 
+    chosen = [n.name for n in select(fleet, repin)] if repin else []
     report = run_async(setup(fleet, confirm=confirm, ask_password=prompt if ask_password or interactive else None,
-                               hosts_file=hosts_file))
+                             hosts_file=hosts_file, repin=chosen, confirm_change=confirm_change))
     for key in report.host_keys:
         state = "pinned" if key.status == "pinned" else "now pinned"
         click.echo(f"{key.node}: host key {key.key_type} {key.fingerprint} ({state})")

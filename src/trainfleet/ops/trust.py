@@ -9,9 +9,10 @@ added on a node is marked with the fleet's tag so that `revoke` removes exactly 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from trainfleet.files import write_atomically
 from trainfleet.fleet.model import Fleet
 from trainfleet.ops.common import require_ok
 from trainfleet.transport.session import FleetSession, PasswordPrompt
-from trainfleet.transport.hostkeys import ScanFailed, new_key_pair, pinned_keys, scan_host_keys
+from trainfleet.transport.hostkeys import ScanFailed, forget_host_key, new_key_pair, pinned_keys, scan_host_keys
+from trainfleet.transport.ssh import known_hosts_files
 
 Confirm = Callable[[str], bool]
 
@@ -41,6 +43,8 @@ class HostKey:
     fingerprint: str
     status: str
     """'pinned' (already trusted), 'new', or 'changed' (refused)."""
+    pinned: tuple[str, ...] = ()
+    """What the known_hosts files held for it (the old fingerprints, when changed)."""
 
 
 @dataclass
@@ -86,7 +90,7 @@ async def collect_host_keys(fleet: Fleet) -> list[HostKey]:
         if isinstance(key, ScanFailed):
             address = fleet.node(node)
             raise TrainfleetError(f"{node} ({address.host}:{address.port}): cannot read its host key: {key}")
-        found.append(HostKey(node, key.key_type, key.key_data, key.fingerprint, key.status))
+        found.append(HostKey(node, key.key_type, key.key_data, key.fingerprint, key.status, key.pinned))
     return found
 
 
@@ -129,17 +133,37 @@ def render_hosts(fleet: Fleet, addresses: dict[str, str], hostnames: dict[str, s
 
 
 async def setup(fleet: Fleet, *, confirm: Confirm, ask_password: PasswordPrompt | None = None,
-                hosts_file: bool = False) -> SetupReport:
+                hosts_file: bool = False, repin: Collection[str] = (),
+                confirm_change: Confirm = lambda text: False) -> SetupReport:
+    """`repin`: nodes whose changed host key may replace the pinned one, once
+    `confirm_change` accepts the old and new fingerprints it is shown."""
     key = ensure_fleet_key(fleet)
     host_keys = await collect_host_keys(fleet)
+    unknown = [name for name in repin if name not in {n.name for n in fleet.nodes}]
+    if unknown:
+        raise UsageError(f"--repin {unknown[0]}: no such node", fix="name nodes of the fleet")
     changed = [k for k in host_keys if k.status == "changed"]
+    accepted = [k for k in changed if k.node in repin]
+    repinned: set[str] = set()
+    if accepted and confirm_change("\n".join(f"  {k.node}: pinned {', '.join(k.pinned)}\n"
+                                             f"  {' ' * len(k.node)}  now    {k.key_type} {k.fingerprint}"
+                                             for k in accepted)):
+        files = known_hosts_files(fleet.ssh)
+        for found in accepted:
+            node = fleet.node(found.node)
+            forget_host_key(files, node.host, node.port)
+        repinned = {k.node for k in accepted}
+        changed = [k for k in changed if k.node not in repinned]
     if changed:
         names = ", ".join(f"{k.node} (now {k.fingerprint})" for k in changed)
-        raise TrainfleetError(f"host key changed for {names}: refusing to trust it (the machine was replaced, "
-                              f"or someone is in the middle)",
-                              fix="if the change is expected, delete that node's line from the known_hosts "
-                                  "files and run `trainfleet ssh setup` again")
+        files = " and ".join(known_hosts_files(fleet.ssh)) or fleet.ssh.known_hosts
+        raise TrainfleetError(f"host key changed for {names}, pinned in {files}: refusing to trust it (the "
+                              f"machine was replaced, or someone is in the middle)",
+                              fix=f"if the change is expected, `trainfleet ssh setup --repin "
+                                  f"{','.join(k.node for k in changed)}` shows the old and new fingerprints and "
+                                  f"pins the new one once you confirm it")
     new = [k for k in host_keys if k.status == "new"]
+    host_keys = [dataclasses.replace(k, status="new") if k.node in repinned else k for k in host_keys]
     if new and not confirm("\n".join(f"  {k.node}: {k.key_type} {k.fingerprint}" for k in new)):
         raise UsageError("host keys not confirmed; nothing was changed",
                          fix="compare the fingerprints with the provider's console, then confirm (or pass --yes)")

@@ -20,6 +20,8 @@ class ScannedKey:
     fingerprint: str
     status: str
     """'pinned' (already trusted), 'new', or 'changed'."""
+    pinned: tuple[str, ...] = ()
+    """The fingerprints the known_hosts files hold for the host (the old ones, when changed)."""
 
 
 class ScanFailed(Exception):
@@ -63,16 +65,31 @@ async def scan_host_keys(fleet: Fleet) -> dict[str, ScannedKey | ScanFailed]:
             key = await _scan(node, fleet)
         except (OSError, asyncio.TimeoutError, asyncssh.Error, NodeUnreachable) as exc:
             return ScanFailed(str(exc))
-        status = "new"
+        status, pinned = "new", ()
         if trusted is not None:
             host_keys = trusted.match(node.host, "", node.port)[0]
             if host_keys:
                 status = "pinned" if key.public_data in {k.public_data for k in host_keys} else "changed"
+                pinned = tuple(k.get_fingerprint("sha256") for k in host_keys)
         line = key.export_public_key().decode().split()
-        return ScannedKey(line[0], line[1], key.get_fingerprint("sha256"), status)
+        return ScannedKey(line[0], line[1], key.get_fingerprint("sha256"), status, pinned)
 
     found = await asyncio.gather(*(one(n) for n in fleet.nodes))
     return {node.name: key for node, key in zip(fleet.nodes, found)}
+
+
+def forget_host_key(files: list[str], host: str, port: int) -> list[str]:
+    """The host's lines taken out of each known_hosts file (hashed ones too, as OpenSSH's
+    own `ssh-keygen -R` does it); the files that held one."""
+    import subprocess
+
+    name = host if port == 22 else f"[{host}]:{port}"
+    changed = []
+    for path in files:
+        done = subprocess.run(["ssh-keygen", "-R", name, "-f", path], capture_output=True, text=True)
+        if done.returncode == 0 and "updated" in done.stdout + done.stderr:
+            changed.append(path)
+    return changed
 
 
 def pinned_keys(known_hosts_text: str) -> object:

@@ -59,8 +59,8 @@ def _explain(node: Node, ssh: SSHSettings, exc: BaseException) -> str:
         if _host_in_known_hosts(files, node.host, node.port):
             return (f"host key of {target} does not match {shown}: refusing to connect "
                     f"(the machine was replaced, or someone is in the middle); fix: if the change is "
-                    f"expected, remove its line with `ssh-keygen -R '[{node.host}]:{node.port}' -f FILE` "
-                    f"and check the new fingerprint")
+                    f"expected, `trainfleet ssh setup --repin {node.name}` shows the old and new "
+                    f"fingerprints and pins the new one once you confirm it")
         return (f"host key of {target} is not in {shown}; fix: run `trainfleet ssh setup` to see its "
                 f"fingerprint and pin it")
     if isinstance(exc, asyncssh.PermissionDenied):
