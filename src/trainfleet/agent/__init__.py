@@ -26,16 +26,12 @@ BOOTSTRAP = (
 """Installs the agent's modules from the next stdin line (a JSON map of sources); what
 follows it picks the entry point: the agent's loop, or a job's node supervisor."""
 
-MODULES = ("__init__", "protocol", "procs", "facts", "probes", "project", "trust", "firewall_backends", "records",
-           "lock", "logs", "node_supervisor", "mesh", "push", "mounts", "stacks", "top", "main", "rankwrap",
-           "sitecustomize")
-
 
 def sources() -> Dict[str, str]:
     """The agent's modules as the bootstrap installs them: `tfagent`, `tfagent.procs`, ..."""
     if not SOURCES:
         here = os.path.dirname(os.path.abspath(__file__))
-        for module in MODULES:
+        for module in sorted(name[:-3] for name in os.listdir(here) if name.endswith(".py")):
             with open(os.path.join(here, module + ".py")) as handle:
                 SOURCES["tfagent" if module == "__init__" else "tfagent." + module] = handle.read()
     return SOURCES

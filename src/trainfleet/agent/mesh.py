@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from .handshake import MESSAGE_LIMIT, accept_loop, client_handshake
 from .protocol import Mesh
 
 BEAT = 1.0
@@ -50,6 +51,8 @@ def _lines(sock: socket.socket, alive: Callable[[], bool]):  # type: ignore[no-u
         if not chunk:
             return
         pending += chunk
+        if len(pending) > MESSAGE_LIMIT and b"\n" not in pending:
+            return  # no heartbeat is that long
         while b"\n" in pending:
             line, pending = pending.split(b"\n", 1)
             try:
@@ -90,30 +93,25 @@ class Coordinator:
         """Set when a part ends or is lost: `finish` wakes at once rather than at its next poll."""
         self.started = time.time()
         self.guard = threading.Lock()
-        self.server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # On the training address only: nothing of the job listens on the node's other networks.
+        family = socket.AF_INET6 if ":" in mesh.coordinator else socket.AF_INET
+        self.server = socket.socket(family, socket.SOCK_STREAM)
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.server.bind(("0.0.0.0", mesh.port))
-        self.server.listen(64)
+        self.server.bind((mesh.coordinator, mesh.port))
+        self.server.listen(128)
 
     def start(self) -> None:
-        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=accept_loop, args=(self.server, self.mesh.token, self._serve,
+                                                   lambda: not self.node.ended), daemon=True).start()
         threading.Thread(target=self._watch, daemon=True).start()
 
-    def _accept(self) -> None:
-        while not self.node.ended:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, hello: Dict[str, Any]) -> None:
+        """A peer that proved the job's token: one of the job's nodes, or it is closed."""
         messages = _lines(conn, lambda: not self.node.ended)
-        hello = next((m for m in messages if m is not None), None)
-        if not hello or hello.get("token") != self.mesh.token or hello.get("hello") not in self.mesh.nodes:
+        name = hello.get("hello")
+        if name not in self.mesh.nodes or name == self.mesh.node:
             conn.close()
             return
-        name = hello["hello"]
         with self.guard:
             if name in self.lost:  # a lost node that comes back does not rejoin this job
                 _send(conn, threading.Lock(), {"stop": "this node was lost and left behind"})
@@ -253,7 +251,13 @@ class Member:
                 self.node.stop_job("%s (the coordinator) could not be reached" % self.mesh.nodes[0],
                                    lost=self.mesh.nodes[0])
             return
-        _send(sock, self.lock, {"hello": self.mesh.node, "token": self.mesh.token})
+        if not client_handshake(sock, self.mesh.token, {"hello": self.mesh.node}):
+            sock.close()
+            self.joined.set()
+            if not self.node.ended:
+                self.node.stop_job("%s (the coordinator) did not prove the job's token" % self.mesh.nodes[0],
+                                   lost=self.mesh.nodes[0])
+            return
         self.sock = sock
         self.joined.set()
         threading.Thread(target=self._beat, daemon=True).start()

@@ -262,6 +262,20 @@ class _Supervisor:
         # A leading ~/ names the node's home, as it would typed into a shell.
         argv = [os.path.expanduser(a) if a.startswith("~/") else a for a in request.argv]
         write_state(self.directory, self.state)
+        peer = None
+        try:
+            if request.mesh is not None:  # before any rank exists: no path leaves ranks unsupervised
+                from .mesh import Coordinator, Member
+
+                peer = Coordinator(request.mesh, self) if request.mesh.node == request.mesh.nodes[0] \
+                    else Member(request.mesh, self)  # type: ignore[arg-type]
+        except OSError as exc:
+            self.state.state, self.state.exit_code, self.state.ended = "failed", 1, time.time()
+            self.state.reason = "the job's supervisors cannot meet: port %d on %s: %s" % (
+                request.mesh.port, request.mesh.coordinator, exc.strerror or exc)  # type: ignore[union-attr]
+            write_state(self.directory, self.state)
+            os.write(ready, (json.dumps({"error": self.state.reason}) + "\n").encode())
+            return
         try:
             os.makedirs(cwd, exist_ok=True)
             child = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
@@ -283,12 +297,7 @@ class _Supervisor:
         self.log = open(os.path.join(self.directory, LOG_NAME), "a")
         pump = threading.Thread(target=self._pump, args=(child.stdout,), daemon=True)
         pump.start()
-        peer = None
-        if request.mesh is not None:
-            from .mesh import Coordinator, Member
-
-            peer = Coordinator(request.mesh, self) if request.mesh.node == request.mesh.nodes[0] \
-                else Member(request.mesh, self)  # type: ignore[arg-type]
+        if peer is not None:
             peer.start()
         while child.poll() is None and not self.stop.is_set():
             self.stop.wait(0.2)

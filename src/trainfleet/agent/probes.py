@@ -15,10 +15,18 @@ _lock = threading.Lock()
 _next_handle = [1]
 
 
+PROBE_LIMIT = 64 << 20
+"""The most a throughput test may send (doctor sends 8 MiB): anything claiming more is junk."""
+PROBE_IDLE = 10.0
+PROBE_PENDING = 64
+
+
 def _serve(conn: socket.socket) -> None:
     # A bare connect closes at once; a throughput test sends an 8-byte length, then
-    # that many bytes, and waits for one byte back once they have all arrived.
+    # that many bytes, and waits for one byte back once they have all arrived. Anyone
+    # may connect (that is what is tested), so what they may send is bounded.
     try:
+        conn.settimeout(PROBE_IDLE)
         header = b""
         while len(header) < 8:
             chunk = conn.recv(8 - len(header))
@@ -26,6 +34,8 @@ def _serve(conn: socket.socket) -> None:
                 return
             header += chunk
         remaining = int.from_bytes(header, "big")
+        if remaining > PROBE_LIMIT:
+            return
         while remaining > 0:
             chunk = conn.recv(min(remaining, 1 << 20))
             if not chunk:
@@ -39,12 +49,26 @@ def _serve(conn: socket.socket) -> None:
 
 
 def _accept_all(server: socket.socket) -> None:
+    slots = threading.BoundedSemaphore(PROBE_PENDING)
+
+    def serve(conn: socket.socket) -> None:
+        try:
+            _serve(conn)
+        finally:
+            slots.release()
+
     while True:
         try:
             conn, _ = server.accept()
-        except OSError:
-            return
-        threading.Thread(target=_serve, args=(conn,), daemon=True).start()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED):
+                time.sleep(0.1)
+                continue
+            return  # released
+        if not slots.acquire(blocking=False):
+            conn.close()
+            continue
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
 def listen(request: ListenRequest) -> ListenReply:

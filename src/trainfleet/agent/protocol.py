@@ -652,6 +652,8 @@ class PushFile:
     """Relative to the push's destination, with / between parts."""
     size: int
     sha256: str
+    mode: int = 0o644
+    """Permission bits, as the source file has them."""
 
 
 @dataclass
@@ -673,6 +675,9 @@ class PushHaveRequest(Request[PushHaveReply]):
     reply_type: ClassVar[Type[Any]] = PushHaveReply
     root: str
     files: List[PushFile]
+    address: str = "127.0.0.1"
+    """Where this node listens for the stream: its training address (the controller's
+    tunnel ends there too), never every address the node has."""
 
 
 @dataclass
@@ -706,6 +711,9 @@ class PushRequest(Request[PushReply]):
     root: str
     start: Dict[str, int]
     """The files this node writes, and the offset the stream starts them at."""
+    files: List[PushFile] = field(default_factory=list)
+    """What each file must be (size, sha256, mode), as the controller has it: not what the
+    stream says, which the node before in the chain could have changed."""
     forward: Optional[Target] = None
     forward_token: str = ""
     stall_timeout: float = 20.0

@@ -2,11 +2,13 @@
 writes its own copy while it forwards the same bytes to the next (Kascade's pipeline),
 so the sender's link carries every byte once, whatever the number of nodes.
 
-The stream, after the upstream's token line: per file a JSON header line
-{"path", "size", "sha256", "offset"} and then its bytes from `offset` on; a last
-{"end": true} line. A node writes into `.NAME.tfpart` beside the file and renames it
-into place only when its sha256 is right, so a cut-short push leaves a part to resume
-from and never a wrong file. A next node that stops taking the stream is dropped (this
+The stream, after each side has proven the push's token (agent/handshake): per file a
+JSON header line {"path", "size", "sha256", "offset"} and then its bytes from `offset`
+on; a last {"end": true} line. A node writes into `.NAME.tfpart` beside the file and
+renames it into place only when its sha256 is the one the controller sent this node
+over SSH (never the one in the stream, which the node before could have changed), with
+the source's permissions, so a cut-short push leaves a part to resume from and never a
+wrong file. A next node that stops taking the stream is dropped (this
 node goes on writing its own copy); an upstream that closes or stalls ends the stream
 here, and the controller sends what is missing in another round.
 """
@@ -22,6 +24,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .handshake import accept_loop, client_handshake
 from .project import file_digest
 from .protocol import PushFile, PushHaveReply, PushHaveRequest, PushProgress, PushReply, PushRequest
 
@@ -109,14 +112,14 @@ def have(request: PushHaveRequest) -> PushHaveReply:
             size = 0
         partial[wanted.path] = min(size, wanted.size)
     _remember(verified)
-    handle, port = _listen() if partial else (0, 0)
+    handle, port = _listen(request.address) if partial else (0, 0)
     return PushHaveReply(complete=complete, partial=partial, handle=handle, port=port)
 
 
-def _listen() -> Tuple[int, int]:
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("0.0.0.0", 0))
-    server.listen(4)
+def _listen(address: str) -> Tuple[int, int]:
+    server = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    server.bind((address, 0))
+    server.listen(16)
     with _lock:
         handle = _next[0]
         _next[0] += 1
@@ -181,9 +184,38 @@ def _connect_forward(request: PushRequest) -> Tuple[Optional[socket.socket], Opt
         sock = socket.create_connection((target.address, target.port), timeout=10)
     except OSError as exc:
         return None, "cannot reach %s at %s:%d: %s" % (target.node, target.address, target.port, exc.strerror or exc)
+    if not client_handshake(sock, request.forward_token, {"push": True}):
+        sock.close()
+        return None, "%s at %s:%d did not prove the push's token" % (target.node, target.address, target.port)
     sock.settimeout(request.stall_timeout)
-    sock.sendall((request.forward_token + "\n").encode())
     return sock, None
+
+
+ACCEPT_WAIT = 60.0
+
+
+def _authenticated(server: socket.socket, token: str, wait: float) -> Optional[socket.socket]:
+    """The first connection that proves the push's token; strangers (a port scan, junk) are
+    closed and waited past, never taken for the stream."""
+    found: List[socket.socket] = []
+    arrived = threading.Event()
+
+    def take(conn: socket.socket, fields: Dict[str, object]) -> None:
+        if arrived.is_set():
+            conn.close()
+            return
+        found.append(conn)
+        arrived.set()
+
+    server.settimeout(0.5)
+    loop = threading.Thread(target=accept_loop, args=(server, token, take, lambda: not arrived.is_set()),
+                            daemon=True)
+    loop.start()
+    arrived.wait(wait)
+    arrived.set()
+    loop.join(2)
+    server.close()
+    return found[0] if found else None
 
 
 def receive(request: PushRequest, emit: Callable[[object], None]) -> PushReply:
@@ -191,20 +223,15 @@ def receive(request: PushRequest, emit: Callable[[object], None]) -> PushReply:
         server = _listeners.pop(request.handle, None)
     if server is None:
         return PushReply(written={}, received=0, error="the listener for this push was gone (waited too long)")
-    server.settimeout(60)
-    try:
-        conn, _ = server.accept()
-    except OSError as exc:
-        return PushReply(written={}, received=0, error="nothing arrived: %s" % (exc.strerror or exc))
-    finally:
-        server.close()
+    conn = _authenticated(server, request.token, ACCEPT_WAIT)
+    if conn is None:
+        return PushReply(written={}, received=0, error="no connection proved the push's token within %.0fs"
+                                                       % ACCEPT_WAIT)
     conn.settimeout(request.stall_timeout)
     stream = conn.makefile("rb", buffering=CHUNK)
     written: Dict[str, str] = {}
     counted = [0]
     try:
-        if stream.readline().strip().decode(errors="replace") != request.token:
-            return PushReply(written={}, received=0, error="a connection without the push's token was refused")
         sock, forward_error = _connect_forward(request)
         forward = _Forward(sock)
         try:
@@ -223,6 +250,7 @@ def _take(stream, request: PushRequest, forward: _Forward, written: Dict[str, st
     """Read the stream to its end; None, or why it ended early."""
     last = [0.0]
     verified: Dict[str, Tuple[int, int, str]] = {}
+    wanted = {f.path: f for f in request.files}
 
     def progress(final: bool = False) -> None:
         now = time.monotonic()
@@ -241,8 +269,11 @@ def _take(stream, request: PushRequest, forward: _Forward, written: Dict[str, st
                 progress(True)
                 return None
             path, size, offset = header["path"], int(header["size"]), int(header["offset"])
-            final = _target(request.root, path)
+            expected = wanted.get(path)
             mine = path in request.start
+            if mine and (expected is None or size != expected.size or not 0 <= offset <= size):
+                return "the stream's header for %s does not match what the controller sent" % path
+            final = _target(request.root, path)
             handle, digest = None, hashlib.sha256()
             if mine:
                 os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -280,7 +311,8 @@ def _take(stream, request: PushRequest, forward: _Forward, written: Dict[str, st
             if mine:
                 got = digest.hexdigest()
                 written[path] = got
-                if got == header["sha256"]:
+                if expected is not None and got == expected.sha256:
+                    os.chmod(_part(final), expected.mode & 0o777)
                     os.replace(_part(final), final)
                     stat = os.stat(final)
                     verified[final] = (stat.st_size, stat.st_mtime_ns, got)

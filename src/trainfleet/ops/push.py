@@ -17,9 +17,11 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from trainfleet.agent import handshake
 from trainfleet.agent.project import file_digest
 from trainfleet.agent.protocol import (PushFile, PushHaveReply, PushHaveRequest, PushProgress, PushReply, PushRequest,
                                        Target, decode)
@@ -94,18 +96,31 @@ def plan_push(source: Path, dest: str, workdir: str) -> PushPlan:
         if not names:
             raise UsageError(f"{source}: no files to push")
     files = tuple(LocalFile(source=path, wire=PushFile(path=relative, size=path.stat().st_size,
-                                                       sha256=file_digest(str(path)))) for path, relative in names)
+                                                       sha256=file_digest(str(path)),
+                                                       mode=path.stat().st_mode & 0o777)) for path, relative in names)
     return PushPlan(root=root, files=files)
 
 
-async def _stream(session: FleetSession, first: str, port: int, token: str, plan: PushPlan,
+async def _handshake(reader: Any, writer: Any, token: str, timeout: float) -> None:
+    """The node's listener and the controller prove the push's token to each other (an
+    HMAC over each other's fresh nonce: the token itself never crosses the tunnel)."""
+    server_nonce = handshake.parse_challenge(await asyncio.wait_for(reader.readline(), timeout))
+    if server_nonce is None:
+        raise ConnectionError("the first node's listener did not offer a challenge")
+    mine = handshake.nonce()
+    writer.write(handshake.hello_line(token, server_nonce, mine, {"push": True}))
+    if not handshake.check_proof(token, mine, await asyncio.wait_for(reader.readline(), timeout)):
+        raise ConnectionError("the first node's listener did not prove the push's token")
+
+
+async def _stream(session: FleetSession, first: str, address: str, port: int, token: str, plan: PushPlan,
                   start: dict[str, int], stall_timeout: float) -> int:
     """The controller's end: the files from their offsets into the first node's listener,
-    through a tunnel in that node's SSH connection."""
-    reader, writer = await session.tunnel(first, "127.0.0.1", port)
+    through a tunnel in that node's SSH connection, once each side has proven the token."""
+    reader, writer = await session.tunnel(first, address, port)
     sent = 0
     try:
-        writer.write((token + "\n").encode())
+        await _handshake(reader, writer, token, stall_timeout)
         for local in plan.files:
             if local.wire.path not in start:
                 continue
@@ -135,22 +150,19 @@ async def push(fleet: Fleet, nodes: Sequence[Node], plan: PushPlan, progress: Pr
     async with await FleetSession.open(fleet, nodes) as session:
         outcome.failed.update({n: r.error or "unreachable" for n, r in session.failures.items()})
         live = [n for n in nodes if n.name in session.agents]
-        wanted = [PushFile(path=f.wire.path, size=f.wire.size, sha256=f.wire.sha256) for f in plan.files]
-        addresses: dict[str, str] = {}
+        wanted = [f.wire for f in plan.files]
+        # The training network: each node listens there only (the controller's tunnel ends there too).
+        facts = await session.call_all(facts_request(fleet, ["net"]), live, timeout=30)
+        outcome.failed.update({n: f.error or "no answer" for n, f in facts.failures.items()})
+        choices = choose(fleet, facts.answers) if len(facts.answers) > 1 else {}
+        addresses = {n.name: choices[n.name].address if n.name in choices else "127.0.0.1" for n in live}
         first_round = True
         for _ in range(ROUNDS):
             candidates = [n for n in live if n.name not in outcome.failed and n.name not in outcome.done]
             if not candidates:
                 break
-            asked = session.call_all(PushHaveRequest(root=plan.root, files=wanted), candidates, timeout=600)
-            if not addresses:  # the training network, learnt beside the first round's question
-                facts, held = await asyncio.gather(session.call_all(facts_request(fleet, ["net"]), live, timeout=30),
-                                                   asked)
-                outcome.failed.update({n: f.error or "no answer" for n, f in facts.failures.items()})
-                choices = choose(fleet, facts.answers) if len(facts.answers) > 1 else {}
-                addresses = {n.name: choices[n.name].address if n.name in choices else n.host for n in live}
-            else:
-                held = await asked
+            held = await session.call_all(lambda n: PushHaveRequest(root=plan.root, files=wanted,
+                                                                    address=addresses[n.name]), candidates, timeout=600)
             outcome.failed.update({n: f.error or "no answer" for n, f in held.failures.items()})
             needs = _needs(plan, held.answers)
             for name, answer in held.answers.items():
@@ -210,8 +222,8 @@ async def _round(session: FleetSession, chain: list[Node], plan: PushPlan, needs
                          label="push") if after else None
         mine = {path: start[path] for path in needs[node.name]}
         return PushRequest(handle=held[node.name].handle, token=tokens[node.name], root=plan.root,
-                           start=mine, forward=forward, forward_token=tokens[after.name] if after else "",
-                           stall_timeout=stall_timeout)
+                           start=mine, files=[f.wire for f in plan.files if f.wire.path in mine], forward=forward,
+                           forward_token=tokens[after.name] if after else "", stall_timeout=stall_timeout)
 
     def on_event(name: str) -> Callable[[dict[str, object]], None]:
         kept = base[name] - sum(have - start[path] for path, have in needs[name].items())
@@ -231,8 +243,8 @@ async def _round(session: FleetSession, chain: list[Node], plan: PushPlan, needs
     takers = {asyncio.ensure_future(take(i)): chain[i].name for i in range(len(chain))}
     sent = 0
     try:
-        sent = await _stream(session, chain[0].name, held[chain[0].name].port, tokens[chain[0].name], plan, start,
-                             stall_timeout)
+        sent = await _stream(session, chain[0].name, addresses[chain[0].name], held[chain[0].name].port,
+                             tokens[chain[0].name], plan, start, stall_timeout)
     except (OSError, EOFError, ConnectionError, asyncio.TimeoutError):
         pass  # the first node went away: its own reply (or its silence) says why
     # Once the stream has left, a node that is still silent after the stall timeout has

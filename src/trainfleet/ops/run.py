@@ -173,7 +173,8 @@ async def check_reachable(session: FleetSession, choices: Mapping[str, NetworkCh
         return
     head = fleet.head
     listening = await session.call_all(
-        lambda n: ListenRequest(ports=[port, 0] if n.name == head.name else [0], max_seconds=30), timeout=30)
+        lambda n: ListenRequest(ports=[port, 0] if n.name == head.name else [0], address=choices[n.name].address,
+                                max_seconds=30), timeout=30)
     require_ok(fleet, listening.failures, "cannot start the job")
     try:
         bound = {name: {b.wanted: b for b in reply.bound} for name, reply in listening.answers.items()}
@@ -287,7 +288,9 @@ async def _supervise(session: FleetSession, fleet: Fleet, job: JobSpec, options:
                             site_files={"sitecustomize.py": agent["tfagent.sitecustomize"],
                                         "rankwrap.py": agent["tfagent.rankwrap"]}, grace=options.grace,
                             settle=options.settle, verbose=options.verbose, on_status=status, cancel=cancel,
-                            mesh_port=facts.mesh_port, coordinator=facts.address(fleet.head),
+                            mesh_port=facts.mesh_port,
+                            # node 0 of the plan: --include/--exclude may leave out the fleet's
+                            coordinator=facts.address(fleet.node(plan.nodes[0].node)),
                             hang_timeout=job.hang_timeout,
                             holds_lock=not options.concurrent, detach=options.detach)
     if options.detach:

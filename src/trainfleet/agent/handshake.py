@@ -1,0 +1,181 @@
+"""Listeners that a stranger on the network may reach: who may talk, and how much a stranger may say.
+
+The job's mesh and push's chain listen on the training network, which on rented
+machines is often a public one. Before anything else a peer proves it holds the job's
+token without sending it: the listener sends a fresh nonce, the peer answers with an
+HMAC of that nonce (and of what it says it is) under the token, and the listener proves
+itself the same way over the peer's own nonce. A recorded hello is useless the next
+time; the token never crosses the network. Until then a peer may send at most
+HELLO_LIMIT bytes within HELLO_TIMEOUT seconds, and at most MAX_PENDING such peers are
+heard at once; `accept_loop` survives running out of descriptors. Stdlib only, Python
+3.8 syntax: the controller imports this module too (push's first hop).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import hmac
+import json
+import os
+import socket
+import threading
+import time
+from typing import Any, Callable, Dict, Optional
+
+HELLO_LIMIT = 4096
+HELLO_TIMEOUT = 5.0
+MAX_PENDING = 32
+MESSAGE_LIMIT = 65536
+"""The longest line an authenticated mesh peer may send."""
+_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def _mac(token: str, *parts: bytes) -> str:
+    return hmac.new(token.encode(), b"\0".join(parts), hashlib.sha256).hexdigest()
+
+
+def nonce() -> str:
+    return os.urandom(16).hex()
+
+
+def challenge_line(server_nonce: str) -> bytes:
+    return (json.dumps({"nonce": server_nonce}) + "\n").encode()
+
+
+def parse_challenge(line: bytes) -> Optional[str]:
+    found = _object(line)
+    value = found.get("nonce") if found else None
+    return value if isinstance(value, str) and len(value) == 32 else None
+
+
+def hello_line(token: str, server_nonce: str, client_nonce: str, fields: Dict[str, Any]) -> bytes:
+    """The peer's answer: what it says it is, its own nonce, and the proof over both."""
+    body = json.dumps(dict(fields, nonce=client_nonce), sort_keys=True)
+    return (json.dumps({"body": body, "mac": _mac(token, b"client", server_nonce.encode(), body.encode())})
+            + "\n").encode()
+
+
+def check_hello(token: str, server_nonce: str, line: bytes) -> Optional[Dict[str, Any]]:
+    """The peer's fields if its proof holds (compared in constant time), else None."""
+    found = _object(line)
+    if not found or not isinstance(found.get("body"), str) or not isinstance(found.get("mac"), str):
+        return None
+    expected = _mac(token, b"client", server_nonce.encode(), found["body"].encode())
+    if not hmac.compare_digest(expected, found["mac"]):
+        return None
+    body = _object(found["body"].encode())
+    return body if body and isinstance(body.get("nonce"), str) else None
+
+
+def proof_line(token: str, client_nonce: str) -> bytes:
+    return (json.dumps({"mac": _mac(token, b"server", client_nonce.encode())}) + "\n").encode()
+
+
+def check_proof(token: str, client_nonce: str, line: bytes) -> bool:
+    found = _object(line)
+    mac = found.get("mac") if found else None
+    return isinstance(mac, str) and hmac.compare_digest(_mac(token, b"server", client_nonce.encode()), mac)
+
+
+def _object(line: bytes) -> Optional[Dict[str, Any]]:
+    try:
+        found = json.loads(line.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def read_line(sock: socket.socket, limit: int, timeout: float) -> Optional[bytes]:
+    """One line of at most `limit` bytes within `timeout` seconds (read a byte at a time
+    past the line is never needed: the peer waits for our answer before it goes on)."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or len(data) > limit:
+            return None
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(1)
+        except (OSError, socket.timeout):
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def serve_handshake(conn: socket.socket, token: str) -> Optional[Dict[str, Any]]:
+    """The listener's side: the peer's fields once it has proven the token, else None."""
+    mine = nonce()
+    try:
+        conn.settimeout(HELLO_TIMEOUT)
+        conn.sendall(challenge_line(mine))
+    except OSError:
+        return None
+    line = read_line(conn, HELLO_LIMIT, HELLO_TIMEOUT)
+    fields = check_hello(token, mine, line) if line else None
+    if fields is None:
+        return None
+    try:
+        conn.sendall(proof_line(token, fields["nonce"]))
+    except OSError:
+        return None
+    return fields
+
+
+def client_handshake(sock: socket.socket, token: str, fields: Dict[str, Any],
+                     timeout: float = HELLO_TIMEOUT) -> bool:
+    """The connecting side: True once both have proven the token to each other."""
+    challenge = read_line(sock, HELLO_LIMIT, timeout)
+    server_nonce = parse_challenge(challenge) if challenge else None
+    if server_nonce is None:
+        return False
+    mine = nonce()
+    try:
+        sock.sendall(hello_line(token, server_nonce, mine, fields))
+    except OSError:
+        return False
+    proof = read_line(sock, HELLO_LIMIT, timeout)
+    return proof is not None and check_proof(token, mine, proof)
+
+
+def accept_loop(server: socket.socket, token: str, on_peer: Callable[[socket.socket, Dict[str, Any]], None],
+                alive: Callable[[], bool], pending: int = MAX_PENDING) -> None:
+    """Accept until `alive()` says stop or the socket is closed. Each connection proves the
+    token in a thread of its own, at most `pending` at once (more are closed at once);
+    those that do are handed to `on_peer` with their fields, the others closed. Out of
+    descriptors (or memory) it waits a moment and goes on: a flood ends nothing."""
+    slots = threading.BoundedSemaphore(pending)
+
+    def run(conn: socket.socket) -> None:
+        try:
+            fields = serve_handshake(conn, token)
+        finally:
+            slots.release()
+        if fields is None:
+            conn.close()
+            return
+        on_peer(conn, fields)
+
+    while alive():
+        try:
+            conn, _ = server.accept()
+        except socket.timeout:
+            continue
+        except OSError as exc:
+            if exc.errno in _RESOURCE_ERRORS:
+                time.sleep(0.1)
+                continue
+            if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                continue
+            return  # closed: the job is over
+        if not slots.acquire(blocking=False):
+            conn.close()
+            continue
+        try:
+            threading.Thread(target=run, args=(conn,), daemon=True).start()
+        except RuntimeError:  # no thread to be had
+            slots.release()
+            conn.close()

@@ -1,0 +1,104 @@
+"""The listeners' handshake over real sockets: the token is proven, never sent; a recorded
+hello is refused; a stranger is cut off within its byte and time budget; a flood of
+strangers does not keep a peer out."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from trainfleet.agent import handshake
+
+
+def listener(token: str, accepted: list[dict[str, object]]) -> tuple[socket.socket, threading.Event]:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(128)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def on_peer(conn: socket.socket, fields: dict[str, object]) -> None:
+        accepted.append(fields)
+        conn.close()
+
+    threading.Thread(target=handshake.accept_loop, args=(server, token, on_peer, lambda: not stop.is_set()),
+                     daemon=True).start()
+    return server, stop
+
+
+def connect(server: socket.socket) -> socket.socket:
+    return socket.create_connection(server.getsockname(), timeout=5)
+
+
+def test_a_peer_with_the_token_is_let_in_and_the_token_never_crosses() -> None:
+    accepted: list[dict[str, object]] = []
+    server, stop = listener("s3cret-token", accepted)
+    try:
+        sock = connect(server)
+        assert handshake.client_handshake(sock, "s3cret-token", {"hello": "node1"})
+        said = handshake.hello_line("s3cret-token", handshake.nonce(), handshake.nonce(), {"hello": "node1"}) + \
+            handshake.proof_line("s3cret-token", handshake.nonce())
+        assert b"s3cret-token" not in said
+        time.sleep(0.2)
+        assert [a["hello"] for a in accepted] == ["node1"]
+        wrong = connect(server)
+        assert not handshake.client_handshake(wrong, "guessed", {"hello": "node1"})
+        assert len(accepted) == 1
+    finally:
+        stop.set()
+        server.close()
+
+
+def test_a_recorded_hello_cannot_be_replayed() -> None:
+    accepted: list[dict[str, object]] = []
+    server, stop = listener("tok", accepted)
+    try:
+        first = connect(server)
+        nonce = handshake.parse_challenge(handshake.read_line(first, 4096, 5) or b"")
+        assert nonce is not None
+        recorded = handshake.hello_line("tok", nonce, handshake.nonce(), {"hello": "node1"})
+        first.sendall(recorded)
+        assert handshake.read_line(first, 4096, 5)  # the proof: this one was let in
+        again = connect(server)
+        handshake.read_line(again, 4096, 5)  # a new nonce
+        again.sendall(recorded)
+        assert again.recv(100) == b""  # closed without a word
+        assert len(accepted) == 1
+    finally:
+        stop.set()
+        server.close()
+
+
+def test_strangers_are_cut_off_and_a_flood_keeps_no_peer_out() -> None:
+    accepted: list[dict[str, object]] = []
+    server, stop = listener("tok", accepted)
+    try:
+        junk = connect(server)
+        handshake.read_line(junk, 4096, 5)
+        junk.sendall(b"x" * 100_000)  # no newline, past the limit: cut off
+        junk.settimeout(5)
+        try:
+            rest = junk.recv(100)
+        except ConnectionResetError:
+            rest = b""
+        assert rest == b""
+        not_an_object = connect(server)
+        handshake.read_line(not_an_object, 4096, 5)
+        not_an_object.sendall(b"[1, 2, 3]\n")
+        assert not_an_object.recv(100) == b""
+        idle = [connect(server) for _ in range(handshake.MAX_PENDING * 2)]  # more silent peers than are heard
+        started = time.monotonic()
+        while True:  # the silent ones are dropped within the hello timeout, and the real peer gets in
+            peer = connect(server)
+            if handshake.client_handshake(peer, "tok", {"hello": "node2"}):
+                break
+            assert time.monotonic() - started < handshake.HELLO_TIMEOUT * 3
+            time.sleep(0.5)
+        time.sleep(0.2)
+        assert [a["hello"] for a in accepted] == ["node2"]
+        for sock in idle:
+            sock.close()
+    finally:
+        stop.set()
+        server.close()
