@@ -55,8 +55,11 @@ def test_a_directory_reaches_every_node_checked_and_is_not_sent_twice(fleet: Pat
     digests = {"shards/a.bin": random_file(data / "shards" / "a.bin", 3), "b.bin": random_file(data / "b.bin", 1)}
     (data / "empty.txt").write_text("")
     digests["empty.txt"] = sha256(data / "empty.txt")
+    (data / "b.bin").chmod(0o600)  # a private file stays private on every node
     pushed = tf("push", "-f", str(fleet), str(data), "/tmp/ds", timeout=120)
     assert pushed.returncode == 0, pushed.stderr
+    for node in pushing.nodes:
+        assert oct((node_tmp(pushing, node.name) / "ds" / "b.bin").stat().st_mode & 0o777) == "0o600"
     assert "pushing " in pushed.stderr and "(4.0 MiB, 3 file(s)) to /tmp/ds on node[0-2]" in pushed.stderr
     assert re.search(r"pushed .* to node\[0-2\] in [0-9.]+s: sent 4.0 MiB once .*sha256 checked on every node",
                      pushed.stderr), pushed.stderr
