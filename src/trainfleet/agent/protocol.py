@@ -303,7 +303,9 @@ class Mesh:
     token: str
     nodes: List[str]
     node: str
-    loss_timeout: float = 3.0
+    loss_timeout: float = 15.0
+    """Seconds of silence before a node counts as lost. A closed connection (its supervisor
+    died, its machine refused) is a fact and counts at once; silence may be a blip."""
     join_timeout: float = 60.0
     min_nodes: int = 0
     """With a restart policy: go on without a lost node while this many remain."""

@@ -111,13 +111,17 @@ def refuse_stray_option(script: str, command: click.Command) -> None:
 @click.option("--concurrent", is_flag=True, help="run beside a job of this fleet that is still running")
 @click.option("--hang-timeout", type=float, help="seconds without a line from any rank before every rank's stack is "
               "dumped and the job ends (default: off; 3600 with --detach; 0: off)")
+@click.option("--loss-timeout", type=float, default=15.0, show_default=True,
+              help="seconds a node may be silent (a network blip) before it counts as lost; a node whose "
+                   "supervisor died counts at once")
 @click.option("-v", "--verbose", is_flag=True, help="also show the launcher's own output (kept in the logs anyway)")
 @click.argument("script")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(fleet_file: str | None, node_names: str | None, nproc_per_node: int | None, module: bool, port: int | None, dry_run: bool,
         as_json: bool, sync_dir: Path, no_sync: bool, max_restarts: int, log_dir: Path | None, grace: float,
         job_id: str | None, env_pairs: tuple[str, ...], launcher: str | None, launcher_args: tuple[str, ...],
-        detach: bool, concurrent: bool, hang_timeout: float | None, verbose: bool, script: str, args: tuple[str, ...],
+        detach: bool, concurrent: bool, hang_timeout: float | None, loss_timeout: float, verbose: bool, script: str,
+        args: tuple[str, ...],
         **launcher_option_values: str | int | None) -> None:
     """Start SCRIPT on every node (torchrun, deepspeed, accelerate or mpirun; or any command, on
     every node or on node 0 alone) and stream every rank's output."""
@@ -133,7 +137,8 @@ def run(fleet_file: str | None, node_names: str | None, nproc_per_node: int | No
                   max_restarts=max_restarts, job_id=job_id or new_job_id(), env=parse_env(env_pairs),
                   launcher=launcher or fleet.launcher, launcher_args=launcher_args,
                   options=given_options(launcher_option_values),
-                  hang_timeout=hang_timeout if hang_timeout is not None else (3600.0 if detach else 0.0))
+                  hang_timeout=hang_timeout if hang_timeout is not None else (3600.0 if detach else 0.0),
+                  loss_timeout=loss_timeout)
     validate_job(job)
     check_options(job)
     project = project_for(sync_dir)

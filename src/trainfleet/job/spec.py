@@ -34,6 +34,9 @@ class JobSpec:
     """Options of the chosen launcher, by name (`include` for `--include`): each
     launcher declares and checks its own."""
     hang_timeout: float = 0.0
+    loss_timeout: float = 15.0
+    """Seconds a node may be silent (a network blip, a saturated link) before it counts as
+    lost and the job ends (or goes on without it); a node whose supervisor died is lost at once."""
     """Seconds without a line from any rank before the ranks' stacks are dumped and the job ends (0: never)."""
 
 
@@ -52,6 +55,9 @@ def validate_job(job: JobSpec) -> None:
         raise UsageError(f"--max-restarts must be >= 0 (got {job.max_restarts})")
     if job.hang_timeout < 0:
         raise UsageError("--hang-timeout cannot be negative")
+    if job.loss_timeout < 2:
+        raise UsageError(f"--loss-timeout must be at least 2 seconds (got {job.loss_timeout:g}): heartbeats come "
+                         f"every second")
     for name in job.env:
         if not ENV_NAME.match(name):
             raise UsageError(f"--env {name}=...: {name!r} is not a valid environment variable name")

@@ -291,7 +291,7 @@ async def _supervise(session: FleetSession, fleet: Fleet, job: JobSpec, options:
                             mesh_port=facts.mesh_port,
                             # node 0 of the plan: --include/--exclude may leave out the fleet's
                             coordinator=facts.address(fleet.node(plan.nodes[0].node)),
-                            hang_timeout=job.hang_timeout,
+                            hang_timeout=job.hang_timeout, loss_timeout=job.loss_timeout,
                             holds_lock=not options.concurrent, detach=options.detach)
     if options.detach:
         await supervisor.start_detached()

@@ -70,6 +70,7 @@ class Supervisor:
     coordinator: str = ""
     """Node 0's training address: the job's node supervisors meet there."""
     hang_timeout: float = 0.0
+    loss_timeout: float = 15.0
     holds_lock: bool = False
     detach: bool = False
     lost: dict[str, str] = field(default_factory=dict)
@@ -82,7 +83,8 @@ class Supervisor:
         found = {}
         for launch in self.plan.nodes:
             mesh = Mesh(coordinator=self.coordinator, port=self.mesh_port, token=token, nodes=names, node=launch.node,
-                        min_nodes=self.plan.min_nodes, hang_timeout=self.hang_timeout) if self.mesh_port else None
+                        min_nodes=self.plan.min_nodes, hang_timeout=self.hang_timeout,
+                        loss_timeout=self.loss_timeout) if self.mesh_port else None
             found[launch.node] = LaunchRequest(
                 job_id=self.plan.job_id, argv=list(launch.argv), cwd=launch.cwd, workdir=self.workdir,
                 env=dict(launch.env), secrets=dict(self.secrets), files=self._files(launch.site), grace=self.grace,
