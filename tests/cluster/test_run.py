@@ -137,3 +137,38 @@ def test_unreachable_node_refuses_to_start(fleet2: Path, tmp_path: Path, workdir
     assert completed.returncode == 1
     assert "node1: connection refused at" in completed.stderr and "Traceback" not in completed.stderr
     assert completed.stderr.count("\n") == 1
+
+
+def test_an_absolute_path_already_on_every_node_runs_without_sync(fleet2: Path, workdir: Path,
+                                                                 tmp_path: Path) -> None:
+    """A shared file system (the sandbox's nodes share everything but /tmp): the script is
+    there on every node already, outside any synced project."""
+    import shutil
+    import secrets
+
+    shared = Path("/var/tmp") / f"tf-shared-{secrets.token_hex(4)}"
+    shared.mkdir()
+    try:
+        shutil.copy(workdir / "ranks.py", shared / "ranks.py")
+        done = tf("run", "-f", str(fleet2), "--no-sync", "--log-dir", str(tmp_path / "logs"),
+                  str(shared / "ranks.py"), timeout=180)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert len(re.findall(r"rank \d of 4 on node\d", done.stdout)) == 4, done.stdout
+        missing = tf("run", "-f", str(fleet2), "--no-sync", str(shared / "nope.py"), timeout=60)
+        assert missing.returncode == 2 and f"{shared}/nope.py: no such file on node[0-1]" in missing.stderr
+    finally:
+        shutil.rmtree(shared)
+
+
+def test_a_python_script_given_as_the_command_runs_under_the_fleets_python(fleet2: Path, tmp_path: Path) -> None:
+    project = tmp_path / "tool"
+    project.mkdir()
+    (project / "hello.py").write_text("import os, sys\nprint('hello from', os.environ['TRAINFLEET_NODE'], "
+                                      "sys.argv[1:])\n")  # not executable, no shebang: as deepy.py is run
+    for launcher, nodes in (("command", 2), ("head", 1)):
+        done = tf("run", "-f", str(fleet2), "--sync-dir", str(project), "--launcher", launcher,
+                  "--log-dir", str(tmp_path / launcher), "hello.py", "x", timeout=120)
+        if launcher == "head" and "cannot ssh to" in done.stderr:
+            continue  # head needs `ssh setup` first, which this shared sandbox does not have
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.count("hello from node") == nodes and "['x']" in done.stdout, done.stdout

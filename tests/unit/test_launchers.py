@@ -256,3 +256,16 @@ def test_head_refuses_a_secret_deepspeeds_runner_would_put_in_its_command_line()
                                          r"command line"):
         plan_job(spec, JobSpec(entrypoint="deepspeed --hostfile h x.py", job_id="j", launcher="head"), FACTS, "~/p")
     plan_job(spec, JobSpec(entrypoint="x.py", job_id="j", launcher="torchrun"), FACTS, "~/p")  # others keep it in env
+
+
+def test_a_python_script_as_the_command_runs_under_the_fleets_python() -> None:
+    spec = fleet_from_data(FLEET, "fleet.yaml")
+    for launcher in ("command", "head"):
+        alone = plan_job(spec, JobSpec(entrypoint="deepy.py", args=("train.py", "c.yml"), job_id="j", launcher=launcher),
+                         FACTS, "~/p")
+        assert alone.nodes[0].argv == ("/opt/venv/bin/python", "deepy.py", "train.py", "c.yml")
+        line = plan_job(spec, JobSpec(entrypoint="deepy.py train.py c.yml", job_id="j", launcher=launcher), FACTS,
+                        "~/p")
+        assert line.nodes[0].argv == ("sh", "-c", "/opt/venv/bin/python deepy.py train.py c.yml")
+    other = plan_job(spec, JobSpec(entrypoint="bash run.sh", job_id="j", launcher="command"), FACTS, "~/p")
+    assert other.nodes[0].argv == ("sh", "-c", "bash run.sh")

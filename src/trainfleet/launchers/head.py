@@ -68,8 +68,8 @@ class Head:
         shared = {**fleet.env, **job.env}
         runner_env = EnvFile(variable="DS_ENV_FILE", name="deepspeed_env", merge=(".deepspeed_env",),
                              values=tuple(sorted(shared.items())))
-        launch = dataclasses.replace(node_launch(fleet, head, placement, command_argv(job), env), site=True,
-                                     env_file=runner_env)
+        argv = command_argv(job, fleet.python)
+        launch = dataclasses.replace(node_launch(fleet, head, placement, argv, env), site=True, env_file=runner_env)
         prepare = prepare_nodes(fleet, job, placement, hostfile,
                                 render_hostfile(fleet, "deepspeed", job.nproc_per_node))
         return LaunchPlan(job_id=job.job_id, launcher=self.name,

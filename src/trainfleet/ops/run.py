@@ -79,25 +79,36 @@ async def preflight(session: FleetSession, job: JobSpec, project: Project, wante
     fleet = session.fleet
     head = fleet.head
     port = wanted_port or DEFAULT_RDZV_PORT
-    entry = f"{project.name}/{job.entrypoint}"
     launcher = get_launcher(job.launcher)
     check_entry = synced is None and not job.module and launcher.script_entry
+    # An absolute path with --no-sync is a script already on every node (a shared file
+    # system): it is looked for there, on every node, and the project's copy is not asked for.
+    outside = check_entry and job.entrypoint.startswith(("/", "~/"))
+    entry = job.entrypoint if outside else f"{project.name}/{job.entrypoint}"
     common = ["net", "project"] + (["gpu"] if launcher.needs_gpu_facts or fleet.container else [])
 
     def request(node: Node) -> FactsRequest:
+        files = [entry] if (check_entry and node.name == head.name) or outside else []
         if node.name == head.name:
-            request = facts_request(fleet, [*common, "ports", "files"], ports=[port],
-                                    files=[entry] if check_entry else [], project=project.name)
+            request = facts_request(fleet, [*common, "ports", "files"], ports=[port], files=files,
+                                    project=project.name)
             request.free = 2  # a rendezvous port if the wanted one is taken, and the node supervisors' meeting port
             return request
-        return facts_request(fleet, common, project=project.name)
+        return facts_request(fleet, [*common, "files"] if files else common, files=files, project=project.name)
 
     replies = await session.call_all(request, timeout=30)
     require_ok(fleet, replies.failures, "cannot start the job")
     answers = replies.answers
-    local = None if synced else manifest(project.source, fleet.sync_exclude).digest
-    check_code({n: a.project for n, a in answers.items()}, project, synced, local)
-    if check_entry and not answers[head.name].files.get(entry):
+    if outside:
+        lacking = [n for n, a in answers.items() if not a.files.get(entry)]
+        if lacking:
+            raise UsageError(f"{job.entrypoint}: no such file on {fold_nodes(lacking)}",
+                             fix="put it there (a shared file system, `trainfleet push`), or give a path in the "
+                                 "project and leave out --no-sync")
+    else:
+        local = None if synced else manifest(project.source, fleet.sync_exclude).digest
+        check_code({n: a.project for n, a in answers.items()}, project, synced, local)
+    if check_entry and not outside and not answers[head.name].files.get(entry):
         raise UsageError(f"{job.entrypoint}: no such file in {project.remote(fleet)} on {head.name}",
                          fix="sync the code first (leave out --no-sync), or check the name")
     if fleet.setup.commands:
