@@ -18,7 +18,7 @@ from trainfleet.fleet.model import Container, Fleet
 from trainfleet.job.plan import LaunchPlan, job_path
 from trainfleet.shellwords import shell_word
 
-SET_BY_THE_SUPERVISOR = ("TRAINFLEET_JOB_ID", "TRAINFLEET_JOB_DIR")
+SET_BY_THE_SUPERVISOR = ("TRAINFLEET_JOB_ID", "TRAINFLEET_JOB_DIR", "TRAINFLEET_NODE_KEY")
 
 
 def container_name(job_id: str, node: str) -> str:

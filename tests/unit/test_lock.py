@@ -53,3 +53,26 @@ def test_release_removes_only_its_own_lock(tmp_path: Path) -> None:
     assert path.read_text().startswith("theirs ")
     lock(LockRequest(job_id="theirs", workdir=str(tmp_path), release=True))
     assert not path.exists() and oct(Path(str(path) + ".guard").stat().st_mode & 0o777) == "0o600"
+
+
+def writer(path: str, text: str, start: multiprocessing.synchronize.Barrier) -> None:
+    from trainfleet.agent.records import write_atomically
+
+    start.wait()
+    for _ in range(50):
+        write_atomically(path, text)
+
+
+def test_machines_sharing_a_directory_write_one_file_at_once(tmp_path: Path) -> None:
+    """Nodes on a shared file system write the same file (a runner's hostfile) at the same
+    moment, and can have the same pids: every write lands whole, none fails."""
+    target = tmp_path / "hostfile"
+    start = multiprocessing.Barrier(6)
+    writers = [multiprocessing.Process(target=writer, args=(str(target), f"node{i} slots=2\n" * 100, start))
+               for i in range(6)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join(60)
+    assert [p.exitcode for p in writers] == [0] * 6
+    assert len(set(target.read_text().splitlines())) == 1 and list(tmp_path.iterdir()) == [target]

@@ -15,11 +15,12 @@ WRAPPER = rankwrap.__file__
 
 
 def run(tmp_path: Path, script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "errors").mkdir(exist_ok=True)
+    # This node's records, as a node supervisor makes them.
+    (tmp_path / "nodes" / "k1" / "errors").mkdir(parents=True, exist_ok=True)
     path = tmp_path / "user.py"
     path.write_text(script)
     environ = {**os.environ, "TRAINFLEET_JOB_DIR": str(tmp_path), "RANK": "3", "TRAINFLEET_NODE": "node1",
-               **(env or {})}
+               "TRAINFLEET_NODE_KEY": "k1", **(env or {})}
     launcher_first = [a for a in args if a.startswith("--local_rank=")]  # where DeepSpeed puts it
     rest = [a for a in args if a not in launcher_first]
     return subprocess.run([sys.executable, "-u", WRAPPER, *launcher_first, str(path), *rest], capture_output=True,
@@ -32,7 +33,7 @@ def test_the_script_sees_its_own_argv_and_every_line_is_marked(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"[tf:rank3] {[str(tmp_path / 'user.py'), '--local_rank=0', '--steps', '5']}",
                                         "[tf:rank3] __main__", "[tf:rank3] raw fd write"]
-    assert done.stderr == "" and not list((tmp_path / "errors").iterdir())
+    assert done.stderr == "" and not list((tmp_path / "nodes" / "k1" / "errors").iterdir())
 
 
 def test_the_first_exception_is_recorded_with_its_time_and_secrets_redacted(tmp_path: Path) -> None:
@@ -40,7 +41,7 @@ def test_the_first_exception_is_recorded_with_its_time_and_secrets_redacted(tmp_
                env={"TOKEN": "s3cr3t-v4lue", "TRAINFLEET_SECRET_NAMES": "TOKEN"})
     assert done.returncode == 1
     assert "[tf:rank3] ValueError: token s3cr3t-v4lue" in done.stdout  # the live stream; the supervisor redacts it
-    record = json.loads((tmp_path / "errors" / "rank-3-attempt-0.json").read_text())
+    record = json.loads((tmp_path / "nodes" / "k1" / "errors" / "rank-3-attempt-0.json").read_text())
     assert record["summary"] == "ValueError: token ***" and record["rank"] == 3 and record["node"] == "node1"
     assert "s3cr3t" not in record["traceback"] and 'user.py", line 3, in f' in record["traceback"]
     assert "rankwrap" not in record["traceback"] and "runpy" not in record["traceback"]
@@ -49,7 +50,7 @@ def test_the_first_exception_is_recorded_with_its_time_and_secrets_redacted(tmp_
 def test_a_non_zero_exit_is_recorded(tmp_path: Path) -> None:
     done = run(tmp_path, "import sys\nsys.exit(3)\n")
     assert done.returncode == 3
-    assert json.loads((tmp_path / "errors" / "rank-3-attempt-0.json").read_text())["kind"] == "exit"
+    assert json.loads((tmp_path / "nodes" / "k1" / "errors" / "rank-3-attempt-0.json").read_text())["kind"] == "exit"
 
 
 def test_a_finished_rank_leaves_cleanly_after_threads_atexit_and_unclosed_files(tmp_path: Path) -> None:

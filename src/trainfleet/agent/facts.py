@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from . import procs
 from .protocol import (Disk, FactsReply, FactsRequest, Gpu, GpuInfo, Interface, JobSeen, Proc,
@@ -188,6 +188,22 @@ def jobs_seen(workdir: str) -> List[JobSeen]:
     return seen
 
 
+def workdir_marks(workdir: str) -> Tuple[str, List[str]]:
+    """Mark the workdir as this machine's, and list every machine's mark there: a workdir
+    that other machines mark too is shared with them (an NFS home, the sandbox's home)."""
+    from .rankwrap import node_key
+
+    key = node_key()
+    folder = os.path.join(os.path.expanduser(workdir), ".trainfleet", "nodes")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, key), "w"):
+            pass
+        return key, sorted(os.listdir(folder))
+    except OSError:
+        return key, []
+
+
 def gather(request: FactsRequest) -> FactsReply:
     wanted = set(request.sections)
     reply = FactsReply(hostname=socket.gethostname(), time=time.time(), home=os.path.expanduser("~"))
@@ -221,6 +237,8 @@ def gather(request: FactsRequest) -> FactsReply:
         from . import project
 
         reply.project = project.state(request.workdir, request.project)
+    if "workdir" in wanted:
+        reply.node_key, reply.workdir_keys = workdir_marks(request.workdir)
     if "files" in wanted:
         base = os.path.expanduser(request.workdir)
         reply.files = dict((path, os.path.exists(os.path.join(base, os.path.expanduser(path))))

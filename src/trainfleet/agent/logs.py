@@ -8,7 +8,7 @@ from typing import Callable, List
 
 from . import procs
 from .protocol import FollowRequest, JobState, LostEvent, OutputEvent
-from .records import (LOG_NAME, TERMINAL, job_dir, live_state, log_lines, read_state_at, supervisor_pid,
+from .records import (LOG_NAME, TERMINAL, live_state, node_dir, log_lines, read_state_at, supervisor_pid,
                       write_state)
 
 def follow(directory: str, emit: Callable[[object], None], since: float = 0.0, poll: float = 0.05) -> JobState:
@@ -57,7 +57,7 @@ def follow(directory: str, emit: Callable[[object], None], since: float = 0.0, p
 
 
 def follow_request(request: FollowRequest, emit: Callable[[object], None]) -> JobState:
-    directory = job_dir(request.workdir, request.job_id)
+    directory = node_dir(request.workdir, request.job_id)
     state = read_state_at(directory)
     if state is None:
         raise ValueError("no job %s on this node" % request.job_id)

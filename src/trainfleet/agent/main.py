@@ -38,12 +38,12 @@ def _handler(request: Any, emit: Any) -> Any:
 
 def sweep(request: Any) -> SweepReply:
     from . import procs
-    from .records import job_dir, read_errors, remove_secrets
+    from .records import node_dir, read_errors, remove_secrets
 
     left = procs.end_job(request.job_id, request.grace) if request.kill else procs.job_processes(request.job_id)
     errors = []
     if request.workdir:
-        errors = read_errors(job_dir(request.workdir, request.job_id))
+        errors = read_errors(node_dir(request.workdir, request.job_id))
     if request.kill:
         remove_secrets(request.job_id)
     return SweepReply(left=left, errors=errors)

@@ -8,7 +8,7 @@ ends every process carrying the job's id. An attached job is tethered: when the 
 that started it goes away (the controller died, or its connection did), the supervisor
 ends the job. A detached job has no tether.
 
-Job directory: <workdir>/.trainfleet/jobs/<job id>/ with state.json, output.log,
+Job directory: see records.py; this node's records under it, in nodes/<node key>/, with state.json, output.log,
 errors/ (the rank wrapper's first-exception records) and supervisor.pid.
 """
 
@@ -27,14 +27,14 @@ from . import procs
 from .lock import release_lock
 from .logs import follow
 from .protocol import EnvFile, Empty, JobState, LaunchRequest, PrepareRequest, StopRequest, to_wire
-from .rankwrap import rank_mark, secret_fragments
-from .records import (LOG_NAME, TERMINAL, job_dir, log_lines, read_errors, read_state_at, remove_secrets,
+from .rankwrap import node_key, rank_mark, secret_fragments
+from .records import (LOG_NAME, TERMINAL, job_dir, log_lines, node_dir, read_errors, read_state_at, remove_secrets,
                       secrets_path, supervisor_pid, write_files, write_paths, write_state)
 
 def prepare(request: PrepareRequest) -> Empty:
-    directory = job_dir(request.workdir, request.job_id)
+    directory = node_dir(request.workdir, request.job_id)
     os.makedirs(os.path.join(directory, "errors"), mode=0o700, exist_ok=True)
-    write_files(directory, request.files)
+    write_files(job_dir(request.workdir, request.job_id), request.files)
     with open(os.path.join(directory, "node.env"), "w") as handle:
         json.dump(request.env, handle)
     if request.secrets:
@@ -121,6 +121,9 @@ class _Supervisor:
     def __init__(self, request: LaunchRequest, directory: str, tether: Optional[int]) -> None:
         self.request = request
         self.directory = directory
+        """This node's records of the job."""
+        self.shared = job_dir(request.workdir, request.job_id)
+        """The job's directory: what every node has (the rank wrapper, the sitecustomize)."""
         self.tether = tether
         self.stop = threading.Event()
         self.reason = ""
@@ -251,13 +254,14 @@ class _Supervisor:
         if request.path:
             env["PATH"] = os.pathsep.join([os.path.expanduser(p) for p in request.path] + [env.get("PATH", "")])
         env[procs.JOB_VARIABLE] = request.job_id
-        env["TRAINFLEET_JOB_DIR"] = self.directory
+        env["TRAINFLEET_JOB_DIR"] = self.shared
+        env["TRAINFLEET_NODE_KEY"] = node_key()  # kept inside a container, whose own would differ
         cwd = os.path.expanduser(request.cwd)
         if request.site:
-            site = os.path.join(self.directory, "site")
+            site = os.path.join(self.shared, "site")
             env["PYTHONPATH"] = site + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         if request.env_file is not None:
-            extra = {"TRAINFLEET_JOB_ID": request.job_id, "TRAINFLEET_JOB_DIR": self.directory}
+            extra = {"TRAINFLEET_JOB_ID": request.job_id, "TRAINFLEET_JOB_DIR": self.shared}
             env[request.env_file.variable] = write_env_file(self.directory, cwd, request.env_file, extra)
         # A leading ~/ names the node's home, as it would typed into a shell.
         argv = [os.path.expanduser(a) if a.startswith("~/") else a for a in request.argv]
@@ -372,11 +376,11 @@ _SUPERVISOR_ENTRY = (
 def launch(request: LaunchRequest, emit: Callable[[object], None]) -> JobState:
     from . import BOOTSTRAP, sources
 
-    directory = job_dir(request.workdir, request.job_id)
+    directory = node_dir(request.workdir, request.job_id)
     if os.path.exists(os.path.join(directory, "state.json")):
         raise ValueError("job id %s was already used on this node" % request.job_id)
     os.makedirs(os.path.join(directory, "errors"), mode=0o700, exist_ok=True)
-    write_files(directory, request.files)
+    write_files(job_dir(request.workdir, request.job_id), request.files)
     ready_read, ready_write = os.pipe()
     keep = [ready_write]
     tether_read = None
@@ -431,7 +435,7 @@ def wait_for_ranks(directory: str, request: LaunchRequest, timeout: float = 900.
 
 
 def stop(request: StopRequest) -> JobState:
-    directory = job_dir(request.workdir, request.job_id)
+    directory = node_dir(request.workdir, request.job_id)
     state = read_state_at(directory)
     if state is None:
         raise ValueError("no job %s on this node" % request.job_id)

@@ -150,6 +150,10 @@ class FactsReply:
     jobs: List[JobSeen] = field(default_factory=list)
     files: Dict[str, bool] = field(default_factory=dict)
     project: Optional[ProjectState] = None
+    node_key: str = ""
+    """This machine's name for its own records in a job directory (rankwrap.node_key)."""
+    workdir_keys: List[str] = field(default_factory=list)
+    """The machines that have marked the workdir as theirs: more than this one where it is shared."""
 
 
 @dataclass

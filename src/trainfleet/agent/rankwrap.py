@@ -40,6 +40,37 @@ RANK_LINE = re.compile(r"^\[" + RANK_TAG + r"(\d+)\] ?(.*)$")
 def rank_mark(rank):
     return "[%s%d] " % (RANK_TAG, rank)
 
+
+def node_key():
+    """This machine, as a name for its records in a job directory that other machines may
+    share (an NFS home): its machine id, hostname and network namespace (the sandbox's
+    nodes share the first). The node supervisor passes its own in TRAINFLEET_NODE_KEY,
+    which a container (another hostname, another machine id) keeps."""
+    given = os.environ.get("TRAINFLEET_NODE_KEY")
+    if given:
+        return given
+    import hashlib
+    import socket
+
+    parts = [socket.gethostname()]
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path) as handle:
+                parts.append(handle.read().strip())
+            break
+        except OSError:
+            continue
+    try:
+        parts.append(str(os.stat("/proc/self/ns/net").st_ino))
+    except OSError:
+        pass
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
+
+
+def node_records(job_directory):
+    """Where this node keeps its own records of the job (state, output, failures)."""
+    return os.path.join(job_directory, "nodes", node_key())
+
 STACK_SIGNAL = getattr(signal, "SIGRTMIN", 34) + 3
 """Dumps every thread's stack (faulthandler) when the job hangs; a real-time signal,
 which training code does not use for anything else (unlike SIGUSR1/2)."""
@@ -134,8 +165,10 @@ def redact(text):
 
 
 def record(rank, kind, summary, trace, exit_code):
-    folder = os.path.join(os.environ.get("TRAINFLEET_JOB_DIR", ""), "errors")
-    if not os.environ.get("TRAINFLEET_JOB_DIR") or not os.path.isdir(folder):
+    if not os.environ.get("TRAINFLEET_JOB_DIR"):
+        return
+    folder = os.path.join(node_records(os.environ["TRAINFLEET_JOB_DIR"]), "errors")
+    if not os.path.isdir(folder):
         return
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     path = os.path.join(folder, "rank-%d-attempt-%d.json" % (rank, attempt))

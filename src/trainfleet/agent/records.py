@@ -1,8 +1,11 @@
 """A job's records on a node: its directory, state, errors and output log.
 
-Job directory: <workdir>/.trainfleet/jobs/<job id>/ with state.json, output.log,
-errors/ (the rank wrapper's first-exception records) and supervisor.pid. The
-controller imports `job_dir` from here too, so both sides name the same place.
+Job directory: <workdir>/.trainfleet/jobs/<job id>/, with what every node shares (the
+rank wrapper, trainfleet's sitecustomize, a runner's hostfile) and, under
+nodes/<node key>/, each node's own records: state.json, output.log, errors/ (the rank
+wrapper's first-exception records), supervisor.pid. A workdir that several machines
+share (an NFS home) thus keeps every node's records apart. The controller imports
+`job_path` from here too, so both sides name the same place.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 from . import procs
+from .rankwrap import node_records
 from .protocol import Empty, ErrorRecord, JobsReply, JobsRequest, JobState, WriteRequest, decode, to_wire
 
 TERMINAL = ("succeeded", "failed", "stopped", "lost")
@@ -24,8 +28,13 @@ def job_path(workdir: str, job_id: str) -> str:
 
 
 def job_dir(workdir: str, job_id: str) -> str:
-    """The job's directory on this node."""
+    """The job's directory on this node (what every node shares, where they share it)."""
     return os.path.expanduser(job_path(workdir, job_id))
+
+
+def node_dir(workdir: str, job_id: str) -> str:
+    """This node's own records of the job."""
+    return node_records(job_dir(workdir, job_id))
 
 
 def write_atomically(path: str, text: str, mode: Optional[int] = None) -> None:
@@ -67,7 +76,7 @@ def write_state(directory: str, state: JobState) -> None:
 
 
 def read_state(workdir: str, job_id: str) -> Optional[JobState]:
-    return read_state_at(job_dir(workdir, job_id))
+    return read_state_at(node_dir(workdir, job_id))
 
 
 def read_state_at(directory: str) -> Optional[JobState]:
@@ -79,7 +88,7 @@ def read_state_at(directory: str) -> Optional[JobState]:
 
 
 def supervisor_alive(workdir: str, job_id: str) -> bool:
-    return supervisor_pid(job_dir(workdir, job_id)) is not None
+    return supervisor_pid(node_dir(workdir, job_id)) is not None
 
 
 def supervisor_pid(directory: str) -> Optional[int]:
@@ -128,11 +137,11 @@ def remove_secrets(job_id: str) -> None:
 
 
 def write_files(directory: str, files: Dict[str, str]) -> None:
+    """Atomically: nodes that share the directory write the same files at the same time."""
     for name, text in files.items():
         path = os.path.join(directory, name)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with open(path, "w") as handle:
-            handle.write(text)
+        write_atomically(path, text)
 
 
 def write_paths(files: Dict[str, str]) -> None:
@@ -180,7 +189,7 @@ def list_states(workdir: str) -> Dict[str, JobState]:
     root = os.path.join(os.path.expanduser(workdir), ".trainfleet", "jobs")
     found = {}
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        state = read_state_at(os.path.join(root, name))
+        state = read_state_at(node_records(os.path.join(root, name)))
         if state is not None:
             found[name] = state
     return found

@@ -27,19 +27,19 @@ def _install():
     job_id = os.environ.get("TRAINFLEET_JOB_ID")
     if not job_dir or not job_id:
         return
-    for name, value in _load(os.path.join(job_dir, "node.env")).items():
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    try:
+        import rankwrap
+    finally:
+        sys.path.remove(here)
+    for name, value in _load(os.path.join(rankwrap.node_records(job_dir), "node.env")).items():
         os.environ.setdefault(name, value)
     node = os.environ.get("TRAINFLEET_NODE", "")
     for name, value in _load("/dev/shm/trainfleet-%s-%s-secrets" % (job_id, node)).items():
         os.environ.setdefault(name, value)
     if "RANK" in os.environ and "LOCAL_RANK" in os.environ and not os.environ.get("TRAINFLEET_RANK_MARKED"):
         os.environ["TRAINFLEET_RANK_MARKED"] = "1"  # its children (data loaders) write through this rank's marks
-        here = os.path.dirname(os.path.abspath(__file__))
-        sys.path.insert(0, here)
-        try:
-            import rankwrap
-        finally:
-            sys.path.remove(here)
         rank = int(os.environ["RANK"])
         rankwrap.prefix_output(rank)
         rankwrap.stacks_on_signal()

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import procs
 from .protocol import TopGpu, TopJob, TopReply, TopRequest
-from .records import LOG_NAME, job_dir, list_states, live_state, log_lines
+from .records import LOG_NAME, list_states, live_state, log_lines, node_dir
 
 STEP = re.compile(r"\bstep[ =:]+(\d+)", re.IGNORECASE)
 
@@ -83,7 +83,7 @@ def top(request: TopRequest) -> TopReply:
     found = []
     for job_id, listed in members.items():
         used = sum(_process_ticks(p.pid) - ticks0.get(p.pid, 0.0) for p in listed)
-        lines = log_lines(os.path.join(job_dir(request.workdir, job_id), LOG_NAME))
+        lines = log_lines(os.path.join(node_dir(request.workdir, job_id), LOG_NAME))
         found.append(TopJob(job_id=job_id, processes=len(listed), cpu_percent=round(100.0 * used / elapsed * cores, 1),
                             rss_bytes=sum(_rss(p.pid) for p in listed), last_line=lines[-1][1][:200] if lines else "",
                             steps_per_s=steps_per_second(lines)))

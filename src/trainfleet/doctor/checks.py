@@ -311,6 +311,22 @@ def check_hostnames(data: Gathered) -> list[Finding]:
     return findings
 
 
+def check_workdir_shared(data: Gathered) -> list[Finding]:
+    """A workdir that several nodes see as one (an NFS home): fine, and worth knowing."""
+    keys = {name: data.facts[name].node_key for name in data.live if data.facts[name].node_key}
+    groups: list[list[str]] = []
+    for name in data.live:
+        seen = set(data.facts[name].workdir_keys)
+        group = sorted(other for other, key in keys.items() if key in seen)
+        if len(group) > 1 and group not in groups:
+            groups.append(group)
+    return [Finding("workdir", Verdict.INFO, tuple(group),
+                    f"the workdir {data.fleet.workdir} is one shared directory on {fold_nodes(group)} (an NFS home?)",
+                    "nothing to do for trainfleet (each node keeps its records apart); have one rank write each "
+                    "checkpoint, or write them to a path of each node's own")
+            for group in groups]
+
+
 def _gpu_driver(facts: FactsReply) -> str | None:
     return facts.gpu.gpus[0].driver if facts.gpu and facts.gpu.gpus else None
 
@@ -508,6 +524,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("ports", check_ports),
     ("links", check_links),
     ("hostnames", check_hostnames),
+    ("workdir", check_workdir_shared),
     ("versions", check_consistency),
     ("code", check_code),
     ("gpus", check_gpus),

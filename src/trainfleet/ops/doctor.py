@@ -26,7 +26,7 @@ from trainfleet.transport.agent_client import AgentError, AgentFailed
 from trainfleet.transport.session import FleetSession
 
 THROUGHPUT_BYTES = 8 * 1024 * 1024
-SECTIONS = ["net", "software", "gpu", "disk", "jobs", "project"]
+SECTIONS = ["net", "software", "gpu", "disk", "jobs", "project", "workdir"]
 
 
 @dataclasses.dataclass(frozen=True)
