@@ -225,3 +225,19 @@ def test_the_lock_of_a_job_whose_node_zero_died_is_recovered(fleet: Path, durabl
     again = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "ranks.py", timeout=180)
     assert again.returncode == 0, again.stdout + again.stderr
     assert job_state(fleet, job_id)["state"] in ("lost", "failed")
+
+
+def test_two_runs_over_the_same_nodes_in_either_order_cannot_both_start(fleet: Path, durable: sb.SandboxState,
+                                                                      workdir: Path) -> None:
+    """`-n node0,node1` and `-n node1,node0` name the same nodes: whichever comes second is
+    refused, though each has a different node 0."""
+    job_id = detach(fleet, workdir, "-n", "node1,node0", "ranks.py", "--forever")
+    try:
+        second = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "-n", "node0,node1", "ranks.py", timeout=120)
+        assert second.returncode != 0 and f"job {job_id} is running on this fleet" in second.stderr, second.stderr
+        third = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "-n", "node0", "ranks.py", timeout=120)
+        assert third.returncode != 0 and f"job {job_id} is running on this fleet" in third.stderr, third.stderr
+        apart = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "-n", "node2", "ranks.py", timeout=120)
+        assert apart.returncode == 0, apart.stderr[-2000:]  # a node of its own: no conflict
+    finally:
+        tf("stop", "-f", str(fleet), job_id, timeout=120)

@@ -1,4 +1,4 @@
-"""The fleet's lock on node 0: one job per fleet at a time (unless a job asks to run beside others).
+"""A node's lock: one job on a node at a time (unless a job asks to run beside others).
 
 Every look at the lock and every change to it happens under an flock on a guard file
 beside it: two clients that find the same stale lock cannot both take it over, and a

@@ -403,7 +403,7 @@ class LaunchRequest(Request[JobState]):
     """Commands run when the job has ended, however it ended (removing its container)."""
     mesh: Optional[Mesh] = None
     holds_lock: bool = False
-    """This job took the fleet's lock (node 0): its supervisor gives it back at the end."""
+    """This job took this node's lock: its supervisor gives it back at the end."""
     nproc: int = 0
     """Ranks this node runs (a detached launch answers once they have all started)."""
     launcher: str = ""

@@ -226,24 +226,31 @@ async def check_reachable(session: FleetSession, choices: Mapping[str, NetworkCh
 
 
 async def take_fleet(session: FleetSession, job: JobSpec) -> None:
-    """One job per fleet: the lock on node 0, or the running job named, and how to stop it.
-    A live job on any node of this run counts too: one started with `run -n` holds its
-    lock on its own node 0, which may not be among these nodes."""
+    """One job per node: the lock of every node of this run (whatever order `-n` names them
+    in, so two runs over the same nodes cannot both start), or the running job named, and
+    how to stop it. A live job on any of these nodes counts too."""
     fleet = session.fleet
     seen = await session.call_all(facts_request(fleet, ["jobs"]), timeout=30)  # also: every agent started
     require_ok(fleet, seen.failures, "cannot start the job")
-    reply = await session.call(fleet.head.name, LockRequest(job_id=job.job_id, workdir=fleet.workdir), timeout=30)
-    holder, state = ("", "") if reply.ok else (reply.holder, reply.holder_state)
+    locked = await session.call_all(LockRequest(job_id=job.job_id, workdir=fleet.workdir), timeout=30)
+    require_ok(fleet, locked.failures, "cannot start the job")
+    refused = sorted((name, reply) for name, reply in locked.answers.items() if not reply.ok)
+    holder, state = (refused[0][1].holder, refused[0][1].holder_state) if refused else ("", "")
     for node in fleet.nodes:
         for job_seen in seen.answers[node.name].jobs or []:
-            if job_seen.live and job_seen.processes and not holder:
+            if job_seen.live and job_seen.processes and not holder and job_seen.job_id != job.job_id:
                 holder, state = job_seen.job_id, f"running on {node.name}"
-                await session.call(fleet.head.name, LockRequest(job_id=job.job_id, workdir=fleet.workdir,
-                                                                release=True), timeout=30)
     if holder:
+        await release_fleet(session, job, [n for n, reply in locked.answers.items() if reply.ok])
         raise TrainfleetError(f"job {holder} is {state} on this fleet; a second job would share "
                               f"its nodes (and overwrite its checkpoints)",
                               fix=f"`trainfleet stop {holder}` first, or pass --concurrent to run beside it")
+
+
+async def release_fleet(session: FleetSession, job: JobSpec, nodes: list[str]) -> None:
+    """The job's locks on these nodes (only its own: another job's stays)."""
+    await session.call_all(LockRequest(job_id=job.job_id, workdir=session.fleet.workdir, release=True),
+                           [n for n in session.fleet.nodes if n.name in nodes], timeout=30)
 
 
 async def run_job(fleet: Fleet, job: JobSpec, options: RunOptions, *, secrets: Mapping[str, str],
@@ -257,9 +264,8 @@ async def run_job(fleet: Fleet, job: JobSpec, options: RunOptions, *, secrets: M
         try:
             return await _start(session, fleet, job, options, secrets, printer, status, cancel)
         except BaseException:
-            if not options.concurrent:  # the job never started: the fleet is free again
-                await session.call(fleet.head.name, LockRequest(job_id=job.job_id, workdir=fleet.workdir, release=True),
-                                   timeout=30)
+            if not options.concurrent:  # the job never started: its nodes are free again
+                await release_fleet(session, job, [n.name for n in fleet.nodes])
             raise
 
 

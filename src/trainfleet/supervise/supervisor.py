@@ -90,7 +90,7 @@ class Supervisor:
                 env=dict(launch.env), secrets=dict(self.secrets), files=self._files(launch.site), grace=self.grace,
                 site=launch.site, path=list(launch.path), after=[list(c) for c in launch.after],
                 env_file=env_file(launch), mesh=mesh, detach=self.detach,
-                holds_lock=self.holds_lock and launch.node_rank == 0,
+                holds_lock=self.holds_lock,
                 nproc=launch.nproc if self.plan.wraps_ranks else 0, launcher=self.plan.launcher,
                 wrapped=self.plan.wraps_ranks, rank_nodes=list(self.plan.rank_nodes))
         return found
