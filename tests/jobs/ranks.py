@@ -6,6 +6,7 @@
 --forever: every rank all-reduces until it is killed (for cancellation tests).
 --print-env NAME: each rank prints NAME's value and its working directory.
 --tick: rank 0 prints "tick N" about once a second while the ranks all-reduce.
+--after S: fail, kill or block S seconds in (while all-reducing), not after the first all-reduce.
 """
 
 import argparse
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--forever", action="store_true")
     parser.add_argument("--seconds", type=float, default=0)
     parser.add_argument("--tick", action="store_true")
+    parser.add_argument("--after", type=float, default=0.0)
     args = parser.parse_args()
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -43,18 +45,28 @@ def main() -> None:
           flush=True)
     if args.print_env:
         print(f"rank {rank} env {args.print_env}={os.environ.get(args.print_env)} cwd {os.getcwd()}", flush=True)
-    if args.kill_rank == rank:
-        os.kill(os.getpid(), signal.SIGKILL)
-    if args.block_rank == rank:
-        print(f"rank {rank} blocks", flush=True)
-        block_forever()
-    if args.fail_rank == rank:
-        print(f"rank {rank} about to fail", flush=True)
-        raise RuntimeError(f"deliberate failure in rank {rank}")
+
+    def act() -> None:
+        if args.kill_rank == rank:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if args.block_rank == rank:
+            print(f"rank {rank} blocks", flush=True)
+            block_forever()
+        if args.fail_rank == rank:
+            print(f"rank {rank} about to fail", flush=True)
+            raise RuntimeError(f"deliberate failure in rank {rank}")
+
+    began = time.monotonic()
+    if not args.after:
+        act()
     deadline = time.monotonic() + args.seconds
     blocked = args.fail_rank is not None or args.kill_rank is not None or args.block_rank is not None
     count, next_tick = 0, time.monotonic() + 1
+    acted = not args.after
     while args.forever or blocked or time.monotonic() < deadline:
+        if not acted and time.monotonic() - began >= args.after:
+            acted = True
+            act()
         dist.all_reduce(value)
         time.sleep(0.05)
         if args.tick and rank == 0 and time.monotonic() >= next_tick:
