@@ -198,12 +198,13 @@ def trial(index: int, kind: str, detached: bool, state: sb.SandboxState, fleet: 
            "--log-dir", f"/tmp/chaos-logs/{job_id}"]
     script = ["ranks.py", "--seconds", "25", "--tick", "--print-env", SECRET]  # the secret, printed (redacted)
     options: list[str] = []
+    after = rng.uniform(1.0, 5.0)  # the ranks' own faults come at their moment, seconds after they began
     if kind == "rank-crash":
-        script += ["--fail-rank", "4", "--after", f"{rng.uniform(1, 5):.1f}"]
+        script += ["--fail-rank", "4", "--after", f"{after:.1f}"]
     elif kind == "rank-kill":
-        script += ["--kill-rank", "4", "--after", f"{rng.uniform(1, 5):.1f}"]
+        script += ["--kill-rank", "4", "--after", f"{after:.1f}"]
     elif kind == "hang":
-        script += ["--block-rank", "3", "--after", f"{rng.uniform(1, 5):.1f}"]
+        script += ["--block-rank", "3", "--after", f"{after:.1f}"]
         options = ["--hang-timeout", "6"]
     elif kind == "cut":
         options = ["--loss-timeout", "5"]
@@ -238,9 +239,12 @@ def trial(index: int, kind: str, detached: bool, state: sb.SandboxState, fleet: 
                                   stdin=subprocess.DEVNULL)
     if not wait_ranks(state, 6):
         return Row(index, kind, mode, None, "no ranks", "", False, len(job_processes(state)), 0, 0)
-    if kind not in ("rank-crash", "rank-kill", "hang"):  # those come from the ranks themselves, at their moment
-        time.sleep(rng.uniform(1.0, 5.0))
     injected = time.time()
+    if kind in ("rank-crash", "rank-kill", "hang"):
+        injected += after
+    else:
+        time.sleep(after)
+        injected = time.time()
     if kind == "node-kill":
         faults.inject(state.name, "node2", faults.FaultKind.KILL)
     elif kind == "cut":
