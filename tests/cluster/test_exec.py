@@ -109,3 +109,24 @@ def test_ctrl_c_ends_the_remote_command_tree(fleet3: Path, cluster3: sb.SandboxS
     assert process.returncode == 130
     wait_until_no_job_processes(cluster3, timeout=10)  # the nodes end their part once the channel closes
     assert [job_processes_on(n) for n in cluster3.nodes] == [[], [], []]
+
+
+def test_a_command_that_daemonizes_exits_zero_and_lives_on_beside_a_job(fleet3: Path, workdir: Path) -> None:
+    """`setsid nohup CMD &` leaves a process of its own, in a session of its own: exec says the
+    command exited 0 (it did), and the process is not ended with the command, even while a
+    detached job runs on the nodes."""
+    started = tf("run", "-f", str(fleet3), "--sync-dir", str(workdir), "--detach", "ranks.py", "--seconds", "30",
+                 timeout=180)
+    assert started.returncode == 0, started.stderr[-2000:]
+    job_id = started.stdout.strip().splitlines()[-1]
+    try:
+        for _ in range(3):
+            done = tf("exec", "-f", str(fleet3), "-n", "node0", "--",
+                      "setsid nohup bash -c 'exec -a tf-daemon-4243 sleep 600' >/dev/null 2>&1 </dev/null &")
+            assert done.returncode == 0 and "exit status" not in done.stderr, done.stderr
+        time.sleep(1)
+        counted = tf("exec", "-f", str(fleet3), "-n", "node0", "--", "pgrep -c -f '^tf-daemon-4243'", check=True)
+        assert counted.stdout.strip() == "node0: 3", counted.stdout
+    finally:
+        tf("exec", "-f", str(fleet3), "-n", "node0", "--", "pkill -f '^tf-daemon-4243'; true")
+        tf("stop", "-f", str(fleet3), job_id, timeout=120)
