@@ -44,7 +44,6 @@ JOBS = REPO / "tests" / "jobs"
 KINDS = ("rank-crash", "rank-kill", "node-kill", "cut", "blip", "hang", "full-disk", "stdout", "client-kill",
          "flood")
 SECRET = "TF_CHAOS_TOKEN"
-INFRA = {"unshare", "sshd"}
 
 
 @dataclass
@@ -67,22 +66,13 @@ def tf(*args: str, timeout: float = 180, env: dict[str, str] | None = None) -> s
 
 
 def job_processes(state: sb.SandboxState) -> list[str]:
-    found = []
-    for node in state.nodes:
-        for pid in sb.namespace_pids(node.namespace):
-            try:
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            except OSError:
-                continue
-            if comm not in INFRA:
-                found.append(f"{node.name}:{pid}:{comm}")
-    return found
+    return [f"{node.name}:{process}" for node in state.nodes for process in sb.job_processes(node)]
 
 
 def wait_ranks(state: sb.SandboxState, count: int, timeout: float = 120) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if sum(1 for p in job_processes(state) if ":python" in p) >= count:
+        if sum(1 for p in job_processes(state) if p.endswith(" python") or " python3" in p) >= count:
             return True
         time.sleep(0.2)
     return False

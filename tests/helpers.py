@@ -17,8 +17,6 @@ from trainfleet.sandbox import cluster as sb
 REPO = Path(__file__).resolve().parents[1]
 JOBS = Path(__file__).resolve().parent / "jobs"
 EXAMPLE = REPO / "examples" / "charlm"
-# Processes that belong to the sandbox itself rather than to any job.
-SANDBOX_INFRA = {"unshare", "sshd"}
 
 
 def tf(*args: str, timeout: float = 120, cwd: Path | None = None, env: dict[str, str] | None = None,
@@ -61,17 +59,7 @@ def unique_name(prefix: str) -> str:
 alive = sb.running  # a zombie waiting for its parent to reap it is not running
 
 
-def job_processes_on(node: sb.SandboxNode) -> list[str]:
-    """`pid comm` of every process in the node's namespace that is not sandbox infrastructure."""
-    found = []
-    for pid in sb.namespace_pids(node.namespace):
-        try:
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            continue
-        if comm not in SANDBOX_INFRA:
-            found.append(f"{pid} {comm}")
-    return found
+job_processes_on = sb.job_processes
 
 
 def wait_until_no_job_processes(state: sb.SandboxState, timeout: float = 30) -> None:

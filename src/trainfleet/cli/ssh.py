@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -33,22 +34,15 @@ def ssh_setup(fleet_file: str | None, yes: bool, ask_password: bool, hosts_file:
     fleet = load(fleet_file)
     interactive = sys.stdin.isatty()
 
-    def confirm(fingerprints: str) -> bool:
-        click.echo(f"host keys seen for the first time:\n{fingerprints}", err=True)
-        if yes:
-            return True
-        if not interactive:
-            return False
-        return click.confirm("trust them?", default=False, err=True)
+    def asking(title: str, question: str) -> Callable[[str], bool]:
+        def confirm(fingerprints: str) -> bool:
+            click.echo(f"{title}:\n{fingerprints}", err=True)
+            return yes or (interactive and click.confirm(question, default=False, err=True))
+        return confirm
 
-    def confirm_change(fingerprints: str) -> bool:
-        click.echo(f"host keys that changed:\n{fingerprints}", err=True)
-        if yes:
-            return True
-        if not interactive:
-            return False
-        return click.confirm("is this the machine you expect (compare with the provider's console)? replace the "
-                             "pinned key?", default=False, err=True)
+    confirm = asking("host keys seen for the first time", "trust them?")
+    confirm_change = asking("host keys that changed", "is this the machine you expect (compare with the provider's "
+                                                      "console)? replace the pinned key?")
 
     def prompt(node) -> str:  # type: ignore[no-untyped-def]
         return getpass.getpass(f"password for {node.user}@{node.host} (used once, not stored): ")

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet
 from trainfleet.job.placement import Placement
 from trainfleet.job.plan import ExitReport, LaunchPlan
 from trainfleet.job.spec import JobSpec, validate_job
-from trainfleet.launchers.base import LauncherOption, base_env, endpoint, node_launch, wrapped_entry
+from trainfleet.launchers.base import LauncherOption, base_env, endpoint, node_launch, same_nproc, wrapped_entry
 
 
 class Accelerate:
@@ -27,11 +26,7 @@ class Accelerate:
 
     def plan(self, fleet: Fleet, job: JobSpec, placement: Placement) -> LaunchPlan:
         validate_job(job)
-        counts = {p.nproc for p in placement.places}
-        if len(counts) > 1:
-            raise UsageError(f"accelerate runs the same number of processes on every node; the fleet's slots differ "
-                             f"({', '.join(f'{p.node}={p.nproc}' for p in placement.places)})",
-                             fix="pass --nproc-per-node N")
+        same_nproc(placement, "accelerate")
         total = placement.world_size
         cpu_only = all(p.gpus == 0 for p in placement.places)
         entry = wrapped_entry(job, placement, fleet.workdir)

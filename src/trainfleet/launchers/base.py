@@ -58,6 +58,16 @@ def refuse_template(placement: Placement, launcher: str, why: str) -> None:
                          fix="use torchrun, deepspeed, accelerate or command")
 
 
+def same_nproc(placement: Placement, launcher: str) -> int:
+    """The processes per node, for launchers that run as many on every node."""
+    counts = {p.nproc for p in placement.places}
+    if len(counts) > 1:
+        raise UsageError(f"{launcher} runs the same number of processes on every node; the fleet's slots differ "
+                         f"({', '.join(f'{p.node}={p.nproc}' for p in placement.places)})",
+                         fix="pass --nproc-per-node N")
+    return counts.pop()
+
+
 def base_env(fleet: Fleet, job: JobSpec, place: Place, placement: Placement) -> dict[str, str]:
     """Every rank's environment, before the launcher's own variables: one place decides it."""
     env: dict[str, str] = {

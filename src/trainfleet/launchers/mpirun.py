@@ -16,13 +16,12 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet
 from trainfleet.job.placement import Placement
 from trainfleet.job.plan import LaunchPlan, job_path
 from trainfleet.job.spec import JobSpec, validate_job
 from trainfleet.launchers.base import (LauncherOption, base_env, endpoint, node_launch, refuse_template,
-                                       rendezvous_env)
+                                       rendezvous_env, same_nproc)
 from trainfleet.launchers.head import NODE_VARIABLES, prepare_nodes
 
 RANK_FROM_MPI = ('RANK=$OMPI_COMM_WORLD_RANK WORLD_SIZE=$OMPI_COMM_WORLD_SIZE '
@@ -42,12 +41,7 @@ class Mpirun:
     def plan(self, fleet: Fleet, job: JobSpec, placement: Placement) -> LaunchPlan:
         validate_job(job)
         refuse_template(placement, self.name, "mpirun starts every node's ranks from node 0 itself")
-        counts = {p.nproc for p in placement.places}
-        if len(counts) > 1:
-            raise UsageError(f"mpirun -npernode runs the same number of ranks on every node; the fleet's slots differ "
-                             f"({', '.join(f'{p.node}={p.nproc}' for p in placement.places)})",
-                             fix="pass --nproc-per-node N")
-        per_node = counts.pop()
+        per_node = same_nproc(placement, "mpirun -npernode")
         hostfile = f"{job_path(fleet.workdir, job.job_id)}/hostfile"
         head = placement.places[0]
         env = {**base_env(fleet, job, head, placement), **rendezvous_env(job, head, placement),

@@ -510,6 +510,23 @@ def namespace_pids(namespace: str) -> list[int]:
     return [int(p) for p in out.split() if p.isdigit()]
 
 
+SANDBOX_INFRA = {"unshare", "sshd"}
+"""Processes that belong to the sandbox itself rather than to any job."""
+
+
+def job_processes(node: SandboxNode) -> list[str]:
+    """`pid comm` of every process in the node's namespace that is not sandbox infrastructure."""
+    found = []
+    for pid in namespace_pids(node.namespace):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm not in SANDBOX_INFRA:
+            found.append(f"{pid} {comm}")
+    return found
+
+
 def _kill_namespace(namespace: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
