@@ -159,7 +159,8 @@ def test_a_five_second_blip_kills_no_healthy_job(fleet: Path, durable: sb.Sandbo
     while job_state(fleet, job_id)["state"] in ("starting", "running") and time.monotonic() < deadline:
         time.sleep(1)
     record = job_state(fleet, job_id)
-    assert record["state"] == "succeeded" and not record.get("lost"), record
+    assert record["state"] == "succeeded" and not record.get("lost"), (record.get("root_cause"), record.get("lost"),
+                                                                        record.get("nodes"))
 
 
 def test_with_min_nodes_training_resumes_on_the_survivors(fleet: Path, durable: sb.SandboxState) -> None:
