@@ -63,11 +63,17 @@ def main() -> None:
     blocked = args.fail_rank is not None or args.kill_rank is not None or args.block_rank is not None
     count, next_tick = 0, time.monotonic() + 1
     acted = not args.after
-    while args.forever or blocked or time.monotonic() < deadline:
+    going = torch.ones(1)
+    while True:
         if not acted and time.monotonic() - began >= args.after:
             acted = True
             act()
-        dist.all_reduce(value)
+        # Every rank stops at the same step: a rank whose own clock ran out one step earlier
+        # would leave the others in an all-reduce it never joins.
+        going.fill_(1.0 if args.forever or blocked or time.monotonic() < deadline else 0.0)
+        dist.all_reduce(going, op=dist.ReduceOp.MIN)
+        if not going.item():
+            break
         time.sleep(0.05)
         if args.tick and rank == 0 and time.monotonic() >= next_tick:
             count, next_tick = count + 1, next_tick + 1
