@@ -138,6 +138,11 @@ def test_mpirun_runs_an_unchanged_torch_script_on_every_node(fresh: Sandboxes, w
                        "ranks.py", "--forever")
     wait_for_line(forever, r"\[node1:3\] rank 3 of 4", timeout=120)
     assert job_processes_on(state.nodes[1])  # ranks Open MPI started on node1
+    # Open MPI's daemon on node1 carries the job id, so stopping the job there ends it too.
+    tagged = tf("exec", "-f", fleet, "-n", "node1", "--",
+                "for p in $(pgrep -x orted); do tr '\\0' '\\n' < /proc/$p/environ | grep '^TRAINFLEET_JOB_ID='; done",
+                check=True)
+    assert "TRAINFLEET_JOB_ID=tf-" in tagged.stdout, tagged.stdout
     forever.send_signal(signal.SIGINT)
     _, stderr = forever.communicate(timeout=60)
     assert forever.returncode == 130 and "nothing left running" in stderr, stderr

@@ -11,6 +11,10 @@ def test_an_option_run_does_not_know_is_refused_with_a_suggestion(tmp_path: Path
     done = tf("run", "-f", str(tmp_path / "none.yaml"), "--nproc", "2", "train.py")
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "run has no option --nproc" in done.stderr and "did you mean --nproc-per-node?" in done.stderr
+    # exec passes unknown options to the command, but not before it: `--node` would run on every node.
+    stray = tf("exec", "-f", str(tmp_path / "none.yaml"), "--node", "gpu1", "--", "rm", "-rf", "scratch")
+    assert stray.returncode == 2 and stray.stderr.count("\n") == 1 and "Traceback" not in stray.stderr
+    assert "exec has no option --node" in stray.stderr and "did you mean --nodes?" in stray.stderr
 
 
 def test_bad_env_and_node_sets(tmp_path: Path) -> None:

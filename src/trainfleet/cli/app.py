@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -181,3 +182,17 @@ def secret_values(fleet: Fleet) -> dict[str, str]:
             value = getpass.getpass(f"{name} (secret, not echoed): ")
         values[name] = value
     return values
+
+
+def refuse_stray_option(script: str, command: click.Command, usage: str = "SCRIPT [ARGS]...",
+                        what: str = "your script") -> None:
+    """`run --nproc 2 train.py`: an option the command does not know, before the script,
+    would otherwise become the script (or reach the launcher, or run as a shell command)."""
+    if not script.startswith("-"):
+        return
+    name = script.split("=", 1)[0]
+    known = [o for param in command.params for o in getattr(param, "opts", []) if o.startswith("--")]
+    close = [o for o in known if o.startswith(name)] or difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise UsageError(f"{command.name} has no option {name}",
+                     fix=f"{hint}options for {what} go after it: trainfleet {command.name} [OPTIONS] {usage}")

@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from trainfleet.cli.app import cli, echo_err, fleet_option, load, nodes_option, print_line, run_async, select
+from trainfleet.cli.app import (cli, echo_err, fleet_option, load, nodes_option, print_line, refuse_stray_option,
+                                run_async, select)
 
 
 @cli.command(name="exec", context_settings={"ignore_unknown_options": True})
@@ -22,6 +23,9 @@ def exec_command(fleet_file: str | None, node_names: str | None, as_json: bool, 
     on the nodes once synced (else the workdir): `trainfleet exec -- nvidia-smi -L`."""
     from trainfleet.ops.exec import exec_command
 
+    # Unknown options pass through for the command's own (`exec nvidia-smi -L`); a mistyped
+    # one of ours must not run on every node as a shell command.
+    refuse_stray_option(command[0], click.get_current_context().command, "-- COMMAND...", "the command")
     fleet = load(fleet_file)
     nodes = select(fleet, node_names)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from trainfleet.cli.app import cli, fleet_option, load, status
-from trainfleet.cli.run import parse_env, refuse_stray_option
+from trainfleet.cli.app import refuse_stray_option
+from trainfleet.cli.run import parse_env
 from trainfleet.launchers import launcher_names
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -11,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from trainfleet.cli.app import (cli, echo_err, fleet_option, load, print_line, run_cancellable, secret_values, select,
-                               status, stdout_printer)
+from trainfleet.cli.app import (cli, echo_err, fleet_option, load, print_line, refuse_stray_option, run_cancellable,
+                                secret_values, select, status, stdout_printer)
 from trainfleet.errors import UsageError
 from trainfleet.launchers import launcher_names, launcher_options
 
@@ -66,20 +65,6 @@ def given_options(values: dict[str, str | int | None]) -> dict[str, str | int]:
     """The launcher options given on the command line, by their names."""
     return {key[len("option_"):].replace("_", "-"): value for key, value in values.items()
             if key.startswith("option_") and value not in (None, "", 0)}
-
-
-def refuse_stray_option(script: str, command: click.Command) -> None:
-    """`run --nproc 2 train.py`: an option run does not know, before the script, would
-    otherwise become the script (or reach the launcher)."""
-    if not script.startswith("-"):
-        return
-    name = script.split("=", 1)[0]
-    known = [o for param in command.params for o in getattr(param, "opts", []) if o.startswith("--")]
-    close = [o for o in known if o.startswith(name)] or difflib.get_close_matches(name, known, n=1)
-    hint = f"did you mean {close[0]}? " if close else ""
-    raise UsageError(f"{command.name} has no option {name}",
-                     fix=f"{hint}options for your script go after it: trainfleet {command.name} [OPTIONS] SCRIPT "
-                         f"[ARGS]...")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -46,7 +46,10 @@ class Mpirun:
         head = placement.places[0]
         env = {**base_env(fleet, job, head, placement), **rendezvous_env(job, head, placement),
                # Open MPI refuses root unless told; rented machines often log in as root.
-               "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+               "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+               # The daemon Open MPI starts on each node over SSH carries the job id too, so
+               # stopping the job on that node ends it (not only its ranks, after which it lingers).
+               "OMPI_MCA_orte_launch_agent": f"env {JOB_VARIABLES[0]}={job.job_id} orted"}
         # Every rank gets what is the same everywhere; each node's own variables come from its node.env.
         exported = sorted(k for k in {**env, **dict.fromkeys(JOB_VARIABLES, "")}
                           if k not in (*NODE_VARIABLES, "NODE_RANK") and not k.startswith("OMPI_"))
