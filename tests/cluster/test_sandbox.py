@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from conftest import require_sandbox
 from helpers import alive, tf, unique_name

@@ -382,8 +382,8 @@ def _storage(model: FleetModel, source: str, names: list[str]) -> tuple[Storage,
         missing = [name for name in needed if name not in model.secrets]
         if missing:
             raise SpecError(f"{where}: a {entry.type} storage needs the secret(s) {', '.join(missing)}",
-                            fix=f"add them to `secrets:` (their values come from your environment at run time, "
-                                f"never from this file)")
+                            fix="add them to `secrets:` (their values come from your environment at run time, "
+                                "never from this file)")
         found.append(Storage(type=entry.type, mount=entry.mount.rstrip("/") or "/", source=entry.source,
                              node=entry.node, server=entry.server, bucket=entry.bucket, endpoint=entry.endpoint,
                              region=entry.region, username=entry.username, password_secret=entry.password_secret,

@@ -58,8 +58,8 @@ class Head:
         if forwarded:
             raise UsageError(f"secret {forwarded[0]} would be copied by DeepSpeed's runner into its pdsh command "
                              f"line (it forwards every {'_*, '.join(RUNNER_FORWARDS)}_* variable), where `ps` "
-                             f"shows it on every node", fix=f"give the secret another name in `secrets:` and "
-                                                           f"read that name in your code")
+                             f"shows it on every node", fix="give the secret another name in `secrets:` and "
+                                                           "read that name in your code")
         hostfile = str(option(job, "hostfile-path")) or f"{job_path(fleet.workdir, job.job_id)}/hostfile"
         head = placement.places[0]
         env = {**base_env(fleet, job, head, placement), **rendezvous_env(job, head, placement),

@@ -187,7 +187,7 @@ async def stop(fleet: Fleet, job_id: str, grace: float = 10.0) -> JobView:
         view = (await views(session, job_id))[0]
         targets = [n for n in session.nodes if n.name in view.nodes]
         replies = await session.call_all(lambda n: StopRequest(job_id=job_id, workdir=fleet.workdir, grace=grace,
-                                                               reason=f"stopped by `trainfleet stop`")
+                                                               reason="stopped by `trainfleet stop`")
                                          if n.name in view.nodes else None, targets, timeout=grace + 60)
         for node, failed in replies.failures.items():
             view.unreachable[node] = failed.error or "no answer"

@@ -178,7 +178,7 @@ def _cap_controller(state: SandboxState, faults: list[Fault], kind: FaultKind, r
         raise UsageError(f"the controller can only be capped, not given a {kind.value} fault",
                          fix="name a node for the other faults")
     if any(f.node == CONTROLLER for f in faults):
-        raise SandboxError(f"the controller's link is already capped",
+        raise SandboxError("the controller's link is already capped",
                            fix=f"`trainfleet sandbox fault clear {CONTROLLER} --name {state.name}` first")
     bits = _rate_bits(rate or "")
     burst = max(64 * 1024, int(bits / 8 / 100))
