@@ -73,7 +73,8 @@ def reachable(state: sb.SandboxState, source: int, target: int, port: int) -> st
 def test_ufw_nodes_get_ufw_rules(fresh: Sandboxes) -> None:
     """ufw keeps its own rule files; trainfleet adds to them (and removes) through ufw itself."""
     if shutil.which("ufw") is None:
-        pytest.fail("ufw is not installed (.ci/run installs it)") if os.environ.get("CI") else pytest.skip("no ufw")
+        missing = "ufw is not installed (`bash scripts/install.sh --tests` installs it)"
+        pytest.fail(missing) if os.environ.get("CI") else pytest.skip(missing)
     state = fresh.make(2, slots=1)
     for node in state.nodes:  # inside the node's own mount namespace: its /etc, not this machine's
         subprocess.run(["nsenter", "-t", str(node.sshd_pid), "-a", "sh", "-c",

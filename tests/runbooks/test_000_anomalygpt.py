@@ -23,7 +23,7 @@ OVERLAY = ("mkdir -p /tmp/ov/upper /tmp/ov/work /tmp/rootfs && mount -t overlay 
 
 def test_anomalygpt_in_containers_with_deepspeed(fresh: Sandboxes, tmp_path: Path) -> None:
     if subprocess.run(["which", "podman", "runc", "ufw"], capture_output=True).returncode != 0:
-        pytest.fail("podman, runc and ufw are needed (.ci/run installs them)")
+        pytest.fail("podman, runc and ufw are needed (`bash scripts/install.sh --tests` installs them)")
     state = fresh.make(2, slots=2, ssh_port=2222)
     for node in state.nodes:  # the runbook's nodes: ufw on, only SSH allowed in (in each node's own /etc)
         subprocess.run(["nsenter", "-t", str(node.sshd_pid), "-a", "sh", "-c",

@@ -28,3 +28,18 @@ def test_bad_env_and_node_sets(tmp_path: Path) -> None:
     assert bad_set.returncode == 2 and "unbalanced brackets" in bad_set.stderr and "Traceback" not in bad_set.stderr
     unknown = tf("exec", "-f", str(fleet), "-n", "gpu[0-2]", "--", "true")
     assert unknown.returncode == 2 and "no node named 'gpu2'" in unknown.stderr
+
+
+def test_export_needs_no_ssh_key(tmp_path: Path) -> None:
+    """A fleet whose key file is not on this machine still exports (sbatch uses no SSH);
+    what does use SSH still names the missing file."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("ssh: {identity_file: /nonexistent/id_ed25519}\nnodes:\n  - {host: 203.0.113.1}\n"
+                     "  - {host: 203.0.113.2}\n")
+    exported = tf("export", "slurm", "-f", str(fleet), "train.py")
+    assert exported.returncode == 0 and "#SBATCH --nodes=2" in exported.stdout, exported.stderr
+    assert "#SBATCH --gpus-per-node" not in exported.stdout and "no GPUs requested" in exported.stderr
+    gpus = tf("export", "slurm", "-f", str(fleet), "--gpus-per-node", "8", "--exclusive", "train.py")
+    assert "#SBATCH --gpus-per-node=8" in gpus.stdout and "#SBATCH --exclusive" in gpus.stdout
+    ran = tf("exec", "-f", str(fleet), "--", "true")
+    assert ran.returncode == 2 and "key file /nonexistent/id_ed25519 does not exist" in ran.stderr

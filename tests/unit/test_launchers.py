@@ -186,7 +186,8 @@ def test_export_slurm_runs_what_the_dry_run_plans_on_every_node(launcher: str) -
     dry-run's command for that node: one plan, two renderings."""
     fleet = fleet_from_data(FLEET, "fleet.yaml")
     job = JobSpec(entrypoint="train.py", args=("--lr", "3e-4", "two words"), job_id="tf-golden", launcher=launcher)
-    facts = LaunchFacts(rdzv_port=29555, interfaces={"gpu0": "ens5", "gpu1": "enp6s0"})
+    # Nodes without a GPU (as this machine, where the exported GPU check runs, is one).
+    facts = LaunchFacts(rdzv_port=29555, interfaces={"gpu0": "ens5", "gpu1": "enp6s0"}, gpus={"gpu0": 0, "gpu1": 0})
     planned = plan_job(fleet, job, facts, "~/job/proj")
     script = node_script(fleet, job)
     assert script.startswith(SLURM_PRELUDE)
@@ -206,7 +207,7 @@ def test_export_k8s_runs_what_the_dry_run_plans_in_every_pod(launcher: str, tmp_
     pod's working directory, and no interface name (a pod has one network)."""
     fleet = fleet_from_data(FLEET, "fleet.yaml")
     job = JobSpec(entrypoint="train.py", args=("--lr", "3e-4"), job_id="tf-golden", launcher=launcher)
-    planned = plan_job(fleet, job, LaunchFacts(rdzv_port=29555), "~/job/proj")
+    planned = plan_job(fleet, job, LaunchFacts(rdzv_port=29555, gpus={"gpu0": 0, "gpu1": 0}), "~/job/proj")
     manifest = render_pytorchjob(fleet, job, "img:1")
     for launch in planned.nodes:
         kind = "Master" if launch.node_rank == 0 else "Worker"
@@ -232,7 +233,7 @@ def test_pytorchjob_parses_with_master_and_workers() -> None:
     fleet = fleet_from_data({**FLEET, "nodes": FLEET["nodes"] + [{"name": "gpu2", "host": "203.0.113.12", "slots": 2}],
                              "container": {"image": "img:1", "python": "python3"}}, "fleet.yaml")
     manifest = render_pytorchjob(fleet, JobSpec(entrypoint="train.py", args=("--steps", "10"), job_id="tf-golden"),
-                                 "nvcr.io/nvidia/pytorch:24.05-py3")
+                                 "nvcr.io/nvidia/pytorch:24.05-py3", gpus_per_node=2)
     parsed = yaml.safe_load(yaml.safe_dump(manifest))
     replicas = parsed["spec"]["pytorchReplicaSpecs"]
     assert parsed["kind"] == "PyTorchJob" and parsed["apiVersion"] == "kubeflow.org/v1"
@@ -244,6 +245,8 @@ def test_pytorchjob_parses_with_master_and_workers() -> None:
                                                                      "key": "WANDB_API_KEY"}}} in container["env"]
     assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in container["env"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
+    cpu_only = render_pytorchjob(fleet, JobSpec(entrypoint="train.py", job_id="j"), "img:1")
+    assert "resources" not in cpu_only["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
     with pytest.raises(UsageError, match="needs an image"):
         render_pytorchjob(fleet, JobSpec(entrypoint="train.py", job_id="j"), "")
     with pytest.raises(UsageError, match="cannot be exported to Kubernetes"):

@@ -53,10 +53,11 @@ def cli() -> None:
     """
 
 
-def load(fleet_file: str | None) -> Fleet:
+def load(fleet_file: str | None, ssh: bool = True) -> Fleet:
+    """The fleet; `ssh=False` for a command that reaches no node (its key files need not exist)."""
     from trainfleet.fleet import fleet_path, load_fleet
 
-    return load_fleet(fleet_path(fleet_file))
+    return load_fleet(fleet_path(fleet_file), check_keys=ssh)
 
 
 def select(fleet: Fleet, node_names: str | None) -> tuple[Node, ...]:

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from trainfleet.cli.app import cli, fleet_option, load, status
-from trainfleet.cli.app import refuse_stray_option
+from trainfleet.cli.app import cli, fleet_option, load, refuse_stray_option, status
 from trainfleet.cli.run import parse_env
 from trainfleet.launchers import launcher_names
 
@@ -52,25 +51,43 @@ def emit(text: str, out: Path | None) -> None:
     status(f"wrote {out}")
 
 
+def gpus_option(command):  # type: ignore[no-untyped-def]
+    return click.option("--gpus-per-node", type=click.IntRange(min=0), default=0,
+                        help="GPUs to ask for on each node (default: none, as on a CPU cluster)")(command)
+
+
+def say_gpus(gpus_per_node: int) -> None:
+    if not gpus_per_node:
+        status("no GPUs requested (pass --gpus-per-node N for a GPU cluster); nodes that see none train on the CPU")
+
+
 @export_group.command(name="slurm", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@gpus_option
+@click.option("--cpus-per-node", type=click.IntRange(min=1),
+              help="CPUs to ask for on each node (default: one per process)")
+@click.option("--exclusive", is_flag=True, help="whole nodes: nothing else runs beside the job")
 @job_options
-def export_slurm(fleet_file: str | None, launcher: str | None, nproc_per_node: int | None, module: bool,
-                 max_restarts: int, env_pairs: tuple[str, ...], job_id: str | None, out: Path | None, script: str,
+def export_slurm(gpus_per_node: int, cpus_per_node: int | None, exclusive: bool, fleet_file: str | None,
+                 launcher: str | None, nproc_per_node: int | None, module: bool, max_restarts: int,
+                 env_pairs: tuple[str, ...], job_id: str | None, out: Path | None, script: str,
                  args: tuple[str, ...]) -> None:
     """An sbatch script: srun starts the launcher on every node of the allocation."""
-    from trainfleet.export.slurm import render_sbatch
+    from trainfleet.export.slurm import SlurmResources, render_sbatch
 
     refuse_stray_option(script, export_slurm)
-    fleet = load(fleet_file)
+    fleet = load(fleet_file, ssh=False)
     job = exported_job(fleet, launcher, nproc_per_node, module, max_restarts, env_pairs, job_id, script, args)
-    emit(render_sbatch(fleet, job), out)
+    resources = SlurmResources(gpus_per_node=gpus_per_node, cpus_per_node=cpus_per_node or 0, exclusive=exclusive)
+    emit(render_sbatch(fleet, job, resources), out)
+    say_gpus(gpus_per_node)
 
 
 @export_group.command(name="k8s", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--image", help="the container image (default: the fleet file's `container: {image}`)")
 @click.option("--secret-name", default="", help="the Secret holding the fleet's `secrets:` (default: JOB-secrets)")
+@gpus_option
 @job_options
-def export_k8s(image: str | None, secret_name: str, fleet_file: str | None, launcher: str | None,
+def export_k8s(image: str | None, secret_name: str, gpus_per_node: int, fleet_file: str | None, launcher: str | None,
                nproc_per_node: int | None, module: bool, max_restarts: int, env_pairs: tuple[str, ...],
                job_id: str | None, out: Path | None, script: str, args: tuple[str, ...]) -> None:
     """A Kubeflow PyTorchJob: a Master and Worker replicas running torchrun."""
@@ -79,7 +96,9 @@ def export_k8s(image: str | None, secret_name: str, fleet_file: str | None, laun
     from trainfleet.export.kubernetes import render_pytorchjob
 
     refuse_stray_option(script, export_k8s)
-    fleet = load(fleet_file)
+    fleet = load(fleet_file, ssh=False)
     job = exported_job(fleet, launcher, nproc_per_node, module, max_restarts, env_pairs, job_id, script, args)
     chosen = image or (fleet.container.image if fleet.container else "")
-    emit(yaml.safe_dump(render_pytorchjob(fleet, job, chosen, secret_name), sort_keys=False), out)
+    manifest = render_pytorchjob(fleet, job, chosen, secret_name, gpus_per_node)
+    emit(yaml.safe_dump(manifest, sort_keys=False), out)
+    say_gpus(gpus_per_node)

@@ -24,15 +24,19 @@ def sandbox() -> None:
               help="add a second network for training traffic, with NIC names that differ between nodes")
 @click.option("--ssh-port", type=int, default=22, show_default=True, help="the port every node's sshd listens on")
 @click.option("--password-auth", is_flag=True, help="let users other than root log in with a password")
+@click.option("--slurm", is_flag=True, help="also run a real Slurm on it: a controller and a slurmd per node")
 def sandbox_up(count: int, name: str, out: Path | None, slots: int, private_network: bool, ssh_port: int,
-               password_auth: bool) -> None:
+               password_auth: bool, slurm: bool) -> None:
     """Create the cluster and print the path of its fleet file."""
     from trainfleet.sandbox import cluster
 
     state = cluster.up(count, name=name, out=out, slots=slots, private_network=private_network, ssh_port=ssh_port,
-                       password_auth=password_auth)
+                       password_auth=password_auth, slurm=slurm)
     echo_err(f"sandbox {state.name}: {len(state.nodes)} node(s) on {state.subnet}"
              + (f", training network {state.private_subnet}" if state.private_subnet else ""))
+    if state.slurm_conf:
+        echo_err(f"sandbox {state.name}: Slurm is up, its nodes idle; point sbatch, srun and sinfo at it with "
+                 f"`export SLURM_CONF={state.slurm_conf}`, and keep job files outside /tmp (private to each node)")
     shared = cluster.controller_python_under_tmp()
     if shared:
         echo_err(f"sandbox {state.name}: this Python lives under /tmp ({shared}), which is private to each node; "

@@ -37,7 +37,8 @@ def pod_command(fleet: Fleet, job: JobSpec, python: str) -> list[str]:
     return ["sh", "-c", NODE_PRELUDE + node_command(launch, placement)]
 
 
-def render_pytorchjob(fleet: Fleet, job: JobSpec, image: str, secret_name: str = "") -> dict[str, Any]:
+def render_pytorchjob(fleet: Fleet, job: JobSpec, image: str, secret_name: str = "",
+                      gpus_per_node: int = 0) -> dict[str, Any]:
     validate_job(job)
     if not image:
         raise UsageError("a PyTorchJob needs an image", fix="pass --image, or set `container: {image: ...}`")
@@ -57,7 +58,7 @@ def render_pytorchjob(fleet: Fleet, job: JobSpec, image: str, secret_name: str =
                 "image": image,
                 "command": list(command),  # copies: YAML would otherwise share them by anchors
                 "env": copy.deepcopy(env),
-                "resources": {"limits": {"nvidia.com/gpu": per_node}},
+                **({"resources": {"limits": {"nvidia.com/gpu": gpus_per_node}}} if gpus_per_node else {}),
             }]}},
         }
 

@@ -11,6 +11,7 @@ is run from.
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 
 from trainfleet.fleet.model import Fleet
 from trainfleet.job.placement import Placement, scheduler_placement
@@ -38,17 +39,33 @@ def node_script(fleet: Fleet, job: JobSpec) -> str:
     return NODE_PRELUDE + node_command(plan.nodes[0], placement)
 
 
-def render_sbatch(fleet: Fleet, job: JobSpec) -> str:
+@dataclass(frozen=True)
+class SlurmResources:
+    """What the allocation asks for besides the nodes."""
+
+    gpus_per_node: int = 0
+    """0: ask for none (a CPU cluster refuses a GPU request outright)."""
+    cpus_per_node: int = 0
+    """0: one per process, so a cluster that pins tasks never puts every rank on one CPU."""
+    exclusive: bool = False
+    """Whole nodes: nothing else runs beside the job."""
+
+
+def render_sbatch(fleet: Fleet, job: JobSpec, resources: SlurmResources = SlurmResources()) -> str:
     validate_job(job)
     script = node_script(fleet, job)
     per_node = job.nproc_per_node or min(n.slots for n in fleet.nodes)
+    cpus = resources.cpus_per_node or per_node
+    allocation = [f"#SBATCH --cpus-per-task={cpus}"]
+    allocation += [f"#SBATCH --gpus-per-node={resources.gpus_per_node}"] if resources.gpus_per_node else []
+    allocation += ["#SBATCH --exclusive"] if resources.exclusive else []
     lines = [
         "#!/bin/bash",
         f"# trainfleet export slurm: job {job.job_id} ({job.launcher}), {len(fleet.nodes)} node(s) x {per_node}",
         f"#SBATCH --job-name={job.job_id}",
         f"#SBATCH --nodes={len(fleet.nodes)}",
         "#SBATCH --ntasks-per-node=1",
-        f"#SBATCH --gpus-per-node={per_node}",
+        *allocation,
         "#SBATCH --output=%x-%j.out",
         "set -euo pipefail",
         "",
@@ -62,5 +79,7 @@ def render_sbatch(fleet: Fleet, job: JobSpec) -> str:
         lines.append(f"# secrets, from the environment sbatch runs in (never written here): {' '.join(fleet.secrets)}")
         lines += [f': "${{{name}:?set {name} before sbatch}}"' for name in fleet.secrets]
         lines.append(f"export {' '.join(fleet.secrets)}")
-    lines += ["", f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c {shlex.quote(script)}", ""]
+    # srun does not inherit --cpus-per-task from sbatch since Slurm 22.05: say it again.
+    lines += ["", f"srun --ntasks-per-node=1 --cpus-per-task={cpus} --kill-on-bad-exit=1 bash -c {shlex.quote(script)}",
+              ""]
     return "\n".join(lines)

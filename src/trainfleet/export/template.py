@@ -38,6 +38,15 @@ def scheduled_plan(fleet: Fleet, job: JobSpec, placement: Placement) -> LaunchPl
     return plan
 
 
+def gpu_check(node: str) -> str:
+    """Sets TF_NO_GPU on the node from the GPUs it sees, and says so when there are none:
+    a launcher told to use the CPU then trains there, loudly, never silently alone."""
+    return ('if nvidia-smi -L >/dev/null 2>&1; then TF_NO_GPU=0; else TF_NO_GPU=1; '
+            f'echo "trainfleet: {node}: no GPU visible; training on the CPU" >&2; fi\n')
+
+
 def node_command(launch: NodeLaunch, placement: Placement) -> str:
-    """`cd DIR && env NAME=value ... argv`, the scheduler's variables left to expand."""
-    return launch.shell_line(template_quote(placement.variables))
+    """`cd DIR && env NAME=value ... argv`, the scheduler's variables left to expand (and
+    before it, the GPU check where the command reads its outcome)."""
+    line = launch.shell_line(template_quote(placement.variables))
+    return (gpu_check(placement.places[0].node) if placement.no_gpu and placement.no_gpu in line else "") + line

@@ -47,7 +47,7 @@ def _cache_file(path: Path, text: str) -> Path | None:
         f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.json"
 
 
-def _cached(cache: Path | None) -> Fleet | None:
+def _cached(cache: Path | None, check_keys: bool) -> Fleet | None:
     if cache is None:
         return None
     try:
@@ -55,7 +55,7 @@ def _cached(cache: Path | None) -> Fleet | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     # A key file deleted since: validate afresh, which names it.
-    if any(n.identity_file and not os.path.isfile(n.identity_file) for n in fleet.nodes):
+    if check_keys and any(n.identity_file and not os.path.isfile(n.identity_file) for n in fleet.nodes):
         return None
     return fleet
 
@@ -72,8 +72,9 @@ def _store(cache: Path | None, fleet: Fleet) -> None:
         pass  # a read-only home only costs speed
 
 
-def load_fleet(path: Path) -> Fleet:
-    """Read a fleet file: YAML, or a DeepSpeed/MPI hostfile (`host slots=N` lines)."""
+def load_fleet(path: Path, check_keys: bool = True) -> Fleet:
+    """Read a fleet file: YAML, or a DeepSpeed/MPI hostfile (`host slots=N` lines); without
+    `check_keys`, for what uses no SSH (an export), a missing key file is no error."""
     source = str(path)
     try:
         text = path.read_text()
@@ -85,10 +86,10 @@ def load_fleet(path: Path) -> Fleet:
     except OSError as exc:
         raise SpecError(f"{source}: cannot read fleet file: {exc.strerror}") from None
     cache = _cache_file(path, text)
-    fleet = _cached(cache)
+    fleet = _cached(cache, check_keys)
     if fleet is None:
         from trainfleet.fleet.schema import parse_fleet_text
 
-        fleet = parse_fleet_text(text, source, path.parent, state_dir_for(path))
+        fleet = parse_fleet_text(text, source, path.parent, state_dir_for(path), check_keys)
         _store(cache, fleet)
     return fleet

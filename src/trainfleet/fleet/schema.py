@@ -251,8 +251,9 @@ def _expand_local(path: str | None) -> str | None:
     return os.path.expanduser(path) if path else None
 
 
-def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "") -> Fleet:
-    """Fill each node's SSH settings from the fleet defaults and check the whole."""
+def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "", check_keys: bool = True) -> Fleet:
+    """Fill each node's SSH settings from the fleet defaults and check the whole (the key
+    files too, unless the caller uses no SSH: an export for a scheduler)."""
 
     def local_path(path: str | None) -> str | None:
         expanded = _expand_local(path)
@@ -282,7 +283,7 @@ def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "")
         seen_names[name] = index
         seen_targets[(spec.host, port)] = index
         identity = local_path(spec.identity_file or defaults.identity_file)
-        if identity and not os.path.isfile(identity):
+        if check_keys and identity and not os.path.isfile(identity):
             field_name = "identity_file" if spec.identity_file else "ssh.identity_file"
             raise SpecError(f"{where} ({name}): {field_name}: key file {identity} does not exist",
                             fix="point it at an existing private key, or run `ssh-keygen -t ed25519`")
@@ -329,7 +330,8 @@ def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "")
     )
 
 
-def fleet_from_data(data: Any, source: str, base_dir: Path | None = None, state_dir: str = "") -> Fleet:
+def fleet_from_data(data: Any, source: str, base_dir: Path | None = None, state_dir: str = "",
+                    check_keys: bool = True) -> Fleet:
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping with a `nodes:` list, got {type(data).__name__}",
                         fix="run `trainfleet init` for a commented example")
@@ -341,21 +343,21 @@ def fleet_from_data(data: Any, source: str, base_dir: Path | None = None, state_
         suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
         raise SpecError(f"{source}: {_describe(first)}{suffix}",
                         fix="see `trainfleet init` for every allowed key") from None
-    return resolve(model, source, base_dir or Path.cwd(), state_dir)
+    return resolve(model, source, base_dir or Path.cwd(), state_dir, check_keys)
 
 
-def parse_fleet_text(text: str, source: str, base_dir: Path, state_dir: str = "") -> Fleet:
+def parse_fleet_text(text: str, source: str, base_dir: Path, state_dir: str = "", check_keys: bool = True) -> Fleet:
     from trainfleet.fleet.importers import looks_like_hostfile, parse_hostfile
 
     if looks_like_hostfile(text):
-        return fleet_from_data(parse_hostfile(text, source), source, base_dir, state_dir)
+        return fleet_from_data(parse_hostfile(text, source), source, base_dir, state_dir, check_keys)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise SpecError(f"{source}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    return fleet_from_data(data, source, base_dir, state_dir)
+    return fleet_from_data(data, source, base_dir, state_dir, check_keys)
 
 
 def dump_fleet_yaml(fleet_data: Mapping[str, Any]) -> str:

@@ -73,6 +73,9 @@ class Placement:
     """"" for facts; else the scheduler whose variables stand in `places[0]` for every node."""
     variables: tuple[str, ...] = ()
     """The variables the scheduler's renderer leaves to the shell on each node."""
+    no_gpu: str = ""
+    """For a scheduler: a variable that is 1 on a node that sees no GPU, else 0 (a launcher
+    that must be told to use the CPU reads it; the facts say so per place instead)."""
 
     @property
     def template(self) -> bool:
@@ -100,16 +103,17 @@ def facts_placement(fleet: Fleet, job: JobSpec, facts: LaunchFacts, cwd: str) ->
 
 
 def scheduler_placement(fleet: Fleet, job: JobSpec, scheduler: str, cwd: str, *, node: str, rank: str, address: str,
-                        interface: str, is_head: str, head_address: str, port: str) -> Placement:
+                        interface: str, is_head: str, head_address: str, port: str,
+                        no_gpu: str = "${TF_NO_GPU}") -> Placement:
     """One place for every node of an allocation of the fleet's size, each value a
     variable the scheduler (or the script around the command) sets on the node."""
     per_node = job.nproc_per_node or min(n.slots for n in fleet.nodes)
-    values = (node, rank, address, interface, is_head, head_address, port, cwd)
+    values = (node, rank, address, interface, is_head, head_address, port, cwd, no_gpu)
     variables = tuple(dict.fromkeys(name for value in values for name in VARIABLE.findall(value)))
     place = Place(node=node, host=node, rank=rank, address=address, interface=interface, is_head=is_head,
                   nproc=per_node)
     return Placement(places=(place,), head_address=head_address, port=port, nnodes=len(fleet.nodes), cwd=cwd,
-                     wrap_ranks=False, scheduler=scheduler, variables=variables)
+                     wrap_ranks=False, scheduler=scheduler, variables=variables, no_gpu=no_gpu)
 
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

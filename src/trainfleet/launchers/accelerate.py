@@ -33,7 +33,9 @@ class Accelerate:
         launches = []
         for place in placement.places:
             env = base_env(fleet, job, place, placement)
-            if cpu_only:
+            if placement.template:  # each node decides, from the GPUs it sees: never every process alone
+                env.setdefault("ACCELERATE_USE_CPU", placement.no_gpu)
+            elif cpu_only:
                 env.setdefault("ACCELERATE_USE_CPU", "1")
             argv = [fleet.python, "-m", "accelerate.commands.launch", "--multi_gpu",
                     f"--num_machines={placement.nnodes}", f"--machine_rank={place.rank}",

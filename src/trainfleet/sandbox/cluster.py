@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -81,6 +82,8 @@ class SandboxState:
     fleet_file: str
     nodes: tuple[SandboxNode, ...]
     ssh_port: int = 22
+    slurm_conf: str = ""
+    """Its Slurm's slurm.conf (set SLURM_CONF to it), when made with `--slurm`."""
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
@@ -314,9 +317,14 @@ def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
 
 
 def up(nodes: int, name: str = "tf", out: Path | None = None, slots: int = 2,
-       private_network: bool = False, ssh_port: int = 22, password_auth: bool = False) -> SandboxState:
+       private_network: bool = False, ssh_port: int = 22, password_auth: bool = False,
+       slurm: bool = False) -> SandboxState:
     """Create the cluster and return its state; on any failure, remove what was made."""
     tools = check_prerequisites()
+    if slurm:
+        from trainfleet.sandbox import slurm as slurm_daemons
+
+        slurm_daemons.check_tools()
     if not NAME_RE.match(name):
         raise UsageError(f"sandbox name {name!r} is not usable",
                          fix="use 1 to 10 lowercase letters and digits, starting with a letter")
@@ -340,7 +348,12 @@ def up(nodes: int, name: str = "tf", out: Path | None = None, slots: int = 2,
         provisional = _state(name, directory, subnet, private_subnet, out, [], ssh_port)
         save(provisional)
     try:
-        return _build(provisional, nodes, slots, tools, ssh_port, password_auth)
+        state = _build(provisional, nodes, slots, tools, ssh_port, password_auth)
+        if slurm:
+            address = str(list(ipaddress.ip_network(state.subnet).hosts())[1])
+            state = dataclasses.replace(state, slurm_conf=slurm_daemons.start(state, address))
+            save(state)
+        return state
     except BaseException:
         down(name, missing_ok=True)
         raise
@@ -510,7 +523,7 @@ def namespace_pids(namespace: str) -> list[int]:
     return [int(p) for p in out.split() if p.isdigit()]
 
 
-SANDBOX_INFRA = {"unshare", "sshd"}
+SANDBOX_INFRA = {"unshare", "sshd", "slurmd"}
 """Processes that belong to the sandbox itself rather than to any job."""
 
 
@@ -577,6 +590,9 @@ def down(name: str, missing_ok: bool = False) -> list[str]:
                 fleet_file.read_text().startswith(f"# trainfleet sandbox {name!r}"):
             fleet_file.unlink()
             removed.append(f"file {fleet_file}")
+    from trainfleet.sandbox import slurm as slurm_daemons
+
+    removed += slurm_daemons.stop(directory)
     if directory.exists():
         shutil.rmtree(directory)
         removed.append(f"directory {directory}")
