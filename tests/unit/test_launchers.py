@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -229,6 +230,32 @@ def test_export_k8s_runs_what_the_dry_run_plans_in_every_pod(launcher: str, tmp_
         assert env == planned_env and argv == planned_argv
 
 
+def assert_pytorchjob_schema(manifest: dict[str, object]) -> None:
+    """The manifest read through Kubeflow's own PyTorchJob model (the training operator's
+    SDK: its types, required fields and the Kubernetes pod types under them) and written
+    back is the same document: nothing unknown (a misspelt key would be dropped), nothing
+    missing (a required field raises), every value of its schema's type."""
+    from kubeflow.training import ApiClient
+
+    document = yaml.safe_load(yaml.safe_dump(manifest))
+    client = ApiClient()
+    model = client._ApiClient__deserialize(document, "KubeflowOrgV1PyTorchJob")  # type: ignore[attr-defined]
+    assert client.sanitize_for_serialization(model) == document
+
+
+def test_the_pytorchjob_schema_check_catches_mistakes() -> None:
+    fleet = fleet_from_data(FLEET, "fleet.yaml")
+    manifest = render_pytorchjob(fleet, JobSpec(entrypoint="train.py", job_id="j"), "img:1")
+    misspelt = copy.deepcopy(manifest)
+    misspelt["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "x"
+    with pytest.raises(AssertionError):
+        assert_pytorchjob_schema(misspelt)
+    no_policy = copy.deepcopy(manifest)
+    del no_policy["spec"]["runPolicy"]
+    with pytest.raises(ValueError, match="run_policy"):
+        assert_pytorchjob_schema(no_policy)
+
+
 def test_pytorchjob_parses_with_master_and_workers() -> None:
     fleet = fleet_from_data({**FLEET, "nodes": FLEET["nodes"] + [{"name": "gpu2", "host": "203.0.113.12", "slots": 2}],
                              "container": {"image": "img:1", "python": "python3"}}, "fleet.yaml")
@@ -244,8 +271,10 @@ def test_pytorchjob_parses_with_master_and_workers() -> None:
     assert {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "tf-golden-secrets",
                                                                      "key": "WANDB_API_KEY"}}} in container["env"]
     assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in container["env"]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"  # a quantity: a string
     cpu_only = render_pytorchjob(fleet, JobSpec(entrypoint="train.py", job_id="j"), "img:1")
+    for job in (manifest, cpu_only):
+        assert_pytorchjob_schema(job)
     assert "resources" not in cpu_only["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
     with pytest.raises(UsageError, match="needs an image"):
         render_pytorchjob(fleet, JobSpec(entrypoint="train.py", job_id="j"), "")

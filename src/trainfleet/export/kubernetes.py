@@ -58,11 +58,14 @@ def render_pytorchjob(fleet: Fleet, job: JobSpec, image: str, secret_name: str =
                 "image": image,
                 "command": list(command),  # copies: YAML would otherwise share them by anchors
                 "env": copy.deepcopy(env),
-                **({"resources": {"limits": {"nvidia.com/gpu": gpus_per_node}}} if gpus_per_node else {}),
+                **({"resources": {"limits": {"nvidia.com/gpu": str(gpus_per_node)}}} if gpus_per_node else {}),
             }]}},
         }
 
-    spec: dict[str, Any] = {"nprocPerNode": str(per_node), "pytorchReplicaSpecs": {"Master": replica(1)}}
+    # The job fails as `run` would: after --max-restarts restarts (pods' included), leaving no running pod.
+    spec: dict[str, Any] = {"nprocPerNode": str(per_node),
+                            "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": job.max_restarts},
+                            "pytorchReplicaSpecs": {"Master": replica(1)}}
     if len(fleet.nodes) > 1:
         spec["pytorchReplicaSpecs"]["Worker"] = replica(len(fleet.nodes) - 1)
     return {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
