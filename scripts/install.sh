@@ -22,8 +22,10 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 packages=(python3-venv openssh-server openssh-client rsync iproute2 util-linux procps gcc g++ libc6-dev)
 if [ "$tests" = 1 ]; then
     # What the tests exercise or measure against: pdsh and iperf3 (baselines), firewalls,
-    # container engines, FUSE mounts, Open MPI, a real Slurm.
-    packages+=(pdsh iperf3 iptables nftables ufw podman runc sshfs s3fs fuse3 openmpi-bin slurm-wlm munge)
+    # container engines (and debootstrap for the sandbox's Docker image), FUSE mounts, Open MPI,
+    # a real Slurm.
+    packages+=(pdsh iperf3 iptables nftables ufw podman runc docker.io debootstrap sshfs s3fs fuse3 openmpi-bin
+               slurm-wlm munge)
 fi
 missing=()
 for package in "${packages[@]}"; do

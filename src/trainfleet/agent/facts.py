@@ -142,6 +142,15 @@ def container_root(engine: str, explicit: str) -> Optional[str]:
         found = re.search(r'^\s*graphroot\s*=\s*"([^"]+)"', conf, re.MULTILINE)
         root = found.group(1) if found else "/var/lib/containers/storage"
         return root if os.path.isdir(root) else None
+    # The running daemon knows best (a --data-root on its command line is in no file).
+    try:
+        asked = subprocess.run(["docker", "info", "--format", "{{.DockerRootDir}}"], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=5)
+        root = asked.stdout.decode(errors="replace").strip()
+        if asked.returncode == 0 and root.startswith("/"):
+            return root
+    except (OSError, subprocess.TimeoutExpired):
+        pass
     text = read_text("/etc/docker/daemon.json")
     if text:
         try:

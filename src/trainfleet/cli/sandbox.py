@@ -25,18 +25,23 @@ def sandbox() -> None:
 @click.option("--ssh-port", type=int, default=22, show_default=True, help="the port every node's sshd listens on")
 @click.option("--password-auth", is_flag=True, help="let users other than root log in with a password")
 @click.option("--slurm", is_flag=True, help="also run a real Slurm on it: a controller and a slurmd per node")
+@click.option("--docker", is_flag=True, help="a dockerd on every node, and jobs run in its containers")
 def sandbox_up(count: int, name: str, out: Path | None, slots: int, private_network: bool, ssh_port: int,
-               password_auth: bool, slurm: bool) -> None:
+               password_auth: bool, slurm: bool, docker: bool) -> None:
     """Create the cluster and print the path of its fleet file."""
     from trainfleet.sandbox import cluster
 
     state = cluster.up(count, name=name, out=out, slots=slots, private_network=private_network, ssh_port=ssh_port,
-                       password_auth=password_auth, slurm=slurm)
+                       password_auth=password_auth, slurm=slurm, docker=docker)
     echo_err(f"sandbox {state.name}: {len(state.nodes)} node(s) on {state.subnet}"
              + (f", training network {state.private_subnet}" if state.private_subnet else ""))
     if state.slurm_conf:
         echo_err(f"sandbox {state.name}: Slurm is up, its nodes idle; point sbatch, srun and sinfo at it with "
                  f"`export SLURM_CONF={state.slurm_conf}`, and keep job files outside /tmp (private to each node)")
+    if state.docker:
+        echo_err(f"sandbox {state.name}: every node runs its own dockerd with the image "
+                 f"trainfleet-sandbox/python3:bookworm; the fleet file's `container:` runs jobs in it, with this "
+                 f"Python environment mounted read-only")
     shared = cluster.controller_python_under_tmp()
     if shared:
         echo_err(f"sandbox {state.name}: this Python lives under /tmp ({shared}), which is private to each node; "

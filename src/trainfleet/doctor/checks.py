@@ -449,8 +449,14 @@ def check_disk(data: Gathered) -> list[Finding]:
                 findings.append(Finding("disk", Verdict.WARN, (name,), f"{where}: {disk.free / GIB:.1f} GiB free",
                                         "checkpoints of large models need more room"))
     ok = [n for n in data.live if not any(f.nodes == (n,) for f in findings)]
-    if ok:
-        findings.append(Finding("disk", Verdict.OK, tuple(ok), "at least 10 GiB free in the workdir"))
+    # Where the engine keeps images is worth knowing even when it has room: grouped by path.
+    by_root: dict[str, list[str]] = {}
+    for name in ok:
+        disk = data.facts[name].container_disk
+        by_root.setdefault(disk.path if disk else "", []).append(name)
+    for root, nodes in by_root.items():
+        also = f" and in the {engine_root} {root}" if root else ""
+        findings.append(Finding("disk", Verdict.OK, tuple(nodes), f"at least 10 GiB free in the workdir{also}"))
     return findings
 
 

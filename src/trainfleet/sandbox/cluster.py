@@ -10,6 +10,7 @@ reaches them through one veth. Everything is recorded in a state directory so th
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import ipaddress
 import json
@@ -23,7 +24,6 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -84,6 +84,8 @@ class SandboxState:
     ssh_port: int = 22
     slurm_conf: str = ""
     """Its Slurm's slurm.conf (set SLURM_CONF to it), when made with `--slurm`."""
+    docker: bool = False
+    """Every node runs a dockerd of its own (`--docker`)."""
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
@@ -203,7 +205,8 @@ def _all_states(root: Path) -> list[SandboxState]:
 # one node are seen neither by the others nor by this machine, as on separate machines.
 
 
-def _sshd_config(node_dir: Path, address: str, port: int = 22, password_auth: bool = False) -> str:
+def _sshd_config(node_dir: Path, address: str, port: int = 22, password_auth: bool = False,
+                 docker_host: str = "") -> str:
     return "\n".join([
         f"ListenAddress {address}",
         f"Port {port}",
@@ -224,6 +227,8 @@ def _sshd_config(node_dir: Path, address: str, port: int = 22, password_auth: bo
         "MaxStartups 200:30:400",
         "MaxSessions 128",
         "Subsystem sftp internal-sftp",
+        # The node's own dockerd, for every session (as /var/run/docker.sock would be on a machine).
+        *([f"SetEnv DOCKER_HOST={docker_host}"] if docker_host else []),
         "",
     ])
 
@@ -318,13 +323,16 @@ def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
 
 def up(nodes: int, name: str = "tf", out: Path | None = None, slots: int = 2,
        private_network: bool = False, ssh_port: int = 22, password_auth: bool = False,
-       slurm: bool = False) -> SandboxState:
+       slurm: bool = False, docker: bool = False) -> SandboxState:
     """Create the cluster and return its state; on any failure, remove what was made."""
     tools = check_prerequisites()
-    if slurm:
-        from trainfleet.sandbox import slurm as slurm_daemons
+    from trainfleet.sandbox import docker as docker_daemons
+    from trainfleet.sandbox import slurm as slurm_daemons
 
+    if slurm:
         slurm_daemons.check_tools()
+    if docker:
+        docker_daemons.check_tools()
     if not NAME_RE.match(name):
         raise UsageError(f"sandbox name {name!r} is not usable",
                          fix="use 1 to 10 lowercase letters and digits, starting with a letter")
@@ -345,10 +353,13 @@ def up(nodes: int, name: str = "tf", out: Path | None = None, slots: int = 2,
         private_subnet = _pick_subnet(PRIVATE_POOL, taken) if private_network else None
         directory.mkdir(mode=0o700)
         # Claim the subnets before releasing the lock: a concurrent `up` must see them.
-        provisional = _state(name, directory, subnet, private_subnet, out, [], ssh_port)
+        provisional = dataclasses.replace(_state(name, directory, subnet, private_subnet, out, [], ssh_port),
+                                          docker=docker)
         save(provisional)
     try:
         state = _build(provisional, nodes, slots, tools, ssh_port, password_auth)
+        if docker:
+            docker_daemons.start(state)
         if slurm:
             address = str(list(ipaddress.ip_network(state.subnet).hosts())[1])
             state = dataclasses.replace(state, slurm_conf=slurm_daemons.start(state, address))
@@ -383,6 +394,8 @@ def save(state: SandboxState) -> None:
 
 def _build(state: SandboxState, count: int, slots: int, tools: dict[str, str], ssh_port: int,
            password_auth: bool) -> SandboxState:
+    from trainfleet.sandbox import docker as docker_daemons
+
     directory = Path(state.directory)
     subnet = ipaddress.ip_network(state.subnet)
     private = ipaddress.ip_network(state.private_subnet) if state.private_subnet else None
@@ -440,7 +453,8 @@ def _build(state: SandboxState, count: int, slots: int, tools: dict[str, str], s
               "-f", str(node_dir / "ssh_host_ed25519_key")])
         (node_dir / "etc").mkdir()
         (node_dir / "etc-work").mkdir()
-        (node_dir / "sshd_config").write_text(_sshd_config(node_dir, address, ssh_port, password_auth))
+        docker_host = docker_daemons.docker_host(directory, name) if state.docker else ""
+        (node_dir / "sshd_config").write_text(_sshd_config(node_dir, address, ssh_port, password_auth, docker_host))
         host_key = (node_dir / "ssh_host_ed25519_key.pub").read_text().split()
         name_in_file = address if ssh_port == 22 else f"[{address}]:{ssh_port}"
         known_hosts.append(f"{name_in_file} {host_key[0]} {host_key[1]}")
@@ -500,7 +514,14 @@ def fleet_data(state: SandboxState, slots: int, identity_file: str, ssh_port: in
             }
             for node in state.nodes
         ],
+        **({"container": docker_container()} if state.docker else {}),
     }
+
+
+def docker_container() -> dict[str, object]:
+    from trainfleet.sandbox import docker as docker_daemons
+
+    return docker_daemons.container_options()
 
 
 def _current_user() -> str:
@@ -523,8 +544,9 @@ def namespace_pids(namespace: str) -> list[int]:
     return [int(p) for p in out.split() if p.isdigit()]
 
 
-SANDBOX_INFRA = {"unshare", "sshd", "slurmd"}
-"""Processes that belong to the sandbox itself rather than to any job."""
+SANDBOX_INFRA = {"unshare", "sshd", "slurmd", "dockerd", "containerd", "nsenter"}
+"""Processes that belong to the sandbox itself rather than to any job (nsenter: the parent
+that waits for a node's dockerd, which it started in the node's PID namespace)."""
 
 
 def job_processes(node: SandboxNode) -> list[str]:
@@ -590,9 +612,11 @@ def down(name: str, missing_ok: bool = False) -> list[str]:
                 fleet_file.read_text().startswith(f"# trainfleet sandbox {name!r}"):
             fleet_file.unlink()
             removed.append(f"file {fleet_file}")
+    from trainfleet.sandbox import docker as docker_daemons
     from trainfleet.sandbox import slurm as slurm_daemons
 
     removed += slurm_daemons.stop(directory)
+    removed += docker_daemons.stop(directory)
     if directory.exists():
         shutil.rmtree(directory)
         removed.append(f"directory {directory}")
