@@ -2,7 +2,8 @@
 as docs/runbooks/000_1f399cc9f26cdbb3.md shows it: the fleet imported from the runbook's
 hostfile and ~/.ssh/config aliases, `ssh setup` instead of root passwords and copied keys,
 `firewall apply` instead of `ufw disable`, doctor naming a full container data root before
-"No space left on device", and the DeepSpeed job inside a container on every node."""
+"No space left on device", and the DeepSpeed job inside a Docker container on every node
+(a real dockerd in each node: `sandbox up --docker`)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,13 @@ import pytest
 from conftest import Sandboxes
 from helpers import job_processes_on
 from runbook import Session, trained
-
-OVERLAY = ("mkdir -p /tmp/ov/upper /tmp/ov/work /tmp/rootfs && mount -t overlay overlay "
-           "-o lowerdir=/,upperdir=/tmp/ov/upper,workdir=/tmp/ov/work /tmp/rootfs")
+from trainfleet.sandbox import docker
 
 
 def test_anomalygpt_in_containers_with_deepspeed(fresh: Sandboxes, tmp_path: Path) -> None:
-    if subprocess.run(["which", "podman", "runc", "ufw"], capture_output=True).returncode != 0:
-        pytest.fail("podman, runc and ufw are needed (`bash scripts/install.sh --tests` installs them)")
-    state = fresh.make(2, slots=2, ssh_port=2222)
+    if subprocess.run(["which", "dockerd", "debootstrap", "ufw"], capture_output=True).returncode != 0:
+        pytest.fail("docker.io, debootstrap and ufw are needed (`bash scripts/install.sh --tests` installs them)")
+    state = fresh.make(2, slots=2, ssh_port=2222, docker=True)
     for node in state.nodes:  # the runbook's nodes: ufw on, only SSH allowed in (in each node's own /etc)
         subprocess.run(["nsenter", "-t", str(node.sshd_pid), "-a", "sh", "-c",
                         "ufw allow 2222/tcp && ufw --force enable"], check=True, capture_output=True)
@@ -42,14 +41,9 @@ def test_anomalygpt_in_containers_with_deepspeed(fresh: Sandboxes, tmp_path: Pat
     assert [(n["name"], n["host"], n["port"]) for n in nodes] == [("my-89", state.nodes[0].address, 2222),
                                                                   ("my-91", state.nodes[1].address, 2222)]
     # The user's edits: where the job's files go and which Python runs it (see the page), and
-    # the container every node runs the job in.
+    # the container every node runs the job in (the sandbox's image, this Python mounted in it).
     user.edit_fleet(workdir="/tmp/trainfleet", python=sys.executable,
-                    ssh={"known_hosts": str(user.project / "known_hosts")},
-                    container={"engine": "podman", "rootfs": "/tmp/rootfs", "python": sys.executable,
-                               "engine_options": ["--root", "/tmp/containers", "--runroot", "/tmp/containers-run",
-                                                  "--storage-driver", "vfs", "--runtime", "runc",
-                                                  "--cgroup-manager", "cgroupfs"],
-                               "options": ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]})
+                    ssh={"known_hosts": str(user.project / "known_hosts")}, container=docker.container_options())
     trusted = user("ssh", "setup", "--yes")
     assert "my-89" in trusted.stdout + trusted.stderr and "SHA256:" in trusted.stdout + trusted.stderr
 
@@ -61,25 +55,25 @@ def test_anomalygpt_in_containers_with_deepspeed(fresh: Sandboxes, tmp_path: Pat
                             capture_output=True, text=True).stdout
     assert status.startswith("Status: active")  # opened, never disabled
 
-    user("sandbox", "fault", "fill-disk", "my-91", "--path", "/tmp/containers")
-    full = user("doctor", expect=1)
-    assert re.search(r"disk\s+│ FAIL\s+│ my-91\s+│ podman storage root /tmp/containers: only 0 MiB free", full.stdout), \
-        full.stdout
-    assert "`No space left on device`" in " ".join(full.stdout.replace("│", " ").split())  # the table wraps it
+    data_root = docker.node_dir(state.directory, state.nodes[1].name) / "data"  # what my-91's dockerd uses
+    user("sandbox", "fault", "fill-disk", "my-91", "--docker-data-root")
+    full = user("doctor", expect=1, env={"COLUMNS": "400"})  # wide enough that no table cell wraps
+    assert re.search(rf"disk +│ FAIL +│ my-91 +│ Docker data-root {data_root}: only 0 MiB free +│ free space, or put "
+                     rf"the Docker data-root on a bigger disk .* else they fail with `No space left on device`",
+                     full.stdout), full.stdout
     user("sandbox", "fault", "clear", "my-91")
     user("doctor")
 
-    user("exec", "--", OVERLAY)
     done = user("run", "--launcher", "deepspeed", "train.py", "--deepspeed_config", "configs/zero2.json", "--steps",
                 "20", timeout=400)
-    assert "in /tmp/rootfs" in done.stderr, done.stderr
+    assert f"in {docker.IMAGE}" in done.stderr, done.stderr
     trained(done.stdout, 20)
     assert "[my-89:0] deepspeed: ZeRO stage 2, world 4" in done.stdout
     ranks = re.findall(r"^\[(my-\d\d):(\d)\] rank \2 of 4 on \1 interface eth0 nccl eth0$", done.stdout, re.MULTILINE)
     assert sorted(r for _, r in ranks) == ["0", "1", "2", "3"], done.stdout[-3000:]
     assert [job_processes_on(n) for n in state.nodes] == [[], []]
-    listed = subprocess.run(["nsenter", "-t", str(state.nodes[1].sshd_pid), "-a", "podman", "--root",
-                             "/tmp/containers", "--runroot", "/tmp/containers-run", "--storage-driver", "vfs",
-                             "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True)
-    assert listed.returncode == 0 and listed.stdout.strip() == "", listed  # the containers went with the job
+    for node in state.nodes:  # the containers went with the job
+        listed = subprocess.run(["docker", "-H", docker.docker_host(state.directory, node.name), "ps", "-a",
+                                 "--format", "{{.Names}}"], capture_output=True, text=True)
+        assert listed.returncode == 0 and listed.stdout.strip() == "", listed
     user.check_page()

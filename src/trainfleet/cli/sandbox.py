@@ -166,11 +166,14 @@ def fault_cut(node: str, name: str | None, fleet_file: str | None) -> None:
 @click.argument("node")
 @click.option("--path", default=None, metavar="DIR",
               help="the directory to fill (default: the workdir); e.g. a container engine's data root")
+@click.option("--docker-data-root", is_flag=True, help="fill the node's Docker data root (a `--docker` sandbox)")
 @sandbox_name
 @fleet_option
-def fault_fill_disk(node: str, path: str | None, name: str | None, fleet_file: str | None) -> None:
+def fault_fill_disk(node: str, path: str | None, docker_data_root: bool, name: str | None,
+                    fleet_file: str | None) -> None:
     """Replace NODE's workdir (or --path) with a small tmpfs that is full."""
-    _inject(name, fleet_file, node, "fill-disk", **({"path": path} if path else {}))
+    _inject(name, fleet_file, node, "fill-disk", **({"path": path} if path else {}),
+            **({"docker_data_root": True} if docker_data_root else {}))
 
 
 @sandbox_fault.command(name="kill")

@@ -118,13 +118,20 @@ def _rule(port: int, mode: str) -> list[str]:
 
 
 def inject(name: str, node_name: str, kind: FaultKind, *, port: int | None = None, mode: str = "drop",
-           rate: str | None = None, delay: str | None = None, path: str = SANDBOX_WORKDIR) -> Fault:
+           rate: str | None = None, delay: str | None = None, path: str = SANDBOX_WORKDIR,
+           docker_data_root: bool = False) -> Fault:
     check_prerequisites()
     state = load_state(name)
     faults = active(state)
     if node_name == CONTROLLER:
         return _cap_controller(state, faults, kind, rate)
     node = _node(state, node_name)
+    if docker_data_root:
+        if not state.docker:
+            raise UsageError(f"sandbox {name} runs no Docker", fix="make it with `trainfleet sandbox up --docker`")
+        from trainfleet.sandbox.docker import node_dir
+
+        path = str(node_dir(state.directory, node.name) / "data")
     if kind is FaultKind.FILL_DISK and not path.startswith("/"):
         raise UsageError(f"fill-disk --path {path}: not an absolute path", fix="name a directory such as /tmp/data")
     if any(f.node == node.name and f.kind == kind for f in faults) and kind is not FaultKind.BLOCK_PORT:
