@@ -70,3 +70,20 @@ atexit.register(lambda: open({str(tmp_path / 'atexit.txt')!r}, 'w').write('ran')
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "unclosed.txt").read_text() == "kept"
     assert (tmp_path / "thread.txt").read_text() == "joined" and (tmp_path / "atexit.txt").read_text() == "ran"
+
+
+def test_the_signal_that_killed_a_rank_is_read_even_while_it_is_still_dying() -> None:
+    """The reader sees the rank's pipes close before the rank is a zombie: asked at once,
+    it waits for that state rather than answering "not killed" (which lost the cause of a
+    SIGKILLed rank now and then)."""
+    for _ in range(20):
+        victim = subprocess.Popen(["sleep", "30"])
+        try:
+            os.kill(victim.pid, 9)
+            assert rankwrap.exit_signal(victim.pid) == "SIGKILL"  # not yet reaped: Popen has not waited
+        finally:
+            victim.wait()
+        done = subprocess.Popen(["true"])
+        assert rankwrap.exit_signal(done.pid) is None  # exited on its own (a zombie, or still exiting)
+        done.wait()
+        assert rankwrap.exit_signal(done.pid) is None  # reaped: gone

@@ -88,14 +88,20 @@ def _write_all(fd, data):
         data = data[written:]
 
 
-def exit_signal(pid):
+def exit_signal(pid, timeout=1.0):
     """The signal that ended `pid`, read while it is a zombie its parent has not reaped
-    yet (its pipes close as it dies, before that): None if it exited, or is gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
+    yet: None if it exited, or is gone. A dying process closes its pipes before it becomes
+    a zombie, so the reader that saw them close waits (briefly) for that state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open("/proc/%d/stat" % pid) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        if fields[0] == "Z" or time.monotonic() > deadline:
+            break
+        time.sleep(0.002)
     if fields[0] != "Z" or len(fields) < 50:
         return None
     status = int(fields[49])
