@@ -42,7 +42,7 @@ if [ ! -x .venv/bin/python ]; then
     echo "+ python3 -m venv .venv"
     python3 -m venv .venv
 fi
-extras=""
+extras="[plot]"
 if [ "$tests" = 1 ]; then extras="[test]"; fi
 echo "+ pip install torch==2.13.0 -e .$extras (into .venv)"
 DS_BUILD_OPS=0 .venv/bin/pip install -q torch==2.13.0 -e ".$extras"

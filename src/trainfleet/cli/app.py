@@ -30,7 +30,8 @@ class LazyGroup(click.Group):
     modules = {"bench": "bench", "check": "fleet", "demo": "demo", "doctor": "doctor", "exec": "exec", "export": "export",
                "firewall": "firewall", "hostfile": "fleet", "import": "fleet", "init": "fleet", "run": "run",
                "sandbox": "sandbox", "setup": "setup", "ssh": "ssh", "sync": "sync", "status": "jobs",
-               "logs": "jobs", "stop": "jobs", "top": "jobs", "push": "push", "mount": "mount", "umount": "mount"}
+               "logs": "jobs", "stop": "jobs", "top": "jobs", "push": "push", "mount": "mount", "umount": "mount",
+               "plot": "plot"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(self.modules)
