@@ -7,7 +7,7 @@ syntax. The controller imports `protocol` from here too.
 """
 
 import os
-from typing import Dict
+from typing import Dict, List
 
 SOURCES: Dict[str, str] = {}
 """Module name -> source, as received by the bootstrap (empty when imported locally)."""
@@ -25,6 +25,49 @@ BOOTSTRAP = (
 )
 """Installs the agent's modules from the next stdin line (a JSON map of sources); what
 follows it picks the entry point: the agent's loop, or a job's node supervisor."""
+
+
+PENDING: List[str] = []
+"""Request lines that arrived before the sources (a node without the agent cached): the
+agent's loop serves them first."""
+
+SOURCES_MARK = "AGENT "
+"""Starts the stdin line that carries the sources (requests are JSON objects: never this)."""
+
+CACHED_BOOTSTRAP = (
+    "import sys,json,hashlib,os\n"
+    "H=%(digest)r\n"
+    "D=os.path.join(os.path.expanduser('~'),'.cache','trainfleet','agent')\n"
+    "P=os.path.join(D,H+'.json')\n"
+    "T=None\n"
+    "try:\n"
+    " with open(P,'rb') as f: B=f.read()\n"
+    " if hashlib.sha256(B).hexdigest()==H: T=B.decode()\n"
+    "except OSError: pass\n"
+    "Q=[]\n"
+    "if T is None:\n"
+    " sys.stdout.write('{\"need\": \"agent\"}\\n'); sys.stdout.flush()\n"
+    " for L in sys.stdin:\n"
+    "  if L.startswith(%(mark)r): T=L[%(skip)d:].rstrip('\\n'); break\n"
+    "  Q.append(L)\n"
+    " if T is None or hashlib.sha256(T.encode()).hexdigest()!=H: sys.exit('trainfleet: the agent arrived damaged')\n"
+    " try:\n"
+    "  os.makedirs(D,0o700,exist_ok=True); N=P+'.'+os.urandom(6).hex()\n"
+    "  with open(os.open(N,os.O_WRONLY|os.O_CREAT|os.O_EXCL,0o600),'w') as f: f.write(T)\n"
+    "  os.replace(N,P)\n"
+    " except OSError: pass\n"
+    "S=json.loads(T)\n"
+)
+"""The first stage sent to a node: the agent from the node's cache when its sha256 is the
+one given (a stale or altered copy never runs), else asked for (`{"need": "agent"}`), then
+checked and cached. Requests sent meanwhile wait in PENDING. BOOTSTRAP's finder follows."""
+
+
+def cached_bootstrap(digest: str) -> str:
+    """The code a node runs first: CACHED_BOOTSTRAP, then BOOTSTRAP's finder (with S set)."""
+    finder = BOOTSTRAP.split("\n", 2)[2]  # BOOTSTRAP without its imports and its stdin read
+    return (CACHED_BOOTSTRAP % {"digest": digest, "mark": SOURCES_MARK, "skip": len(SOURCES_MARK)}
+            + "import importlib.abc,importlib.util\n" + finder + "tfagent.PENDING[:]=Q\n")
 
 
 def sources() -> Dict[str, str]:

@@ -8,6 +8,7 @@ controller is done, or gone.
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import sys
 import threading
@@ -71,7 +72,9 @@ def handle(message: Dict[str, Any]) -> None:
 
 
 def serve() -> None:
-    for line in sys.stdin:
+    from . import PENDING
+
+    for line in itertools.chain(list(PENDING), sys.stdin):
         if not line.strip():
             continue
         threading.Thread(target=handle, args=(json.loads(line),), daemon=True).start()

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 EventHandler = Callable[[dict[str, Any]], None]
 
-_PAYLOAD: str | None = None
+_PAYLOAD: tuple[str, str] | None = None
 
 
 def agent_command(python: str) -> str:
@@ -28,13 +28,19 @@ def agent_command(python: str) -> str:
     return f"exec {shlex.quote(python)} -c 'import sys,json;exec(json.loads(sys.stdin.readline()))'"
 
 
-def _payload() -> str:
+def _payload() -> tuple[str, str]:
+    """(the first stage, about 2 KB: the agent's sha256 and how to load it from the node's
+    cache; the sources line, about 160 KB, sent only to a node that asks for it)."""
     global _PAYLOAD
     if _PAYLOAD is None:
-        from trainfleet.agent import BOOTSTRAP, sources
+        import hashlib
 
-        _PAYLOAD = json.dumps(BOOTSTRAP + "import tfagent.main; tfagent.main.serve()\n") + "\n" + \
-            json.dumps(sources()) + "\n"
+        from trainfleet.agent import SOURCES_MARK, cached_bootstrap, sources
+
+        text = json.dumps(sources())
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        first = json.dumps(cached_bootstrap(digest) + "import tfagent.main; tfagent.main.serve()\n") + "\n"
+        _PAYLOAD = first, SOURCES_MARK + text + "\n"
     return _PAYLOAD
 
 
@@ -75,7 +81,7 @@ class AgentClient:
     async def start(cls, conn: asyncssh.SSHClientConnection, node: str, python: str) -> AgentClient:
         """Start the agent; requests may follow at once (they queue behind the sources)."""
         process = await conn.create_process(agent_command(python), encoding="utf-8", errors="replace")
-        process.stdin.write(_payload())
+        process.stdin.write(_payload()[0])
         return cls(node, python, process)
 
     async def _read_stderr(self) -> None:
@@ -94,6 +100,9 @@ class AgentClient:
                 except ValueError:
                     continue  # something on the node printed to the agent's stdout
                 ident = message.get("id")
+                if message.get("need") == "agent":  # not in the node's cache yet (or changed): send it
+                    self.process.stdin.write(_payload()[1])
+                    continue
                 if "event" in message:
                     handler = self._handlers.get(ident)
                     if handler is not None:

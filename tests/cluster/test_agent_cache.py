@@ -1,0 +1,35 @@
+"""The node agent kept on each node by its sha256: sent once, never run when altered."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from helpers import tf
+from trainfleet.agent import sources
+from trainfleet.sandbox import cluster as sb
+
+DIGEST = hashlib.sha256(json.dumps(sources()).encode()).hexdigest()
+
+
+def sent_bytes(state: sb.SandboxState) -> int:
+    """What the controller has sent to the sandbox's nodes so far (its end of the link)."""
+    return int(Path(f"/sys/class/net/{state.host_interface}/statistics/tx_bytes").read_text())
+
+
+def test_the_agent_is_sent_once_and_an_altered_copy_is_replaced(fleet3: Path, cluster3: sb.SandboxState) -> None:
+    cached = Path(cluster3.nodes[0].home) / ".cache" / "trainfleet" / "agent" / f"{DIGEST}.json"
+    cached.unlink(missing_ok=True)  # the nodes share this machine's home: one cache for all three
+    before = sent_bytes(cluster3)
+    tf("doctor", "-f", str(fleet3), check=True)
+    first = (sent_bytes(cluster3) - before) / len(cluster3.nodes)
+    assert cached.read_text() == json.dumps(sources()) and cached.stat().st_mode & 0o777 == 0o600
+    before = sent_bytes(cluster3)
+    tf("doctor", "-f", str(fleet3), check=True)
+    again = (sent_bytes(cluster3) - before) / len(cluster3.nodes)
+    assert again < 12_000 and first - again > 30_000, (first, again)  # the ~160 KB of sources, compressed
+    # An altered copy (a stale file, a tampering user) fails its hash: sent afresh, never run.
+    cached.write_text(cached.read_text().replace("def serve()", "def serve_altered()"))
+    tf("doctor", "-f", str(fleet3), check=True)
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == DIGEST
