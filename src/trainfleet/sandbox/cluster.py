@@ -336,8 +336,8 @@ def up(nodes: int, name: str = "tf", out: Path | None = None, slots: int = 2,
     if not NAME_RE.match(name):
         raise UsageError(f"sandbox name {name!r} is not usable",
                          fix="use 1 to 10 lowercase letters and digits, starting with a letter")
-    if not 1 <= nodes <= 64:
-        raise UsageError(f"--nodes must be between 1 and 64 (got {nodes})")
+    if not 1 <= nodes <= 200:
+        raise UsageError(f"--nodes must be between 1 and 200 (got {nodes})")
     root = sandbox_root()
     directory = root / name
     with _root_lock(root):
