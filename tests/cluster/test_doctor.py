@@ -133,3 +133,14 @@ def test_sandbox_fault_list_and_bad_input(cluster3: sb.SandboxState, faulty: str
     qdiscs = subprocess.run(["ip", "netns", "exec", cluster3.nodes[0].namespace, "tc", "qdisc", "show", "dev", "eth0"],
                             capture_output=True, text=True).stdout
     assert "tbf" in qdiscs
+
+
+def test_a_full_disk_refuses_the_job_naming_the_node_and_the_fix(fleet3: Path, faulty: str, workdir: Path) -> None:
+    """`run` on a node whose workdir is full: refused before anything starts, in one line
+    with the node, the cause and what to do."""
+    tf("sync", "-f", str(fleet3), str(workdir), check=True)
+    tf("sandbox", "fault", "fill-disk", "node1", "--name", faulty, check=True)
+    done = tf("run", "-f", str(fleet3), "--no-sync", "--sync-dir", str(workdir), "ranks.py", timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert "node1" in done.stderr and "No space left on device" in done.stderr, done.stderr
+    assert "fix: free space on node1 (the workdir is /tmp/trainfleet)" in done.stderr, done.stderr

@@ -34,7 +34,10 @@ def require_ok(fleet: Fleet, failures: Mapping[str, NodeResult], what: str) -> N
     if missing and len(missing) == len(failures):
         raise TrainfleetError(f"{what}: `{fleet.python}` (the fleet's `python:`) was not found on "
                               f"{fold_nodes(missing)} by a non-interactive SSH shell", fix=PYTHON_FIX)
-    raise FleetError(what, FleetResult(tuple(failures.values())))
+    full = [r.node for r in failures.values() if "No space left on device" in f"{r.error} {r.stderr}"]
+    fix = (f"free space on {fold_nodes(full)} (the workdir is {fleet.workdir}); `trainfleet doctor` shows what is "
+           f"free where" if full else None)
+    raise FleetError(what, FleetResult(tuple(failures.values())), fix=fix)
 
 
 def node_results(results: Iterable[NodeResult]) -> dict[str, NodeResult]:
