@@ -114,6 +114,16 @@ def _tool(name: str) -> str | None:
     return None
 
 
+def find_tools(tools: Sequence[str], what: str, packages: str) -> dict[str, str]:
+    """Each tool's path (PATH first, then the sbin directories root's PATH may lack), or
+    one error naming what is missing, for `what`, and the packages that bring it."""
+    found = {tool: _tool(tool) for tool in tools}
+    missing = [tool for tool, path in found.items() if not path]
+    if missing:
+        raise SandboxError(f"{what} needs {', '.join(missing)}", fix=f"apt-get install {packages}")
+    return {tool: str(path) for tool, path in found.items()}
+
+
 def check_prerequisites() -> dict[str, str]:
     if sys.platform != "linux":
         raise SandboxError("the sandbox needs Linux network namespaces")

@@ -36,11 +36,9 @@ DAEMON_FLAGS = ("--storage-driver=overlay2", "--iptables=false", "--ip6tables=fa
 
 
 def check_tools() -> dict[str, str]:
-    found = {tool: shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/bin") for tool in TOOLS}
-    missing = [tool for tool, path in found.items() if not path]
-    if missing:
-        raise SandboxError(f"sandbox --docker needs {', '.join(missing)}", fix="apt-get install docker.io debootstrap")
-    return {tool: str(path) for tool, path in found.items()}
+    from trainfleet.sandbox.cluster import find_tools
+
+    return find_tools(TOOLS, "sandbox --docker", "docker.io debootstrap")
 
 
 def node_dir(directory: str | Path, node: str) -> Path:

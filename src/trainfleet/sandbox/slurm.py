@@ -12,7 +12,6 @@ reaches every node by its NodeAddr. Everything lives in the sandbox's directory,
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -38,11 +37,9 @@ def controller_namespace(name: str) -> str:
 
 
 def check_tools() -> dict[str, str]:
-    found = {tool: shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") for tool in TOOLS}
-    missing = [tool for tool, path in found.items() if not path]
-    if missing:
-        raise SandboxError(f"sandbox --slurm needs {', '.join(missing)}", fix="apt-get install slurm-wlm munge")
-    return {tool: str(path) for tool, path in found.items()}
+    from trainfleet.sandbox.cluster import find_tools
+
+    return find_tools(TOOLS, "sandbox --slurm", "slurm-wlm munge")
 
 
 def render_conf(name: str, directory: Path, controller_address: str, nodes: list[tuple[str, str]], cpus: int) -> str:
