@@ -132,9 +132,20 @@ def disk_free(path: str) -> Optional[Disk]:
     return Disk(path=path, free=stats.f_bavail * stats.f_frsize, total=stats.f_blocks * stats.f_frsize)
 
 
+def docker_data_root() -> Optional[str]:
+    """The data root the running Docker daemon reports, or None (no daemon, no answer)."""
+    try:
+        asked = subprocess.run(["docker", "info", "--format", "{{.DockerRootDir}}"], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    root = asked.stdout.decode(errors="replace").strip()
+    return root if asked.returncode == 0 and root.startswith("/") else None
+
+
 def container_root(engine: str, explicit: str) -> Optional[str]:
     """Where the engine keeps images and containers: what fills up first ("No space left
-    on device" inside a container). Docker: data-root of daemon.json; podman: graphroot."""
+    on device" inside a container). Docker: the running daemon's, else daemon.json's; podman: graphroot."""
     if explicit:
         return explicit
     if engine == "podman":
@@ -142,15 +153,12 @@ def container_root(engine: str, explicit: str) -> Optional[str]:
         found = re.search(r'^\s*graphroot\s*=\s*"([^"]+)"', conf, re.MULTILINE)
         root = found.group(1) if found else "/var/lib/containers/storage"
         return root if os.path.isdir(root) else None
-    # The running daemon knows best (a --data-root on its command line is in no file).
-    try:
-        asked = subprocess.run(["docker", "info", "--format", "{{.DockerRootDir}}"], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=5)
-        root = asked.stdout.decode(errors="replace").strip()
-        if asked.returncode == 0 and root.startswith("/"):
+    # The running daemon knows best (a --data-root on its command line is in no file); asked
+    # only for a fleet that runs Docker, not on every doctor of every other fleet.
+    if engine == "docker":
+        root = docker_data_root()
+        if root:
             return root
-    except (OSError, subprocess.TimeoutExpired):
-        pass
     text = read_text("/etc/docker/daemon.json")
     if text:
         try:

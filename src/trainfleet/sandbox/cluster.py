@@ -30,6 +30,8 @@ from pathlib import Path
 from trainfleet.errors import SandboxError, UsageError
 from trainfleet.files import write_atomically
 from trainfleet.fleet.schema import dump_fleet_yaml
+from trainfleet.sandbox import docker as docker_daemons
+from trainfleet.sandbox import slurm as slurm_daemons
 
 SANDBOX_ROOT_ENV = "TRAINFLEET_SANDBOX_ROOT"
 DEFAULT_ROOT = "/var/lib/trainfleet/sandbox"
@@ -336,9 +338,6 @@ def up(nodes: int, name: str = "tf", out: Path | None = None, slots: int = 2,
        slurm: bool = False, docker: bool = False) -> SandboxState:
     """Create the cluster and return its state; on any failure, remove what was made."""
     tools = check_prerequisites()
-    from trainfleet.sandbox import docker as docker_daemons
-    from trainfleet.sandbox import slurm as slurm_daemons
-
     if slurm:
         slurm_daemons.check_tools()
     if docker:
@@ -404,8 +403,6 @@ def save(state: SandboxState) -> None:
 
 def _build(state: SandboxState, count: int, slots: int, tools: dict[str, str], ssh_port: int,
            password_auth: bool) -> SandboxState:
-    from trainfleet.sandbox import docker as docker_daemons
-
     directory = Path(state.directory)
     subnet = ipaddress.ip_network(state.subnet)
     private = ipaddress.ip_network(state.private_subnet) if state.private_subnet else None
@@ -524,14 +521,8 @@ def fleet_data(state: SandboxState, slots: int, identity_file: str, ssh_port: in
             }
             for node in state.nodes
         ],
-        **({"container": docker_container()} if state.docker else {}),
+        **({"container": docker_daemons.container_options()} if state.docker else {}),
     }
-
-
-def docker_container() -> dict[str, object]:
-    from trainfleet.sandbox import docker as docker_daemons
-
-    return docker_daemons.container_options()
 
 
 def _current_user() -> str:
@@ -622,9 +613,6 @@ def down(name: str, missing_ok: bool = False) -> list[str]:
                 fleet_file.read_text().startswith(f"# trainfleet sandbox {name!r}"):
             fleet_file.unlink()
             removed.append(f"file {fleet_file}")
-    from trainfleet.sandbox import docker as docker_daemons
-    from trainfleet.sandbox import slurm as slurm_daemons
-
     removed += slurm_daemons.stop(directory)
     removed += docker_daemons.stop(directory)
     if directory.exists():

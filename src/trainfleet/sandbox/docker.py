@@ -23,8 +23,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainfleet.errors import SandboxError
+
+if TYPE_CHECKING:
+    from trainfleet.sandbox.cluster import SandboxState
 
 TOOLS = ("dockerd", "docker", "debootstrap")
 IMAGE = "trainfleet-sandbox/python3:bookworm"
@@ -94,11 +98,8 @@ def image_tarball() -> Path:
     return tarball
 
 
-def start(state: object) -> None:
-    """A daemon in every node of a built sandbox (a SandboxState), each given the image."""
-    from trainfleet.sandbox.cluster import SandboxState
-
-    assert isinstance(state, SandboxState)
+def start(state: SandboxState) -> None:
+    """A daemon in every node of a built sandbox, each given the image."""
     tools = check_tools()
     tarball = image_tarball()
     for node in state.nodes:

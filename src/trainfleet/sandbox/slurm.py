@@ -16,8 +16,12 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainfleet.errors import SandboxError
+
+if TYPE_CHECKING:
+    from trainfleet.sandbox.cluster import SandboxState
 
 TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol")
 CONTROLLER_NAME = "ctl"
@@ -85,11 +89,10 @@ def _run(argv: list[str], what: str) -> None:
         raise SandboxError(f"{what} failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}")
 
 
-def start(state: object, controller_address: str) -> str:
-    """Start Slurm on a built sandbox (a SandboxState); returns its slurm.conf's path."""
-    from trainfleet.sandbox.cluster import SandboxState, netns
+def start(state: SandboxState, controller_address: str) -> str:
+    """Start Slurm on a built sandbox; returns its slurm.conf's path."""
+    from trainfleet.sandbox.cluster import netns
 
-    assert isinstance(state, SandboxState)
     tools = check_tools()
     directory = slurm_dir(state.directory)
     for sub in ("state", "spool", "log"):
