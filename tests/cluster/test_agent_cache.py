@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import time
 from pathlib import Path
 
 from helpers import tf
 from trainfleet.agent import sources
+from trainfleet.agent.protocol import LockRequest
+from trainfleet.fleet.load import load_fleet
+from trainfleet.transport.agent_client import AgentClient
+from trainfleet.transport.session import FleetSession
 from trainfleet.sandbox import cluster as sb
 
 DIGEST = hashlib.sha256(json.dumps(sources()).encode()).hexdigest()
@@ -33,3 +39,27 @@ def test_the_agent_is_sent_once_and_an_altered_copy_is_replaced(fleet3: Path, cl
     cached.write_text(cached.read_text().replace("def serve()", "def serve_altered()"))
     tf("doctor", "-f", str(fleet3), check=True)
     assert hashlib.sha256(cached.read_bytes()).hexdigest() == DIGEST
+
+
+def test_the_agent_ends_at_once_when_the_controller_is_done(fleet3: Path) -> None:
+    """A handler thread that has just sent its reply may still hold stdout when stdin ends;
+    the interpreter's own shutdown then waited for it, aborted, and every command paid 2 s
+    now and then (about one agent in 30)."""
+    fleet = load_fleet(fleet3)
+
+    async def rounds() -> list[tuple[float, int | None, str]]:
+        async with await FleetSession.open(fleet, fleet.nodes[:1]) as session:
+            conn = session.connections[fleet.nodes[0].name]
+            ended = []
+            for _ in range(120):
+                agent = await AgentClient.start(conn, fleet.nodes[0].name, fleet.python)
+                for release in (False, True):  # what `run` asks last before it gives up
+                    await agent.call(LockRequest(job_id="j1", workdir=fleet.workdir, release=release), timeout=30)
+                started = time.monotonic()
+                await agent.close()
+                completed = await agent.process.wait()
+                ended.append((time.monotonic() - started, completed.exit_status, "".join(agent._stderr)))
+            return ended
+
+    ended = asyncio.run(rounds())
+    assert [e for e in ended if e[0] > 0.5 or e[1] != 0 or e[2]] == []

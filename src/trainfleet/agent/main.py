@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
+import os
 import sys
 import threading
 import traceback
@@ -78,3 +79,12 @@ def serve() -> None:
         if not line.strip():
             continue
         threading.Thread(target=handle, args=(json.loads(line),), daemon=True).start()
+    # The controller is done. Leave without the interpreter's shutdown: a handler thread
+    # that has just sent its reply may still hold stdout's buffer lock, and finalization
+    # then waits for it for seconds before aborting (every command paid 2 s, now and then).
+    # Under the write lock no thread is inside stdout; a handler still at work is
+    # abandoned as a daemon thread would be.
+    with _write_lock:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
