@@ -205,6 +205,21 @@ def test_a_rank_that_blocks_forever_gets_its_stack_shown_and_the_job_ends(fleet:
     assert ranks_running(durable, ["node0", "node1", "node2"]) == []
 
 
+def test_logs_follow_sends_a_long_history_whole(fleet: Path, durable: sb.SandboxState) -> None:
+    """Re-attaching to a job that has printed 100,000 lines: all of them, in order (they
+    once went as one message of megabytes, which the client dropped)."""
+    from helpers import JOBS
+
+    job_id = detach(fleet, JOBS, "chatty.py", "--burst", "100000")
+    until_ended = time.monotonic() + 120
+    while job_state(fleet, job_id)["state"] == "running" and time.monotonic() < until_ended:
+        time.sleep(1)
+    followed = tf("logs", "-f", str(fleet), job_id, "--follow", timeout=120)
+    assert followed.returncode == 0, followed.stderr[-2000:]
+    steps = [int(m) for m in re.findall(r"^\[node0:0\] step (\d+) ", followed.stdout, re.MULTILINE)]
+    assert steps == list(range(100000))
+
+
 def test_status_of_an_unknown_job_is_one_line(fleet: Path) -> None:
     missing = tf("logs", "-f", str(fleet), "tf-20000101-000000-abcd", timeout=60)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr

@@ -11,6 +11,10 @@ from .protocol import FollowRequest, JobState, LostEvent, OutputEvent
 from .records import (LOG_NAME, TERMINAL, live_state, node_dir, log_lines, read_state_at, supervisor_pid,
                       write_state)
 
+BATCH = 500
+"""Lines per OutputEvent."""
+
+
 def follow(directory: str, emit: Callable[[object], None], since: float = 0.0, poll: float = 0.05) -> JobState:
     """Send the job's output as it is written, until the job has ended and all of it is sent."""
     path = os.path.join(directory, LOG_NAME)
@@ -47,8 +51,10 @@ def follow(directory: str, emit: Callable[[object], None], since: float = 0.0, p
                     continue
                 if moment >= since:
                     batch.append((moment, text))
-            if batch:
-                emit(OutputEvent(lines=batch))
+            # In pieces: one message of a long history (megabytes) would be one line on the
+            # agent's stdout longer than the controller reads whole, and would be lost.
+            for start in range(0, len(batch), BATCH):
+                emit(OutputEvent(lines=batch[start:start + BATCH]))
         if done and not chunk:
             assert state is not None
             return state
@@ -65,6 +71,6 @@ def follow_request(request: FollowRequest, emit: Callable[[object], None]) -> Jo
         return follow(directory, emit, since=request.since)
     lines = [(moment, text) for moment, text in log_lines(os.path.join(directory, LOG_NAME))
              if moment >= request.since]
-    for start in range(0, len(lines), 500):
-        emit(OutputEvent(lines=lines[start:start + 500]))
+    for start in range(0, len(lines), BATCH):
+        emit(OutputEvent(lines=lines[start:start + BATCH]))
     return live_state(request.workdir, state)
