@@ -23,9 +23,9 @@ packages=(python3-venv openssh-server openssh-client rsync iproute2 util-linux p
 if [ "$tests" = 1 ]; then
     # What the tests exercise or measure against: pdsh and iperf3 (baselines), firewalls,
     # container engines (and debootstrap for the sandbox's Docker image), FUSE mounts, Open MPI,
-    # a real Slurm.
+    # a real Slurm, a real browser for the dashboard's test.
     packages+=(pdsh iperf3 iptables nftables ufw podman runc docker.io debootstrap sshfs s3fs fuse3 openmpi-bin
-               slurm-wlm munge)
+               slurm-wlm munge chromium chromium-driver)
 fi
 missing=()
 for package in "${packages[@]}"; do
@@ -42,7 +42,7 @@ if [ ! -x .venv/bin/python ]; then
     echo "+ python3 -m venv .venv"
     python3 -m venv .venv
 fi
-extras="[plot]"
+extras="[plot,ui]"
 if [ "$tests" = 1 ]; then extras="[test]"; fi
 echo "+ pip install torch==2.13.0 -e .$extras (into .venv)"
 DS_BUILD_OPS=0 .venv/bin/pip install -q torch==2.13.0 -e ".$extras"

@@ -59,6 +59,9 @@ def bench_net(fleet_file: str | None, min_size: str, max_size: str, p2p_size: st
                          concurrent=True)
     code = launch(fleet, job, options, secret_values(fleet), printer=collect)
     if code == 0:
+        from trainfleet import latest
+
+        latest.save(fleet, "netbench", numbers.to_json())  # what `trainfleet ui` shows
         click.echo(json.dumps(numbers.to_json(), indent=2) if as_json else numbers.render())
         if plot_file is not None:
             from trainfleet.plots import bandwidth_heatmap

@@ -31,6 +31,9 @@ def doctor(fleet_file: str | None, port: int, as_json: bool, show_all: bool) -> 
     except UsageError:  # run from / or the home directory: no project to check
         project = ""
     report = run_async(examine(fleet, rdzv_port=port, project=project))
+    from trainfleet import latest
+
+    latest.save(fleet, "doctor", report.to_json())  # what `trainfleet ui` shows
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:

@@ -184,16 +184,22 @@ async def logs(fleet: Fleet, job_id: str, nodes: Iterable[Node], *, rank: int | 
 async def stop(fleet: Fleet, job_id: str, grace: float = 10.0) -> JobView:
     """End every process of the job on every node (by its id, nothing else), then check."""
     async with await FleetSession.open(fleet) as session:
-        view = (await views(session, job_id))[0]
-        targets = [n for n in session.nodes if n.name in view.nodes]
-        replies = await session.call_all(lambda n: StopRequest(job_id=job_id, workdir=fleet.workdir, grace=grace,
-                                                               reason="stopped by `trainfleet stop`")
-                                         if n.name in view.nodes else None, targets, timeout=grace + 60)
-        for node, failed in replies.failures.items():
-            view.unreachable[node] = failed.error or "no answer"
-        view.nodes.update(replies.answers)
-        checks = await session.call_all(SweepRequest(job_id=job_id, kill=True), targets, timeout=60)
-        left = {n: a.left for n, a in checks.answers.items() if a.left}
+        return await stop_on(session, job_id, grace, "stopped by `trainfleet stop`")
+
+
+async def stop_on(session: FleetSession, job_id: str, grace: float, reason: str) -> JobView:
+    """`stop` over a session already open (the dashboard's)."""
+    fleet = session.fleet
+    view = (await views(session, job_id))[0]
+    targets = [n for n in session.nodes if n.name in view.nodes]
+    replies = await session.call_all(lambda n: StopRequest(job_id=job_id, workdir=fleet.workdir, grace=grace,
+                                                           reason=reason)
+                                     if n.name in view.nodes else None, targets, timeout=grace + 60)
+    for node, failed in replies.failures.items():
+        view.unreachable[node] = failed.error or "no answer"
+    view.nodes.update(replies.answers)
+    checks = await session.call_all(SweepRequest(job_id=job_id, kill=True), targets, timeout=60)
+    left = {n: a.left for n, a in checks.answers.items() if a.left}
     if left:
         where = "; ".join(f"{n}: pids {' '.join(str(p.pid) for p in procs)}" for n, procs in left.items())
         raise TrainfleetError(f"job {job_id}: processes still running after stop ({where})",

@@ -1,0 +1,126 @@
+"""What the dashboard's pages show, as plain JSON-ready data: pure functions of what the
+fleet answered (top, the jobs' records, their output) and of the latest doctor report and
+`bench net` numbers. Nothing here reaches a node or the network."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainfleet.agent.protocol import TopReply
+from trainfleet.fleet.model import Fleet
+from trainfleet.job.plan import RANK_LINE
+from trainfleet.ops.jobs import JobView
+from trainfleet.supervise.metrics import Series, parse_line
+from trainfleet.supervise.output import on_screen, rank_node
+
+
+def fleet_view(fleet: Fleet, answers: Mapping[str, TopReply], failures: Mapping[str, str], looked: float,
+               doctor: dict[str, Any] | None, netbench: dict[str, Any] | None) -> dict[str, Any]:
+    """Every node as `top` sees it now, the training network and findings of the latest
+    doctor run, and the latest point-to-point matrix as a heatmap."""
+    network = (doctor or {}).get("data", {}).get("network", {})
+    nodes = []
+    for node in fleet.nodes:
+        row: dict[str, Any] = {"name": node.name, "host": node.host, "reachable": node.name in answers,
+                               "error": failures.get(node.name, ""),
+                               "network": network.get(node.name) or {"interface": node.interface or "",
+                                                                     "address": node.address or ""}}
+        answer = answers.get(node.name)
+        if answer is not None:
+            row.update(cpu_percent=round(answer.cpu_percent, 1), memory_used=answer.memory_used,
+                       memory_total=answer.memory_total,
+                       gpus=[{"index": g.index, "util": g.util, "memory_used": g.memory_used,
+                              "memory_total": g.memory_total} for g in answer.gpus],
+                       jobs=[{"job_id": j.job_id, "processes": j.processes, "steps_per_s": j.steps_per_s}
+                             for j in answer.jobs])
+        nodes.append(row)
+    findings = None
+    if doctor is not None:
+        data = doctor["data"]
+        findings = {"saved": doctor["saved"], "ok": data.get("ok"),
+                    "items": [f for f in data.get("findings", []) if f.get("verdict") != "ok"]}
+    return {"fleet": fleet.source, "looked": looked, "nodes": nodes, "doctor": findings,
+            "heatmap": heatmap(netbench["data"], netbench["saved"]) if netbench else None}
+
+
+def heatmap(numbers: dict[str, Any], saved: float) -> dict[str, Any] | None:
+    """The point-to-point matrix of `bench net` (row sends, column receives), in Gbit/s."""
+    p2p = numbers.get("p2p") or []
+    if not p2p:
+        return None
+    names = list(dict.fromkeys([str(r["src"]) for r in p2p] + [str(r["dst"]) for r in p2p]))
+    cell = {(str(r["src"]), str(r["dst"])): float(r["gbit_s"]) for r in p2p}
+    slow = numbers.get("slowest_link") or min(p2p, key=lambda r: float(r["gbit_s"]))
+    return {"saved": saved, "nodes": names, "bytes": p2p[0].get("bytes"),
+            "cells": [[None if src == dst else cell.get((src, dst)) for dst in names] for src in names],
+            "slowest": {"src": slow["src"], "dst": slow["dst"], "gbit_s": float(slow["gbit_s"])}}
+
+
+def job_row(view: JobView) -> dict[str, Any]:
+    """One job in the jobs list: state, nodes, launcher, start, end, root cause."""
+    row = view.to_json()
+    states = list(view.nodes.values())
+    row["launcher"] = next((s.launcher for s in states if s.launcher), "")
+    row["processes"] = sum(s.nproc for s in states)
+    return row
+
+
+def timeline(view: JobView) -> list[dict[str, Any]]:
+    """The job's events in time order: started, each node's end, nodes lost, a hang and
+    where the ranks were, its root cause."""
+    events: list[dict[str, Any]] = [{"time": view.started, "node": "", "text": "started on " +
+                                     ", ".join(sorted(view.nodes))}]
+    for node, state in sorted(view.nodes.items()):
+        if state.hang:
+            events.append({"time": state.ended or state.started, "node": node,
+                           "text": "hung: " + state.hang.strip().splitlines()[0]})
+        if state.ended is not None:
+            how = f"exit {state.exit_code}" if state.exit_code is not None else (f"SIG{state.signal}" if state.signal
+                                                                               else "")
+            events.append({"time": state.ended, "node": node,
+                           "text": f"{state.state}" + (f" ({how})" if how else "") +
+                                   (f": {state.reason}" if state.reason else "")})
+    if view.lost:
+        moment = min((s.ended for s in view.nodes.values() if s.ended), default=view.started)
+        events.append({"time": moment, "node": ", ".join(view.lost), "text": "lost: the job went on without it"
+                       if view.state == "running" else "lost"})
+    root = view.root_cause()
+    if root is not None:
+        events.append({"time": view.ended or view.started, "node": root.first.node, "text": root.headline()})
+    return sorted(events, key=lambda e: e["time"])
+
+
+@dataclass
+class JobOutput:
+    """A job's output as the dashboard keeps it: its lines (the user's, as `run` shows them)
+    in arrival order, and the metrics found in them, both only ever appended to, so a
+    page asks for what came after the last line or point it has."""
+
+    marked: bool
+    rank_nodes: Sequence[str] = ()
+    pattern: re.Pattern[str] | None = None
+    lines: list[list[Any]] = field(default_factory=list)
+    """[time, node, rank or None, text]"""
+    points: list[list[Any]] = field(default_factory=list)
+    """[node, rank, step, {metric: value}]"""
+    _series: dict[tuple[str, int], Series] = field(default_factory=dict)
+
+    def take(self, node: str, moment: float, text: str) -> None:
+        if not on_screen(text, self.marked):
+            return
+        match = RANK_LINE.match(text)
+        if match is None:
+            self.lines.append([moment, node, None, text])
+            return
+        rank, body = int(match.group(1)), match.group(2)
+        where = rank_node(self.rank_nodes, rank, node)
+        self.lines.append([moment, where, rank, body])
+        values = parse_line(body, self.pattern)
+        if values:
+            series = self._series.setdefault((where, rank), Series())
+            series.add(values)
+            step = values.get("step", float(series.lines))
+            self.points.append([where, rank, step, {k: v for k, v in values.items() if k != "step"}])
