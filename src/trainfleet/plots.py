@@ -12,7 +12,7 @@ from trainfleet.errors import UsageError
 
 if TYPE_CHECKING:
     from trainfleet.netbench_results import NetBenchResult
-    from trainfleet.supervise.metrics import Series
+    from trainfleet.agent.metrics import Series
 
 UNITS = {"tokens/s": "tokens/s", "tok/s": "tokens/s", "samples/s": "samples/s", "time": "ms (as printed)",
          "step_time": "s (as printed)", "mfu": "%", "lr": "", "learning_rate": ""}
@@ -48,7 +48,7 @@ def metric_plot(series: dict[tuple[str, int], Series], metric: str, title: str, 
     figure, axes = plt.subplots(figsize=(9, 5), dpi=110)
     for node, rank in ranks:
         points = series[(node, rank)].points[metric]
-        axes.plot([p[0] for p in points], [p[1] for p in points], label=f"rank {rank} ({node})",
+        axes.plot([p[0] for p in points], [p[1] for p in points], label=f"rank {rank} ({node})" if rank >= 0 else node,
                   marker="o" if len(points) < 30 else None, markersize=3, linewidth=1.4)
     unit = UNITS.get(metric, "")
     axes.set_xlabel("step")

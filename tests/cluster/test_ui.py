@@ -153,6 +153,9 @@ def test_the_dashboard_shows_the_fleet_its_jobs_and_live_charts(ui: tuple[Any, s
         until(lambda: int(driver.find_element(By.CSS_SELECTOR, chart).get_attribute("data-points")) > first + 2,
               timeout=60, message="the loss chart growing")
         assert driver.find_element(By.ID, "job-state").text == "running"
+        # The same parser gives `status --json` the latest values.
+        listed = json.loads(tf("status", "-f", str(fleet), training, "--json", check=True).stdout)[0]
+        assert set(listed["metrics"]) == {"loss", "tokens/s"} and 0 < listed["metrics"]["loss"] < 5
         driver.save_screenshot(str(ARTIFACTS / "job.png"))
 
         # The chatty job's log, filtered to one rank.

@@ -11,7 +11,7 @@ from helpers import tf
 from trainfleet.errors import UsageError
 from trainfleet.netbench_results import NetBenchResult
 from trainfleet.plots import bandwidth_heatmap, metric_plot
-from trainfleet.supervise.metrics import collect, last_values, parse_line
+from trainfleet.agent.metrics import collect, last_values, parse_line
 
 
 @pytest.mark.parametrize("line, expected", [
@@ -93,3 +93,61 @@ def test_plot_command_reads_the_logs_run_kept(tmp_path: Path) -> None:
     assert done.returncode == 0 and "wrote" in done.stderr and (tmp_path / "l.png").stat().st_size > 10_000, done.stderr
     bad = tf("plot", "tf-abc", "--log-dir", str(tmp_path / "trainfleet-runs"), "-o", str(tmp_path / "l.jpg"))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "name the file .png or .svg" in bad.stderr
+
+
+def test_a_node_reports_the_latest_values_of_its_lowest_rank_and_its_steps_per_second() -> None:
+    from trainfleet.agent.metrics import latest_on_node
+    from trainfleet.agent.rankwrap import rank_mark
+
+    lines = [(100.0, rank_mark(1) + "step 10 loss 3.0 lr 0.1"), (101.0, rank_mark(0) + "step 10 loss 2.9"),
+             (101.5, "some launcher line loss 9"), (103.0, rank_mark(0) + "step 20 loss 2.5"),
+             (104.0, rank_mark(1) + "step 20 loss 2.6 lr 0.05"), (105.0, rank_mark(0) + "hello")]
+    latest, rate = latest_on_node(lines)
+    assert latest == {"loss": 2.5, "lr": 0.05}  # lr only rank 1 prints
+    assert rate == 5.0  # rank 0: 10 steps in 2 s
+    assert latest_on_node([]) == ({}, None)
+
+
+CAPTURES = Path(__file__).resolve().parents[1] / "captures"
+"""What `trainfleet run` showed of real jobs (tests/captures/README.md says how each was made)."""
+
+
+def captured(name: str) -> list[str]:
+    return (CAPTURES / name).read_text().splitlines()
+
+
+def test_nanogpt_as_run_shows_it() -> None:
+    series = collect(captured("nanogpt.txt"))
+    assert list(series) == [("node0", -1)]  # the command launcher: one process, its lines unmarked
+    points = series[("node0", -1)].points
+    assert [step for step, _ in points["loss"]] == [float(i) for i in range(0, 41, 2)]
+    assert points["loss"][0] == (0.0, 4.3116) and points["loss"][-1] == (40.0, 3.6593)
+    assert len(points["time"]) == 21 and all(v > 0 for _, v in points["time"])  # ms per iteration
+    # The evaluations: `step 20: train loss 3.9800, val loss 4.0001`.
+    assert [step for step, _ in points["train_loss"]] == [0.0, 20.0, 40.0]
+    assert [step for step, _ in points["val_loss"]] == [0.0, 20.0, 40.0]
+
+
+def test_hf_trainer_as_run_shows_it() -> None:
+    series = collect(captured("hf_trainer.txt"))
+    assert sorted(series) == [("node0", 0), ("node1", 1)]
+    for one in series.values():
+        # transformers 5 logs its numbers as strings; the step is the line's order.
+        assert [v for _, v in one.points["loss"]] == [5.378, 5.379, 5.38, 5.376, 5.38, 5.374]
+        assert one.points["learning_rate"][0] == (1.0, 0.0004333)
+        assert one.points["train_samples_per_second"][0][1] > 0  # the summary at the end
+    assert last_values(series)["train_loss"] == 5.378
+
+
+def test_deepspeed_as_run_shows_it() -> None:
+    series = collect(captured("deepspeed.txt"))
+    assert sorted(series) == [("node0", 0), ("node1", 1)]
+    assert [v for _, v in series[("node0", 0)].points["loss"]] == [1.416, 1.386, 1.403, 1.436]
+    assert [s for s, _ in series[("node0", 0)].points["loss"]] == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_the_example_as_the_demo_shows_it() -> None:
+    series = collect(captured("charlm.txt"))
+    loss = series[("node0", 0)].points["loss"]
+    assert len(loss) >= 10 and loss[-1][1] < loss[0][1] and [s for s, _ in loss] == sorted(s for s, _ in loss)
+    assert "tokens/s" in series[("node0", 0)].points

@@ -345,6 +345,9 @@ class JobState:
     wrapped: bool = False
     """The ranks' lines are marked by the rank wrapper (the rest is the launcher's)."""
     rank_nodes: List[str] = field(default_factory=list)
+    metrics: Dict[str, float] = field(default_factory=dict)
+    """The latest value of each metric in this node's output (lowest rank first), as
+    `status` asks for it; not kept in the record."""
 
 
 @dataclass

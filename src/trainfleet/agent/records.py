@@ -156,10 +156,17 @@ def write(request: WriteRequest) -> Empty:
     return Empty()
 
 
-def log_lines(path: str) -> List[Tuple[float, str]]:
+def log_lines(path: str, tail: int = 0) -> List[Tuple[float, str]]:
+    """The log's lines as (time, text); with `tail`, only those in its last `tail` bytes
+    (what `top` and `status` look at: a long job's log is megabytes)."""
     found = []
     try:
         with open(path, "rb") as handle:
+            if tail:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - tail))
+                if size > tail:
+                    handle.readline()  # most likely a part of a line
             for raw in handle:
                 stamp, _, text = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
                 try:
@@ -171,6 +178,10 @@ def log_lines(path: str) -> List[Tuple[float, str]]:
     return found
 
 
+TAIL = 64 << 10
+"""Bytes of a job's log read for its latest metrics."""
+
+
 def live_state(workdir: str, state: JobState) -> JobState:
     """A record that says running, of a job whose supervisor is gone, says lost."""
     if state.state not in TERMINAL and not supervisor_alive(workdir, state.job_id):
@@ -180,8 +191,13 @@ def live_state(workdir: str, state: JobState) -> JobState:
 
 
 def jobs(request: JobsRequest) -> JobsReply:
+    from .metrics import latest_on_node
+
     states = list_states(request.workdir)
     chosen = [states[request.job_id]] if request.job_id in states else [] if request.job_id else list(states.values())
+    for state in chosen:
+        state.metrics = latest_on_node(log_lines(os.path.join(node_dir(request.workdir, state.job_id), LOG_NAME),
+                                                 tail=TAIL))[0]
     return JobsReply(states=[live_state(request.workdir, s) for s in chosen])
 
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from . import procs
 from .protocol import TopGpu, TopJob, TopReply, TopRequest
-from .records import LOG_NAME, list_states, live_state, log_lines, node_dir
-
-STEP = re.compile(r"\bstep[ =:]+(\d+)", re.IGNORECASE)
-
+from .metrics import latest_on_node
+from .records import LOG_NAME, TAIL, list_states, live_state, log_lines, node_dir
 
 def _cpu_total() -> Tuple[float, float]:
     with open("/proc/stat") as handle:
@@ -61,15 +58,6 @@ def _gpus() -> List[TopGpu]:
     return found
 
 
-def steps_per_second(lines: List[Tuple[float, str]]) -> Optional[float]:
-    """From the step counter in the last minute of output (`step 120 ...`)."""
-    recent = [(moment, int(m.group(1))) for moment, text in lines[-400:] for m in [STEP.search(text)] if m]
-    recent = [(t, n) for t, n in recent if t >= lines[-1][0] - 60] if lines else []
-    if len(recent) < 2 or recent[-1][0] <= recent[0][0] or recent[-1][1] <= recent[0][1]:
-        return None
-    return (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
-
-
 def top(request: TopRequest) -> TopReply:
     running = {job_id: state for job_id, state in list_states(request.workdir).items()
                if live_state(request.workdir, state).state in ("starting", "running")}
@@ -83,10 +71,10 @@ def top(request: TopRequest) -> TopReply:
     found = []
     for job_id, listed in members.items():
         used = sum(_process_ticks(p.pid) - ticks0.get(p.pid, 0.0) for p in listed)
-        lines = log_lines(os.path.join(node_dir(request.workdir, job_id), LOG_NAME))
+        lines = log_lines(os.path.join(node_dir(request.workdir, job_id), LOG_NAME), tail=TAIL)
         found.append(TopJob(job_id=job_id, processes=len(listed), cpu_percent=round(100.0 * used / elapsed * cores, 1),
                             rss_bytes=sum(_rss(p.pid) for p in listed), last_line=lines[-1][1][:200] if lines else "",
-                            steps_per_s=steps_per_second(lines)))
+                            steps_per_s=latest_on_node(lines)[1]))
     used_memory, total_memory = _memory()
     return TopReply(cpu_percent=round(100.0 * (1 - (idle1 - idle0) / elapsed), 1), memory_used=used_memory,
                     memory_total=total_memory, gpus=_gpus(), jobs=found)

@@ -40,6 +40,8 @@ def status_command(fleet_file: str | None, job_id: str, as_json: bool) -> None:
         if view.unreachable:
             line += f"  unreachable now: {fold_nodes(view.unreachable)}"
         click.echo(line)
+        if view.metrics and (job_id or view.state in ("running", "starting")):
+            click.echo("  last: " + ", ".join(f"{k} {v:g}" for k, v in view.metrics.items()))
         root = view.root_cause()
         if view.state in ("stopped", "lost") and view.reason and root is None:
             click.echo(f"  {view.reason}")

@@ -55,6 +55,17 @@ class JobView:
     def lost(self) -> list[str]:
         return sorted({n for s in self.nodes.values() for n in s.lost})
 
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The latest value of each metric the job printed (node 0's, where it has it)."""
+        latest: dict[str, float] = {}
+        for name in sorted(self.nodes, reverse=True):
+            latest.update(self.nodes[name].metrics)
+        head = next((s.rank_nodes[0] for s in self.nodes.values() if s.rank_nodes), None)
+        if head in self.nodes:
+            latest.update(self.nodes[head].metrics)  # type: ignore[index]
+        return latest
+
     def root_cause(self) -> RootCause | None:
         if self.state not in ("failed", "lost"):
             return None
@@ -69,7 +80,7 @@ class JobView:
         root = self.root_cause()
         return {
             "job_id": self.job_id, "state": self.state, "started": self.started, "ended": self.ended,
-            "lost": self.lost, "unreachable": self.unreachable, "reason": self.reason,
+            "lost": self.lost, "unreachable": self.unreachable, "reason": self.reason, "metrics": self.metrics,
             "root_cause": None if root is None else {"summary": root.headline(), "node": root.first.node,
                                                      "rank": root.first.rank, "exit_code": root.first.exit_code,
                                                      "signal": root.first.signal, "detail": root.first.detail},

@@ -13,7 +13,7 @@ from trainfleet.agent.protocol import TopReply
 from trainfleet.fleet.model import Fleet
 from trainfleet.job.plan import RANK_LINE
 from trainfleet.ops.jobs import JobView
-from trainfleet.supervise.metrics import Series, parse_line
+from trainfleet.agent.metrics import Series, parse_line
 from trainfleet.supervise.output import on_screen, rank_node
 
 
@@ -112,15 +112,17 @@ class JobOutput:
         if not on_screen(text, self.marked):
             return
         match = RANK_LINE.match(text)
-        if match is None:
-            self.lines.append([moment, node, None, text])
-            return
-        rank, body = int(match.group(1)), match.group(2)
-        where = rank_node(self.rank_nodes, rank, node)
+        if match is None:  # the launcher's line, or any line where ranks are not marked (a command, mpirun)
+            where, rank, body = node, None, text
+        else:
+            rank, body = int(match.group(1)), match.group(2)
+            where = rank_node(self.rank_nodes, rank, node)
         self.lines.append([moment, where, rank, body])
+        if rank is None and self.marked:
+            return  # metrics come from the ranks
         values = parse_line(body, self.pattern)
         if values:
-            series = self._series.setdefault((where, rank), Series())
+            series = self._series.setdefault((where, -1 if rank is None else rank), Series())
             series.add(values)
             step = values.get("step", float(series.lines))
             self.points.append([where, rank, step, {k: v for k, v in values.items() if k != "step"}])

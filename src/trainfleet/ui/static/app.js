@@ -213,7 +213,7 @@ function jobPage(jobId) {
       for (const [metric, value] of Object.entries(values)) {
         const group = GROUPS.find(([, fits]) => fits(metric));
         if (!group) continue;
-        const key = `${metric} ${node}:${rank}`;
+        const key = rank === null ? `${metric} ${node}` : `${metric} ${node}:${rank}`;
         ((series[group[0]] ||= {})[key] ||= new Map()).set(step, value);
       }
     }
