@@ -53,7 +53,7 @@ def metric_plot(series: dict[tuple[str, int], Series], metric: str, title: str, 
     unit = UNITS.get(metric, "")
     axes.set_xlabel("step")
     axes.set_ylabel(f"{metric} ({unit})" if unit else metric)
-    axes.set_title(title)
+    axes.set_title(_wrapped(title, figure))
     axes.grid(True, alpha=0.3)
     if len(ranks) > 1:
         axes.legend(fontsize="small")
@@ -61,6 +61,14 @@ def metric_plot(series: dict[tuple[str, int], Series], metric: str, title: str, 
     figure.savefig(path)
     plt.close(figure)
     return len(ranks)
+
+
+def _wrapped(title: str, figure: object) -> str:
+    """A title that fits the figure's width (a long fleet path would be cut off)."""
+    import textwrap
+
+    width = figure.get_size_inches()[0]  # type: ignore[attr-defined]
+    return "\n".join(textwrap.fill(part, max(30, int(width * 9))) for part in title.split("\n"))
 
 
 def bandwidth_heatmap(result: NetBenchResult, title: str, path: Path) -> None:
@@ -92,7 +100,7 @@ def bandwidth_heatmap(result: NetBenchResult, title: str, path: Path) -> None:
         row, column = index[str(slow["src"])], index[str(slow["dst"])]
         axes.add_patch(plt.Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
         title += f"\nslowest link: {slow['src']} -> {slow['dst']} at {float(slow['gbit_s']):.2f} Gbit/s"  # type: ignore[arg-type]
-    axes.set_title(title)
+    axes.set_title(_wrapped(title, figure))
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -37,6 +37,22 @@ def test_clean_sandbox_passes(fleet3: Path) -> None:
     checks = {f["check"] for f in report["findings"] if f["verdict"] == "ok"}
     assert {"ssh", "shell", "network", "ports", "versions", "disk", "clock", "jobs", "bandwidth"} <= checks
     assert set(report["network"]) == {"node0", "node1", "node2"}
+    # The ring doctor measured: each node to the next, the figures `--plot` draws.
+    assert {(r["src"], r["dst"]) for r in report["ring"]} == {("node0", "node1"), ("node1", "node2"), ("node2", "node0")}
+    assert all(r["gbit_s"] > 0 for r in report["ring"])
+
+
+def test_doctor_plot_draws_the_ring_as_a_heatmap(fleet3: Path, tmp_path: Path) -> None:
+    from matplotlib import image
+
+    out = tmp_path / "ring.png"
+    done = tf("doctor", "-f", str(fleet3), "--plot", str(out), timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"wrote {out}" in done.stderr
+    pixels = image.imread(str(out))
+    assert pixels.shape[0] >= 400 and pixels.shape[1] >= 400 and pixels.std() > 0.05  # drawn, not blank
+    refused = tf("doctor", "-f", str(fleet3), "--plot", str(tmp_path / "ring.gif"), timeout=60)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and ".gif" in refused.stderr
 
 
 def test_table_output_names_node_cause_and_fix(fleet3: Path, faulty: str) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
-from trainfleet.cli.app import cli, fleet_option, load, run_async
+from trainfleet.cli.app import cli, fleet_option, load, run_async, status
 
 
 @cli.command()
@@ -15,16 +16,20 @@ from trainfleet.cli.app import cli, fleet_option, load, run_async
 @click.option("--port", type=int, default=29500, show_default=True, help="rendezvous port to test on node 0")
 @click.option("--json", "as_json", is_flag=True, help="print the findings as JSON")
 @click.option("--all", "show_all", is_flag=True, help="also list the checks that passed")
-def doctor(fleet_file: str | None, port: int, as_json: bool, show_all: bool) -> None:
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="also draw the throughput of each node to the next (the ring doctor measures) as a heatmap")
+def doctor(fleet_file: str | None, port: int, as_json: bool, show_all: bool, plot_file: Path | None) -> None:
     """Find what is broken before GPU time is spent: node, cause and fix for each problem."""
     from trainfleet.cli.render import doctor_table
     from trainfleet.ops.doctor import examine
 
-    from pathlib import Path
-
     from trainfleet.errors import UsageError
     from trainfleet.ops.sync import project_for
 
+    if plot_file is not None:
+        from trainfleet.plots import check_output
+
+        check_output(plot_file)  # before the checks, not after them
     fleet = load(fleet_file)
     try:
         project = project_for(Path.cwd()).name
@@ -34,6 +39,14 @@ def doctor(fleet_file: str | None, port: int, as_json: bool, show_all: bool) -> 
     from trainfleet import latest
 
     latest.save(fleet, "doctor", report.to_json())  # what `trainfleet ui` shows
+    if plot_file is not None:
+        from trainfleet.netbench_results import NetBenchResult
+        from trainfleet.plots import bandwidth_heatmap
+
+        # Blank cells: pairs doctor does not measure (`bench net` measures every pair).
+        bandwidth_heatmap(NetBenchResult(p2p=report.ring), f"doctor, each node to the next (Gbit/s)\n{fleet.source}",
+                          plot_file)
+        status(f"wrote {plot_file}")
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:

@@ -39,11 +39,22 @@ class DoctorReport:
     def ok(self) -> bool:
         return not any(f.verdict is Verdict.FAIL for f in self.findings)
 
+    @property
+    def ring(self) -> list[dict[str, object]]:
+        """Each node's throughput to the next (the ring doctor measures), as `bench net`'s
+        point-to-point records: a heatmap with one cell a row."""
+        order = [n.name for n in self.gathered.fleet.nodes]
+        ring = [m for m in self.gathered.measured
+                if m.attempt.target.label == "peer-to-peer" and m.best.result == "ok" and m.best.mbit_s]
+        return [{"src": m.source, "dst": m.target, "gbit_s": round((m.best.mbit_s or 0.0) / 1000, 3),
+                 "bytes": m.attempt.target.bytes} for m in sorted(ring, key=lambda m: order.index(m.source))]
+
     def to_json(self) -> dict[str, object]:
         return {"ok": self.ok, "seconds": round(self.seconds, 2),
                 "findings": [f.to_json() for f in self.findings],
                 "network": {n: {"interface": c.interface, "address": c.address, "reason": c.reason}
-                            for n, c in self.gathered.choices.items()}}
+                            for n, c in self.gathered.choices.items()},
+                "ring": self.ring}
 
 
 async def examine(fleet: Fleet, rdzv_port: int = DEFAULT_RDZV_PORT, connect_timeout: float = 2.0,

@@ -42,8 +42,12 @@ def fleet_view(fleet: Fleet, answers: Mapping[str, TopReply], failures: Mapping[
         data = doctor["data"]
         findings = {"saved": doctor["saved"], "ok": data.get("ok"),
                     "items": [f for f in data.get("findings", []) if f.get("verdict") != "ok"]}
-    return {"fleet": fleet.source, "looked": looked, "nodes": nodes, "doctor": findings,
-            "heatmap": heatmap(netbench["data"], netbench["saved"]) if netbench else None}
+    shown = heatmap(netbench["data"], netbench["saved"]) if netbench else None
+    if shown is None and doctor is not None:  # no `bench net` yet: the ring doctor measured
+        shown = heatmap({"p2p": doctor["data"].get("ring") or []}, doctor["saved"])
+        if shown is not None:
+            shown["source"] = "doctor"
+    return {"fleet": fleet.source, "looked": looked, "nodes": nodes, "doctor": findings, "heatmap": shown}
 
 
 def heatmap(numbers: dict[str, Any], saved: float) -> dict[str, Any] | None:
@@ -54,7 +58,7 @@ def heatmap(numbers: dict[str, Any], saved: float) -> dict[str, Any] | None:
     names = list(dict.fromkeys([str(r["src"]) for r in p2p] + [str(r["dst"]) for r in p2p]))
     cell = {(str(r["src"]), str(r["dst"])): float(r["gbit_s"]) for r in p2p}
     slow = numbers.get("slowest_link") or min(p2p, key=lambda r: float(r["gbit_s"]))
-    return {"saved": saved, "nodes": names, "bytes": p2p[0].get("bytes"),
+    return {"saved": saved, "nodes": names, "bytes": p2p[0].get("bytes"), "source": "bench net",
             "cells": [[None if src == dst else cell.get((src, dst)) for dst in names] for src in names],
             "slowest": {"src": slow["src"], "dst": slow["dst"], "gbit_s": float(slow["gbit_s"])}}
 

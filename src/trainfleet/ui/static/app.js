@@ -95,7 +95,8 @@ function heatmap(heat) {
   const slow = heat.slowest;
   return el("div", {},
     el("p", {}, `Slowest link: ${slow.src} → ${slow.dst} at ${slow.gbit_s.toFixed(2)} Gbit/s `,
-       el("span", {class: "muted"}, `(Gbit/s, row sends to column; measured ${when(heat.saved)})`)),
+       el("span", {class: "muted"}, `(Gbit/s, row sends to column; measured by ${heat.source} ${when(heat.saved)}` +
+          (heat.source === "doctor" ? "; doctor measures each node to the next, `trainfleet bench net` every pair)" : ")"))),
     el("table", {class: "heat"}, el("tr", {}, el("th", {}, "from \\ to"), heat.nodes.map(n => el("th", {}, n))),
       heat.nodes.map((src, i) => el("tr", {}, el("th", {}, src), heat.cells[i].map((v, j) => {
         const slowest = src === slow.src && heat.nodes[j] === slow.dst;
