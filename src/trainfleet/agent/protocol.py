@@ -514,6 +514,8 @@ class TopReply:
     memory_total: int
     gpus: List[TopGpu] = field(default_factory=list)
     jobs: List[TopJob] = field(default_factory=list)
+    states: List[JobState] = field(default_factory=list)
+    """Every job's record on this node (as `status` gets them), when asked for."""
 
 
 @dataclass
@@ -523,6 +525,8 @@ class TopRequest(Request[TopReply]):
     reply_type: ClassVar[Type[Any]] = TopReply
     workdir: str
     interval: float = 0.5
+    states: bool = False
+    """Also every job's record: the dashboard's one request per node per look."""
 
 
 @dataclass

@@ -191,14 +191,20 @@ def live_state(workdir: str, state: JobState) -> JobState:
 
 
 def jobs(request: JobsRequest) -> JobsReply:
+    return JobsReply(states=job_states(request.workdir, request.job_id))
+
+
+def job_states(workdir: str, job_id: str = "") -> List[JobState]:
+    """Every job's record on this node (or `job_id`'s), as it stands now, with the latest
+    value of each metric its output carries."""
     from .metrics import latest_on_node
 
-    states = list_states(request.workdir)
-    chosen = [states[request.job_id]] if request.job_id in states else [] if request.job_id else list(states.values())
+    states = list_states(workdir)
+    chosen = [states[job_id]] if job_id in states else [] if job_id else list(states.values())
     for state in chosen:
-        state.metrics = latest_on_node(log_lines(os.path.join(node_dir(request.workdir, state.job_id), LOG_NAME),
+        state.metrics = latest_on_node(log_lines(os.path.join(node_dir(workdir, state.job_id), LOG_NAME),
                                                  tail=TAIL))[0]
-    return JobsReply(states=[live_state(request.workdir, s) for s in chosen])
+    return [live_state(workdir, s) for s in chosen]
 
 
 def list_states(workdir: str) -> Dict[str, JobState]:

@@ -9,7 +9,7 @@ from typing import Dict, List, Tuple
 from . import procs
 from .protocol import TopGpu, TopJob, TopReply, TopRequest
 from .metrics import latest_on_node
-from .records import LOG_NAME, TAIL, list_states, live_state, log_lines, node_dir
+from .records import LOG_NAME, TAIL, job_states, list_states, live_state, log_lines, node_dir
 
 def _cpu_total() -> Tuple[float, float]:
     with open("/proc/stat") as handle:
@@ -77,4 +77,5 @@ def top(request: TopRequest) -> TopReply:
                             steps_per_s=latest_on_node(lines)[1]))
     used_memory, total_memory = _memory()
     return TopReply(cpu_percent=round(100.0 * (1 - (idle1 - idle0) / elapsed), 1), memory_used=used_memory,
-                    memory_total=total_memory, gpus=_gpus(), jobs=found)
+                    memory_total=total_memory, gpus=_gpus(), jobs=found,
+                    states=job_states(request.workdir) if request.states else [])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,20 +89,26 @@ class JobView:
         }
 
 
+def fold_views(states: Mapping[str, Sequence[JobState]], unreachable: Mapping[str, str]) -> list[JobView]:
+    """Each node's job records, as one view a job (newest first)."""
+    found: dict[str, JobView] = {}
+    for node, listed in states.items():
+        for state in listed:
+            found.setdefault(state.job_id, JobView(state.job_id)).nodes[node] = state
+    for view in found.values():
+        view.unreachable.update(unreachable)
+    return sorted(found.values(), key=lambda v: v.started, reverse=True)
+
+
 async def views(session: FleetSession, job_id: str = "") -> list[JobView]:
     fleet = session.fleet
     replies = await session.call_all(JobsRequest(workdir=fleet.workdir, job_id=job_id), timeout=30)
-    found: dict[str, JobView] = {}
-    for node, answer in replies.answers.items():
-        for state in answer.states:
-            found.setdefault(state.job_id, JobView(state.job_id)).nodes[node] = state
-    for view in found.values():
-        for node, failed in replies.failures.items():
-            view.unreachable[node] = failed.error or "no answer"
+    found = {v.job_id: v for v in fold_views({n: a.states for n, a in replies.answers.items()},
+                                             {n: f.error or "no answer" for n, f in replies.failures.items()})}
     if job_id and job_id not in found:
         where = " (unreachable: " + ", ".join(replies.failures) + ")" if replies.failures else ""
         raise UsageError(f"no job {job_id} on this fleet's nodes{where}", fix="`trainfleet status` lists them")
-    return sorted(found.values(), key=lambda v: v.started, reverse=True)
+    return list(found.values())
 
 
 async def status(fleet: Fleet, job_id: str = "") -> list[JobView]:

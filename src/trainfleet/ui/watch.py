@@ -1,7 +1,7 @@
 """The dashboard's one link to the fleet: one SSH session (one agent per node) for as long
-as `trainfleet ui` runs, as `top` keeps one. Each look asks every node one `top` request;
-the jobs' records are asked for only when a page wants them (and at most every few
-seconds); a job's output is followed once, however many pages watch it."""
+as `trainfleet ui` runs, as `top` keeps one. Each look asks every node one request (`top`'s,
+which also brings the node's job records), so the dashboard costs the fleet what `top`
+does; a job's output is followed once, however many pages watch it."""
 
 from __future__ import annotations
 
@@ -14,14 +14,10 @@ from trainfleet import latest
 from trainfleet.agent.protocol import FollowRequest, OutputEvent, TopReply, TopRequest, decode
 from trainfleet.errors import TrainfleetError
 from trainfleet.fleet.model import Fleet
-from trainfleet.ops.jobs import JobView, stop_on, views
+from trainfleet.ops.jobs import JobView, fold_views, stop_on
 from trainfleet.transport.agent_client import AgentError, AgentFailed
 from trainfleet.transport.session import FleetSession
 from trainfleet.ui.views import JobOutput
-
-JOBS_MAX_AGE = 3.0
-"""Seconds a jobs list is reused before the nodes are asked again."""
-
 
 class Followed:
     """One job's output as it arrives from its nodes; `changed` wakes every page watching."""
@@ -53,8 +49,6 @@ class FleetWatch:
         self.pattern = pattern
         self.session: FleetSession | None = None
         self.top: tuple[dict[str, TopReply], dict[str, str], float] = ({}, {}, 0.0)
-        self._jobs: tuple[list[JobView], float] = ([], 0.0)
-        self._jobs_lock = asyncio.Lock()
         self.followed: dict[str, Followed] = {}
         self.doctor_running = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -74,7 +68,7 @@ class FleetWatch:
 
     async def look(self) -> None:
         assert self.session is not None
-        replies = await self.session.call_all(TopRequest(workdir=self.fleet.workdir), timeout=30)
+        replies = await self.session.call_all(TopRequest(workdir=self.fleet.workdir, states=True), timeout=30)
         failures = {n: f.error or "no answer" for n, f in replies.failures.items()}
         self.top = (replies.answers, failures, time.time())
 
@@ -87,13 +81,9 @@ class FleetWatch:
                 pass  # the node shows as unreachable at the next look that fails cleanly
 
     async def jobs(self) -> list[JobView]:
-        async with self._jobs_lock:
-            found, when = self._jobs
-            if time.monotonic() - when > JOBS_MAX_AGE:
-                assert self.session is not None
-                found = await views(self.session)
-                self._jobs = (found, time.monotonic())
-            return found
+        """The jobs as the last look found them (at most `interval` seconds old)."""
+        answers, failures, _ = self.top
+        return fold_views({n: a.states for n, a in answers.items()}, failures)
 
     async def job(self, job_id: str) -> JobView | None:
         return next((v for v in await self.jobs() if v.job_id == job_id), None)
@@ -132,13 +122,12 @@ class FleetWatch:
             await asyncio.gather(*(one(n) for n in view.nodes))
         finally:
             followed.done = True
-            self._jobs = (self._jobs[0], 0.0)  # the job's state has changed: ask again
             await followed.notify()
 
     async def stop(self, job_id: str) -> JobView:
         assert self.session is not None
         view = await stop_on(self.session, job_id, 10.0, "stopped from `trainfleet ui`")
-        self._jobs = (self._jobs[0], 0.0)
+        await self.look()  # the pages show it stopped at once
         return view
 
     async def doctor(self) -> None:
