@@ -55,7 +55,9 @@ function fleetPage() {
                        el("h2", {}, "Point-to-point bandwidth"), heat);
   return every(2, async () => {
     const fleet = await api("/api/fleet");
-    document.getElementById("fleet-name").textContent = fleet.fleet;
+    const name = document.getElementById("fleet-name");  // the file's name; its path on hover
+    name.textContent = fleet.fleet.split("/").pop();
+    name.title = fleet.fleet;
     stamp("looked at " + new Date(fleet.looked * 1000).toLocaleTimeString());
     nodes.replaceChildren(nodeTable(fleet.nodes));
     findings.replaceChildren(...doctorPart(fleet));
