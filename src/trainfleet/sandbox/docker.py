@@ -130,6 +130,29 @@ def wait_ready(host: str, log: Path, timeout: float = READY_TIMEOUT) -> None:
     raise SandboxError(f"dockerd at {host} did not answer in {timeout:.0f} s: {tail.strip()}")
 
 
+STALE_BUILD = 15 * 60
+"""Seconds after which a torch extension build's lock is taken for a killed build's."""
+
+
+def clear_stale_build_locks(extensions: str) -> list[str]:
+    """A build of DeepSpeed's ops killed midway (a job stopped while it compiled) leaves
+    its `lock` file, and every later build of that op waits on it forever: jobs hang at
+    `deepspeed.initialize`. A build takes about a minute here; a lock older than
+    STALE_BUILD is a dead build's."""
+    removed = []
+    now = time.time()
+    for root, _, files in os.walk(extensions):
+        if "lock" in files:
+            path = os.path.join(root, "lock")
+            try:
+                if now - os.stat(path).st_mtime > STALE_BUILD:
+                    os.unlink(path)
+                    removed.append(path)
+            except OSError:
+                continue
+    return removed
+
+
 def container_options() -> dict[str, object]:
     """`container:` for a sandbox fleet: the image, and this Python environment mounted
     read-only at its own path (its base interpreter's too, unless that is the image's /usr);
@@ -139,6 +162,7 @@ def container_options() -> dict[str, object]:
     mounts = [w for p in prefixes if not p.startswith("/usr") for w in ("-v", f"{p}:{p}:ro")]
     extensions = str(cache_dir() / "torch_extensions")
     os.makedirs(extensions, exist_ok=True)
+    clear_stale_build_locks(extensions)
     mounts += ["-v", f"{extensions}:/root/.cache/torch_extensions"]
     return {"engine": "docker", "image": IMAGE, "python": sys.executable, "options": mounts}
 
