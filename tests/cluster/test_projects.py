@@ -117,3 +117,50 @@ def test_setup_runs_once_is_skipped_after_and_names_the_node_that_fails(fleet2: 
     assert failed.returncode == 1
     assert "succeeded on node0" in failed.stderr
     assert "setup failed on node1 (exit status 3)" in failed.stderr and "  | no GPU driver" in failed.stderr
+
+
+def test_a_small_change_goes_over_the_agent_what_only_rsync_carries_goes_by_rsync(
+        fleet2: Path, cluster3: sb.SandboxState, tmp_path: Path) -> None:
+    import asyncio
+    import os
+    import stat
+
+    from trainfleet.fleet import load_fleet
+    from trainfleet.ops.sync import INLINE_BYTES, sync_nodes
+
+    source = project(tmp_path, "inline")
+    (source / "run.sh").write_text("#!/bin/sh\necho ran from the script\n")
+    (source / "run.sh").chmod(0o750)
+    (source / "pkg" / "empty").mkdir(parents=True)
+    (source / "pkg" / "__init__.py").write_text("")
+    fleet = load_fleet(fleet2)
+    remote = node_tmp(cluster3, "node1") / "trainfleet" / project_for(source).name
+
+    def synced() -> list[str]:
+        results, _ = asyncio.run(sync_nodes(fleet, fleet.nodes, project_for(source)))
+        return sorted({r.command.split()[0] for r in results.results})
+
+    # Code goes over each node's agent: contents, mode, time and empty directories as rsync leaves them.
+    assert synced() == ["sync"]
+    for name in ("main.py", "run.sh", "pkg/__init__.py"):
+        here, there = (source / name).stat(), (remote / name).stat()
+        assert (remote / name).read_bytes() == (source / name).read_bytes()
+        assert (stat.S_IMODE(there.st_mode), there.st_mtime_ns) == (stat.S_IMODE(here.st_mode), here.st_mtime_ns)
+    assert (remote / "pkg" / "empty").is_dir()
+    ran = tf("exec", "-f", str(fleet2), "--", "./run.sh", cwd=source)
+    assert sorted(ran.stdout.splitlines()) == ["node0: ran from the script", "node1: ran from the script"], ran.stderr
+    # A file edited on a node is put back; rsync, which looks at size and time, agrees after.
+    (remote / "main.py").write_text("print('patched')\n")
+    os.utime(remote / "main.py", ns=((source / "main.py").stat().st_mtime_ns,) * 2)
+    assert synced() == ["sync"]
+    assert (remote / "main.py").read_text() == PRINT_NAME.format(name="inline")
+    # More than a small change, a symlink, or --delete: rsync, as before.
+    (source / "weights.bin").write_bytes(os.urandom(INLINE_BYTES + 1))
+    assert synced() == ["rsync"]
+    assert (remote / "weights.bin").read_bytes() == (source / "weights.bin").read_bytes()
+    (source / "weights.bin").unlink()
+    (source / "link.py").symlink_to("main.py")
+    assert synced() == ["rsync"]
+    assert os.readlink(remote / "link.py") == "main.py"
+    checked = tf("run", "-f", str(fleet2), "--no-sync", "--sync-dir", str(source), "main.py")
+    assert checked.returncode == 0, checked.stderr  # the manifest each way is the one the launch checks

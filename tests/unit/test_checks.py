@@ -118,3 +118,17 @@ def test_identical_findings_fold_into_one_row() -> None:
     rows = fold([Finding("gpus", Verdict.WARN, ("node0",), "no GPU"), Finding("gpus", Verdict.WARN, ("node2",), "no GPU"),
                  Finding("disk", Verdict.FAIL, ("node1",), "full")])
     assert [(r.check, r.nodes) for r in rows] == [("disk", ("node1",)), ("gpus", ("node0", "node2"))]
+
+
+def test_hostnames_no_peer_resolves_are_one_line_for_the_fleet_and_a_partial_miss_names_the_peers() -> None:
+    from trainfleet.doctor.checks import check_hostnames
+
+    big = fleet_from_data({"nodes": [{"name": f"node{i}", "host": f"10.0.0.{i + 1}"} for i in range(128)]}, "f.yaml")
+    data = Gathered(fleet=big, rdzv_port=29500)
+    data.facts = {n.name: FactsReply(hostname=f"gpu-{n.name[4:]}", time=0.0) for n in big.nodes}
+    data.resolved = {n.name: {} for n in big.nodes}
+    data.resolved["node1"] = {"gpu-0": "10.0.0.1"}  # node0's name resolves on one peer
+    findings = check_hostnames(data)
+    assert [(f.nodes[:2], len(f.nodes), f.summary, f.evidence) for f in findings] == [
+        (("node1", "node2"), 127, "its hostname does not resolve on its peers", "gpu-[1-127] unresolved on every peer"),
+        (("node0",), 1, "its hostname does not resolve on node[2-127]", "node0: gpu-0 unresolved on node[2-127]")]

@@ -12,19 +12,51 @@ from typing import Dict, List
 SOURCES: Dict[str, str] = {}
 """Module name -> source, as received by the bootstrap (empty when imported locally)."""
 
-BOOTSTRAP = (
-    "import sys,json,importlib.abc,importlib.util\n"
-    "S=json.loads(sys.stdin.readline())\n"
-    "class F(importlib.abc.MetaPathFinder,importlib.abc.Loader):\n"
+_IMPORTS = (
+    # Only what loads fast: importlib.abc and hashlib would cost most of a bare Python's
+    # start again (importlib.resources; OpenSSL), on every node, for every Python started.
+    "import sys,json,marshal,os,importlib.machinery as M\n"
+    "try: from _sha256 import sha256\n"
+    "except ImportError:\n"
+    " try: from _sha2 import sha256\n"
+    " except ImportError: from hashlib import sha256\n"
+)
+
+_FINDER = (
+    "def K(T):\n"
+    " D=os.path.join(os.path.expanduser('~'),'.cache','trainfleet','agent')\n"
+    " P=os.path.join(D,'%s.%s-%x.code'%(sha256(T.encode()).hexdigest(),sys.implementation.cache_tag,sys.hexversion))\n"
+    " try:\n"
+    "  with open(P,'rb') as f:\n"
+    "   s=os.fstat(f.fileno())\n"
+    "   if s.st_uid==os.getuid() and not s.st_mode&0o022: return marshal.load(f)\n"
+    " except Exception: pass\n"
+    " C=dict((n,compile(s,'<%s>'%n,'exec')) for n,s in json.loads(T).items())\n"
+    " try:\n"
+    "  os.makedirs(D,0o700,exist_ok=True);N=P+'.'+os.urandom(6).hex()\n"
+    "  with open(os.open(N,os.O_WRONLY|os.O_CREAT|os.O_EXCL,0o600),'wb') as f: marshal.dump(C,f)\n"
+    "  os.replace(N,P)\n"
+    " except OSError: pass\n"
+    " return C\n"
+    "C=K(T)\n"
+    "class F:\n"
     " def find_spec(self,n,p,t=None):\n"
-    "  return importlib.util.spec_from_loader(n,self,is_package=n=='tfagent') if n in S else None\n"
+    "  return M.ModuleSpec(n,self,is_package=n=='tfagent') if n in S else None\n"
     " def create_module(self,s): return None\n"
-    " def exec_module(self,m): exec(compile(S[m.__spec__.name],'<%s>'%m.__spec__.name,'exec'),m.__dict__)\n"
+    " def exec_module(self,m): exec(C[m.__spec__.name],m.__dict__)\n"
     "sys.meta_path.insert(0,F())\n"
     "import tfagent; tfagent.SOURCES.update(S)\n"
 )
+
+BOOTSTRAP = _IMPORTS + "T=sys.stdin.readline().rstrip('\\n');S=json.loads(T)\n" + _FINDER
 """Installs the agent's modules from the next stdin line (a JSON map of sources); what
-follows it picks the entry point: the agent's loop, or a job's node supervisor."""
+follows it picks the entry point: the agent's loop, or a job's node supervisor.
+
+Their compiled code is kept beside the cached sources, named by the sources' sha256 and
+the interpreter's version, so each of the several Pythons a command starts on a node
+loads it instead of compiling about 180 KB of source (as Python's own __pycache__:
+written by this user only, 0600 in a 0700 directory; one that is not, or does not load,
+is compiled again)."""
 
 
 PENDING: List[str] = []
@@ -35,14 +67,13 @@ SOURCES_MARK = "AGENT "
 """Starts the stdin line that carries the sources (requests are JSON objects: never this)."""
 
 CACHED_BOOTSTRAP = (
-    "import sys,json,hashlib,os\n"
     "H=%(digest)r\n"
     "D=os.path.join(os.path.expanduser('~'),'.cache','trainfleet','agent')\n"
     "P=os.path.join(D,H+'.json')\n"
     "T=None\n"
     "try:\n"
     " with open(P,'rb') as f: B=f.read()\n"
-    " if hashlib.sha256(B).hexdigest()==H: T=B.decode()\n"
+    " if sha256(B).hexdigest()==H: T=B.decode()\n"
     "except OSError: pass\n"
     "Q=[]\n"
     "if T is None:\n"
@@ -50,7 +81,7 @@ CACHED_BOOTSTRAP = (
     " for L in sys.stdin:\n"
     "  if L.startswith(%(mark)r): T=L[%(skip)d:].rstrip('\\n'); break\n"
     "  Q.append(L)\n"
-    " if T is None or hashlib.sha256(T.encode()).hexdigest()!=H: sys.exit('trainfleet: the agent arrived damaged')\n"
+    " if T is None or sha256(T.encode()).hexdigest()!=H: sys.exit('trainfleet: the agent arrived damaged')\n"
     " try:\n"
     "  os.makedirs(D,0o700,exist_ok=True); N=P+'.'+os.urandom(6).hex()\n"
     "  with open(os.open(N,os.O_WRONLY|os.O_CREAT|os.O_EXCL,0o600),'w') as f: f.write(T)\n"
@@ -58,16 +89,16 @@ CACHED_BOOTSTRAP = (
     " except OSError: pass\n"
     "S=json.loads(T)\n"
 )
-"""The first stage sent to a node: the agent from the node's cache when its sha256 is the
-one given (a stale or altered copy never runs), else asked for (`{"need": "agent"}`), then
-checked and cached. Requests sent meanwhile wait in PENDING. BOOTSTRAP's finder follows."""
+"""The first stage sent to a node (after the imports): the agent from the node's cache
+when its sha256 is the one given (a stale or altered copy never runs), else asked for
+(`{"need": "agent"}`), then checked and cached. Requests sent meanwhile wait in
+PENDING. BOOTSTRAP's finder follows."""
 
 
 def cached_bootstrap(digest: str) -> str:
-    """The code a node runs first: CACHED_BOOTSTRAP, then BOOTSTRAP's finder (with S set)."""
-    finder = BOOTSTRAP.split("\n", 2)[2]  # BOOTSTRAP without its imports and its stdin read
-    return (CACHED_BOOTSTRAP % {"digest": digest, "mark": SOURCES_MARK, "skip": len(SOURCES_MARK)}
-            + "import importlib.abc,importlib.util\n" + finder + "tfagent.PENDING[:]=Q\n")
+    """The code a node runs first: the imports, CACHED_BOOTSTRAP, then BOOTSTRAP's finder."""
+    return (_IMPORTS + CACHED_BOOTSTRAP % {"digest": digest, "mark": SOURCES_MARK, "skip": len(SOURCES_MARK)}
+            + _FINDER + "tfagent.PENDING[:]=Q\n")
 
 
 def sources() -> Dict[str, str]:

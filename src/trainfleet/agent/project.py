@@ -7,12 +7,15 @@ synced file edited on the node is found.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
+import stat
+import zlib
 from typing import Dict, List, Optional
 
-from .protocol import Empty, ManifestRequest, ProjectState
+from .protocol import Empty, ManifestRequest, ProjectState, SyncFilesReply, SyncFilesRequest
 from .records import write_atomically
 
 MANIFEST = os.path.join(".trainfleet", "manifest.json")
@@ -45,6 +48,62 @@ def write_manifest(request: ManifestRequest) -> Empty:
     path = os.path.join(root, MANIFEST)
     write_atomically(path, json.dumps({"digest": request.digest, "files": request.files}))
     return Empty()
+
+
+def _inside(root: str, name: str) -> str:
+    """`name` under `root`; a name that would lead out of it is refused."""
+    path = os.path.normpath(os.path.join(root, name))
+    if os.path.isabs(name) or not path.startswith(root.rstrip(os.sep) + os.sep):
+        raise ValueError("refusing a path outside the project directory: %r" % name)
+    return path
+
+
+def _write_file(path: str, data: bytes, mode: int, mtime_ns: int) -> None:
+    """Beside `path`, then renamed over it (a reader or another node writing the same file
+    on a shared file system sees the old file or the new one), with rsync's mode and time."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = "%s.%s.tmp" % (path, os.urandom(6).hex())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, mode)
+        os.utime(tmp, ns=(mtime_ns, mtime_ns))
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def sync_files(request: SyncFilesRequest) -> SyncFilesReply:
+    root = directory(request.workdir, request.project)
+    for name in request.dirs:
+        os.makedirs(_inside(root, name), exist_ok=True)
+    for name, blob in request.contents.items():
+        wanted = request.files[name]
+        _write_file(_inside(root, name), zlib.decompress(base64.b64decode(blob)), wanted.mode, wanted.mtime_ns)
+    needs = []
+    for name, wanted in sorted(request.files.items()):
+        path = _inside(root, name)
+        try:
+            seen = os.stat(path, follow_symlinks=False)
+            if (not stat.S_ISREG(seen.st_mode) or seen.st_size != wanted.size
+                    or file_digest(path) != wanted.digest):
+                needs.append(name)
+                continue
+            if stat.S_IMODE(seen.st_mode) != wanted.mode:
+                os.chmod(path, wanted.mode)
+            if seen.st_mtime_ns != wanted.mtime_ns:  # as rsync leaves it: its next quick check agrees
+                os.utime(path, ns=(wanted.mtime_ns, wanted.mtime_ns))
+        except OSError:
+            needs.append(name)
+    if not needs:
+        write_manifest(ManifestRequest(workdir=request.workdir, project=request.project, digest=request.digest,
+                                       files=dict((n, [f.size, f.digest]) for n, f in request.files.items())))
+    return SyncFilesReply(needs=needs)
 
 
 def changed_files(root: str, files: Dict[str, List]) -> List[str]:  # type: ignore[type-arg]

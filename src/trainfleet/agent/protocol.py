@@ -195,6 +195,40 @@ class ManifestRequest(Request[Empty]):
 
 
 @dataclass
+class SyncFile:
+    """A file of a project as the controller has it."""
+
+    size: int
+    digest: str
+    mode: int
+    mtime_ns: int
+
+
+@dataclass
+class SyncFilesReply:
+    needs: List[str] = field(default_factory=list)
+    """Files this node lacks or holds with other content; none: the directory matches and
+    the manifest is recorded."""
+
+
+@dataclass
+class SyncFilesRequest(Request[SyncFilesReply]):
+    """A sync over the agent's channel: write `contents` (name -> zlib-compressed data,
+    base64), make `dirs`, bring mode and time of files already right in line, say which
+    files must still be sent, and record the manifest once none must."""
+
+    op: ClassVar[str] = "sync-files"
+    handler: ClassVar[str] = "project.sync_files"
+    reply_type: ClassVar[Type[Any]] = SyncFilesReply
+    workdir: str
+    project: str
+    digest: str
+    files: Dict[str, SyncFile]
+    dirs: List[str] = field(default_factory=list)
+    contents: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class WriteRequest(Request[Empty]):
     """Write files (absolute or ~/ paths), each atomically, making their directories."""
 
@@ -798,8 +832,8 @@ class ProbeRequest(Request[ProbeReply]):
 
 REQUESTS: Dict[str, Type[Any]] = {
     cls.op: cls
-    for cls in (FactsRequest, ManifestRequest, WriteRequest, PrepareRequest, LockRequest, JobsRequest, FollowRequest,
-                TopRequest, ListenRequest, ReleaseRequest, ConnectRequest, LaunchRequest, StopRequest,
+    for cls in (FactsRequest, ManifestRequest, SyncFilesRequest, WriteRequest, PrepareRequest, LockRequest,
+                JobsRequest, FollowRequest, TopRequest, ListenRequest, ReleaseRequest, ConnectRequest, LaunchRequest, StopRequest,
                 SweepRequest, TrustRequest, UntrustRequest, SSHMatrixRequest, FirewallRequest, PushHaveRequest,
                 PushRequest, StorageRequest, ProbeRequest)
 }

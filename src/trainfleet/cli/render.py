@@ -33,7 +33,14 @@ def doctor_table(report: DoctorReport, show_all: bool = False) -> str:
     width = int(os.environ.get("COLUMNS", "160"))
     console = Console(file=buffer, width=width, force_terminal=bool(os.environ.get("FORCE_COLOR")),
                       highlight=False)
-    network = ", ".join(f"{n}={c.interface or '?'}({c.address})" for n, c in report.gathered.choices.items())
+    choices = report.gathered.choices
+    network = ", ".join(f"{n}={c.interface or '?'}({c.address})" for n, c in choices.items())
+    if len(choices) > 8:  # by interface: one line, not one a node
+        by_nic: dict[str, list[str]] = {}
+        for name, choice in choices.items():
+            by_nic.setdefault(choice.interface or "?", []).append(name)
+        network = "; ".join(f"{nic} on {fold_nodes(names)}" for nic, names in by_nic.items()) + \
+            " (each node's address: `doctor --json`)"
     if network:
         console.print(f"training network: {network}")
     if shown:

@@ -290,6 +290,7 @@ def check_hostnames(data: Gathered) -> list[Finding]:
     findings = []
     addresses = {n.name: {n.address, n.host} | ({data.choices[n.name].address} if n.name in data.choices else set())
                  for n in data.fleet.nodes}
+    unresolved: dict[str, str] = {}  # node -> its hostname, where no peer resolves it
     for target in data.live:
         hostname = data.facts[target].hostname
         missing = [src for src, table in data.resolved.items() if src != target and not table.get(hostname)]
@@ -297,9 +298,11 @@ def check_hostnames(data: Gathered) -> list[Finding]:
                  if src != target and table.get(hostname) and table[hostname] not in addresses[target]]
         if missing:
             peers = len([n for n in data.resolved if n != target])
-            where = "its peers" if len(missing) == peers else fold_nodes(missing)
+            if len(missing) == peers:
+                unresolved[target] = hostname
+                continue
             findings.append(Finding(
-                "hostnames", Verdict.INFO, (target,), f"its hostname does not resolve on {where}",
+                "hostnames", Verdict.INFO, (target,), f"its hostname does not resolve on {fold_nodes(missing)}",
                 "trainfleet passes addresses explicitly, so `run` is unaffected; scripts that reach peers by "
                 "hostname need `trainfleet ssh setup --hosts-file` or MASTER_ADDR",
                 evidence=f"{target}: {hostname} unresolved on {fold_nodes(missing)}"))
@@ -308,6 +311,12 @@ def check_hostnames(data: Gathered) -> list[Finding]:
                 "hostnames", Verdict.WARN, (target,),
                 f"its hostname {hostname!r} resolves elsewhere on {fold_nodes(wrong)}",
                 "fix /etc/hosts (a stale entry from an earlier machine?)"))
+    if unresolved:  # one line for them all (at 128 nodes, one a node would fill the screen)
+        findings.insert(0, Finding(
+            "hostnames", Verdict.INFO, tuple(unresolved), "its hostname does not resolve on its peers",
+            "trainfleet passes addresses explicitly, so `run` is unaffected; scripts that reach peers by "
+            "hostname need `trainfleet ssh setup --hosts-file` or MASTER_ADDR",
+            evidence=f"{fold_nodes(list(unresolved.values()))} unresolved on every peer"))
     return findings
 
 

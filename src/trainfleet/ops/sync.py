@@ -11,14 +11,18 @@ whose code differs (edited there, or synced at another time) blocks the launch.
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import hashlib
 import re
 import shlex
 import shutil
 import socket
+import stat
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainfleet.agent.project import file_digest
@@ -51,6 +55,17 @@ class Project:
 class Manifest:
     digest: str
     files: dict[str, list[object]]
+    """name -> [size, sha256 or None], as recorded on the nodes."""
+    modes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """name -> (permission bits, mtime in ns) of each file here."""
+    dirs: tuple[str, ...] = ()
+    others: int = 0
+    """Entries rsync sends that are neither files nor directories (symlinks, devices)."""
+
+    @property
+    def plain(self) -> bool:
+        """Only files small enough to hash and directories: the agent can take it."""
+        return not self.others and all(digest is not None for _, digest in self.files.values())
 
 
 def project_for(source: Path) -> Project:
@@ -74,15 +89,26 @@ def manifest(source: Path, excludes: Iterable[str]) -> Manifest:
     """What rsync sends (its own file list, with the same filters), hashed here."""
     listing = _rsync(["--recursive", "--list-only", *filters(source, excludes), f"{source}/"])
     files: dict[str, list[object]] = {}
+    modes: dict[str, tuple[int, int]] = {}
+    dirs: list[str] = []
+    others = 0
     for line in listing.splitlines():
         fields = line.split(None, 4)
-        if len(fields) == 5 and fields[0].startswith("-"):
-            name = fields[4]
-            path = source / name
-            size = path.stat().st_size
-            files[name] = [size, file_digest(str(path)) if size <= HASHED_LIMIT else None]
+        if len(fields) != 5:
+            continue
+        name = fields[4]
+        if fields[0].startswith("-"):
+            seen = (source / name).stat()
+            files[name] = [seen.st_size, file_digest(str(source / name)) if seen.st_size <= HASHED_LIMIT else None]
+            modes[name] = (stat.S_IMODE(seen.st_mode), seen.st_mtime_ns)
+        elif fields[0].startswith("d"):
+            if name != ".":
+                dirs.append(name)
+        else:
+            others += 1
     text = "\n".join(f"{name} {size} {digest}" for name, (size, digest) in sorted(files.items()))
-    return Manifest(digest=hashlib.sha256(text.encode()).hexdigest()[:16], files=files)
+    return Manifest(digest=hashlib.sha256(text.encode()).hexdigest()[:16], files=files, modes=modes,
+                    dirs=tuple(dirs), others=others)
 
 
 def _rsync(args: list[str]) -> str:
@@ -131,6 +157,47 @@ async def _rsync_node(argv: list[str], node: str, progress: Progress | None) -> 
                       error=error, seconds=time.monotonic() - started)
 
 
+INLINE_BYTES = 4 * 1024 * 1024
+"""A node that needs at most this much gets it over its agent's channel; more goes by rsync."""
+
+
+async def _over_agent(session: FleetSession, node: Node, project: Project, listed: Manifest) -> NodeResult | None:
+    """Sync one node over the channel its agent already has: the node says which files it
+    lacks, and gets those, compressed. No process starts on either side (each rsync
+    costs a login shell on the node, whose start-up files are often most of the time).
+    None: too much to send this way (rsync does it, with its delta transfer)."""
+    from trainfleet.agent.protocol import SyncFile, SyncFilesRequest
+    from trainfleet.transport.agent_client import AgentError, AgentFailed
+
+    fleet = session.fleet
+    started = time.monotonic()
+    files = {name: SyncFile(size=int(size), digest=str(digest), mode=listed.modes[name][0],  # type: ignore[call-overload]
+                            mtime_ns=listed.modes[name][1]) for name, (size, digest) in listed.files.items()}
+    command = f"sync {len(files)} file(s) over the agent"
+    request = SyncFilesRequest(workdir=fleet.workdir, project=project.name, digest=listed.digest, files=files,
+                               dirs=list(listed.dirs))
+    try:
+        reply = await session.call(node.name, request, timeout=60)
+        if reply.needs:
+            if sum(files[name].size for name in reply.needs) > INLINE_BYTES:
+                return None
+            contents = {name: base64.b64encode(zlib.compress((project.source / name).read_bytes(), 6)).decode()
+                        for name in reply.needs}
+            request = dataclasses.replace(request, dirs=[], contents=contents)
+            reply = await session.call(node.name, request, timeout=120)
+    except (AgentFailed, AgentError) as exc:
+        return NodeResult(node=node.name, command=command, exit_status=None, error=str(exc),
+                          seconds=time.monotonic() - started)
+    except OSError as exc:  # a file changed here while it was being sent
+        return NodeResult(node=node.name, command=command, exit_status=None, error=f"cannot read {exc.filename}: "
+                          f"{exc.strerror}", seconds=time.monotonic() - started)
+    error = None
+    if reply.needs:
+        error = f"{', '.join(reply.needs[:3])} still differ{'s' if len(reply.needs) == 1 else ''} after being sent"
+    return NodeResult(node=node.name, command=command, exit_status=1 if error else 0, error=error,
+                      seconds=time.monotonic() - started)
+
+
 async def sync(session: FleetSession, project: Project, *, excludes: Sequence[str] = (), delete: bool = False,
                progress: Progress | None = None) -> tuple[FleetResult, Manifest]:
     """Copy the project to every node of the session and record its manifest there."""
@@ -139,14 +206,21 @@ async def sync(session: FleetSession, project: Project, *, excludes: Sequence[st
         raise UsageError(f"{project.source}: not a directory to sync")
     every = (*fleet.sync_exclude, *excludes)
     listed = manifest(project.source, every)
-    remote_shell = await session.remote_shell()
     destination = project.remote(fleet)
     limit = asyncio.Semaphore(fleet.ssh.fanout)
+    # --delete and what only rsync carries (symlinks, files too big to hash) go by rsync.
+    inline = listed.plain and not delete
 
     async def one(node: Node) -> NodeResult:
+        if inline:
+            result = await _over_agent(session, node, project, listed)
+            if result is not None:
+                if progress is not None and result.ok:
+                    progress(node.name, 100)
+                return result
         async with limit:
-            result = await _rsync_node(rsync_argv(remote_shell, node, project.source, destination, every, delete),
-                                       node.name, progress)
+            result = await _rsync_node(rsync_argv(await session.remote_shell(), node, project.source, destination,
+                                                  every, delete), node.name, progress)
         if result.ok:
             await session.call(node.name, ManifestRequest(workdir=fleet.workdir, project=project.name,
                                                           digest=listed.digest, files=listed.files), timeout=60)

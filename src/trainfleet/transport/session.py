@@ -48,6 +48,7 @@ class FleetSession:
         self._ready: dict[str, asyncio.Task[None]] = {}
         self._relay: asyncio.AbstractServer | None = None
         self._relay_path = ""
+        self._relay_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, fleet: Fleet, nodes: Sequence[Node] | None = None, *, agents: bool = True,
@@ -208,13 +209,14 @@ class FleetSession:
     async def relay(self) -> str:
         """A unix socket that `relay.py` (rsync's remote shell) hands commands to: they
         run over this session's connections. Returns the path; it goes with `close`."""
-        if self._relay is None:
-            import tempfile
+        async with self._relay_lock:  # nodes ask for it at once: one server for them all
+            if self._relay is None:
+                import tempfile
 
-            folder = tempfile.mkdtemp(prefix="trainfleet-relay-")  # 0700: only this user reaches the socket
-            path = os.path.join(folder, "socket")
-            self._relay = await asyncio.start_unix_server(self._serve_relay, path)
-            self._relay_path = path
+                folder = tempfile.mkdtemp(prefix="trainfleet-relay-")  # 0700: only this user reaches the socket
+                path = os.path.join(folder, "socket")
+                self._relay = await asyncio.start_unix_server(self._serve_relay, path)
+                self._relay_path = path
         return self._relay_path
 
     async def _serve_relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
