@@ -136,9 +136,22 @@ def remove_secrets(job_id: str) -> None:
             pass
 
 
+AGENT_MODULE = "\0tfagent module "
+"""A file's text that is this prefix and a module's name: the node writes its own copy of
+that module of the agent (the controller need not send it with every launch)."""
+
+
+def agent_module(name: str) -> str:
+    return AGENT_MODULE + name
+
+
 def write_files(directory: str, files: Dict[str, str]) -> None:
     """Atomically: nodes that share the directory write the same files at the same time."""
     for name, text in files.items():
+        if text.startswith(AGENT_MODULE):
+            from . import sources
+
+            text = sources()[text[len(AGENT_MODULE):]]
         path = os.path.join(directory, name)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         write_atomically(path, text)

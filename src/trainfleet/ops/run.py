@@ -294,16 +294,16 @@ async def _start(session: FleetSession, fleet: Fleet, job: JobSpec, options: Run
 async def _supervise(session: FleetSession, fleet: Fleet, job: JobSpec, options: RunOptions, plan: LaunchPlan,
                      facts: LaunchFacts, secrets: Mapping[str, str],
                      printer: Callable[[str], None], status: Status, cancel: asyncio.Event) -> RunOutcome | str:
-    from trainfleet.agent import sources
+    from trainfleet.agent.records import agent_module
 
     logs = options.log_dir or Path("trainfleet-runs") / job.job_id
     status(f"job {plan.job_id}: {plan.world_size} process(es) on {len(plan.nodes)} node(s), "
            f"{plan.rendezvous}, logs in {logs}")
-    agent = sources()
+    wrapper = agent_module("tfagent.rankwrap")  # the node writes its own copy (it has the agent)
     supervisor = Supervisor(session=session, plan=plan, log_dir=logs, printer=printer,
-                            workdir=fleet.workdir, secrets=secrets, files={"rankwrap.py": agent["tfagent.rankwrap"]},
-                            site_files={"sitecustomize.py": agent["tfagent.sitecustomize"],
-                                        "rankwrap.py": agent["tfagent.rankwrap"]}, grace=options.grace,
+                            workdir=fleet.workdir, secrets=secrets, files={"rankwrap.py": wrapper},
+                            site_files={"sitecustomize.py": agent_module("tfagent.sitecustomize"),
+                                        "rankwrap.py": wrapper}, grace=options.grace,
                             settle=options.settle, verbose=options.verbose, on_status=status, cancel=cancel,
                             mesh_port=facts.mesh_port,
                             # node 0 of the plan: --include/--exclude may leave out the fleet's
