@@ -132,3 +132,17 @@ def test_hostnames_no_peer_resolves_are_one_line_for_the_fleet_and_a_partial_mis
     assert [(f.nodes[:2], len(f.nodes), f.summary, f.evidence) for f in findings] == [
         (("node1", "node2"), 127, "its hostname does not resolve on its peers", "gpu-[1-127] unresolved on every peer"),
         (("node0",), 1, "its hostname does not resolve on node[2-127]", "node0: gpu-0 unresolved on node[2-127]")]
+
+
+def test_nodes_unreachable_alike_are_one_row_each_address_in_the_evidence() -> None:
+    from trainfleet.doctor.checks import check_ssh
+
+    data = Gathered(fleet=FLEET, rdzv_port=29500)
+    for i in (1, 2):
+        data.ssh_errors[f"node{i}"] = (f"no answer from 10.0.0.{i + 1}:22 within 5s; fix: check the address, that "
+                                       "the machine is up, and firewalls on the path")
+    data.ssh_errors["node0"] = "connection refused at 10.0.0.1:22; fix: start sshd there or correct `port:`"
+    failed = [f for f in check_ssh(data) if f.verdict is Verdict.FAIL]
+    assert [(f.nodes, f.summary, f.evidence) for f in failed] == [
+        (("node0",), "connection refused at 10.0.0.1:22", ""),
+        (("node1", "node2"), "no answer from its SSH address within 5s", "node1 10.0.0.2:22, node2 10.0.0.3:22")]

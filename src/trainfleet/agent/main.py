@@ -75,6 +75,7 @@ def handle(message: Dict[str, Any]) -> None:
 def serve() -> None:
     from . import PENDING
 
+    send({"ready": True})  # the controller's timeouts count from here, not from the login shell's start
     for line in itertools.chain(list(PENDING), sys.stdin):
         if not line.strip():
             continue

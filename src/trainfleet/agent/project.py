@@ -58,33 +58,16 @@ def _inside(root: str, name: str) -> str:
     return path
 
 
-def _write_file(path: str, data: bytes, mode: int, mtime_ns: int) -> None:
-    """Beside `path`, then renamed over it (a reader or another node writing the same file
-    on a shared file system sees the old file or the new one), with rsync's mode and time."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = "%s.%s.tmp" % (path, os.urandom(6).hex())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, mode)
-        os.utime(tmp, ns=(mtime_ns, mtime_ns))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def sync_files(request: SyncFilesRequest) -> SyncFilesReply:
     root = directory(request.workdir, request.project)
     for name in request.dirs:
         os.makedirs(_inside(root, name), exist_ok=True)
     for name, blob in request.contents.items():
-        wanted = request.files[name]
-        _write_file(_inside(root, name), zlib.decompress(base64.b64decode(blob)), wanted.mode, wanted.mtime_ns)
+        wanted, path = request.files[name], _inside(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # As rsync leaves it (mode and time), and as rsync does, not synced to disk file by file.
+        write_atomically(path, zlib.decompress(base64.b64decode(blob)), mode=wanted.mode, mtime_ns=wanted.mtime_ns,
+                         durable=False)
     needs = []
     for name, wanted in sorted(request.files.items()):
         path = _inside(root, name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 from . import procs
 from .rankwrap import node_records
@@ -37,11 +37,13 @@ def node_dir(workdir: str, job_id: str) -> str:
     return node_records(job_dir(workdir, job_id))
 
 
-def write_atomically(path: str, text: str, mode: Optional[int] = None) -> None:
+def write_atomically(path: str, text: Union[str, bytes], mode: Optional[int] = None,
+                     mtime_ns: Optional[int] = None, durable: bool = True) -> None:
     """Beside `path`, then renamed over it: a reader, a crash or a full disk leaves the old
     file or the new one, never half of one. The temporary name is random, not the pid:
     nodes that share a file system (an NFS home) can have the same pids. The file keeps
-    its mode and owner (or gets `mode`), and is on disk before the rename."""
+    its mode and owner (or gets `mode`; `mtime_ns` sets its time), and with `durable` is
+    on disk before the rename."""
     try:
         kept = os.stat(path)
     except OSError:
@@ -51,7 +53,7 @@ def write_atomically(path: str, text: str, mode: Optional[int] = None) -> None:
     # A new file with no mode asked for is made as open() makes one (the umask applies).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600 if chosen is not None else 0o666)
     try:
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as handle:
             if chosen is not None:
                 os.fchmod(handle.fileno(), chosen)
             if kept is not None:
@@ -61,7 +63,10 @@ def write_atomically(path: str, text: str, mode: Optional[int] = None) -> None:
                     pass  # not ours to give away: it stays this user's
             handle.write(text)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
+        if mtime_ns is not None:
+            os.utime(tmp, ns=(mtime_ns, mtime_ns))
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -104,10 +104,18 @@ def _split_fix(reason: str) -> tuple[str, str]:
 
 def check_ssh(data: Gathered) -> list[Finding]:
     findings = []
+    alike: dict[tuple[str, str], list[tuple[str, str]]] = {}  # nodes that fail the same way, one row
     for node in data.fleet.nodes:
         if node.name in data.ssh_errors:
             summary, fix = _split_fix(data.ssh_errors[node.name])
-            findings.append(Finding("ssh", Verdict.FAIL, (node.name,), summary, fix))
+            address = f"{node.host}:{node.port}"
+            alike.setdefault((summary.replace(address, "its SSH address"), fix), []).append((node.name, summary))
+    for (shared, fix), failed in alike.items():
+        if len(failed) == 1:
+            findings.append(Finding("ssh", Verdict.FAIL, (failed[0][0],), failed[0][1], fix))
+        else:
+            addresses = ", ".join(f"{n.name} {n.host}:{n.port}" for n in data.fleet.nodes if n.name in dict(failed))
+            findings.append(Finding("ssh", Verdict.FAIL, tuple(n for n, _ in failed), shared, fix, evidence=addresses))
     reached = [n.name for n in data.fleet.nodes if n.name not in data.ssh_errors]
     if reached:
         findings.append(Finding("ssh", Verdict.OK, tuple(reached), "reachable, host key verified, key accepted"))

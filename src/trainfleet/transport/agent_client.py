@@ -21,6 +21,10 @@ R = TypeVar("R")
 EventHandler = Callable[[dict[str, Any]], None]
 
 _PAYLOAD: tuple[str, str] | None = None
+START_TIMEOUT = 180.0
+"""Seconds the node's login shell may take to start the agent. A request's own timeout
+counts from then: at 128 nodes whose start-up files queue on one lock (pyenv's rehash in
+a shared home), the last agents start a minute after the first, and are not slow to answer."""
 
 
 def agent_command(python: str) -> str:
@@ -74,6 +78,8 @@ class AgentClient:
         self._handlers: dict[int, EventHandler] = {}
         self._stderr: list[str] = []
         self._closed: AgentFailed | None = None
+        self._up: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done once the agent has said anything (it says `ready` first), or its channel closed."""
         self._reader = asyncio.ensure_future(self._read())
         self._errors = asyncio.ensure_future(self._read_stderr())
 
@@ -99,6 +105,8 @@ class AgentClient:
                     message = json.loads(line)
                 except ValueError:
                     continue  # something on the node printed to the agent's stdout
+                if not self._up.done():
+                    self._up.set_result(None)
                 ident = message.get("id")
                 if message.get("need") == "agent":  # not in the node's cache yet (or changed): send it
                     self.process.stdin.write(_payload()[1])
@@ -126,6 +134,8 @@ class AgentClient:
             tail = stderr.splitlines()[-1] if stderr else "no output"
             message = f"the node agent ended (exit status {status}): {tail}"
         self._closed = AgentFailed(self.node, message, status, stderr)
+        if not self._up.done():
+            self._up.set_result(None)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(self._closed)
@@ -148,6 +158,14 @@ class AgentClient:
         except Exception as exc:  # the channel is closing
             self._pending.pop(ident, None)
             raise AgentFailed(self.node, f"the node agent is gone: {exc}") from None
+        try:
+            if not self._up.done():
+                await asyncio.wait_for(asyncio.shield(self._up), START_TIMEOUT)
+        except (asyncio.TimeoutError, TimeoutError):
+            self._pending.pop(ident, None)
+            self._handlers.pop(ident, None)
+            raise AgentFailed(self.node, f"the node agent did not start within {START_TIMEOUT:g}s: the login shell "
+                                         f"is slow or stuck (its start-up files: ~/.bashrc, ~/.profile?)") from None
         try:
             answer = await asyncio.wait_for(future, timeout)
         except (asyncio.TimeoutError, TimeoutError):

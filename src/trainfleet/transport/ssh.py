@@ -135,6 +135,27 @@ async def _connected(sock: socket.socket, timeout: float) -> socket.socket:
     return sock
 
 
+HANDSHAKE_TIMEOUT = 60.0
+"""Seconds from a TCP connection to a logged-in SSH session. `connect_timeout` is for
+reaching the machine (as OpenSSH's ConnectTimeout); once its sshd has answered, a loaded
+machine (or a laptop starting 128 handshakes) may take longer to finish."""
+
+
+async def _tcp(node: Node, timeout: float) -> socket.socket:
+    """A TCP connection to the node's sshd, within `timeout`."""
+    loop = asyncio.get_running_loop()
+    family, kind, proto, _, address = (await asyncio.wait_for(
+        loop.getaddrinfo(node.host, node.port, type=socket.SOCK_STREAM), timeout))[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def connect(node: Node, ssh: SSHSettings, sock: socket.socket | None = None, *,
                   password: str | None = None, known_hosts: object = None) -> asyncssh.SSHClientConnection:
     """An authenticated connection, or NodeUnreachable with the cause and a fix.
@@ -151,6 +172,8 @@ async def connect(node: Node, ssh: SSHSettings, sock: socket.socket | None = Non
             except OSError:
                 sock.close()
                 raise
+        elif node.jump is None:
+            sock = await _tcp(node, ssh.connect_timeout)
         if known_hosts is None:
             files = known_hosts_files(ssh)
             if not files:
@@ -170,8 +193,21 @@ async def connect(node: Node, ssh: SSHSettings, sock: socket.socket | None = Non
         if node.jump is not None:
             tunnel = await asyncssh.connect(node.jump.host, port=node.jump.port,
                                             username=node.jump.user or node.user, **common)
-        return await asyncssh.connect(node.host, port=node.port, username=node.user,
-                                      tunnel=tunnel, sock=sock, **common)
+        if sock is not None:  # reached: the handshake and login get longer
+            common["connect_timeout"] = common["login_timeout"] = max(HANDSHAKE_TIMEOUT, ssh.connect_timeout)
+        try:
+            return await asyncssh.connect(node.host, port=node.port, username=node.user,
+                                          tunnel=tunnel, sock=sock, **common)
+        except (asyncio.TimeoutError, TimeoutError):
+            if sock is None:
+                raise
+            raise NodeUnreachable(node, f"{node.host}:{node.port} answered, but the SSH login did not finish within "
+                                        f"{common['connect_timeout']:g}s; fix: check that sshd (not another "
+                                        f"program) listens there and that the machine is not overloaded") from None
+    except NodeUnreachable:
+        if tunnel is not None:
+            tunnel.close()
+        raise
     except Exception as exc:
         if tunnel is not None:
             tunnel.close()
