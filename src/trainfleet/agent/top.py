@@ -59,8 +59,10 @@ def _gpus() -> List[TopGpu]:
 
 
 def top(request: TopRequest) -> TopReply:
-    running = {job_id: state for job_id, state in list_states(request.workdir).items()
-               if live_state(request.workdir, state).state in ("starting", "running")}
+    # The records are read once a look: with `states` (the dashboard) they also carry metrics.
+    records = (job_states(request.workdir) if request.states else
+               [live_state(request.workdir, state) for state in list_states(request.workdir).values()])
+    running = [state.job_id for state in records if state.state in ("starting", "running")]
     members = {job_id: procs.job_processes(job_id) for job_id in running}
     total0, idle0 = _cpu_total()
     ticks0 = {p.pid: _process_ticks(p.pid) for listed in members.values() for p in listed}
@@ -78,4 +80,4 @@ def top(request: TopRequest) -> TopReply:
     used_memory, total_memory = _memory()
     return TopReply(cpu_percent=round(100.0 * (1 - (idle1 - idle0) / elapsed), 1), memory_used=used_memory,
                     memory_total=total_memory, gpus=_gpus(), jobs=found,
-                    states=job_states(request.workdir) if request.states else [])
+                    states=records if request.states else [])
