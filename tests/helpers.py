@@ -31,6 +31,21 @@ def tf(*args: str, timeout: float = 120, cwd: Path | None = None, env: dict[str,
     return completed
 
 
+EXIT_ABORT = "terminate called without an active exception"
+
+
+def torch_exit_abort(done: subprocess.CompletedProcess[str]) -> bool:
+    """torch 2.13 on the CPU sometimes aborts a rank in C++ teardown after its work is done
+    (about one run in six): a fault of that build, never what a test is about."""
+    return done.returncode != 0 and EXIT_ABORT in done.stdout + done.stderr
+
+
+def tf_training(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """`tf` for a run that trains with torch, once more if a rank hit torch's exit abort."""
+    done = tf(*args, **kwargs)  # type: ignore[arg-type]
+    return tf(*args, **kwargs) if torch_exit_abort(done) else done  # type: ignore[arg-type]
+
+
 def tf_start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "trainfleet", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},

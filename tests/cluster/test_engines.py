@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import Sandboxes
-from helpers import job_processes_on, tf, tf_start, wait_for_line
+from helpers import job_processes_on, tf, tf_start, tf_training, wait_for_line
 from trainfleet.sandbox import cluster as sb
 
 DS = ("ds_train.py", "--deepspeed", "--deepspeed_config", "ds.json")
@@ -35,11 +35,12 @@ def check_deepspeed_ranks(stdout: str, cluster: sb.SandboxState) -> None:
 
 def test_deepspeed_launcher_gives_every_rank_deepspeeds_variables(fleet2: Path, cluster3: sb.SandboxState,
                                                                   workdir: Path) -> None:
-    done = tf("run", "-f", str(fleet2), "--sync-dir", str(workdir), "--launcher", "deepspeed", *DS, timeout=400)
+    done = tf_training("run", "-f", str(fleet2), "--sync-dir", str(workdir), "--launcher", "deepspeed", *DS,
+                       timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     check_deepspeed_ranks(done.stdout, cluster3)
-    some = tf("run", "-f", str(fleet2), "--no-sync", "--sync-dir", str(workdir), "--launcher", "deepspeed",
-              "--include", "node0:1@node1:0", *DS, timeout=300)
+    some = tf_training("run", "-f", str(fleet2), "--no-sync", "--sync-dir", str(workdir), "--launcher", "deepspeed",
+                       "--include", "node0:1@node1:0", *DS, timeout=300)
     assert some.returncode == 0, some.stderr[-3000:]
     assert sorted(re.findall(r"^\[(node\d:\d)\] rank \d local_rank_arg (\d) .* WORLD_SIZE=2 ", some.stdout,
                              re.MULTILINE)) == [("node0:0", "0"), ("node1:1", "0")]
@@ -57,8 +58,8 @@ def test_a_failing_rank_is_named_whatever_the_launcher(fleet2: Path, workdir: Pa
 
 
 def test_accelerate_counts_processes_across_nodes_on_the_cpu(fleet2: Path, workdir: Path) -> None:
-    done = tf("run", "-f", str(fleet2), "--sync-dir", str(workdir), "--launcher", "accelerate", "acc_train.py",
-              timeout=300)
+    done = tf_training("run", "-f", str(fleet2), "--sync-dir", str(workdir), "--launcher", "accelerate",
+                       "acc_train.py", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "on the CPU (no GPU on the nodes)" in done.stderr
     found = sorted(re.findall(r"^\[(node\d):(\d)\] rank (\d) of 4 local (\d) device cpu\S* distributed "
@@ -90,8 +91,9 @@ def test_head_starts_deepspeeds_own_runner_which_trains_everywhere_and_stops_eve
     assert "fix: run `trainfleet ssh setup`" in refused.stderr
     tf("ssh", "setup", "-f", fleet, "--yes", check=True)
     runner = "deepspeed --hostfile $TRAINFLEET_HOSTFILE " + " ".join(DS)
-    done = tf("run", "-f", fleet, "--sync-dir", str(workdir), "--launcher", "head", "--hostfile-path",
-              "/tmp/job/hostfile", runner, timeout=400)
+    # (a rank that aborts in torch's teardown after training is run again: not this test's subject)
+    done = tf_training("run", "-f", fleet, "--sync-dir", str(workdir), "--launcher", "head", "--hostfile-path",
+                       "/tmp/job/hostfile", runner, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     check_deepspeed_ranks(done.stdout, state)  # node1's ranks, relayed by pdsh, are attributed to node1
     for node in state.nodes:  # the hostfile, where the tool expects it, on every node
@@ -121,8 +123,8 @@ def test_mpirun_runs_an_unchanged_torch_script_on_every_node(fresh: Sandboxes, w
     state = fresh.make(2, slots=2)
     fleet = state.fleet_file
     tf("ssh", "setup", "-f", fleet, "--yes", check=True)
-    done = tf("run", "-f", fleet, "--sync-dir", str(workdir), "--launcher", "mpirun", "ranks.py", "--print-env",
-              "WORLD_SIZE", timeout=300)
+    done = tf_training("run", "-f", fleet, "--sync-dir", str(workdir), "--launcher", "mpirun", "ranks.py",
+                       "--print-env", "WORLD_SIZE", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     found = sorted(MPI_RANK.findall(done.stdout))
     assert found == [("node0", "0", "0", "4"), ("node0", "1", "1", "4"), ("node1", "2", "2", "4"),
@@ -179,8 +181,8 @@ def test_a_job_inside_a_container_on_every_node(fresh: Sandboxes, workdir: Path)
     if probe.returncode != 0:
         pytest.skip(f"podman cannot run a container on this machine ({probe.stderr.strip().splitlines()[-1]}); the "
                     f"rendered commands are golden-tested in tests/unit/test_launchers.py")
-    done = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "ranks.py", "--print-env", "TRAINFLEET_JOB_ID",
-              timeout=300)
+    done = tf_training("run", "-f", str(fleet), "--sync-dir", str(workdir), "ranks.py", "--print-env",
+                       "TRAINFLEET_JOB_ID", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "in /tmp/rootfs" in done.stderr
     ranks = re.findall(r"^\[(node\d):(\d)\] rank \2 of 4 on \1 pid (\d+) sum 4$", done.stdout, re.MULTILINE)
