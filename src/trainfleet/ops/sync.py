@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainfleet.agent.project import file_digest
-from trainfleet.agent.protocol import ManifestRequest, ProjectState
+from trainfleet.agent.protocol import ManifestRequest, ProjectState, SyncFile, SyncFilesRequest
 from trainfleet.errors import FleetError, TrainfleetError, UsageError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.results import FleetResult, NodeResult, fold_nodes
@@ -161,30 +161,27 @@ INLINE_BYTES = 4 * 1024 * 1024
 """A node that needs at most this much gets it over its agent's channel; more goes by rsync."""
 
 
-async def _over_agent(session: FleetSession, node: Node, project: Project, listed: Manifest) -> NodeResult | None:
+async def _over_agent(session: FleetSession, node: Node, project: Project, request: SyncFilesRequest,
+                      packed: dict[str, str]) -> NodeResult | None:
     """Sync one node over the channel its agent already has: the node says which files it
     lacks, and gets those, compressed. No process starts on either side (each rsync
     costs a login shell on the node, whose start-up files are often most of the time).
+    `packed`: files already compressed for another node (each is read and compressed once).
     None: too much to send this way (rsync does it, with its delta transfer)."""
-    from trainfleet.agent.protocol import SyncFile, SyncFilesRequest
     from trainfleet.transport.agent_client import AgentError, AgentFailed
 
-    fleet = session.fleet
     started = time.monotonic()
-    files = {name: SyncFile(size=int(size), digest=str(digest), mode=listed.modes[name][0],  # type: ignore[call-overload]
-                            mtime_ns=listed.modes[name][1]) for name, (size, digest) in listed.files.items()}
-    command = f"sync {len(files)} file(s) over the agent"
-    request = SyncFilesRequest(workdir=fleet.workdir, project=project.name, digest=listed.digest, files=files,
-                               dirs=list(listed.dirs))
+    command = f"sync {len(request.files)} file(s) over the agent"
     try:
         reply = await session.call(node.name, request, timeout=60)
         if reply.needs:
-            if sum(files[name].size for name in reply.needs) > INLINE_BYTES:
+            if sum(request.files[name].size for name in reply.needs) > INLINE_BYTES:
                 return None
-            contents = {name: base64.b64encode(zlib.compress((project.source / name).read_bytes(), 6)).decode()
-                        for name in reply.needs}
-            request = dataclasses.replace(request, dirs=[], contents=contents)
-            reply = await session.call(node.name, request, timeout=120)
+            for name in reply.needs:
+                if name not in packed:
+                    packed[name] = base64.b64encode(zlib.compress((project.source / name).read_bytes(), 6)).decode()
+            reply = await session.call(node.name, dataclasses.replace(
+                request, dirs=[], contents={name: packed[name] for name in reply.needs}), timeout=120)
     except (AgentFailed, AgentError) as exc:
         return NodeResult(node=node.name, command=command, exit_status=None, error=str(exc),
                           seconds=time.monotonic() - started)
@@ -209,11 +206,18 @@ async def sync(session: FleetSession, project: Project, *, excludes: Sequence[st
     destination = project.remote(fleet)
     limit = asyncio.Semaphore(fleet.ssh.fanout)
     # --delete and what only rsync carries (symlinks, files too big to hash) go by rsync.
-    inline = listed.plain and not delete
+    inline = None
+    if listed.plain and not delete:
+        files = {name: SyncFile(size=int(size), digest=str(digest),  # type: ignore[call-overload]
+                                mode=listed.modes[name][0], mtime_ns=listed.modes[name][1])
+                 for name, (size, digest) in listed.files.items()}
+        inline = SyncFilesRequest(workdir=fleet.workdir, project=project.name, digest=listed.digest, files=files,
+                                  dirs=list(listed.dirs))
+    packed: dict[str, str] = {}
 
     async def one(node: Node) -> NodeResult:
-        if inline:
-            result = await _over_agent(session, node, project, listed)
+        if inline is not None:
+            result = await _over_agent(session, node, project, inline, packed)
             if result is not None:
                 if progress is not None and result.ok:
                     progress(node.name, 100)
