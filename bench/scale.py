@@ -5,8 +5,10 @@ Usage (root): python bench/scale.py [--sizes 16,64,128] [--repeat 3] [--plot sca
               [--cap 20mbit]
 For each size: a fresh sandbox; per command the median wall time, the controller's CPU
 seconds (the command and every process it started) and the bytes the controller sent
-(counted on its end of the sandbox link), for the first run (the nodes have nothing yet:
-no agent, no project) and a repeated one. pdsh -R ssh `true` is the baseline. With
+(counted on its end of the sandbox link), for the first run and a repeated one. First
+runs go in the table's order on a fresh sandbox: exec finds nothing on the nodes, doctor
+sends the agent and leaves a resident agent on each node, sync and run find those (but
+no project yet). The memory of each node's sshd and resident agent is measured at the end. pdsh -R ssh `true` is the baseline. With
 --cap, the controller's link is capped (tc tbf) to show what a laptop's uplink costs a
 repeated doctor. The sandbox is always removed, also on failure.
 """
@@ -48,6 +50,32 @@ def measure(argv: list[str], state: sb.SandboxState, env: dict[str, str] | None 
                         f"{(done.stdout + done.stderr).strip().splitlines()[-1:]}")
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     return elapsed, cpu, int(link.read_text()) - sent
+
+
+def rss_mib(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+    return total / 1024
+
+
+def memory(state: sb.SandboxState) -> dict[str, float]:
+    """Median MiB per node: the sshd listening (idle), and the resident agent (idle, between commands)."""
+    sshd, resident = [], []
+    for node in state.nodes:
+        named: dict[str, list[int]] = {}
+        for pid in sb.namespace_pids(node.namespace):
+            try:
+                named.setdefault(Path(f"/proc/{pid}/comm").read_text().strip(), []).append(pid)
+            except OSError:
+                pass
+        sshd.append(rss_mib(named.get("sshd", [])))
+        resident.append(rss_mib(named.get("tf-agent", [])))
+    return {"sshd MiB": statistics.median(sshd), "resident agent MiB": statistics.median(resident)}
 
 
 def one_size(nodes: int, repeat: int, cap: str | None) -> dict[str, dict[str, float]]:
@@ -95,6 +123,7 @@ def one_size(nodes: int, repeat: int, cap: str | None) -> dict[str, dict[str, fl
                 faults.clear(name, faults.CONTROLLER)
             results["doctor"][f"s, link {cap}"] = statistics.median(capped)
         results["sandbox up"] = {"s": built}
+        results["memory"] = memory(state)
         return results
     finally:
         shutil.rmtree(project, ignore_errors=True)
@@ -116,7 +145,7 @@ def main() -> None:
         table[nodes] = one_size(nodes, args.repeat, args.cap)
         print(f"{nodes} nodes done: {table[nodes]}", file=sys.stderr, flush=True)
     print(f"{os.cpu_count()} CPU(s) run the controller and every node; medians of {args.repeat} repeated runs; "
-          "first = nothing on the nodes yet")
+          "first = each command's first run on a fresh sandbox")
     print(f"{'nodes':>5} {'command':12} {'s':>7} {'vs pdsh':>8} {'CPU s':>7} {'KB/node':>8} {'first s':>8} "
           f"{'first KB/node':>13}")
     for nodes, results in table.items():
@@ -124,6 +153,9 @@ def main() -> None:
         for label, row in results.items():
             if label == "sandbox up":
                 print(f"{nodes:>5} {label:12} {row['s']:7.1f}")
+                continue
+            if label == "memory":
+                print(f"{nodes:>5} memory per node: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()))
                 continue
             print(f"{nodes:>5} {label:12} {row['s']:7.2f} {row['s'] / base:7.2f}x {row['CPU s']:7.2f} "
                   f"{row['KB/node']:8.1f} {row['first s']:8.2f} {row['first KB/node']:13.1f}"

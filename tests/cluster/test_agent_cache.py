@@ -24,7 +24,13 @@ def sent_bytes(state: sb.SandboxState) -> int:
     return int(Path(f"/sys/class/net/{state.host_interface}/statistics/tx_bytes").read_text())
 
 
-def test_the_agent_is_sent_once_and_an_altered_copy_is_replaced(fleet3: Path, cluster3: sb.SandboxState) -> None:
+def test_the_agent_is_sent_once_and_an_altered_copy_is_replaced(cluster3: sb.SandboxState, tmp_path: Path) -> None:
+    import yaml
+
+    data = yaml.safe_load(Path(cluster3.fleet_file).read_text())
+    data.setdefault("ssh", {})["keep_agent"] = 0  # each command's agent comes through a login shell, as here
+    fleet3 = tmp_path / "fleet.yaml"
+    fleet3.write_text(yaml.safe_dump(data, sort_keys=False))
     cached = Path(cluster3.nodes[0].home) / ".cache" / "trainfleet" / "agent" / f"{DIGEST}.json"
     cached.unlink(missing_ok=True)  # the nodes share this machine's home: one cache for all three
     before = sent_bytes(cluster3)

@@ -67,9 +67,13 @@ def test_detached_job_outlives_its_client_and_logs_follow_reattaches(fleet: Path
     assert running["state"] == "running" and sorted(running["nodes"]) == ["node0", "node1", "node2"]
     assert lock_holder(durable) == job_id
 
-    time.sleep(2)  # a tick or two
-    table = tf("top", "-f", str(fleet), "--once", timeout=60)
-    assert table.returncode == 0, table.stderr
+    deadline = time.monotonic() + 10  # the first tick comes a second after the first all-reduce
+    while True:
+        table = tf("top", "-f", str(fleet), "--once", timeout=60)
+        assert table.returncode == 0, table.stderr
+        if re.search(r"node0 .* rank 0: tick \d", table.stdout) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     for node in ("node0", "node1", "node2"):
         assert re.search(rf"{node} .*{job_id}", table.stdout), table.stdout
     assert re.search(r"node0 .* rank 0: tick \d", table.stdout), table.stdout  # node0's last line

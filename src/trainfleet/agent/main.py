@@ -72,10 +72,20 @@ def handle(message: Dict[str, Any]) -> None:
         send({"id": ident, "error": "%s: %s" % (type(exc).__name__, exc), "trace": traceback.format_exc()})
 
 
-def serve() -> None:
+def serve(resident: str = "", keep: float = 0.0) -> None:
+    """Answer requests until stdin ends. With `resident` (a key from the controller), leave
+    a resident agent behind for the next command first (see resident.py), and say where."""
     from . import PENDING
 
-    send({"ready": True})  # the controller's timeouts count from here, not from the login shell's start
+    ready: Dict[str, Any] = {"ready": True}  # the controller's timeouts count from here, not the shell's start
+    if resident:
+        from . import resident as kept
+
+        try:
+            ready["resident"] = kept.start(resident, keep)
+        except Exception as exc:  # the command goes on without one
+            ready["resident_error"] = "%s: %s" % (type(exc).__name__, exc)
+    send(ready)
     for line in itertools.chain(list(PENDING), sys.stdin):
         if not line.strip():
             continue

@@ -830,12 +830,42 @@ class ProbeRequest(Request[ProbeReply]):
     timeout: float = 10.0
 
 
+# ---- a shell command, for `exec` through a resident agent ------------------------------------
+
+
+@dataclass
+class CommandOutput:
+    stream: str
+    """stdout or stderr"""
+    line: str
+
+
+@dataclass
+class CommandExit:
+    exit_status: Optional[int]
+    """None when a signal ended it."""
+    signal: str = ""
+
+
+@dataclass
+class CommandRequest(Request[CommandExit]):
+    """`argv` run as sshd would run `exec` it for a session (new session, stdin a pipe the
+    command's watchdog reads for liveness); its output as CommandOutput events. The
+    pipe closes when this request's connection does: the watchdog then ends the command."""
+
+    op: ClassVar[str] = "command"
+    handler: ClassVar[str] = "commands.run"
+    streams: ClassVar[bool] = True
+    reply_type: ClassVar[Type[Any]] = CommandExit
+    argv: List[str]
+
+
 REQUESTS: Dict[str, Type[Any]] = {
     cls.op: cls
     for cls in (FactsRequest, ManifestRequest, SyncFilesRequest, WriteRequest, PrepareRequest, LockRequest,
                 JobsRequest, FollowRequest, TopRequest, ListenRequest, ReleaseRequest, ConnectRequest, LaunchRequest, StopRequest,
                 SweepRequest, TrustRequest, UntrustRequest, SSHMatrixRequest, FirewallRequest, PushHaveRequest,
-                PushRequest, StorageRequest, ProbeRequest)
+                PushRequest, StorageRequest, ProbeRequest, CommandRequest)
 }
 
 

@@ -69,6 +69,9 @@ class SSHSettings:
     known_hosts: str
     connect_timeout: float
     fanout: int
+    keep_agent: float = 600.0
+    """Seconds each node keeps a resident agent after a command, for the next one to reach
+    without a login shell (0: none; see agent/resident.py)."""
     state_dir: str = ""
     """Where `trainfleet ssh setup` keeps this fleet's key, pinned host keys and ssh_config:
     outside the project tree, so that no `git add .` or rsync ever picks the key up."""

@@ -62,6 +62,7 @@ class SSHDefaultsModel(_Strict):
     connect_timeout: float = Field(default=10.0, gt=0)
     fanout: int = Field(default=64, ge=1)
     jump: str | None = None
+    keep_agent: float = Field(default=600.0, ge=0)
 
 
 class NodeModel(_Strict):
@@ -324,6 +325,7 @@ def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "",
             known_hosts=local_path(defaults.known_hosts) or "",
             connect_timeout=defaults.connect_timeout,
             fanout=defaults.fanout,
+            keep_agent=defaults.keep_agent,
             state_dir=state_dir,
         ),
         source=source,

@@ -549,6 +549,10 @@ SANDBOX_INFRA = {"unshare", "sshd", "slurmd", "dockerd", "containerd", "nsenter"
 """Processes that belong to the sandbox itself rather than to any job (nsenter: the parent
 that waits for a node's dockerd, which it started in the node's PID namespace)."""
 
+KEPT = {"tf-agent"}
+"""trainfleet's resident agent (agent/resident.py): kept on purpose between commands, and
+gone after `ssh.keep_agent` idle seconds; not a job's."""
+
 
 def job_processes(node: SandboxNode) -> list[str]:
     """`pid comm` of every process in the node's namespace that is not sandbox infrastructure."""
@@ -558,7 +562,7 @@ def job_processes(node: SandboxNode) -> list[str]:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             continue
-        if comm not in SANDBOX_INFRA:
+        if comm not in SANDBOX_INFRA | KEPT:
             found.append(f"{pid} {comm}")
     return found
 

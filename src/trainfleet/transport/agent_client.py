@@ -2,6 +2,8 @@
 
 The agent is started once per node per command with the fleet's Python; its sources
 arrive on stdin after a one-line bootstrap, so nothing of it (or of a job) shows in argv.
+Where the node kept a resident agent from an earlier command, a unix-socket channel
+to it takes the place of that start (agent/resident.py).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 EventHandler = Callable[[dict[str, Any]], None]
 
-_PAYLOAD: tuple[str, str] | None = None
+_PAYLOAD: tuple[str, str, str] | None = None
 START_TIMEOUT = 180.0
 """Seconds the node's login shell may take to start the agent. A request's own timeout
 counts from then: at 128 nodes whose start-up files queue on one lock (pyenv's rehash in
 a shared home), the last agents start a minute after the first, and are not slow to answer."""
+ATTACH_TIMEOUT = 10.0
+"""Seconds a resident agent has to say it is ready; past that the command starts one."""
 
 
 def agent_command(python: str) -> str:
@@ -32,9 +36,10 @@ def agent_command(python: str) -> str:
     return f"exec {shlex.quote(python)} -c 'import sys,json;exec(json.loads(sys.stdin.readline()))'"
 
 
-def _payload() -> tuple[str, str]:
-    """(the first stage, about 2 KB: the agent's sha256 and how to load it from the node's
-    cache; the sources line, about 160 KB, sent only to a node that asks for it)."""
+def _payload() -> tuple[str, str, str]:
+    """(the first stage's code, about 2 KB: how to load the agent from the node's cache by
+    its sha256; the sources line, about 160 KB, sent only to a node that asks for it; that
+    sha256)."""
     global _PAYLOAD
     if _PAYLOAD is None:
         import hashlib
@@ -43,9 +48,48 @@ def _payload() -> tuple[str, str]:
 
         text = json.dumps(sources())
         digest = hashlib.sha256(text.encode()).hexdigest()
-        first = json.dumps(cached_bootstrap(digest) + "import tfagent.main; tfagent.main.serve()\n") + "\n"
-        _PAYLOAD = first, SOURCES_MARK + text + "\n"
+        _PAYLOAD = cached_bootstrap(digest), SOURCES_MARK + text + "\n", digest
     return _PAYLOAD
+
+
+def first_line(resident: str = "", keep: float = 0.0) -> str:
+    """What a login shell's Python reads first: the first stage, then the agent's loop
+    (told to leave a resident agent named `resident` behind, for `keep` idle seconds)."""
+    return json.dumps(_payload()[0] + f"import tfagent.main; tfagent.main.serve({resident!r}, {keep!r})\n") + "\n"
+
+
+def resident_key(python: str, user: str, host: str, port: int, keep: float) -> str:
+    """The resident agent's name on the node: this agent's sources, the Python it runs
+    with, the node as the controller reaches it (nodes sharing a home keep apart), and
+    how long it stays."""
+    import hashlib
+
+    text = "\0".join((_payload()[2], python, f"{user}@{host}:{port}", f"{keep:g}"))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class _Attached:
+    """A resident agent's connection, shaped as the process a login shell starts."""
+
+    class _Ended:
+        exit_status = 0
+        exit_signal = None
+
+    def __init__(self, reader: asyncssh.SSHReader[str], writer: asyncssh.SSHWriter[str]) -> None:
+        self.stdout = reader
+        self.stdin = writer
+        self.stderr = self._nothing()
+
+    @staticmethod
+    async def _nothing() -> Any:
+        return
+        yield
+
+    async def wait(self) -> _Attached._Ended:
+        return self._Ended()
+
+    def close(self) -> None:
+        self.stdin.close()
 
 
 class AgentFailed(Exception):
@@ -69,10 +113,16 @@ class AgentError(Exception):
 
 
 class AgentClient:
-    def __init__(self, node: str, python: str, process: asyncssh.SSHClientProcess) -> None:
+    def __init__(self, node: str, python: str, process: asyncssh.SSHClientProcess | _Attached,
+                 resident: str = "") -> None:
         self.node = node
         self.python = python
         self.process = process
+        self.attached = isinstance(process, _Attached)
+        """Served by the node's resident agent (no login shell, no Python started)."""
+        self.resident = resident
+        """Where the node's resident agent listens, as that agent said ("": none)."""
+        self.said_ready = self.attached
         self._next = 0
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._handlers: dict[int, EventHandler] = {}
@@ -80,15 +130,44 @@ class AgentClient:
         self._closed: AgentFailed | None = None
         self._up: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         """Done once the agent has said anything (it says `ready` first), or its channel closed."""
+        if self.attached:
+            self._up.set_result(None)
         self._reader = asyncio.ensure_future(self._read())
         self._errors = asyncio.ensure_future(self._read_stderr())
 
     @classmethod
-    async def start(cls, conn: asyncssh.SSHClientConnection, node: str, python: str) -> AgentClient:
-        """Start the agent; requests may follow at once (they queue behind the sources)."""
+    async def start(cls, conn: asyncssh.SSHClientConnection, node: str, python: str, *, resident: str = "",
+                    kept_at: str = "", keep: float = 0.0) -> AgentClient:
+        """Start the agent; requests may follow at once (they queue behind the sources).
+
+        `kept_at`: where this node's resident agent was last said to listen; it is tried
+        first. `resident` (its key) and `keep` (idle seconds) ask a login shell's agent to
+        leave one behind."""
+        if kept_at:
+            attached = await cls.attach(conn, node, python, kept_at)
+            if attached is not None:
+                return attached
         process = await conn.create_process(agent_command(python), encoding="utf-8", errors="replace")
-        process.stdin.write(_payload()[0])
+        process.stdin.write(first_line(resident, keep))
         return cls(node, python, process)
+
+    @classmethod
+    async def attach(cls, conn: asyncssh.SSHClientConnection, node: str, python: str,
+                      path: str) -> AgentClient | None:
+        """The resident agent at `path`, once it said it is ready; None if it is gone, stale,
+        or the node's sshd forwards no unix sockets (then a login shell starts one)."""
+        writer = None
+        try:
+            reader, writer = await asyncio.wait_for(
+                conn.open_unix_connection(path, encoding="utf-8", errors="replace"), ATTACH_TIMEOUT)
+            line = await asyncio.wait_for(reader.readline(), ATTACH_TIMEOUT)
+            if json.loads(line or "{}").get("ready") is True:
+                return cls(node, python, _Attached(reader, writer), path)
+        except Exception:  # refused, no such socket, closed at once (stale), slow: start one afresh
+            pass
+        if writer is not None:
+            writer.close()
+        return None
 
     async def _read_stderr(self) -> None:
         async for line in self.process.stderr:
@@ -107,6 +186,10 @@ class AgentClient:
                     continue  # something on the node printed to the agent's stdout
                 if not self._up.done():
                     self._up.set_result(None)
+                if message.get("ready") is True:  # (a node without the agent cached asks for it first)
+                    self.said_ready = True
+                    self.resident = message.get("resident") or ""
+                    continue
                 ident = message.get("id")
                 if message.get("need") == "agent":  # not in the node's cache yet (or changed): send it
                     self.process.stdin.write(_payload()[1])
@@ -126,7 +209,9 @@ class AgentClient:
         completed = await self.process.wait()
         status = completed.exit_status
         stderr = "".join(self._stderr).strip()
-        if status == 127:
+        if self.attached:
+            message = "the node's resident agent closed the connection"
+        elif status == 127:
             message = f"`{self.python}` was not found by a non-interactive SSH shell"
         elif status is None and completed.exit_signal:
             message = f"the node agent was killed by SIG{completed.exit_signal[0]}"

@@ -12,13 +12,15 @@ import asyncio
 import shlex
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from trainfleet.results import NodeResult
 from trainfleet.shellwords import shell_path
 
 if TYPE_CHECKING:
     import asyncssh
+
+    from trainfleet.transport.agent_client import AgentClient
 
 OutputCallback = Callable[[str, str, str], None]
 """Called as (node name, "stdout" | "stderr", line without its newline)."""
@@ -31,14 +33,74 @@ _WATCHDOG = ('exec 3<&0; { eval "$1"; } </dev/null 3<&- & c=$!; '
              'exec 3<&-; wait $c; s=$?; kill $w 2>/dev/null; exit $s')
 
 
-def watched_command(command: str, cwd: str | Sequence[str] | None = None) -> str:
+def watched_argv(command: str, cwd: str | Sequence[str] | None = None) -> list[str]:
     """`command` run by sh under the watchdog (works whatever the login shell is); in
     the first of `cwd` that exists, else in the home directory."""
     places = [cwd] if isinstance(cwd, str) else list(cwd or ())
     if places:
         moves = " || ".join(f"cd {shell_path(p)} 2>/dev/null" for p in places)
         command = f"{{ {moves}; }}; {command}"
-    return f"exec sh -c {shlex.quote(_WATCHDOG)} trainfleet {shlex.quote(command)}"
+    return ["sh", "-c", _WATCHDOG, "trainfleet", command]
+
+
+def watched_command(command: str, cwd: str | Sequence[str] | None = None) -> str:
+    """The same, as the command line of an SSH session (its login shell runs it)."""
+    return "exec " + shlex.join(watched_argv(command, cwd))
+
+
+class AgentCommand:
+    """A watched command run by a node's resident agent (no login shell to start: the
+    agent already has the environment one gives), shaped as the asyncssh process the
+    functions here read: line streams, `stdin.write_eof()`, `wait()`, `close()`."""
+
+    class _Lines:
+        def __init__(self) -> None:
+            self.queue: asyncio.Queue[str] = asyncio.Queue()
+
+        def __aiter__(self) -> AgentCommand._Lines:
+            return self
+
+        async def __anext__(self) -> str:
+            line = await self.queue.get()
+            if not line:
+                raise StopAsyncIteration
+            return line
+
+    class _Ended:
+        def __init__(self, exit_status: int | None, exit_signal: tuple[str, ...] | None) -> None:
+            self.exit_status = exit_status
+            self.exit_signal = exit_signal
+
+    def __init__(self, agent: AgentClient, argv: list[str]) -> None:
+        from trainfleet.agent.protocol import CommandRequest
+
+        self.agent = agent
+        self.stdout = self._Lines()
+        self.stderr = self._Lines()
+        self.stdin = self
+        self._ending = False
+        self._task = asyncio.ensure_future(agent.call(CommandRequest(argv=argv), on_event=self._event))
+        self._task.add_done_callback(lambda _: (self.stdout.queue.put_nowait(""), self.stderr.queue.put_nowait("")))
+
+    def _event(self, event: dict[str, str]) -> None:
+        (self.stderr if event.get("stream") == "stderr" else self.stdout).queue.put_nowait(event.get("line", ""))
+
+    def write_eof(self) -> None:
+        """Ends the agent's connection: its fork exits, and the watchdog ends the command."""
+        self._ending = True
+        asyncio.ensure_future(self.agent.close())
+
+    def close(self) -> None:
+        self.write_eof()
+
+    async def wait(self) -> AgentCommand._Ended:
+        try:
+            ended = await self._task
+        except Exception:  # a broken connection: run_on_connection reports it, unless we broke it
+            if not self._ending:
+                raise
+            return self._Ended(None, None)
+        return self._Ended(ended.exit_status, (ended.signal,) if ended.signal else None)
 
 
 async def stream_process(process: asyncssh.SSHClientProcess, node: str,
@@ -64,15 +126,20 @@ async def stream_process(process: asyncssh.SSHClientProcess, node: str,
 
 async def run_on_connection(conn: asyncssh.SSHClientConnection, node: str, command: str, *,
                             on_output: OutputCallback | None = None, timeout: float | None = None,
-                            cwd: str | Sequence[str] | None = None) -> NodeResult:
-    """One shell command, under the watchdog, on an open connection."""
+                            cwd: str | Sequence[str] | None = None, agent: AgentClient | None = None) -> NodeResult:
+    """One shell command, under the watchdog, on an open connection (by its resident
+    `agent` when given one)."""
     started = time.monotonic()
 
     def result(**kwargs: object) -> NodeResult:
         return NodeResult(node=node, command=command, seconds=time.monotonic() - started, **kwargs)  # type: ignore[arg-type]
 
     try:
-        process = await conn.create_process(watched_command(command, cwd), encoding="utf-8", errors="replace")
+        process: Any
+        if agent is not None:
+            process = AgentCommand(agent, watched_argv(command, cwd))
+        else:
+            process = await conn.create_process(watched_command(command, cwd), encoding="utf-8", errors="replace")
         try:
             stdout, stderr = await asyncio.wait_for(stream_process(process, node, on_output), timeout)
             completed = await asyncio.wait_for(process.wait(), timeout)

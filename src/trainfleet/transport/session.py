@@ -1,7 +1,8 @@
 """One SSH connection per node for the whole of one command, with everything on it.
 
 A `FleetSession` connects to every node at once (bounded by `ssh.fanout`), starts the
-node agent on each connection right away, and then carries every request, shell
+node agent on each connection right away (or reaches the node's resident agent, which
+needs no login shell: agent/resident.py), and then carries every request, shell
 command and stream of the command as channels of that one connection. SSH set-up is
 what costs (about 0.35 s per connection on a loaded machine): it is paid once per node.
 """
@@ -49,17 +50,21 @@ class FleetSession:
         self._relay: asyncio.AbstractServer | None = None
         self._relay_path = ""
         self._relay_lock = asyncio.Lock()
+        self._kept = kept_agents(fleet)
+        """Where each node's resident agent was last said to listen (key -> path)."""
 
     @classmethod
-    async def open(cls, fleet: Fleet, nodes: Sequence[Node] | None = None, *, agents: bool = True,
+    async def open(cls, fleet: Fleet, nodes: Sequence[Node] | None = None, *, agents: bool | str = True,
                    sockets: dict[str, socket.socket] | None = None, known_hosts: object = None,
                    ask_password: PasswordPrompt | None = None, wait: bool = True) -> FleetSession:
         """Connect to every node (`nodes`: a subset) and start its agent.
 
         `known_hosts` overrides the fleet's files (`ssh setup` passes the keys it has just
         pinned); nodes that refuse every key get `ask_password`'s answer, asked once for
-        the whole fleet and kept in memory only. With `wait=False` it returns at once, and
-        each node's requests and commands start as soon as that node is connected."""
+        the whole fleet and kept in memory only. `agents="resident"`: only nodes whose
+        resident agent answers get one (no login shell starts an agent). With `wait=False`
+        it returns at once, and each node's requests and commands start as soon as that
+        node is connected."""
         session = cls(fleet, nodes if nodes is not None else fleet.nodes)
         if sockets is None:
             sockets = start_tcp(session.nodes[:fleet.ssh.fanout])
@@ -74,7 +79,7 @@ class FleetSession:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _start(self, agents: bool, sockets: dict[str, socket.socket], known_hosts: object,
+    def _start(self, agents: bool | str, sockets: dict[str, socket.socket], known_hosts: object,
                ask_password: PasswordPrompt | None) -> None:
         limit = asyncio.Semaphore(self.fleet.ssh.fanout)
         password: list[str] = []
@@ -104,10 +109,20 @@ class FleetSession:
                 self.connect_seconds[node.name] = time.monotonic() - started
                 self.connections[node.name] = conn
                 if agents:
-                    from trainfleet.transport.agent_client import AgentClient
+                    from trainfleet.transport.agent_client import AgentClient, resident_key
 
+                    keep = self.fleet.ssh.keep_agent
+                    key = resident_key(self.fleet.python, node.user, node.host, node.port, keep) if keep > 0 else ""
                     try:
-                        self.agents[node.name] = await AgentClient.start(conn, node.name, self.fleet.python)
+                        if agents == "resident":
+                            kept = await AgentClient.attach(conn, node.name, self.fleet.python, self._kept[key]) \
+                                if self._kept.get(key) else None
+                            if kept is not None:
+                                self.agents[node.name] = kept
+                            return
+                        self.agents[node.name] = await AgentClient.start(
+                            conn, node.name, self.fleet.python, resident=key, kept_at=self._kept.get(key, ""),
+                            keep=keep)
                     except Exception as exc:  # the channel could not be opened
                         self.failures[node.name] = NodeResult(node=node.name, command="agent", exit_status=None,
                                                               error=f"cannot start the node agent: {exc}")
@@ -180,8 +195,9 @@ class FleetSession:
 
     async def run(self, command: str | Callable[[Node], str], nodes: Iterable[Node] | None = None, *,
                   on_output: OutputCallback | None = None, timeout: float | None = None,
-                  cwd: str | Sequence[str] | None = None) -> FleetResult:
-        """A shell command on every node (each on a new channel of its connection)."""
+                  cwd: str | Sequence[str] | None = None, resident: bool = False) -> FleetResult:
+        """A shell command on every node (each on a new channel of its connection; with
+        `resident`, by the node's resident agent where one answered)."""
         targets = [n for n in (nodes if nodes is not None else self.nodes)]
 
         async def one(node: Node) -> NodeResult:
@@ -190,8 +206,10 @@ class FleetSession:
             if node.name not in self.connections:  # (a node whose agent failed still takes commands)
                 failed = self.failures[node.name]
                 return NodeResult(node=node.name, command=text, exit_status=None, error=failed.error)
+            agent = self.agents.get(node.name) if resident else None
             return await run_on_connection(self.connections[node.name], node.name, text, on_output=on_output,
-                                           timeout=timeout, cwd=cwd)
+                                           timeout=timeout, cwd=cwd,
+                                           agent=agent if agent is not None and agent.attached else None)
 
         return FleetResult(tuple(await asyncio.gather(*(one(n) for n in targets))))
 
@@ -257,7 +275,26 @@ class FleetSession:
         finally:
             writer.close()
 
+    def _keep_residents(self) -> None:
+        """Note where each node's resident agent listens, for the next command."""
+        from trainfleet.transport.agent_client import resident_key
+
+        if not self.fleet.ssh.state_dir or self.fleet.ssh.keep_agent <= 0:
+            return
+        kept = dict(self._kept)
+        for node in self.nodes:
+            agent = self.agents.get(node.name)
+            if agent is not None and agent.said_ready:
+                key = resident_key(self.fleet.python, node.user, node.host, node.port, self.fleet.ssh.keep_agent)
+                if agent.resident:
+                    kept[key] = agent.resident
+                else:
+                    kept.pop(key, None)
+        if kept != self._kept:
+            save_kept_agents(self.fleet, kept)
+
     async def close(self) -> None:
+        self._keep_residents()
         if self._relay is not None:
             self._relay.close()
             shutil.rmtree(os.path.dirname(self._relay_path), ignore_errors=True)
@@ -269,6 +306,34 @@ class FleetSession:
             conn.close()
         await asyncio.wait([asyncio.ensure_future(c.wait_closed()) for c in self.connections.values()] or
                            [asyncio.ensure_future(asyncio.sleep(0))], timeout=2)
+
+
+KEPT_FILE = "agents.json"
+
+
+def kept_agents(fleet: Fleet) -> dict[str, str]:
+    """Resident agents' socket paths by key, from the fleet's state (none if unreadable)."""
+    if not fleet.ssh.state_dir or fleet.ssh.keep_agent <= 0:
+        return {}
+    try:
+        with open(os.path.join(fleet.ssh.state_dir, KEPT_FILE)) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(data, dict) else {}
+
+
+def save_kept_agents(fleet: Fleet, kept: dict[str, str]) -> None:
+    """Written whole and renamed into place; a command that cannot is no worse off."""
+    folder = fleet.ssh.state_dir
+    try:
+        os.makedirs(folder, 0o700, exist_ok=True)
+        spare = os.path.join(folder, f".{KEPT_FILE}.{os.getpid()}")
+        with open(spare, "w") as handle:
+            json.dump(kept, handle, indent=0, sort_keys=True)
+        os.replace(spare, os.path.join(folder, KEPT_FILE))
+    except OSError:
+        pass
 
 
 async def gather_bounded(jobs: Sequence[Callable[[], Awaitable[NodeResult]]], fanout: int) -> FleetResult:
