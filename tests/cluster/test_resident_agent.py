@@ -6,6 +6,7 @@ changes, and leaves when idle."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import time
@@ -107,8 +108,8 @@ def test_only_its_user_reaches_it_and_it_leaves_when_idle(cluster3: sb.SandboxSt
     fleet_file = fleet_with(cluster3, tmp_path, keep_agent=3)
     asyncio.run(attached(fleet_file))
     assert asyncio.run(attached(fleet_file)) == {n.name: True for n in cluster3.nodes}
-    socket_path = next(iter(__import__("json").loads(
-        (Path(load_fleet(fleet_file).ssh.state_dir) / "agents.json").read_text()).values()))
+    kept = json.loads((Path(load_fleet(fleet_file).ssh.state_dir) / "agents.json").read_text())
+    socket_path = next(iter(kept.values()))
     node = cluster3.nodes[0]
     stranger = subprocess.run(
         ["ip", "netns", "exec", node.namespace, "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",

@@ -29,10 +29,10 @@ def run(request: CommandRequest, emit: Callable[[Any], None]) -> CommandExit:
             emit(CommandOutput(stream=name, line=raw.decode("utf-8", "replace")))
         stream.close()
 
-    readers = [threading.Thread(target=pump, args=(process.stderr, "stderr"), daemon=True)]
-    readers[0].start()
+    errors = threading.Thread(target=pump, args=(process.stderr, "stderr"), daemon=True)
+    errors.start()
     pump(process.stdout, "stdout")
-    readers[0].join()
+    errors.join()
     status = process.wait()
     if status < 0:
         return CommandExit(exit_status=None, signal=signal.Signals(-status).name[3:])

@@ -83,8 +83,8 @@ def serve(resident: str = "", keep: float = 0.0) -> None:
 
         try:
             ready["resident"] = kept.start(resident, keep)
-        except Exception as exc:  # the command goes on without one
-            ready["resident_error"] = "%s: %s" % (type(exc).__name__, exc)
+        except Exception:  # the command goes on without one (and the next starts its agent as this one did)
+            pass
     send(ready)
     for line in itertools.chain(list(PENDING), sys.stdin):
         if not line.strip():

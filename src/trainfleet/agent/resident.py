@@ -141,11 +141,11 @@ def _resident(path: str, idle: float, said: int) -> None:
         except Exception:
             pass
     listener.settimeout(2)
-    serving = set()
+    serving: "set[int]" = set()
     last = time.monotonic()
     try:
         while True:
-            serving = _reap(serving)
+            _reap(serving)
             now = time.monotonic()
             if serving:
                 last = now
@@ -178,7 +178,8 @@ def _resident(path: str, idle: float, said: int) -> None:
             pass
 
 
-def _reap(serving: "set[int]") -> "set[int]":
+def _reap(serving: "set[int]") -> None:
+    """Forget (and collect) the forks whose command has ended."""
     for pid in list(serving):
         try:
             done, _ = os.waitpid(pid, os.WNOHANG)
@@ -186,7 +187,6 @@ def _reap(serving: "set[int]") -> "set[int]":
             done = pid
         if done:
             serving.discard(pid)
-    return serving
 
 
 def _same_user(conn: socket.socket) -> bool:

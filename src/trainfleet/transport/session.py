@@ -109,10 +109,10 @@ class FleetSession:
                 self.connect_seconds[node.name] = time.monotonic() - started
                 self.connections[node.name] = conn
                 if agents:
-                    from trainfleet.transport.agent_client import AgentClient, resident_key
+                    from trainfleet.transport.agent_client import AgentClient
 
                     keep = self.fleet.ssh.keep_agent
-                    key = resident_key(self.fleet.python, node.user, node.host, node.port, keep) if keep > 0 else ""
+                    key = self._resident_key(node) if keep > 0 else ""
                     try:
                         if agents == "resident":
                             kept = await AgentClient.attach(conn, node.name, self.fleet.python, self._kept[key]) \
@@ -275,17 +275,20 @@ class FleetSession:
         finally:
             writer.close()
 
-    def _keep_residents(self) -> None:
-        """Note where each node's resident agent listens, for the next command."""
+    def _resident_key(self, node: Node) -> str:
         from trainfleet.transport.agent_client import resident_key
 
+        return resident_key(self.fleet.python, node.user, node.host, node.port, self.fleet.ssh.keep_agent)
+
+    def _keep_residents(self) -> None:
+        """Note where each node's resident agent listens, for the next command."""
         if not self.fleet.ssh.state_dir or self.fleet.ssh.keep_agent <= 0:
             return
         kept = dict(self._kept)
         for node in self.nodes:
             agent = self.agents.get(node.name)
             if agent is not None and agent.said_ready:
-                key = resident_key(self.fleet.python, node.user, node.host, node.port, self.fleet.ssh.keep_agent)
+                key = self._resident_key(node)
                 if agent.resident:
                     kept[key] = agent.resident
                 else:
@@ -320,18 +323,19 @@ def kept_agents(fleet: Fleet) -> dict[str, str]:
             data = json.load(handle)
     except (OSError, ValueError):
         return {}
-    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def save_kept_agents(fleet: Fleet, kept: dict[str, str]) -> None:
     """Written whole and renamed into place; a command that cannot is no worse off."""
-    folder = fleet.ssh.state_dir
+    from trainfleet.agent.records import write_atomically
+
     try:
-        os.makedirs(folder, 0o700, exist_ok=True)
-        spare = os.path.join(folder, f".{KEPT_FILE}.{os.getpid()}")
-        with open(spare, "w") as handle:
-            json.dump(kept, handle, indent=0, sort_keys=True)
-        os.replace(spare, os.path.join(folder, KEPT_FILE))
+        os.makedirs(fleet.ssh.state_dir, 0o700, exist_ok=True)
+        write_atomically(os.path.join(fleet.ssh.state_dir, KEPT_FILE), json.dumps(kept, indent=0, sort_keys=True),
+                         durable=False)
     except OSError:
         pass
 
