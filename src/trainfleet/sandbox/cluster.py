@@ -35,7 +35,8 @@ from trainfleet.sandbox import slurm as slurm_daemons
 
 SANDBOX_ROOT_ENV = "TRAINFLEET_SANDBOX_ROOT"
 DEFAULT_ROOT = "/var/lib/trainfleet/sandbox"
-NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
+NAME_RE = re.compile(r"[a-z][a-z0-9]{0,9}")
+STATE_FILE = "state.json"
 SANDBOX_WORKDIR = "/tmp/trainfleet"
 # RFC 2544's benchmarking range: meant for test networks, never routed on the internet.
 PUBLIC_POOL = ipaddress.ip_network("198.18.0.0/16")
@@ -103,6 +104,26 @@ class SandboxState:
 
 def sandbox_root() -> Path:
     return Path(os.environ.get(SANDBOX_ROOT_ENV, DEFAULT_ROOT))
+
+
+def check_name(name: str) -> str:
+    """The one rule for a sandbox name, for every command that takes one: it becomes a
+    directory under the sandbox root (removed as root by `down`) and part of namespace and
+    link names, so nothing but a short plain word is accepted (no `/`, `..` or newline)."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise UsageError(f"sandbox name {name!r} is not usable",
+                         fix="use 1 to 10 lowercase letters and digits, starting with a letter")
+    return name
+
+
+def _directory(name: str) -> Path:
+    """The sandbox's own directory: a direct child of the sandbox root, never anything else."""
+    root = sandbox_root().resolve()
+    directory = (root / check_name(name)).resolve()
+    if directory.parent != root:
+        raise SandboxError(f"sandbox {name!r}: {directory} is not a directory directly under {root}",
+                           fix=f"remove the link at {root / name} by hand, then try again")
+    return directory
 
 
 def _tool(name: str) -> str | None:
@@ -205,7 +226,7 @@ def _root_lock(root: Path) -> Iterator[None]:
 
 def _all_states(root: Path) -> list[SandboxState]:
     states = []
-    for path in sorted(root.glob("*/state.json")):
+    for path in sorted(root.glob(f"*/{STATE_FILE}")):
         try:
             states.append(SandboxState.from_json(json.loads(path.read_text())))
         except (OSError, ValueError, TypeError):
@@ -342,9 +363,7 @@ def up(nodes: int, name: str = "tf", out: Path | None = None, slots: int = 2,
         slurm_daemons.check_tools()
     if docker:
         docker_daemons.check_tools()
-    if not NAME_RE.match(name):
-        raise UsageError(f"sandbox name {name!r} is not usable",
-                         fix="use 1 to 10 lowercase letters and digits, starting with a letter")
+    check_name(name)
     if not 1 <= nodes <= 200:
         raise UsageError(f"--nodes must be between 1 and 200 (got {nodes})")
     root = sandbox_root()
@@ -398,7 +417,7 @@ def _state(name: str, directory: Path, subnet: ipaddress.IPv4Network,
 
 
 def save(state: SandboxState) -> None:
-    write_atomically(Path(state.directory) / "state.json", json.dumps(state.to_json(), indent=2))
+    write_atomically(Path(state.directory) / STATE_FILE, json.dumps(state.to_json(), indent=2))
 
 
 def _build(state: SandboxState, count: int, slots: int, tools: dict[str, str], ssh_port: int,
@@ -532,7 +551,7 @@ def _current_user() -> str:
 
 
 def load_state(name: str) -> SandboxState:
-    path = sandbox_root() / name / "state.json"
+    path = _directory(name) / STATE_FILE
     try:
         return SandboxState.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
@@ -585,10 +604,9 @@ def _kill_namespace(namespace: str, timeout: float = 10.0) -> None:
 
 def down(name: str, missing_ok: bool = False) -> list[str]:
     """Remove every namespace, link, process and file of the sandbox; returns what was removed."""
+    directory = _directory(name)
     if os.geteuid() != 0:
         raise SandboxError("removing a sandbox needs root", fix="run it with sudo")
-    root = sandbox_root()
-    directory = root / name
     state: SandboxState | None = None
     try:
         state = load_state(name)
@@ -619,6 +637,12 @@ def down(name: str, missing_ok: bool = False) -> list[str]:
             removed.append(f"file {fleet_file}")
     removed += slurm_daemons.stop(directory)
     removed += docker_daemons.stop(directory)
+    if directory.is_symlink() or (directory.exists() and not (directory / STATE_FILE).is_file()):
+        # Only a directory that `up` made (it writes the state file right after mkdir) is
+        # ever removed whole; anything else under the root is the user's.
+        raise SandboxError(f"sandbox {name!r}: {directory} holds no {STATE_FILE}, so it was not made by "
+                           "`trainfleet sandbox up`; left as it is",
+                           fix=f"look at {directory} and remove it by hand if it is yours to remove")
     if directory.exists():
         shutil.rmtree(directory)
         removed.append(f"directory {directory}")
