@@ -3,11 +3,6 @@ one into a single line and an exit code."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from trainfleet.results import FleetResult
-
 
 class TrainfleetError(Exception):
     """A failure with a message meant for the user, and the exit code to leave with."""
@@ -40,13 +35,3 @@ class UsageError(TrainfleetError):
 
 class SandboxError(TrainfleetError):
     """The sandbox cluster could not be created, inspected or removed."""
-
-
-class FleetError(TrainfleetError):
-    """An operation failed on some nodes. `result` holds every node's outcome; the
-    message names the failed nodes (folded where they failed alike) and why."""
-
-    def __init__(self, what: str, result: FleetResult, *, fix: str | None = None) -> None:
-        reasons = "; ".join(f"{nodes}: {reason}" for nodes, reason in result.grouped_failures())
-        super().__init__(f"{what}: {reasons}" if reasons else what, fix=fix)
-        self.result = result

@@ -1,13 +1,18 @@
-"""Per-node outcomes of one fleet operation, gathered into one value."""
+"""Per-node outcomes of one fleet operation, gathered into one value, and the one error
+that a failed operation raises with its evidence (`FleetResult.require`)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
+
+from trainfleet.errors import TrainfleetError
 
 TAIL_LINES = 20
+EVIDENCE_LINES = 8
+"""Lines of a failed node's output that the CLI shows under the error (its log has all)."""
 R = TypeVar("R")
 
 
@@ -28,13 +33,9 @@ class NodeResult:
         return self.error is None and self.exit_status == 0
 
     def tail(self, lines: int = TAIL_LINES) -> str:
-        text = (self.stdout + ("\n" if self.stdout and self.stderr else "") + self.stderr).rstrip("\n")
+        """The last lines of its output: stderr's where it wrote any (the reason is there), else stdout's."""
+        text = (self.stderr if self.stderr.strip() else self.stdout).rstrip("\n")
         return "\n".join(text.splitlines()[-lines:])
-
-    def describe(self) -> str:
-        if self.error is not None:
-            return f"{self.node}: {self.error}"
-        return f"{self.node}: `{self.command}` exited with status {self.exit_status}"
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -61,12 +62,11 @@ class FleetResult(Generic[R]):
     def failures(self) -> dict[str, NodeResult]:
         return {r.node: r for r in self.failed}
 
-    def require(self, what: str, fix: str | None = None) -> Mapping[str, R]:
-        """The answers, or a FleetError naming every node that gave none."""
+    def require(self, what: str, where: Where | None = None, *, fix: str | None = None) -> Mapping[str, R]:
+        """The answers, or a FleetError naming every node that gave none, with each one's
+        evidence; `where` (the fleet) lets the error name a fix for the usual causes."""
         if self.failed:
-            from trainfleet.errors import FleetError
-
-            raise FleetError(what, self, fix=fix)
+            raise FleetError(what, self, where, fix=fix)
         return self.answers
 
     @property
@@ -99,6 +99,59 @@ class FleetResult(Generic[R]):
             reason = result.error or f"exit status {result.exit_status}"
             groups.setdefault(reason, []).append(result.node)
         return [(fold_nodes(nodes), reason) for reason, nodes in groups.items()]
+
+
+class Where(Protocol):
+    """What a fix needs to know of the fleet (the fleet itself fits)."""
+
+    @property
+    def python(self) -> str: ...
+
+    @property
+    def workdir(self) -> str: ...
+
+
+PYTHON_FIX = ("set `python:` in the fleet file to the full path of the Python with torch on the nodes "
+              "(`trainfleet doctor` looks for it in login shells too)")
+
+
+class FleetError(TrainfleetError):
+    """An operation failed on some nodes. `result` holds every node's outcome; the
+    message names the failed nodes (folded where they failed alike) and why, `evidence()`
+    each one's command, exit and output tail, and the fix is named for the usual causes
+    (the fleet's Python missing, a full disk) when the caller gave none."""
+
+    def __init__(self, what: str, result: FleetResult, where: Where | None = None, *,
+                 fix: str | None = None) -> None:
+        failed = result.failed
+        missing = [r.node for r in failed if r.exit_status == 127]
+        if where is not None and missing and len(missing) == len(failed):
+            message = (f"{what}: `{where.python}` (the fleet's `python:`) was not found on {fold_nodes(missing)} "
+                       f"by a non-interactive SSH shell")
+            fix = fix or PYTHON_FIX
+        else:
+            reasons = "; ".join(f"{nodes}: {reason}" for nodes, reason in result.grouped_failures())
+            message = f"{what}: {reasons}" if reasons else what
+        full = [r.node for r in failed if "No space left on device" in f"{r.error} {r.stderr}"]
+        if full and fix is None:
+            workdir = f" (the workdir is {where.workdir})" if where is not None else ""
+            fix = f"free space on {fold_nodes(full)}{workdir}; `trainfleet doctor` shows what is free where"
+        super().__init__(message, fix=fix)
+        self.result = result
+
+    def evidence(self, lines: int = EVIDENCE_LINES) -> list[str]:
+        """Per failed node (folded where nodes said the same): what ran, how it ended, and
+        the last lines it printed, as Invoke's UnexpectedExit shows them."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for result in self.result.failed:
+            command = result.command if len(result.command) <= 160 else result.command[:157] + "..."
+            how = f"`{command}`: {result.error}" if result.error else f"`{command}` exited with status {result.exit_status}"
+            groups.setdefault((how, result.tail(lines)), []).append(result.node)
+        shown = []
+        for (how, tail), nodes in groups.items():
+            shown.append(f"{fold_nodes(nodes)}: {how}")
+            shown += [f"  | {line}" for line in tail.splitlines() if tail.strip()]
+        return shown
 
 
 _SPLIT_NUMBER = re.compile(r"^(.*?)(\d+)$")

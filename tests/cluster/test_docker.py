@@ -96,3 +96,21 @@ def test_doctor_reports_each_nodes_docker_data_root(docker_sandbox: sb.SandboxSt
         root = docker.node_dir(docker_sandbox.directory, node.name) / "data"
         assert disks.get((node.name,)) == f"at least 10 GiB free in the workdir and in the Docker data-root {root}", \
             disks
+
+
+def test_an_image_that_cannot_be_pulled_is_named_with_what_docker_said(docker_sandbox: sb.SandboxState,
+                                                                       workdir: Path, tmp_path: Path) -> None:
+    """The container check's failure carries each node's command, exit and docker's own stderr."""
+    data = yaml.safe_load(Path(docker_sandbox.fleet_file).read_text())
+    data["container"]["image"] = "trainfleet-missing-image:1"
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(yaml.safe_dump(data))
+    failed = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "ranks.py", timeout=300)
+    assert failed.returncode != 0
+    lines = failed.stderr.splitlines()
+    assert any("trainfleet-missing-image:1 is not on every node and could not be pulled" in line
+               for line in lines), failed.stderr
+    assert any(line.startswith("  node[0-1]: `") and "pull trainfleet-missing-image:1` exited with status" in line
+               for line in lines), failed.stderr
+    said = [line for line in lines if line.startswith("    | ")]
+    assert said and any("trainfleet-missing-image" in line or "rror" in line for line in said), failed.stderr

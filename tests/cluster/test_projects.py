@@ -116,7 +116,28 @@ def test_setup_runs_once_is_skipped_after_and_names_the_node_that_fails(fleet2: 
     failed = tf("setup", "-f", str(fleet), "--sync-dir", str(source), cwd=tmp_path)
     assert failed.returncode == 1
     assert "succeeded on node0" in failed.stderr
-    assert "setup failed on node1 (exit status 3)" in failed.stderr and "  | no GPU driver" in failed.stderr
+    assert f"setup failed on node1 at step 2/2 `{data['setup'][1]}` (exit status 3)" in failed.stderr, failed.stderr
+    assert "  | no GPU driver" in failed.stderr
+
+
+def test_a_sync_that_fails_on_a_node_shows_its_command_exit_and_what_rsync_said(
+        fleet2: Path, cluster3: sb.SandboxState, tmp_path: Path) -> None:
+    source = project(tmp_path, "blocked")
+    (source / "link.py").symlink_to("main.py")  # only rsync carries a symlink
+    remote = node_tmp(cluster3, "node1") / "trainfleet" / project_for(source).name
+    remote.parent.mkdir(parents=True, exist_ok=True)
+    remote.write_text("a file where the project's directory goes\n")
+    try:
+        failed = tf("sync", "-f", str(fleet2), str(source))
+    finally:
+        remote.unlink()
+    assert failed.returncode != 0
+    lines = failed.stderr.splitlines()
+    assert lines[0].startswith(f"trainfleet: error: sync of {source} failed: node1: rsync exited with status"), \
+        failed.stderr
+    assert any(line.startswith("  node1: `rsync ") and "exited with status 11" in line for line in lines), failed.stderr
+    assert any(line.startswith("    | rsync: [Receiver] mkdir") for line in lines), failed.stderr
+    assert len(lines) == 4, failed.stderr  # the error, the node's command, what rsync said: no traceback
 
 
 def test_a_small_change_goes_over_the_agent_what_only_rsync_carries_goes_by_rsync(

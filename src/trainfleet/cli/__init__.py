@@ -11,6 +11,7 @@ import click
 
 from trainfleet.cli.app import cli, echo_err
 from trainfleet.errors import TrainfleetError
+from trainfleet.results import FleetError
 
 
 def main() -> NoReturn:
@@ -18,6 +19,9 @@ def main() -> NoReturn:
         cli.main(standalone_mode=False)
     except TrainfleetError as exc:
         echo_err(f"trainfleet: error: {exc.one_line()}")
+        if isinstance(exc, FleetError):  # what each failed node ran, how it ended, what it said last
+            for line in exc.evidence():
+                echo_err(f"  {line}")
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         echo_err("trainfleet: aborted")

@@ -48,7 +48,9 @@ def setup(fleet_file: str | None, node_names: str | None, force: bool, sync_dir:
     for node in outcome.failed:
         state = outcome.states.get(node)
         why = outcome.lost.get(node) or (f"exit status {state.exit_code}" if state else "failed")
-        echo_err(f"trainfleet: setup failed on {node} ({why}); last output ({logs / (node + '.log')}):")
+        number, _, command = outcome.steps.get(node, "").partition("] ")
+        at = f" at step {number} `{command}`" if command else ""
+        echo_err(f"trainfleet: setup failed on {node}{at} ({why}); last output ({logs / (node + '.log')}):")
         for text in outcome.tails.get(node, [])[-10:]:
             echo_err(f"  | {text}")
     sys.exit(1 if outcome.failed else 0)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trainfleet.agent.protocol import FirewallReply, FirewallRequest
-from trainfleet.errors import FleetError
 from trainfleet.firewall_rules import NodeFirewall, fleet_tag, plan_firewall, steps
 from trainfleet.fleet.model import Fleet
 from trainfleet.netchoice import choose
-from trainfleet.ops.common import facts_request, require_ok
+from trainfleet.ops.common import facts_request
+from trainfleet.results import FleetError
 from trainfleet.transport.session import FleetSession
 
 
@@ -22,7 +22,7 @@ class FirewallOutcome:
 async def _plan(session: FleetSession, port: int) -> tuple[NodeFirewall, ...]:
     fleet = session.fleet
     replies = await session.call_all(facts_request(fleet, ["net"]), timeout=30)
-    require_ok(fleet, replies.failures, "cannot plan the firewall")
+    replies.require("cannot plan the firewall", fleet)
     choices = choose(fleet, replies.answers)
     ranges = {n: (a.port_range[0], a.port_range[1]) for n, a in replies.answers.items() if a.port_range}
     return plan_firewall(fleet, {n: c.address for n, c in choices.items()}, ranges, port)
@@ -30,23 +30,23 @@ async def _plan(session: FleetSession, port: int) -> tuple[NodeFirewall, ...]:
 
 async def plan(fleet: Fleet, port: int) -> tuple[NodeFirewall, ...]:
     async with await FleetSession.open(fleet) as session:
-        require_ok(fleet, session.failures, "cannot plan the firewall")
+        session.unreachable.require("cannot plan the firewall", fleet)
         return await _plan(session, port)
 
 
 async def apply(fleet: Fleet, port: int) -> FirewallOutcome:
     tag = fleet_tag(fleet)
     async with await FleetSession.open(fleet) as session:
-        require_ok(fleet, session.failures, "cannot apply the firewall rules")
+        session.unreachable.require("cannot apply the firewall rules", fleet)
         plans = {p.node: p for p in await _plan(session, port)}
         replies = await session.call_all(
             lambda n: FirewallRequest(action="apply", tag=tag, steps=steps(plans[n.name], tag)), timeout=120)
-    error = FleetError("firewall apply failed", replies) if replies.failures else None
+    error = FleetError("firewall apply failed", replies, fleet) if replies.failures else None
     return FirewallOutcome(replies=replies.answers, error=error)
 
 
 async def revoke(fleet: Fleet) -> FirewallOutcome:
     async with await FleetSession.open(fleet) as session:
         replies = await session.call_all(FirewallRequest(action="revoke", tag=fleet_tag(fleet)), timeout=120)
-    error = FleetError("firewall revoke failed", replies) if replies.failures else None
+    error = FleetError("firewall revoke failed", replies, fleet) if replies.failures else None
     return FirewallOutcome(replies=replies.answers, error=error)

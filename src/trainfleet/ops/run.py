@@ -18,14 +18,14 @@ from pathlib import Path
 from trainfleet.agent.protocol import (ConnectRequest, FactsReply, FactsRequest, ListenRequest, LockRequest,
                                        ReleaseRequest, SSHMatrixRequest, Target)
 from trainfleet.containers import check_image, containerize
-from trainfleet.errors import FleetError, TrainfleetError, UsageError
+from trainfleet.errors import TrainfleetError, UsageError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.job.spec import JobSpec
 from trainfleet.job.placement import DEFAULT_RDZV_PORT, LaunchFacts
 from trainfleet.job.plan import LaunchPlan
 from trainfleet.launchers import get_launcher, plan_job
 from trainfleet.netchoice import NetworkChoice, choose
-from trainfleet.ops.common import facts_request, require_ok
+from trainfleet.ops.common import facts_request
 from trainfleet.ops.setup import setup_digest
 from trainfleet.ops.mount import ensure_mounted
 from trainfleet.ops.sync import Project, check_code, manifest, sync
@@ -97,7 +97,7 @@ async def preflight(session: FleetSession, job: JobSpec, project: Project, wante
         return facts_request(fleet, [*common, "files"] if files else common, files=files, project=project.name)
 
     replies = await session.call_all(request, timeout=30)
-    require_ok(fleet, replies.failures, "cannot start the job")
+    replies.require("cannot start the job", fleet)
     answers = replies.answers
     if outside:
         lacking = [n for n, a in answers.items() if not a.files.get(entry)]
@@ -137,11 +137,9 @@ async def check_container(session: FleetSession) -> None:
     fleet = session.fleet
     assert fleet.container is not None
     result = await session.run(check_image(fleet.container), timeout=1800)
-    if not result.ok:
-        what = fleet.container.image or fleet.container.rootfs
-        raise FleetError(f"cannot start the job: {what} is not on every node and could not be pulled", result,
-                         fix=f"check the name, and that `{fleet.container.engine}` runs and can reach the registry "
-                             f"there")
+    what = fleet.container.image or fleet.container.rootfs
+    result.require(f"cannot start the job: {what} is not on every node and could not be pulled", fleet,
+                   fix=f"check the name, and that `{fleet.container.engine}` runs and can reach the registry there")
 
 
 async def check_node_ssh(session: FleetSession) -> None:
@@ -186,7 +184,7 @@ async def check_reachable(session: FleetSession, choices: Mapping[str, NetworkCh
     listening = await session.call_all(
         lambda n: ListenRequest(ports=[port, 0] if n.name == head.name else [0], address=choices[n.name].address,
                                 max_seconds=30), timeout=30)
-    require_ok(fleet, listening.failures, "cannot start the job")
+    listening.require("cannot start the job", fleet)
     try:
         bound = {name: {b.wanted: b for b in reply.bound} for name, reply in listening.answers.items()}
         if bound[head.name][port].error:
@@ -204,7 +202,7 @@ async def check_reachable(session: FleetSession, choices: Mapping[str, NetworkCh
                                                  port=ephemeral, label="ephemeral"))
         tried = await session.call_all(lambda n: ConnectRequest(targets=targets[n.name], timeout=REACH_TIMEOUT),
                                        timeout=30)
-        require_ok(fleet, tried.failures, "cannot start the job")
+        tried.require("cannot start the job", fleet)
     finally:
         await session.call_all(lambda n: ReleaseRequest(handle=listening.answers[n.name].handle)
                                if n.name in listening.answers else None, timeout=10)
@@ -231,9 +229,9 @@ async def take_fleet(session: FleetSession, job: JobSpec) -> None:
     how to stop it. A live job on any of these nodes counts too."""
     fleet = session.fleet
     seen = await session.call_all(facts_request(fleet, ["jobs"]), timeout=30)  # also: every agent started
-    require_ok(fleet, seen.failures, "cannot start the job")
+    seen.require("cannot start the job", fleet)
     locked = await session.call_all(LockRequest(job_id=job.job_id, workdir=fleet.workdir), timeout=30)
-    require_ok(fleet, locked.failures, "cannot start the job")
+    locked.require("cannot start the job", fleet)
     refused = sorted((name, reply) for name, reply in locked.answers.items() if not reply.ok)
     holder, state = (refused[0][1].holder, refused[0][1].holder_state) if refused else ("", "")
     for node in fleet.nodes:
@@ -258,7 +256,7 @@ async def run_job(fleet: Fleet, job: JobSpec, options: RunOptions, *, secrets: M
     """Everything after the sync: preflight, plan, supervise; one SSH connection per node.
     With `detach`, the job's id once every rank has started."""
     async with await FleetSession.open(fleet) as session:
-        require_ok(fleet, session.failures, "cannot start the job, not every node is reachable")
+        session.unreachable.require("cannot start the job, not every node is reachable", fleet)
         if not options.concurrent:  # before the sync, which would change the code under a running job
             await take_fleet(session, job)
         try:

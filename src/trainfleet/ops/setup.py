@@ -23,7 +23,7 @@ from trainfleet.containers import absolute, container_name, remove_argv, setup_a
 from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.launchers.base import python_path
-from trainfleet.ops.common import facts_request, require_ok
+from trainfleet.ops.common import facts_request
 from trainfleet.ops.sync import Project, check_code, sync
 from trainfleet.transport.agent_client import AgentError, AgentFailed
 from trainfleet.transport.session import FleetSession
@@ -39,6 +39,8 @@ class SetupOutcome:
     lost: dict[str, str] = field(default_factory=dict)
     """Nodes whose setup could not be followed to its end, and why."""
     tails: dict[str, list[str]] = field(default_factory=dict)
+    steps: dict[str, str] = field(default_factory=dict)
+    """The step each node announced last (`2/3] pip install ...`): where a failed one stopped."""
 
     @property
     def failed(self) -> list[str]:
@@ -90,7 +92,7 @@ async def stale_nodes(session: FleetSession, project: Project) -> list[str]:
         return []
     digest = setup_digest(fleet, project.source)
     replies = await session.call_all(facts_request(fleet, ["project"], project=project.name), timeout=30)
-    require_ok(fleet, replies.failures, "cannot check the setup")
+    replies.require("cannot check the setup", fleet)
     return [n for n, facts in replies.answers.items() if facts.project is None or facts.project.setup != digest]
 
 
@@ -98,7 +100,7 @@ async def node_homes_and_gpus(session: FleetSession, nodes: list[str]) -> tuple[
     fleet = session.fleet
     replies = await session.call_all(facts_request(fleet, ["gpu"]), [n for n in session.nodes if n.name in nodes],
                                      timeout=60)
-    require_ok(fleet, replies.failures, "cannot run setup")
+    replies.require("cannot run setup", fleet)
     return ({n: a.home for n, a in replies.answers.items()},
             {n: len(a.gpu.gpus) if a.gpu else 0 for n, a in replies.answers.items()})
 
@@ -115,6 +117,7 @@ async def run_setup(session: FleetSession, project: Project, *, force: bool, sec
     job_id = f"setup-{digest[:8]}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     log_dir.mkdir(parents=True, exist_ok=True)
     tails: dict[str, list[str]] = {n: [] for n in todo}
+    steps: dict[str, str] = {}
     states: dict[str, JobState] = {}
     lost: dict[str, str] = {}
     script = setup_script(fleet.setup.commands, digest)
@@ -127,7 +130,8 @@ async def run_setup(session: FleetSession, project: Project, *, force: bool, sec
                     log.write(text + "\n")
                     tails[node] = (tails[node] + [text])[-20:]
                     if text.startswith(STEP_MARK):
-                        on_step(node, text[len(STEP_MARK):].split("]", 1)[0])
+                        steps[node] = text[len(STEP_MARK):]
+                        on_step(node, steps[node].split("]", 1)[0])
 
             on_step(node, "starting")
             env = {**fleet.env, "TRAINFLEET_NODE": node}
@@ -145,7 +149,7 @@ async def run_setup(session: FleetSession, project: Project, *, force: bool, sec
             on_step(node, "done" if node in states and states[node].state == "succeeded" else "FAILED")
 
     await asyncio.gather(*(one(n) for n in todo))
-    return SetupOutcome(digest=digest, states=states, skipped=skipped, lost=lost,
+    return SetupOutcome(digest=digest, states=states, skipped=skipped, lost=lost, steps=steps,
                         tails={n: tails[n] for n in todo if n not in states or states[n].state != "succeeded"})
 
 
@@ -153,11 +157,11 @@ async def setup_nodes(fleet: Fleet, nodes: Sequence[Node], project: Project, *, 
                       secrets: Mapping[str, str], log_dir: Path, on_step: Callable[[str, str], None]) -> SetupOutcome:
     """`trainfleet setup`: sync the project first (unless it is there already, checked), then set up."""
     async with await FleetSession.open(fleet, nodes) as session:
-        require_ok(fleet, session.failures, "cannot run setup")
+        session.unreachable.require("cannot run setup", fleet)
         if not synced:
             await sync(session, project)
         else:
             replies = await session.call_all(facts_request(fleet, ["project"], project=project.name))
-            require_ok(fleet, replies.failures, "cannot run setup")
+            replies.require("cannot run setup", fleet)
             check_code({n: a.project for n, a in replies.answers.items()}, project)
         return await run_setup(session, project, force=force, secrets=secrets, log_dir=log_dir, on_step=on_step)

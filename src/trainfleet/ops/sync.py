@@ -27,7 +27,7 @@ from pathlib import Path
 
 from trainfleet.agent.project import file_digest
 from trainfleet.agent.protocol import ManifestRequest, ProjectState, SyncFile, SyncFilesRequest
-from trainfleet.errors import FleetError, TrainfleetError, UsageError
+from trainfleet.errors import TrainfleetError, UsageError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.results import FleetResult, NodeResult, fold_nodes
 from trainfleet.transport.session import FleetSession
@@ -231,18 +231,16 @@ async def sync(session: FleetSession, project: Project, *, excludes: Sequence[st
         return result
 
     results = FleetResult(tuple(await asyncio.gather(*(one(n) for n in session.nodes))))
-    if not results.ok:
-        raise FleetError(f"sync of {project.source} failed", results)
+    results.require(f"sync of {project.source} failed", fleet)
     return results, listed
 
 
 async def sync_nodes(fleet: Fleet, nodes: Sequence[Node], project: Project, *, excludes: Sequence[str] = (),
                      delete: bool = False, progress: Progress | None = None) -> tuple[FleetResult, Manifest]:
     """`trainfleet sync`: the project onto these nodes, over a session of its own."""
-    from trainfleet.ops.common import require_ok
-
+    
     async with await FleetSession.open(fleet, nodes) as session:
-        require_ok(fleet, session.failures, "cannot sync")
+        session.unreachable.require("cannot sync", fleet)
         return await sync(session, project, excludes=excludes, delete=delete, progress=progress)
 
 

@@ -20,7 +20,6 @@ from trainfleet.agent.protocol import Reach, SSHMatrixRequest, TrustRequest, Unt
 from trainfleet.errors import TrainfleetError, UsageError
 from trainfleet.files import write_atomically
 from trainfleet.fleet.model import Fleet
-from trainfleet.ops.common import require_ok
 from trainfleet.transport.session import FleetSession, PasswordPrompt
 from trainfleet.transport.hostkeys import ScanFailed, forget_host_key, new_key_pair, pinned_keys, scan_host_keys
 from trainfleet.transport.ssh import known_hosts_files
@@ -224,5 +223,5 @@ async def revoke(fleet: Fleet) -> dict[str, UntrustReply]:
     key = ensure_fleet_key(fleet)
     async with await FleetSession.open(fleet) as session:
         replies = await session.call_all(UntrustRequest(tag=key.tag), timeout=60)
-    require_ok(fleet, replies.failures, "revoke failed")
+    replies.require("revoke failed", fleet)
     return replies.answers

@@ -104,7 +104,7 @@ class Supervisor:
         replies = await self.session.call_all(lambda node: requests.get(node.name), timeout=None)
         if replies.failures:
             await self._stop(list(replies.answers), "stopped: another node could not start")
-            replies.require("cannot start the job")
+            replies.require("cannot start the job", self.session.fleet)
         return replies.answers
 
     async def run(self) -> RunOutcome:
@@ -169,7 +169,7 @@ class Supervisor:
             (PrepareRequest(job_id=self.plan.job_id, workdir=self.workdir, files=self._files(True),
                             env=dict(p.env), secrets=dict(self.secrets), write=dict(p.write))
              for p in self.plan.prepare if p.node == node.name), None), timeout=60)
-        replies.require("cannot prepare the nodes for the job")
+        replies.require("cannot prepare the nodes for the job", self.session.fleet)
 
     def _on_event(self, router: OutputRouter, node: str,
                   tasks: dict[asyncio.Task[JobState], str]) -> Callable[[dict[str, Any]], None]:

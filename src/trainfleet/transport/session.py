@@ -18,10 +18,9 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from trainfleet.errors import FleetError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.results import FleetResult, NodeResult
 from trainfleet.transport.commands import OutputCallback, run_on_connection
@@ -138,9 +137,11 @@ class FleetSession:
         """Nodes reached, in fleet order."""
         return tuple(n for n in self.nodes if n.name not in self.failures)
 
-    def require_all(self, what: str, fix: str | None = None) -> None:
-        if self.failures:
-            raise FleetError(what, FleetResult(tuple(self.failures.values())), fix=fix)
+    @property
+    def unreachable(self) -> FleetResult:
+        """The nodes this session could not reach (or start an agent on), as one result:
+        `session.unreachable.require(what, fleet)` stops an operation that needs them all."""
+        return FleetResult(tuple(self.failures.values()))
 
     def _failed(self, node: str, exc: BaseException, op: str) -> NodeResult:
         from trainfleet.transport.agent_client import AgentError, AgentFailed
@@ -272,6 +273,11 @@ class FleetSession:
         except (OSError, ValueError, KeyError) as exc:
             frame(b"e", f"trainfleet relay: {exc}\n".encode())
             frame(b"x", struct.pack("!i", 255))
+        except asyncio.CancelledError:
+            # The session ends (another node failed) while this node's rsync still talks:
+            # the connection just closes. Ending cancelled would make Python 3.11's stream
+            # callback print a traceback under the user's one-line error.
+            pass
         finally:
             writer.close()
 
@@ -338,13 +344,3 @@ def save_kept_agents(fleet: Fleet, kept: dict[str, str]) -> None:
                          durable=False)
     except OSError:
         pass
-
-
-async def gather_bounded(jobs: Sequence[Callable[[], Awaitable[NodeResult]]], fanout: int) -> FleetResult:
-    limit = asyncio.Semaphore(fanout)
-
-    async def bounded(job: Callable[[], Awaitable[NodeResult]]) -> NodeResult:
-        async with limit:
-            return await job()
-
-    return FleetResult(tuple(await asyncio.gather(*(bounded(job) for job in jobs))))
