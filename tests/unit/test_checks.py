@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainfleet.agent.protocol import Attempt, Bound, FactsReply, JobSeen, Proc, PythonInfo, Target, TorchInfo
+from trainfleet.agent.protocol import JobStatus, Attempt, Bound, FactsReply, JobSeen, Proc, PythonInfo, Target, TorchInfo
 from trainfleet.doctor.checks import (Finding, Gathered, Measured, Verdict, _blame, check_consistency, check_jobs,
                                       check_links, check_ports, fold)
 from trainfleet.fleet.schema import fleet_from_data
@@ -80,9 +80,9 @@ def test_drop_and_reject_are_told_apart() -> None:
 
 def test_a_running_job_of_this_fleet_is_information_and_a_stale_one_gets_a_working_command() -> None:
     data = Gathered(fleet=FLEET, rdzv_port=29500)
-    running = JobSeen(job_id="tf-now", state="running", live=True,
+    running = JobSeen(job_id="tf-now", state=JobStatus.RUNNING, live=True,
                       processes=[Proc(pid=11, cmdline="torchrun", job_id="tf-now")])
-    stale = JobSeen(job_id="tf-old", state="failed", live=False,
+    stale = JobSeen(job_id="tf-old", state=JobStatus.FAILED, live=False,
                     processes=[Proc(pid=21, cmdline="python train.py", job_id="tf-old"),
                                Proc(pid=22, cmdline="python train.py", job_id="tf-old")])
     holder = Proc(pid=11, cmdline="torchrun", job_id="tf-now")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from trainfleet.agent.protocol import (Attempt, FactsReply, Interface, JobState, LaunchRequest, Proc, Route, Target,
+from trainfleet.agent.protocol import (JobStatus, Attempt, FactsReply, Interface, JobState, LaunchRequest, Proc, Route, Target,
                                        decode, request_from_wire, to_wire)
 
 
@@ -27,7 +27,15 @@ def test_requests_carry_their_op() -> None:
 
 
 def test_tuples_and_defaults() -> None:
-    state = JobState(job_id="j", node="n", state="running", started=1.0)
+    state = JobState(job_id="j", node="n", state=JobStatus.RUNNING, started=1.0)
     assert roundtrip(state) == state
     attempt = Attempt(target=Target("n", "a", 1, "l"), result="ok", ms=0.5)
     assert roundtrip(attempt) == attempt
+
+
+def test_states_travel_and_are_kept_as_their_words_and_come_back_as_the_enum() -> None:
+    state = JobState(job_id="j", node="n", state=JobStatus.STOPPED, started=1.0)
+    wire = json.loads(json.dumps(to_wire(state)))
+    assert wire["state"] == "stopped" and f"{state.state}" == "stopped"
+    back = roundtrip(state)
+    assert back.state is JobStatus.STOPPED and back.state.ended and not back.state.live

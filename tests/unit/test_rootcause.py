@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainfleet.agent.protocol import ErrorRecord, JobState
+from trainfleet.agent.protocol import JobStatus, ErrorRecord, JobState
 from trainfleet.job.plan import RankExit
 from trainfleet.supervise.rankexits import torchelastic_exits
 from trainfleet.supervise.rootcause import find_root_cause
@@ -87,9 +87,9 @@ def test_a_lost_node_is_the_root_cause_of_what_followed() -> None:
 
 
 def test_a_hang_names_where_each_node_waited() -> None:
-    hung = JobState(job_id="j", node="node0", state="stopped", started=0.0, reason="hung: no rank wrote anything for 5s",
+    hung = JobState(job_id="j", node="node0", state=JobStatus.STOPPED, started=0.0, reason="hung: no rank wrote anything for 5s",
                     hang="ranks 0,1 in all_reduce (ranks.py:38)")
-    other = JobState(job_id="j", node="node1", state="stopped", started=0.0, reason="hung: no rank wrote anything for 5s",
+    other = JobState(job_id="j", node="node1", state=JobStatus.STOPPED, started=0.0, reason="hung: no rank wrote anything for 5s",
                      hang="rank 3 in main (ranks.py:52)")
     root = find_root_cause({"node0": hung, "node1": other}, [], {}, {})
     assert root is not None and root.headline() == "hung: no rank wrote anything for 5s"

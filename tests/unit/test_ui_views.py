@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainfleet.agent.protocol import JobState, TopGpu, TopJob, TopReply
+from trainfleet.agent.protocol import JobStatus, JobState, TopGpu, TopJob, TopReply
 from trainfleet.agent.rankwrap import rank_mark
 from trainfleet.fleet.model import Fleet
 from trainfleet.fleet.schema import FleetModel, resolve
@@ -69,9 +69,9 @@ def test_output_keeps_the_users_lines_and_reads_metrics_per_rank() -> None:
 
 def test_the_timeline_orders_a_failed_jobs_events_and_ends_with_its_root_cause() -> None:
     view = JobView("j", nodes={
-        "n0": JobState(job_id="j", node="n0", state="failed", started=10.0, ended=20.0, exit_code=1, launcher="torchrun",
+        "n0": JobState(job_id="j", node="n0", state=JobStatus.FAILED, started=10.0, ended=20.0, exit_code=1, launcher="torchrun",
                        nproc=2),
-        "n1": JobState(job_id="j", node="n1", state="failed", started=10.5, ended=19.0, exit_code=1, launcher="torchrun",
+        "n1": JobState(job_id="j", node="n1", state=JobStatus.FAILED, started=10.5, ended=19.0, exit_code=1, launcher="torchrun",
                        nproc=2, hang="rank 2 in all_reduce\n  File train.py, line 9"),
     })
     events = timeline(view)

@@ -13,7 +13,7 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from . import procs
-from .protocol import (Disk, FactsReply, FactsRequest, Gpu, GpuInfo, Interface, JobSeen, Proc,
+from .protocol import (FactSection, JobStatus, Disk, FactsReply, FactsRequest, Gpu, GpuInfo, Interface, JobSeen, Proc,
                        PythonInfo, Route, TorchInfo)
 
 
@@ -219,7 +219,7 @@ def jobs_seen(workdir: str) -> List[JobSeen]:
     for job_id, processes in sorted(procs.all_jobs().items()):
         state = records.read_state(workdir, job_id)
         live = state is not None and records.supervisor_alive(workdir, job_id)
-        seen.append(JobSeen(job_id=job_id, state=state.state if state else "unknown", processes=processes,
+        seen.append(JobSeen(job_id=job_id, state=state.state if state else JobStatus.UNKNOWN, processes=processes,
                             live=live))
     return seen
 
@@ -243,39 +243,39 @@ def workdir_marks(workdir: str) -> Tuple[str, List[str]]:
 def gather(request: FactsRequest) -> FactsReply:
     wanted = set(request.sections)
     reply = FactsReply(hostname=socket.gethostname(), time=time.time(), home=os.path.expanduser("~"))
-    if "net" in wanted:
+    if FactSection.NET in wanted:
         ports = (read_text("/proc/sys/net/ipv4/ip_local_port_range") or "32768 60999").split()
         reply.port_range = [int(p) for p in ports]
         reply.interfaces = interfaces()
         reply.routes = dict((peer, route_to(peer)) for peer in request.peers)
-    if "ports" in wanted:
+    if FactSection.PORTS in wanted:
         address = request.port_address or "0.0.0.0"
         reply.ports = dict((str(p), None if port_is_free(address, p) else procs.port_holder(p))
                            for p in request.ports)
         reply.free_ports = free_ports(address, max(1, request.free))
         reply.free_port = reply.free_ports[0]
-    if "software" in wanted:
+    if FactSection.SOFTWARE in wanted:
         # (This agent runs on the fleet's Python, so a non-interactive shell finds it.)
         reply.python = PythonInfo(version=sys.version.split()[0], executable=sys.executable)
         reply.torch = torch_info()
         reply.torch_installed = reply.torch is not None
-    if "gpu" in wanted:
+    if FactSection.GPU in wanted:
         reply.gpu = gpu_info()
         driver = read_text("/proc/driver/nvidia/version")
         reply.driver = driver.splitlines()[0].strip() if driver else None
-    if "disk" in wanted:
+    if FactSection.DISK in wanted:
         reply.disk = disk_free(request.workdir)
         root = container_root(request.container_engine, request.container_root)
         reply.container_disk = disk_free(root) if root else None
-    if "jobs" in wanted:
+    if FactSection.JOBS in wanted:
         reply.jobs = jobs_seen(request.workdir)
-    if "project" in wanted:
+    if FactSection.PROJECT in wanted:
         from . import project
 
         reply.project = project.state(request.workdir, request.project)
-    if "workdir" in wanted:
+    if FactSection.WORKDIR in wanted:
         reply.node_key, reply.workdir_keys = workdir_marks(request.workdir)
-    if "files" in wanted:
+    if FactSection.FILES in wanted:
         base = os.path.expanduser(request.workdir)
         reply.files = dict((path, os.path.exists(os.path.join(base, os.path.expanduser(path))))
                            for path in request.files)

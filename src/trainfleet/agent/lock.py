@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from typing import Iterator, Tuple
 
 from . import procs
-from .protocol import LockReply, LockRequest
-from .records import TERMINAL, read_state, supervisor_alive, write_atomically
+from .protocol import JobStatus, LockReply, LockRequest
+from .records import read_state, supervisor_alive, write_atomically
 
 
 def lock_path(workdir: str) -> str:
@@ -68,10 +68,10 @@ def _take(request: LockRequest) -> LockReply:
         write_atomically(path, _holder_text(request.job_id), 0o600)
         return LockReply(ok=True)
     state = read_state(request.workdir, holder) if holder else None
-    running = state is not None and state.state not in TERMINAL and supervisor_alive(request.workdir, holder)
+    running = state is not None and not state.state.ended and supervisor_alive(request.workdir, holder)
     starting = state is None and launching
     if holder and holder != request.job_id and (running or starting):
-        return LockReply(ok=False, holder=holder, holder_state=state.state if state else "starting")
+        return LockReply(ok=False, holder=holder, holder_state=state.state if state else JobStatus.STARTING)
     write_atomically(path, _holder_text(request.job_id), 0o600)  # the holder has ended (or died): the fleet is free
     return LockReply(ok=True)
 

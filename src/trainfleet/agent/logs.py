@@ -7,8 +7,8 @@ import time
 from typing import Callable, List
 
 from . import procs
-from .protocol import FollowRequest, JobState, LostEvent, OutputEvent
-from .records import (LOG_NAME, TERMINAL, live_state, node_dir, log_lines, read_state_at, supervisor_pid,
+from .protocol import JobStatus, FollowRequest, JobState, LostEvent, OutputEvent
+from .records import (LOG_NAME, live_state, node_dir, log_lines, read_state_at, supervisor_pid,
                       write_state)
 
 BATCH = 500
@@ -22,13 +22,13 @@ def follow(directory: str, emit: Callable[[object], None], since: float = 0.0, p
     told: List[str] = []
     while True:
         state = read_state_at(directory)
-        done = state is not None and state.state in TERMINAL
+        done = state is not None and state.state.ended
         if state is not None and state.lost != told:
             told = list(state.lost)
             emit(LostEvent(lost=told, reason=state.reason))
         if not done and supervisor_pid(directory) is None and state is not None:
             # Killed outright (or the node rebooted): nobody will write the final state.
-            state.state, state.reason, state.ended = "lost", "the node supervisor died", time.time()
+            state.state, state.reason, state.ended = JobStatus.LOST, "the node supervisor died", time.time()
             state.left = procs.end_job(state.job_id, 3.0)
             write_state(directory, state)
             done = True

@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from .handshake import MESSAGE_LIMIT, accept_loop, client_handshake
-from .protocol import Mesh
+from .protocol import JobStatus, Mesh
 
 BEAT = 1.0
 FINISH_JOIN_WAIT = 5.0
@@ -130,7 +130,7 @@ class Coordinator:
                     self.ended[name] = True
                     self.settled.set()
                     # A part that was stopped was stopped by what stops the others too (a user, the mesh).
-                    failed = message.get("state") == "failed"
+                    failed = message.get("state") == JobStatus.FAILED
             if message.get("ended") and failed and not self.mesh.min_nodes and not self.node.stop.is_set():
                 # Without the others' ranks noticing, a part that failed alone would leave them waiting.
                 self.broadcast({"stop": "%s's part of the job %s" % (name, message["state"])})
@@ -200,9 +200,9 @@ class Coordinator:
         """Node 0's own part ended: if it failed, the others cannot go on; if it succeeded,
         the coordinator stays until every other part has ended (or is lost), so that the
         others are still watched and the fleet's lock is held while any part runs."""
-        if state == "failed" and not self.node.ended_by_mesh:
+        if state == JobStatus.FAILED and not self.node.ended_by_mesh:
             self.broadcast({"stop": "%s's part of the job %s" % (self.mesh.node, state)})
-        if state != "succeeded":
+        if state != JobStatus.SUCCEEDED:
             return
         while not self.node.stop.is_set():
             with self.guard:

@@ -14,7 +14,7 @@ import subprocess
 import threading
 from typing import Dict, List, Optional
 
-from .protocol import MountItem, MountResult, ProbeReply, ProbeRequest, StorageReply, StorageRequest
+from .protocol import MountStatus, MountItem, MountResult, ProbeReply, ProbeRequest, StorageReply, StorageRequest
 from .rankwrap import secret_fragments
 
 STEP_TIMEOUT = 60.0
@@ -95,11 +95,11 @@ def storage(request: StorageRequest) -> StorageReply:
         table = mounted()
         there = _state(item, table)
         if request.action == "status":
-            results.append(MountResult(mount=item.mount, state="mounted" if there else "absent"))
+            results.append(MountResult(mount=item.mount, state=MountStatus.MOUNTED if there else MountStatus.ABSENT))
             continue
         if request.action == "mount":
             if there:
-                results.append(MountResult(mount=item.mount, state="already"))
+                results.append(MountResult(mount=item.mount, state=MountStatus.ALREADY))
                 continue
             problem = _missing(item)
             if problem is None:
@@ -110,19 +110,19 @@ def storage(request: StorageRequest) -> StorageReply:
                     problem = problem.replace(value, "***") if problem else problem
             if problem is None and not _state(item, mounted()):
                 problem = "the commands succeeded but %s is not mounted" % item.mount
-            results.append(MountResult(mount=item.mount, state="failed" if problem else "mounted",
+            results.append(MountResult(mount=item.mount, state=MountStatus.FAILED if problem else MountStatus.MOUNTED,
                                        detail=problem or ""))
             continue
         if not there and item.role == "client":
-            results.append(MountResult(mount=item.mount, state="absent"))
+            results.append(MountResult(mount=item.mount, state=MountStatus.ABSENT))
             continue
         if item.role == "server" and not item.undo:  # a served directory stays, with its files
-            results.append(MountResult(mount=item.mount, state="mounted" if there else "absent"))
+            results.append(MountResult(mount=item.mount, state=MountStatus.MOUNTED if there else MountStatus.ABSENT))
             continue
         problem = _run(item.undo, dict(os.environ))
         if problem is None and item.role == "client" and _state(item, mounted()):
             problem = "%s is still mounted" % item.mount
-        results.append(MountResult(mount=item.mount, state="failed" if problem else "unmounted", detail=problem or ""))
+        results.append(MountResult(mount=item.mount, state=MountStatus.FAILED if problem else MountStatus.UNMOUNTED, detail=problem or ""))
     return StorageReply(results=results)
 
 

@@ -26,9 +26,9 @@ from typing import IO, Callable, Dict, List, Optional
 from . import procs
 from .lock import release_lock
 from .logs import follow
-from .protocol import EnvFile, Empty, JobState, LaunchRequest, PrepareRequest, StopRequest, to_wire
+from .protocol import JobStatus, EnvFile, Empty, JobState, LaunchRequest, PrepareRequest, StopRequest, to_wire
 from .rankwrap import node_key, rank_mark, secret_fragments
-from .records import (LOG_NAME, TERMINAL, job_dir, log_lines, node_dir, read_errors, read_state_at, remove_secrets,
+from .records import (LOG_NAME, job_dir, log_lines, node_dir, read_errors, read_state_at, remove_secrets,
                       secrets_path, supervisor_pid, write_files, write_paths, write_state)
 
 def prepare(request: PrepareRequest) -> Empty:
@@ -128,7 +128,7 @@ class _Supervisor:
         self.stop = threading.Event()
         self.reason = ""
         self.redact = [v.encode() for v in secret_fragments(request.secrets.values())]
-        self.state = JobState(job_id=request.job_id, node=request.env.get("TRAINFLEET_NODE", ""), state="starting",
+        self.state = JobState(job_id=request.job_id, node=request.env.get("TRAINFLEET_NODE", ""), state=JobStatus.STARTING,
                               started=time.time(), supervisor_pid=os.getpid(), argv=list(request.argv),
                               cwd=request.cwd, detached=request.detach, nproc=request.nproc,
                               launcher=request.launcher, wrapped=request.wrapped, rank_nodes=request.rank_nodes)
@@ -274,7 +274,7 @@ class _Supervisor:
                 peer = Coordinator(request.mesh, self) if request.mesh.node == request.mesh.nodes[0] \
                     else Member(request.mesh, self)  # type: ignore[arg-type]
         except OSError as exc:
-            self.state.state, self.state.exit_code, self.state.ended = "failed", 1, time.time()
+            self.state.state, self.state.exit_code, self.state.ended = JobStatus.FAILED, 1, time.time()
             self.state.reason = "the job's supervisors cannot meet: port %d on %s: %s" % (
                 request.mesh.port, request.mesh.coordinator, exc.strerror or exc)  # type: ignore[union-attr]
             write_state(self.directory, self.state)
@@ -285,12 +285,12 @@ class _Supervisor:
             child = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
-            self.state.state, self.state.exit_code, self.state.ended = "failed", 127, time.time()
+            self.state.state, self.state.exit_code, self.state.ended = JobStatus.FAILED, 127, time.time()
             self.state.reason = "cannot start %s: %s" % (request.argv[0], exc.strerror or exc)
             write_state(self.directory, self.state)
             os.write(ready, (json.dumps({"error": self.state.reason}) + "\n").encode())
             return
-        self.state.state, self.state.launcher_pid = "running", child.pid
+        self.state.state, self.state.launcher_pid = JobStatus.RUNNING, child.pid
         write_state(self.directory, self.state)
         os.write(ready, (json.dumps({"pid": child.pid}) + "\n").encode())
         os.close(ready)
@@ -340,10 +340,10 @@ class _Supervisor:
         with self.guard:
             if self.stop.is_set():
                 # Ended by the mesh: a lost node, a hang or another node's failure, not a user's stop.
-                self.state.state = "failed" if self.ended_by_mesh else "stopped"
+                self.state.state = JobStatus.FAILED if self.ended_by_mesh else JobStatus.STOPPED
                 self.state.reason = self.reason
             else:
-                self.state.state = "succeeded" if code == 0 else "failed"
+                self.state.state = JobStatus.SUCCEEDED if code == 0 else JobStatus.FAILED
             write_state(self.directory, self.state)
         if peer is not None:
             peer.finish(self.state.state)
@@ -427,7 +427,7 @@ def wait_for_ranks(directory: str, request: LaunchRequest, timeout: float = 900.
     while True:
         state = read_state_at(directory)
         assert state is not None
-        if state.state in TERMINAL or request.nproc == 0 or time.monotonic() > deadline:
+        if state.state.ended or request.nproc == 0 or time.monotonic() > deadline:
             return state
         if len(procs.rank_processes(request.job_id)) >= request.nproc:
             return state
@@ -439,7 +439,7 @@ def stop(request: StopRequest) -> JobState:
     state = read_state_at(directory)
     if state is None:
         raise ValueError("no job %s on this node" % request.job_id)
-    if state.state in TERMINAL:
+    if state.state.ended:
         left = procs.end_job(request.job_id, 3.0)
         if left != state.left:
             state.left = left
@@ -453,11 +453,11 @@ def stop(request: StopRequest) -> JobState:
         deadline = time.monotonic() + request.grace + 15
         while time.monotonic() < deadline:
             state = read_state_at(directory)
-            if state is not None and state.state in TERMINAL:
+            if state is not None and state.state.ended:
                 return state
             time.sleep(0.1)
     state = read_state_at(directory) or state
     state.left = procs.end_job(request.job_id, 3.0)
-    state.state, state.reason, state.ended = "stopped", request.reason, time.time()
+    state.state, state.reason, state.ended = JobStatus.STOPPED, request.reason, time.time()
     write_state(directory, state)
     return state

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, ClassVar, Dict, Generic, List, Optional, Tuple, Type, TypeVar, Union, get_type_hints
 
 R = TypeVar("R")
@@ -30,6 +31,59 @@ class Request(Generic[R]):
     """`module.function` in the agent that answers it (imported when first asked for)."""
     streams: ClassVar[bool] = False
     """The handler also takes an `emit` function for the events it sends before its reply."""
+
+
+# ---- the names both sides share (str enums: they travel and are stored as their value) ----
+
+
+class Name(str, Enum):
+    def __str__(self) -> str:  # a plain word in messages and f-strings, on every Python
+        return str(self.value)
+
+
+class JobStatus(Name):
+    """Where a job stands on one node: its record's `state`."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    LOST = "lost"
+    UNKNOWN = "unknown"
+    """Only seen, never recorded: processes of a job whose record is gone (an orphan)."""
+
+    @property
+    def ended(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.LOST)
+
+    @property
+    def live(self) -> bool:
+        return self in (JobStatus.STARTING, JobStatus.RUNNING)
+
+
+class MountStatus(Name):
+    MOUNTED = "mounted"
+    ALREADY = "already"
+    """It was mounted before this request."""
+    UNMOUNTED = "unmounted"
+    ABSENT = "absent"
+    """It was not mounted (and is not)."""
+    FAILED = "failed"
+
+
+class FactSection(Name):
+    """What a facts request asks a node about."""
+
+    NET = "net"
+    PORTS = "ports"
+    SOFTWARE = "software"
+    GPU = "gpu"
+    DISK = "disk"
+    JOBS = "jobs"
+    FILES = "files"
+    PROJECT = "project"
+    WORKDIR = "workdir"
 
 
 # ---- values that appear in several replies ---------------------------------------------
@@ -104,11 +158,11 @@ class Disk:
 
 @dataclass
 class JobSeen:
-    """A trainfleet job with processes on this node. `state` is the job's own record
-    ("running", "succeeded", ...) or "unknown" when no record says (an orphan)."""
+    """A trainfleet job with processes on this node. `state` is the job's own record,
+    or UNKNOWN when no record says (an orphan)."""
 
     job_id: str
-    state: str
+    state: JobStatus
     processes: List[Proc]
     live: bool
     """True while the job's node supervisor is alive: the job is running, not left over."""
@@ -158,12 +212,10 @@ class FactsReply:
 
 @dataclass
 class FactsRequest(Request[FactsReply]):
-    """Sections: net, ports, software, gpu, disk, jobs, files, project."""
-
     op: ClassVar[str] = "facts"
     handler: ClassVar[str] = "facts.gather"
     reply_type: ClassVar[Type[Any]] = FactsReply
-    sections: List[str]
+    sections: List[FactSection]
     python: str
     workdir: str
     peers: List[str] = field(default_factory=list)
@@ -356,8 +408,7 @@ class JobState:
 
     job_id: str
     node: str
-    state: str
-    """starting, running, succeeded, failed, stopped, lost"""
+    state: JobStatus
     started: float
     ended: Optional[float] = None
     exit_code: Optional[int] = None
@@ -473,7 +524,7 @@ class LockReply:
     ok: bool
     holder: str = ""
     """The job that holds the fleet (when not ok)."""
-    holder_state: str = ""
+    holder_state: Optional[JobStatus] = None
 
 
 @dataclass
@@ -786,8 +837,7 @@ class MountItem:
 @dataclass
 class MountResult:
     mount: str
-    state: str
-    """mounted, already (was mounted), unmounted, absent (was not mounted), failed."""
+    state: MountStatus
     detail: str = ""
     """For a failure: which command, and its output's tail."""
 
@@ -897,6 +947,8 @@ def decode(kind: Any, data: Any) -> Any:
         return tuple(decode(a, item) for a, item in zip(args, data))
     if origin in (dict, Dict):
         return {key: decode(args[1], item) for key, item in data.items()}
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return kind(data)
     if dataclasses.is_dataclass(kind):
         hints = _hints(kind)
         values = {}

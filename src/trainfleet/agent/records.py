@@ -16,9 +16,8 @@ from typing import Dict, List, Optional, Tuple, Union
 
 from . import procs
 from .rankwrap import node_records
-from .protocol import Empty, ErrorRecord, JobsReply, JobsRequest, JobState, WriteRequest, decode, to_wire
+from .protocol import JobStatus, Empty, ErrorRecord, JobsReply, JobsRequest, JobState, WriteRequest, decode, to_wire
 
-TERMINAL = ("succeeded", "failed", "stopped", "lost")
 LOG_NAME = "output.log"
 
 
@@ -202,8 +201,8 @@ TAIL = 64 << 10
 
 def live_state(workdir: str, state: JobState) -> JobState:
     """A record that says running, of a job whose supervisor is gone, says lost."""
-    if state.state not in TERMINAL and not supervisor_alive(workdir, state.job_id):
-        state.state = "lost"
+    if not state.state.ended and not supervisor_alive(workdir, state.job_id):
+        state.state = JobStatus.LOST
         state.reason = state.reason or "its node supervisor is gone (the node restarted, or it was killed)"
     return state
 

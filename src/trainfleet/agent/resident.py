@@ -27,7 +27,7 @@ import stat
 import struct
 import sys
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 NAME = b"tf-agent"
 """What `ps` and /proc/PID/comm show for it (and for each fork serving a command)."""
@@ -80,7 +80,7 @@ def _answers(path: str) -> bool:
         probe.close()
 
 
-def start(key: str, idle: float) -> Optional[str]:
+def start(key: str, idle: float, serve: Callable[[], None]) -> Optional[str]:
     """From the agent a login shell started: the path the controller reaches the resident
     at, starting one unless one answers there already; None where none can be kept."""
     if idle <= 0 or not key.isalnum():
@@ -102,7 +102,7 @@ def start(key: str, idle: float) -> Optional[str]:
         os.close(bound)
         os.setsid()
         if os.fork() == 0:
-            _resident(path, idle, said)
+            _resident(path, idle, said, serve)
     finally:
         os._exit(0)
 
@@ -116,7 +116,7 @@ def _rename(name: bytes) -> None:
         pass
 
 
-def _resident(path: str, idle: float, said: int) -> None:
+def _resident(path: str, idle: float, said: int, serve: Callable[[], None]) -> None:
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
@@ -164,7 +164,7 @@ def _resident(path: str, idle: float, said: int) -> None:
             child = os.fork()
             if child == 0:
                 listener.close()
-                _serve(conn)
+                _serve(conn, serve)
             serving.add(child)
             conn.close()
             last = time.monotonic()
@@ -198,7 +198,7 @@ def _same_user(conn: socket.socket) -> bool:
     return uid in (os.getuid(), 0)
 
 
-def _serve(conn: socket.socket) -> None:
+def _serve(conn: socket.socket, serve: Callable[[], None]) -> None:
     """In the fork: the connection becomes stdin and stdout, and the agent's loop runs as
     in an agent a shell started (it ends the process when the controller is done)."""
     try:
@@ -208,7 +208,6 @@ def _serve(conn: socket.socket) -> None:
         sys.stdin = open(0, "r", encoding="utf-8", errors="replace", closefd=False)
         sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
         from . import PENDING
-        from .main import serve
 
         del PENDING[:]
         serve()

@@ -62,7 +62,7 @@ def top(request: TopRequest) -> TopReply:
     # The records are read once a look: with `states` (the dashboard) they also carry metrics.
     records = (job_states(request.workdir) if request.states else
                [live_state(request.workdir, state) for state in list_states(request.workdir).values()])
-    running = [state.job_id for state in records if state.state in ("starting", "running")]
+    running = [state.job_id for state in records if state.state.live]
     members = {job_id: procs.job_processes(job_id) for job_id in running}
     total0, idle0 = _cpu_total()
     ticks0 = {p.pid: _process_ticks(p.pid) for listed in members.values() for p in listed}

@@ -8,6 +8,8 @@ import sys
 
 import click
 
+from trainfleet.agent.protocol import JobStatus
+
 from trainfleet.cli.app import cli, echo_err, fleet_option, load, print_line, run_async, select, status
 
 
@@ -40,10 +42,10 @@ def status_command(fleet_file: str | None, job_id: str, as_json: bool) -> None:
         if view.unreachable:
             line += f"  unreachable now: {fold_nodes(view.unreachable)}"
         click.echo(line)
-        if view.metrics and (job_id or view.state in ("running", "starting")):
+        if view.metrics and (job_id or view.state.live):
             click.echo("  last: " + ", ".join(f"{k} {v:g}" for k, v in view.metrics.items()))
         root = view.root_cause()
-        if view.state in ("stopped", "lost") and view.reason and root is None:
+        if view.state in (JobStatus.STOPPED, JobStatus.LOST) and view.reason and root is None:
             click.echo(f"  {view.reason}")
         if root is not None and (job_id or view is found[0]):
             click.echo(f"  {root.headline()}")
@@ -77,7 +79,7 @@ def logs(fleet_file: str | None, job_id: str, follow: bool, node_names: str | No
     if follow and states:
         ended = {s.state for s in states.values()}
         status(f"job {job_id} ended: {', '.join(sorted(ended))}")
-        if ended != {"succeeded"}:
+        if ended != {JobStatus.SUCCEEDED}:
             sys.exit(1)
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from trainfleet.agent.protocol import JobStatus
+
 from trainfleet.cli.app import (StatusLine, cli, echo_err, fleet_option, load, nodes_option, run_async, secret_values,
                                select, status)
 
@@ -41,7 +43,7 @@ def setup(fleet_file: str | None, node_names: str | None, force: bool, sync_dir:
         line.done()
     if outcome.skipped:
         status(f"setup {outcome.digest} already done on {fold_nodes(outcome.skipped)} (--force runs it again)")
-    done = [n for n, s in outcome.states.items() if s.state == "succeeded"]
+    done = [n for n, s in outcome.states.items() if s.state == JobStatus.SUCCEEDED]
     if done:
         slowest = max((s.ended or s.started) - s.started for n, s in outcome.states.items() if n in done)
         status(f"setup {outcome.digest} succeeded on {fold_nodes(done)} in {slowest:.1f}s; output in {logs}")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from trainfleet.agent.protocol import Attempt, Bound, FactsReply
+from trainfleet.agent.protocol import JobStatus, Attempt, Bound, FactsReply
 from trainfleet.fleet.model import Fleet
 from trainfleet.netchoice import NetworkChoice
 from trainfleet.results import fold_nodes
@@ -507,7 +507,7 @@ def check_jobs(data: Gathered) -> list[Finding]:
                                         f"job {job.job_id} is running ({len(job.processes)} process(es))"))
                 continue
             first = job.processes[0].cmdline if job.processes else ""
-            ended = f"job {job.job_id} ({job.state})" if job.state != "unknown" else f"earlier job {job.job_id}"
+            ended = f"job {job.job_id} ({job.state})" if job.state != JobStatus.UNKNOWN else f"earlier job {job.job_id}"
             findings.append(Finding("jobs", Verdict.FAIL, (name,),
                                     f"processes of {ended} still run (pids {pids}: {first})",
                                     f"end them: `trainfleet exec -n {name} -- kill {pids}`"))

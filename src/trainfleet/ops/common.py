@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from trainfleet.agent.protocol import FactsRequest, WriteRequest
+from trainfleet.agent.protocol import FactSection, FactsRequest, WriteRequest
 from trainfleet.fleet.model import Fleet
 from trainfleet.netchoice import route_peers
 
 
-def facts_request(fleet: Fleet, sections: Iterable[str], *, ports: Iterable[int] = (),
+def facts_request(fleet: Fleet, sections: Iterable[FactSection], *, ports: Iterable[int] = (),
                   port_address: str | None = None, files: Iterable[str] = (), project: str = "") -> FactsRequest:
     from trainfleet.containers import data_root
 

@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import time
 
-from trainfleet.agent.protocol import (Attempt, Bound, ConnectRequest, FactsReply, ListenReply, ListenRequest,
+from trainfleet.agent.protocol import (FactSection, Attempt, Bound, ConnectRequest, FactsReply, ListenReply, ListenRequest,
                                        ReleaseRequest, Target)
 from trainfleet.doctor.checks import Finding, Gathered, Measured, Verdict, bandwidth_suspect, evaluate, latency_suspect
 from trainfleet.fleet.model import Fleet, Node
@@ -26,7 +26,8 @@ from trainfleet.transport.agent_client import AgentError, AgentFailed
 from trainfleet.transport.session import FleetSession
 
 THROUGHPUT_BYTES = 8 * 1024 * 1024
-SECTIONS = ["net", "software", "gpu", "disk", "jobs", "project", "workdir"]
+SECTIONS = [FactSection.NET, FactSection.SOFTWARE, FactSection.GPU, FactSection.DISK, FactSection.JOBS,
+            FactSection.PROJECT, FactSection.WORKDIR]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,7 @@ async def _first_round(session: FleetSession, data: Gathered) -> dict[str, Liste
     listeners: dict[str, ListenReply] = {}
 
     async def facts(node: Node) -> None:
-        sections = SECTIONS + (["ports"] if node.name == head else [])
+        sections = SECTIONS + ([FactSection.PORTS] if node.name == head else [])
         sent = time.time()
         try:
             request = facts_request(fleet, sections, ports=[data.rdzv_port], project=data.project)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainfleet.agent.protocol import FirewallReply, FirewallRequest
+from trainfleet.agent.protocol import FactSection, FirewallReply, FirewallRequest
 from trainfleet.firewall_rules import NodeFirewall, fleet_tag, plan_firewall, steps
 from trainfleet.fleet.model import Fleet
 from trainfleet.netchoice import choose
@@ -21,7 +21,7 @@ class FirewallOutcome:
 
 async def _plan(session: FleetSession, port: int) -> tuple[NodeFirewall, ...]:
     fleet = session.fleet
-    replies = await session.call_all(facts_request(fleet, ["net"]), timeout=30)
+    replies = await session.call_all(facts_request(fleet, [FactSection.NET]), timeout=30)
     replies.require("cannot plan the firewall", fleet)
     choices = choose(fleet, replies.answers)
     ranges = {n: (a.port_range[0], a.port_range[1]) for n, a in replies.answers.items() if a.port_range}

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainfleet.agent.protocol import (FollowRequest, JobsRequest, JobState, OutputEvent, StopRequest, SweepRequest,
+from trainfleet.agent.protocol import (JobStatus, FollowRequest, JobsRequest, JobState, OutputEvent, StopRequest, SweepRequest,
                                        TopReply, TopRequest, decode)
 from trainfleet.errors import TrainfleetError, UsageError
 from trainfleet.fleet.model import Fleet, Node
@@ -23,7 +23,7 @@ from trainfleet.supervise.rootcause import RootCause, find_root_cause
 from trainfleet.transport.agent_client import AgentError, AgentFailed
 from trainfleet.transport.session import FleetSession
 
-ORDER = ("running", "starting", "failed", "lost", "stopped", "succeeded")
+ORDER = (JobStatus.RUNNING, JobStatus.STARTING, JobStatus.FAILED, JobStatus.LOST, JobStatus.STOPPED, JobStatus.SUCCEEDED)
 WRAPPED = {"torchrun", "deepspeed", "accelerate"}
 """Launchers whose ranks mark their lines (the node's own lines are the launcher's)."""
 
@@ -35,12 +35,12 @@ class JobView:
     unreachable: dict[str, str] = field(default_factory=dict)
 
     @property
-    def state(self) -> str:
+    def state(self) -> JobStatus:
         states = {s.state for s in self.nodes.values()}
         for name in ORDER:
             if name in states:
                 return name
-        return "unknown"
+        return JobStatus.UNKNOWN
 
     @property
     def started(self) -> float:
@@ -67,7 +67,7 @@ class JobView:
         return latest
 
     def root_cause(self) -> RootCause | None:
-        if self.state not in ("failed", "lost"):
+        if self.state not in (JobStatus.FAILED, JobStatus.LOST):
             return None
         return find_root_cause(self.nodes, [], {}, {})
 

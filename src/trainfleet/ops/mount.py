@@ -7,7 +7,7 @@ import secrets as secrets_module
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from trainfleet.agent.protocol import MountItem, MountResult, ProbeRequest, StorageRequest
+from trainfleet.agent.protocol import FactSection, MountStatus, MountItem, MountResult, ProbeRequest, StorageRequest
 from trainfleet.errors import TrainfleetError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.netchoice import choose
@@ -31,28 +31,28 @@ class StorageOutcome:
     @property
     def failures(self) -> list[tuple[str, str, MountResult]]:
         return [(what[0], node, result) for what, per in self.results.items() for node, result in per.items()
-                if result.state == "failed"]
+                if result.state == MountStatus.FAILED]
 
     def lines(self) -> list[str]:
         """One line per storage and outcome: `s3 bucket data at /data: mounted on node[0-2]`."""
         text = []
         for key, per in self.results.items():
-            by_state: dict[str, list[str]] = {}
+            by_state: dict[MountStatus, list[str]] = {}
             server = self.servers.get(key)
             for node, result in per.items():
                 if node != server:
                     by_state.setdefault(result.state, []).append(node)
             parts = [f"{_WORDS[state]} on {fold_nodes(by_state[state])}" for state in _WORDS
-                     if state in by_state and state != "failed"]
-            if server in per and per[server].state != "failed":
+                     if state in by_state and state != MountStatus.FAILED]
+            if server in per and per[server].state != MountStatus.FAILED:
                 parts.append(f"served by {server}")
             if parts:
                 text.append(f"{key[0]} at {key[1]}: " + "; ".join(parts))
         return text
 
 
-_WORDS = {"mounted": "mounted", "already": "already mounted", "unmounted": "unmounted",
-          "absent": "not mounted", "failed": "failed"}
+_WORDS = {MountStatus.MOUNTED: "mounted", MountStatus.ALREADY: "already mounted", MountStatus.UNMOUNTED: "unmounted",
+          MountStatus.ABSENT: "not mounted", MountStatus.FAILED: "failed"}
 
 
 def _item(step: MountStep) -> MountItem:
@@ -65,7 +65,7 @@ async def _steps(session: FleetSession) -> list[MountStep]:
     fleet = session.fleet
     addresses = None
     if any(s.type == "nfs" and not s.server for s in fleet.storage):  # exports name the clients' addresses
-        facts = await session.call_all(facts_request(fleet, ["net"]), timeout=30)
+        facts = await session.call_all(facts_request(fleet, [FactSection.NET]), timeout=30)
         choices = choose(fleet, facts.answers) if len(facts.answers) > 1 else {}
         addresses = {n.name: choices[n.name].address if n.name in choices else n.address for n in fleet.nodes}
     return plan_mounts(fleet, session.live, addresses)
@@ -95,7 +95,7 @@ async def apply(session: FleetSession, action: str, secrets: Mapping[str, str] |
             for step, result in zip(mine, reply.results):
                 outcome.results[(step.label, step.mount)][node] = result
         if action == "mount" and role == "server" and any(
-                r.state == "failed" for s in chosen for r in [outcome.results[(s.label, s.mount)].get(s.node)] if r):
+                r.state == MountStatus.FAILED for s in chosen for r in [outcome.results[(s.label, s.mount)].get(s.node)] if r):
             break  # clients of a directory that is not served would only fail after it
     return outcome
 
@@ -141,8 +141,8 @@ async def visibility(session: FleetSession) -> list[Visibility]:
     for storage in fleet.storage:
         text = label(fleet, storage)
         per = status.results.get((text, storage.mount), {})
-        mounted = tuple(n.name for n in fleet.nodes if n.name in per and per[n.name].state == "mounted")
-        absent = tuple(n.name for n in fleet.nodes if n.name in per and per[n.name].state != "mounted")
+        mounted = tuple(n.name for n in fleet.nodes if n.name in per and per[n.name].state == MountStatus.MOUNTED)
+        absent = tuple(n.name for n in fleet.nodes if n.name in per and per[n.name].state != MountStatus.MOUNTED)
         if not mounted:
             found.append(Visibility(storage, text, mounted, absent, None))
             continue
@@ -175,9 +175,9 @@ def mount_lines(outcome: StorageOutcome, only_changes: bool = False) -> Sequence
     if not only_changes:
         return outcome.lines()
     changed = StorageOutcome(results={k: {n: r for n, r in per.items()
-                                          if r.state == "mounted" or (n == outcome.servers.get(k) and r.state != "failed")}
+                                          if r.state == MountStatus.MOUNTED or (n == outcome.servers.get(k) and r.state != MountStatus.FAILED)}
                                       for k, per in outcome.results.items()
-                                      if any(r.state == "mounted" for r in per.values())},
+                                      if any(r.state == MountStatus.MOUNTED for r in per.values())},
                              servers=dict(outcome.servers))
     return changed.lines()
 

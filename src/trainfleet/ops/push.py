@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from trainfleet.agent import handshake
 from trainfleet.agent.project import file_digest
-from trainfleet.agent.protocol import (PushFile, PushHaveReply, PushHaveRequest, PushProgress, PushReply, PushRequest,
+from trainfleet.agent.protocol import (FactSection, PushFile, PushHaveReply, PushHaveRequest, PushProgress, PushReply, PushRequest,
                                        Target, decode)
 from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet, Node
@@ -152,7 +152,7 @@ async def push(fleet: Fleet, nodes: Sequence[Node], plan: PushPlan, progress: Pr
         live = [n for n in nodes if n.name in session.agents]
         wanted = [f.wire for f in plan.files]
         # The training network: each node listens there only (the controller's tunnel ends there too).
-        facts = await session.call_all(facts_request(fleet, ["net"]), live, timeout=30)
+        facts = await session.call_all(facts_request(fleet, [FactSection.NET]), live, timeout=30)
         outcome.failed.update({n: f.error or "no answer" for n, f in facts.failures.items()})
         choices = choose(fleet, facts.answers) if len(facts.answers) > 1 else {}
         addresses = {n.name: choices[n.name].address if n.name in choices else "127.0.0.1" for n in live}

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainfleet.agent.protocol import (ConnectRequest, FactsReply, FactsRequest, ListenRequest, LockRequest,
+from trainfleet.agent.protocol import (FactSection, ConnectRequest, FactsReply, FactsRequest, ListenRequest, LockRequest,
                                        ReleaseRequest, SSHMatrixRequest, Target)
 from trainfleet.containers import check_image, containerize
 from trainfleet.errors import TrainfleetError, UsageError
@@ -85,16 +85,16 @@ async def preflight(session: FleetSession, job: JobSpec, project: Project, wante
     # system): it is looked for there, on every node, and the project's copy is not asked for.
     outside = check_entry and job.entrypoint.startswith(("/", "~/"))
     entry = job.entrypoint if outside else f"{project.name}/{job.entrypoint}"
-    common = ["net", "project"] + (["gpu"] if launcher.needs_gpu_facts or fleet.container else [])
+    common = [FactSection.NET, FactSection.PROJECT] + ([FactSection.GPU] if launcher.needs_gpu_facts or fleet.container else [])
 
     def request(node: Node) -> FactsRequest:
         files = [entry] if (check_entry and node.name == head.name) or outside else []
         if node.name == head.name:
-            request = facts_request(fleet, [*common, "ports", "files"], ports=[port], files=files,
+            request = facts_request(fleet, [*common, FactSection.PORTS, FactSection.FILES], ports=[port], files=files,
                                     project=project.name)
             request.free = 2  # a rendezvous port if the wanted one is taken, and the node supervisors' meeting port
             return request
-        return facts_request(fleet, [*common, "files"] if files else common, files=files, project=project.name)
+        return facts_request(fleet, [*common, FactSection.FILES] if files else common, files=files, project=project.name)
 
     replies = await session.call_all(request, timeout=30)
     replies.require("cannot start the job", fleet)
@@ -124,7 +124,7 @@ async def preflight(session: FleetSession, job: JobSpec, project: Project, wante
                                   "each node's interfaces)")
     port = _rendezvous_port(answers[head.name], head, port, wanted_port is not None)
     await check_reachable(session, choices, port)
-    gpus = {n: len(a.gpu.gpus) if a.gpu else 0 for n, a in answers.items()} if "gpu" in common else {}
+    gpus = {n: len(a.gpu.gpus) if a.gpu else 0 for n, a in answers.items()} if FactSection.GPU in common else {}
     mesh_port = next(p for p in answers[head.name].free_ports if p != port)
     facts = LaunchFacts(rdzv_port=port, interfaces={n: c.interface for n, c in choices.items() if c.interface},
                         addresses={n: c.address for n, c in choices.items()}, gpus=gpus,
@@ -228,7 +228,7 @@ async def take_fleet(session: FleetSession, job: JobSpec) -> None:
     in, so two runs over the same nodes cannot both start), or the running job named, and
     how to stop it. A live job on any of these nodes counts too."""
     fleet = session.fleet
-    seen = await session.call_all(facts_request(fleet, ["jobs"]), timeout=30)  # also: every agent started
+    seen = await session.call_all(facts_request(fleet, [FactSection.JOBS]), timeout=30)  # also: every agent started
     seen.require("cannot start the job", fleet)
     locked = await session.call_all(LockRequest(job_id=job.job_id, workdir=fleet.workdir), timeout=30)
     locked.require("cannot start the job", fleet)

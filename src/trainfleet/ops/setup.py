@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainfleet.agent.protocol import JobState, LaunchRequest, OutputEvent, decode
+from trainfleet.agent.protocol import FactSection, JobStatus, JobState, LaunchRequest, OutputEvent, decode
 from trainfleet.containers import absolute, container_name, remove_argv, setup_argv
 from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet, Node
@@ -44,7 +44,7 @@ class SetupOutcome:
 
     @property
     def failed(self) -> list[str]:
-        return [n for n, s in self.states.items() if s.state != "succeeded"] + list(self.lost)
+        return [n for n, s in self.states.items() if s.state != JobStatus.SUCCEEDED] + list(self.lost)
 
 
 def named_files(fleet: Fleet, source: Path) -> list[str]:
@@ -91,14 +91,14 @@ async def stale_nodes(session: FleetSession, project: Project) -> list[str]:
     if not fleet.setup.commands:
         return []
     digest = setup_digest(fleet, project.source)
-    replies = await session.call_all(facts_request(fleet, ["project"], project=project.name), timeout=30)
+    replies = await session.call_all(facts_request(fleet, [FactSection.PROJECT], project=project.name), timeout=30)
     replies.require("cannot check the setup", fleet)
     return [n for n, facts in replies.answers.items() if facts.project is None or facts.project.setup != digest]
 
 
 async def node_homes_and_gpus(session: FleetSession, nodes: list[str]) -> tuple[dict[str, str], dict[str, int]]:
     fleet = session.fleet
-    replies = await session.call_all(facts_request(fleet, ["gpu"]), [n for n in session.nodes if n.name in nodes],
+    replies = await session.call_all(facts_request(fleet, [FactSection.GPU]), [n for n in session.nodes if n.name in nodes],
                                      timeout=60)
     replies.require("cannot run setup", fleet)
     return ({n: a.home for n, a in replies.answers.items()},
@@ -146,11 +146,11 @@ async def run_setup(session: FleetSession, project: Project, *, force: bool, sec
                 states[node] = await session.call(node, request, on_event=take, timeout=None)
             except (AgentFailed, AgentError) as exc:
                 lost[node] = str(exc)
-            on_step(node, "done" if node in states and states[node].state == "succeeded" else "FAILED")
+            on_step(node, "done" if node in states and states[node].state == JobStatus.SUCCEEDED else "FAILED")
 
     await asyncio.gather(*(one(n) for n in todo))
     return SetupOutcome(digest=digest, states=states, skipped=skipped, lost=lost, steps=steps,
-                        tails={n: tails[n] for n in todo if n not in states or states[n].state != "succeeded"})
+                        tails={n: tails[n] for n in todo if n not in states or states[n].state != JobStatus.SUCCEEDED})
 
 
 async def setup_nodes(fleet: Fleet, nodes: Sequence[Node], project: Project, *, synced: bool, force: bool,
@@ -161,7 +161,7 @@ async def setup_nodes(fleet: Fleet, nodes: Sequence[Node], project: Project, *, 
         if not synced:
             await sync(session, project)
         else:
-            replies = await session.call_all(facts_request(fleet, ["project"], project=project.name))
+            replies = await session.call_all(facts_request(fleet, [FactSection.PROJECT], project=project.name))
             replies.require("cannot run setup", fleet)
             check_code({n: a.project for n, a in replies.answers.items()}, project)
         return await run_setup(session, project, force=force, secrets=secrets, log_dir=log_dir, on_step=on_step)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from trainfleet.agent.protocol import ErrorRecord, JobState
+from trainfleet.agent.protocol import JobStatus, ErrorRecord, JobState
 from trainfleet.job.plan import RankExit
 
 _CONSEQUENCES = (
@@ -90,7 +90,7 @@ def find_root_cause(states: Mapping[str, JobState], exits: Sequence[RankExit],
     """None when nothing failed (or everything was only stopped). `records`: failure
     records from nodes where the job's own runner started the ranks; `lost`: nodes lost
     while the job ran. A hang, or a lost node, comes before what followed from it."""
-    ended = [s for s in states.values() if s.state != "succeeded"]
+    ended = [s for s in states.values() if s.state != JobStatus.SUCCEEDED]
     if states and not ended and not (lost and len(lost) == len(states) + len(lost)):
         return None  # every node's part succeeded (after restarts, perhaps): earlier failures are history
     hung = [s for s in states.values() if s.hang or s.reason.startswith("hung")]
@@ -135,7 +135,7 @@ def find_root_cause(states: Mapping[str, JobState], exits: Sequence[RankExit],
                                                            f.time or 0.0, f.node, f.rank or 0))
         first = ordered[0]
         return RootCause(first=first, others=tuple(ordered[1:]))
-    failed = sorted((s for s in states.values() if s.state in ("failed", "lost")),
+    failed = sorted((s for s in states.values() if s.state in (JobStatus.FAILED, JobStatus.LOST)),
                     key=lambda s: s.ended or float("inf"))
     if not failed:
         return None

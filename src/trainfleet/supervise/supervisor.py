@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainfleet.agent.protocol import (EnvFile, ErrorRecord, JobState, LaunchRequest, LostEvent, Mesh, OutputEvent,
+from trainfleet.agent.protocol import (JobStatus, EnvFile, ErrorRecord, JobState, LaunchRequest, LostEvent, Mesh, OutputEvent,
                                        PrepareRequest, Proc, StopRequest, SweepRequest, decode)
 from trainfleet.job.plan import LaunchPlan, NodeLaunch
 from trainfleet.supervise.rankexits import rank_exits
@@ -137,7 +137,7 @@ class Supervisor:
         finally:
             ticker.cancel()
             router.close()
-        exits = [e for node, state in states.items() if state.state in ("failed", "stopped")
+        exits = [e for node, state in states.items() if state.state in (JobStatus.FAILED, JobStatus.STOPPED)
                  for e in rank_exits(self.plan.exit_report, node, list(router.node_lines.get(node, ())))]
         root = None if cancelled else find_root_cause(
             states, exits, {key: list(lines) for key, lines in router.rank_lines.items()},
@@ -239,7 +239,7 @@ class Supervisor:
             errors[node] = self.lost.get(node, str(exc))
             return not self.mesh_port
         states[node] = state
-        return state.state != "succeeded"
+        return state.state != JobStatus.SUCCEEDED
 
     async def _stop(self, nodes: list[str], reason: str) -> None:
         async def one(node: str) -> None:

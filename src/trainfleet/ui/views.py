@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainfleet.agent.protocol import TopReply
+from trainfleet.agent.protocol import JobStatus, TopReply
 from trainfleet.fleet.model import Fleet
 from trainfleet.job.plan import RANK_LINE
 from trainfleet.ops.jobs import JobView
@@ -90,7 +90,7 @@ def timeline(view: JobView) -> list[dict[str, Any]]:
     if view.lost:
         moment = min((s.ended for s in view.nodes.values() if s.ended), default=view.started)
         events.append({"time": moment, "node": ", ".join(view.lost), "text": "lost: the job went on without it"
-                       if view.state == "running" else "lost"})
+                       if view.state == JobStatus.RUNNING else JobStatus.LOST})
     root = view.root_cause()
     if root is not None:
         events.append({"time": view.ended or view.started, "node": root.first.node, "text": root.headline()})
