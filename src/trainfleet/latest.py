@@ -4,11 +4,11 @@ fleet's state directory) so that `trainfleet ui` shows them without measuring ag
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from trainfleet.agent.files import write_atomically
 from trainfleet.fleet.model import Fleet
 
 KINDS = ("doctor", "netbench")
@@ -26,9 +26,7 @@ def save(fleet: Fleet, kind: str, data: dict[str, Any]) -> None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
-        partial.write_text(json.dumps({"saved": time.time(), "data": data}))
-        partial.replace(path)
+        write_atomically(path, json.dumps({"saved": time.time(), "data": data}), durable=False)
     except OSError:
         pass
 

@@ -56,7 +56,7 @@ def test_release_removes_only_its_own_lock(tmp_path: Path) -> None:
 
 
 def writer(path: str, text: str, start: multiprocessing.synchronize.Barrier) -> None:
-    from trainfleet.agent.records import write_atomically
+    from trainfleet.agent.files import write_atomically
 
     start.wait()
     for _ in range(50):

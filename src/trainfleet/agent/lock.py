@@ -15,7 +15,8 @@ from typing import Iterator, Tuple
 
 from . import procs
 from .protocol import JobStatus, LockReply, LockRequest
-from .records import read_state, supervisor_alive, write_atomically
+from .files import write_atomically
+from .records import read_state, supervisor_alive
 
 
 def lock_path(workdir: str) -> str:

@@ -15,7 +15,7 @@ import threading
 from typing import Dict, List, Optional
 
 from .protocol import MountStatus, MountItem, MountResult, ProbeReply, ProbeRequest, StorageReply, StorageRequest
-from .rankwrap import secret_fragments
+from .rankwrap import redact, secret_fragments
 
 STEP_TIMEOUT = 60.0
 
@@ -106,8 +106,8 @@ def storage(request: StorageRequest) -> StorageReply:
                 env = dict(os.environ)
                 env.update({variable: request.secrets.get(secret, "") for variable, secret in item.env.items()})
                 problem = _run(item.commands, env)
-                for value in secret_fragments(request.secrets.values()):  # a helper may echo what it was given
-                    problem = problem.replace(value, "***") if problem else problem
+                if problem:  # a helper may echo what it was given
+                    problem = redact(problem, secret_fragments(request.secrets.values()))
             if problem is None and not _state(item, mounted()):
                 problem = "the commands succeeded but %s is not mounted" % item.mount
             results.append(MountResult(mount=item.mount, state=MountStatus.FAILED if problem else MountStatus.MOUNTED,

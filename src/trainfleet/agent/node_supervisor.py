@@ -27,7 +27,7 @@ from . import procs
 from .lock import release_lock
 from .logs import follow
 from .protocol import JobStatus, EnvFile, Empty, JobState, LaunchRequest, PrepareRequest, StopRequest, to_wire
-from .rankwrap import node_key, rank_mark, secret_fragments
+from .rankwrap import node_key, rank_mark, redact, secret_fragments
 from .records import (LOG_NAME, job_dir, log_lines, node_dir, read_errors, read_state_at, remove_secrets,
                       secrets_path, supervisor_pid, write_files, write_paths, write_state)
 
@@ -127,7 +127,7 @@ class _Supervisor:
         self.tether = tether
         self.stop = threading.Event()
         self.reason = ""
-        self.redact = [v.encode() for v in secret_fragments(request.secrets.values())]
+        self.hidden = [v.encode() for v in secret_fragments(request.secrets.values())]
         self.state = JobState(job_id=request.job_id, node=request.env.get("TRAINFLEET_NODE", ""), state=JobStatus.STARTING,
                               started=time.time(), supervisor_pid=os.getpid(), argv=list(request.argv),
                               cwd=request.cwd, detached=request.detach, nproc=request.nproc,
@@ -209,8 +209,7 @@ class _Supervisor:
             self.log.flush()
 
     def _clean(self, line: bytes) -> str:
-        for value in self.redact:
-            line = line.replace(value, b"***")
+        line = redact(line, self.hidden)
         if b"\r" in line:  # a progress bar redrawn in place: keep what it showed last
             line = line.rstrip(b"\r").rsplit(b"\r", 1)[-1]
         return line.decode("utf-8", "replace")

@@ -16,7 +16,7 @@ import zlib
 from typing import Dict, List, Optional
 
 from .protocol import Empty, ManifestRequest, ProjectState, SyncFilesReply, SyncFilesRequest
-from .records import write_atomically
+from .files import write_atomically
 
 MANIFEST = os.path.join(".trainfleet", "manifest.json")
 SETUP_STAMP = os.path.join(".trainfleet", "setup.json")

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .files import write_atomically
 from .handshake import accept_loop, client_handshake
 from .project import file_digest
 from .protocol import PushFile, PushHaveReply, PushHaveRequest, PushProgress, PushReply, PushRequest
@@ -73,10 +74,7 @@ def _remember(entries: Dict[str, Tuple[int, int, str]]) -> None:
             cache.update({_key(path): list(value) for path, value in entries.items()})
             path = os.path.expanduser(CACHE)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = "%s.%s.tmp" % (path, os.urandom(6).hex())
-            with open(tmp, "w") as handle:
-                json.dump(cache, handle)
-            os.replace(tmp, path)
+            write_atomically(path, json.dumps(cache), durable=False)
         except OSError:
             pass
 

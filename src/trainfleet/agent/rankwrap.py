@@ -163,11 +163,20 @@ def secret_fragments(values):
     return sorted(found, key=len, reverse=True)
 
 
-def redact(text):
-    names = [n for n in os.environ.get("TRAINFLEET_SECRET_NAMES", "").split(",") if n]
-    for value in secret_fragments(os.environ.get(n, "") for n in names):
-        text = text.replace(value, "***")
+def redact(text, fragments):
+    """The one redaction: `text` (str, or bytes with bytes fragments) with every fragment
+    (from secret_fragments) replaced by ***. The rank's output, its error records, the
+    supervisor's log and mount helpers' messages all go through here."""
+    mark = b"***" if isinstance(text, bytes) else "***"
+    for value in fragments:
+        text = text.replace(value, mark)
     return text
+
+
+def _own_secrets():
+    """This rank's secrets (their names are in its environment), as fragments."""
+    names = [n for n in os.environ.get("TRAINFLEET_SECRET_NAMES", "").split(",") if n]
+    return secret_fragments(os.environ.get(n, "") for n in names)
 
 
 def record(rank, kind, summary, trace, exit_code):
@@ -180,9 +189,12 @@ def record(rank, kind, summary, trace, exit_code):
     path = os.path.join(folder, "rank-%d-attempt-%d.json" % (rank, attempt))
     if os.path.exists(path):
         return
+    hidden = _own_secrets()
     entry = {"rank": rank, "node": os.environ.get("TRAINFLEET_NODE", ""), "time": time.time(), "kind": kind,
-             "summary": redact(summary)[:2000], "traceback": redact(trace)[-20000:], "exit_code": exit_code,
+             "summary": redact(summary, hidden)[:2000], "traceback": redact(trace, hidden)[-20000:], "exit_code": exit_code,
              "attempt": attempt}
+    # Not agent/files.write_atomically: this module runs inside the user's ranks, written
+    # beside sitecustomize as a loose file, and imports nothing of the agent.
     tmp = "%s.%s.tmp" % (path, os.urandom(6).hex())  # not the pid: nodes sharing a file system share pids
     try:
         with open(tmp, "w") as handle:

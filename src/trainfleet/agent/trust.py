@@ -13,7 +13,7 @@ import threading
 from typing import Dict, List, Optional
 
 from .protocol import Reach, SSHMatrixReply, SSHMatrixRequest, TrustReply, TrustRequest, UntrustReply, UntrustRequest
-from .records import write_atomically
+from .files import write_atomically
 
 
 def _read(path: str) -> Optional[str]:

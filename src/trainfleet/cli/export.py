@@ -45,7 +45,7 @@ def emit(text: str, out: Path | None) -> None:
     if out is None:
         click.echo(text, nl=False)
         return
-    from trainfleet.files import write_atomically
+    from trainfleet.agent.files import write_atomically
 
     write_atomically(out, text)
     status(f"wrote {out}")

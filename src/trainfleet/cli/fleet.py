@@ -13,7 +13,7 @@ from trainfleet.errors import SpecError, UsageError
 def write_new(path: Path, text: str, force: bool) -> None:
     if path.exists() and not force:
         raise UsageError(f"{path} already exists", fix="pass --force to overwrite it, or -o another file")
-    from trainfleet.files import write_atomically
+    from trainfleet.agent.files import write_atomically
 
     write_atomically(path, text)
 

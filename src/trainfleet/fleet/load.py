@@ -64,7 +64,7 @@ def _store(cache: Path | None, fleet: Fleet) -> None:
     if cache is None:
         return
     try:
-        from trainfleet.files import write_atomically
+        from trainfleet.agent.files import write_atomically
 
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(cache, json.dumps(fleet.to_json()))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from trainfleet.agent.protocol import Reach, SSHMatrixRequest, TrustRequest, UntrustReply, UntrustRequest
 from trainfleet.errors import TrainfleetError, UsageError
-from trainfleet.files import write_atomically
+from trainfleet.agent.files import write_atomically
 from trainfleet.fleet.model import Fleet
 from trainfleet.transport.session import FleetSession, PasswordPrompt
 from trainfleet.transport.hostkeys import ScanFailed, forget_host_key, new_key_pair, pinned_keys, scan_host_keys

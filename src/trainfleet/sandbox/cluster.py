@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trainfleet.errors import SandboxError, UsageError
-from trainfleet.files import write_atomically
+from trainfleet.agent.files import write_atomically
 from trainfleet.fleet.schema import dump_fleet_yaml
 from trainfleet.sandbox import docker as docker_daemons
 from trainfleet.sandbox import slurm as slurm_daemons

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from trainfleet.agent.rankwrap import rank_mark, secret_fragments
+from trainfleet.agent.rankwrap import rank_mark, redact, secret_fragments
 from trainfleet.job.plan import RANK_LINE, RELAYED_RANK_LINE
 
 Printer = Callable[[str], None]
@@ -74,7 +74,7 @@ class OutputRouter:
         self.ranks_marked = ranks_marked
         self.verbose = verbose
         self.hold = hold
-        self.redact = secret_fragments(redact)
+        self.hidden = secret_fragments(redact)
         self.quiet = False
         """After Ctrl-C nothing more of the job reaches the screen."""
         self.failing = False
@@ -88,8 +88,7 @@ class OutputRouter:
             self.node_lines[node] = deque(maxlen=400)
 
     def take(self, node: str, text: str) -> None:
-        for value in self.redact:
-            text = text.replace(value, "***")
+        text = redact(text, self.hidden)
         match = RANK_LINE.match(text)
         rank = int(match.group(1)) if match else None
         body = match.group(2) if match else text

@@ -336,7 +336,7 @@ def kept_agents(fleet: Fleet) -> dict[str, str]:
 
 def save_kept_agents(fleet: Fleet, kept: dict[str, str]) -> None:
     """Written whole and renamed into place; a command that cannot is no worse off."""
-    from trainfleet.agent.records import write_atomically
+    from trainfleet.agent.files import write_atomically
 
     try:
         os.makedirs(fleet.ssh.state_dir, 0o700, exist_ok=True)
