@@ -43,3 +43,32 @@ def test_export_needs_no_ssh_key(tmp_path: Path) -> None:
     assert "#SBATCH --gpus-per-node=8" in gpus.stdout and "#SBATCH --exclusive" in gpus.stdout
     ran = tf("exec", "-f", str(fleet), "--", "true")
     assert ran.returncode == 2 and "key file /nonexistent/id_ed25519 does not exist" in ran.stderr
+
+
+def test_run_dry_run_and_export_take_the_same_job_options(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("nodes:\n  - {host: 203.0.113.1, name: gpu0}\n  - {host: 203.0.113.2, name: gpu1}\n")
+    same = ["--launcher", "deepspeed", "--launcher-arg=--no_python", "--env", "A=1", "--job-id", "same-job"]
+    planned = tf("run", "-f", str(fleet), "--dry-run", *same, "--include", "gpu0:0", "train.py", "--lr", "3")
+    assert planned.returncode == 0, planned.stderr
+    assert "deepspeed on 1 node(s)" in planned.stdout and "--no_python" in planned.stdout
+    exported = tf("export", "slurm", "-f", str(fleet), *same, "train.py", "--lr", "3")
+    assert exported.returncode == 0, exported.stderr
+    assert "--no_python" in exported.stdout and "--lr 3" in exported.stdout and "same-job" in exported.stdout
+    # A launcher option export cannot honour is its launcher's word, not click's "no such option".
+    chosen = tf("export", "slurm", "-f", str(fleet), *same, "--include", "gpu0:0", "train.py")
+    assert chosen.returncode == 2 and "--include/--exclude choose the fleet's nodes; Slurm chooses them" in \
+        chosen.stderr, chosen.stderr
+    # And they refuse alike: an option of another launcher.
+    for command in (["run", "--dry-run"], ["export", "slurm"]):
+        wrong = tf(*command, "-f", str(fleet), "--include", "gpu0:0", "train.py")
+        assert wrong.returncode == 2 and "--include is an option of --launcher deepspeed" in wrong.stderr, wrong.stderr
+
+
+def test_an_unknown_launcher_in_the_fleet_file_names_the_file_and_field(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("launcher: torchrnu\nnodes:\n  - {host: 203.0.113.1}\n")
+    for command, script in ((["check"], []), (["run", "--dry-run"], ["train.py"]), (["export", "slurm"], ["train.py"])):
+        done = tf(*command, "-f", str(fleet), *script)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert f"{fleet}: launcher: unknown launcher 'torchrnu'; fix: use one of: torchrun" in done.stderr

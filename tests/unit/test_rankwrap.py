@@ -12,6 +12,9 @@ from pathlib import Path
 from trainfleet.agent import rankwrap
 
 WRAPPER = rankwrap.__file__
+RANK_PYTHON = os.environ.get("TRAINFLEET_TEST_RANK_PYTHON", sys.executable)
+"""The Python a rank runs on (with torch): this one, unless the tests run under another
+controller Python (tests/cluster/test_pythons.py), when it is the nodes' Python."""
 
 
 def run(tmp_path: Path, script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -23,7 +26,7 @@ def run(tmp_path: Path, script: str, *args: str, env: dict[str, str] | None = No
                "TRAINFLEET_NODE_KEY": "k1", **(env or {})}
     launcher_first = [a for a in args if a.startswith("--local_rank=")]  # where DeepSpeed puts it
     rest = [a for a in args if a not in launcher_first]
-    return subprocess.run([sys.executable, "-u", WRAPPER, *launcher_first, str(path), *rest], capture_output=True,
+    return subprocess.run([RANK_PYTHON, "-u", WRAPPER, *launcher_first, str(path), *rest], capture_output=True,
                           text=True, env=environ, timeout=120)
 
 

@@ -10,6 +10,7 @@ from helpers import tf
 from trainfleet.errors import SpecError
 from trainfleet.fleet import load_fleet
 from trainfleet.fleet.importers import SSHConfig, looks_like_hostfile, parse_hostfile
+from trainfleet.fleet.schema import parse_fleet_text
 from trainfleet.results import expand_nodes, fold_nodes
 
 
@@ -217,3 +218,14 @@ def test_a_subset_keeps_directories_with_their_server() -> None:
     assert data_root(Container(engine="podman", engine_options=("--storage-driver", "vfs", "--root", "/d"))) == "/d"
     assert data_root(Container(engine="podman", engine_options=("--root=/e",))) == "/e"
     assert data_root(Container(engine="docker")) == ""
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    text = "container: {image: a}\nnodes:\n  - {host: 203.0.113.1}\ncontainer:\n  image: b\n"
+    with pytest.raises(SpecError) as refused:
+        parse_fleet_text(text, "fleet.yaml", tmp_path)
+    assert refused.value.one_line() == ("fleet.yaml: line 4: key `container` is given twice (also line 1); the second "
+                                        "would silently replace the first; fix: keep one, merging what both say")
+    inner = "nodes:\n  - host: 203.0.113.1\n    slots: 2\n    slots: 4\n"
+    with pytest.raises(SpecError, match="line 4: key `slots` is given twice \\(also line 3\\)"):
+        parse_fleet_text(inner, "fleet.yaml", tmp_path)

@@ -3,42 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from trainfleet.cli.app import cli, fleet_option, load, refuse_stray_option, status
-from trainfleet.cli.run import parse_env
-from trainfleet.launchers import launcher_names
+from trainfleet.cli.app import cli, load, refuse_stray_option, status
+from trainfleet.cli.job_options import job_from_options, job_options
 
 
 @cli.group(name="export")
 def export_group() -> None:
     """The same job as an sbatch script (Slurm) or a PyTorchJob manifest (Kubernetes)."""
-
-
-def job_options(command):  # type: ignore[no-untyped-def]
-    for option in reversed([
-        fleet_option,
-        click.option("--launcher", type=click.Choice(launcher_names())),
-        click.option("--nproc-per-node", type=int),
-        click.option("-m", "--module", is_flag=True),
-        click.option("--max-restarts", type=int, default=0, show_default=True),
-        click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE"),
-        click.option("--job-id", help="the job's name (default: tf-DATE-TIME-RANDOM)"),
-        click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="write it here, not to stdout"),
-        click.argument("script"),
-        click.argument("args", nargs=-1, type=click.UNPROCESSED),
-    ]):
-        command = option(command)
-    return command
-
-
-def exported_job(fleet, launcher, nproc_per_node, module, max_restarts, env_pairs, job_id, script, args):  # type: ignore[no-untyped-def]
-    from trainfleet.job.spec import JobSpec, new_job_id
-
-    return JobSpec(entrypoint=script, args=args, module=module, nproc_per_node=nproc_per_node,
-                   max_restarts=max_restarts, job_id=job_id or new_job_id(), env=parse_env(env_pairs),
-                   launcher=launcher or fleet.launcher)
 
 
 def emit(text: str, out: Path | None) -> None:
@@ -49,6 +24,11 @@ def emit(text: str, out: Path | None) -> None:
 
     write_atomically(out, text)
     status(f"wrote {out}")
+
+
+def out_option(command):  # type: ignore[no-untyped-def]
+    return click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
+                        help="write it here, not to stdout")(command)
 
 
 def gpus_option(command):  # type: ignore[no-untyped-def]
@@ -66,17 +46,16 @@ def say_gpus(gpus_per_node: int) -> None:
 @click.option("--cpus-per-node", type=click.IntRange(min=1),
               help="CPUs to ask for on each node (default: one per process)")
 @click.option("--exclusive", is_flag=True, help="whole nodes: nothing else runs beside the job")
+@out_option
 @job_options
 def export_slurm(gpus_per_node: int, cpus_per_node: int | None, exclusive: bool, fleet_file: str | None,
-                 launcher: str | None, nproc_per_node: int | None, module: bool, max_restarts: int,
-                 env_pairs: tuple[str, ...], job_id: str | None, out: Path | None, script: str,
-                 args: tuple[str, ...]) -> None:
+                 out: Path | None, **job_values: Any) -> None:
     """An sbatch script: srun starts the launcher on every node of the allocation."""
     from trainfleet.export.slurm import SlurmResources, render_sbatch
 
-    refuse_stray_option(script, export_slurm)
+    refuse_stray_option(job_values["script"], export_slurm)
     fleet = load(fleet_file, ssh=False)
-    job = exported_job(fleet, launcher, nproc_per_node, module, max_restarts, env_pairs, job_id, script, args)
+    job = job_from_options(fleet, job_values)
     resources = SlurmResources(gpus_per_node=gpus_per_node, cpus_per_node=cpus_per_node or 0, exclusive=exclusive)
     emit(render_sbatch(fleet, job, resources), out)
     say_gpus(gpus_per_node)
@@ -86,18 +65,18 @@ def export_slurm(gpus_per_node: int, cpus_per_node: int | None, exclusive: bool,
 @click.option("--image", help="the container image (default: the fleet file's `container: {image}`)")
 @click.option("--secret-name", default="", help="the Secret holding the fleet's `secrets:` (default: JOB-secrets)")
 @gpus_option
+@out_option
 @job_options
-def export_k8s(image: str | None, secret_name: str, gpus_per_node: int, fleet_file: str | None, launcher: str | None,
-               nproc_per_node: int | None, module: bool, max_restarts: int, env_pairs: tuple[str, ...],
-               job_id: str | None, out: Path | None, script: str, args: tuple[str, ...]) -> None:
+def export_k8s(image: str | None, secret_name: str, gpus_per_node: int, fleet_file: str | None, out: Path | None,
+               **job_values: Any) -> None:
     """A Kubeflow PyTorchJob: a Master and Worker replicas running torchrun."""
     import yaml
 
     from trainfleet.export.kubernetes import render_pytorchjob
 
-    refuse_stray_option(script, export_k8s)
+    refuse_stray_option(job_values["script"], export_k8s)
     fleet = load(fleet_file, ssh=False)
-    job = exported_job(fleet, launcher, nproc_per_node, module, max_restarts, env_pairs, job_id, script, args)
+    job = job_from_options(fleet, job_values)
     chosen = image or (fleet.container.image if fleet.container else "")
     manifest = render_pytorchjob(fleet, job, chosen, secret_name, gpus_per_node)
     emit(yaml.safe_dump(manifest, sort_keys=False), out)

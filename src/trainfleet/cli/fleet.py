@@ -80,7 +80,10 @@ def import_ssh_config(aliases: tuple[str, ...], config_path: Path | None, slots:
 @fleet_option
 def check_fleet(fleet_file: str | None) -> None:
     """Validate the fleet file and print the resolved nodes."""
+    from trainfleet.launchers import fleet_launcher
+
     fleet = load(fleet_file)
+    fleet_launcher(fleet)
     for node in fleet.nodes:
         via = f" via {node.jump}" if node.jump else ""
         click.echo(f"{node.name}: {node.ssh_target}{via} slots={node.slots} address={node.address}"

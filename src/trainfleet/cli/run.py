@@ -6,29 +6,18 @@ import json
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from trainfleet.cli.app import (cli, echo_err, fleet_option, load, print_line, refuse_stray_option, run_cancellable,
-                                secret_values, select, status, stdout_printer)
-from trainfleet.errors import UsageError
-from trainfleet.launchers import launcher_names, launcher_options
+from trainfleet.cli.app import (cli, echo_err, load, print_line, refuse_stray_option, run_cancellable, secret_values,
+                                select, status, stdout_printer)
+from trainfleet.cli.job_options import job_from_options, job_options
 
 if TYPE_CHECKING:
     from trainfleet.fleet.model import Fleet
     from trainfleet.job.spec import JobSpec
     from trainfleet.ops.run import RunOptions
-
-
-def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
-    env = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise UsageError(f"--env {pair!r}: expected NAME=VALUE")
-        env[name] = value
-    return env
 
 
 def launch(fleet: Fleet, job: JobSpec, options: RunOptions, secrets: Mapping[str, str],
@@ -53,44 +42,20 @@ def launch(fleet: Fleet, job: JobSpec, options: RunOptions, secrets: Mapping[str
     return outcome.exit_code if not outcome.left_running else max(outcome.exit_code, 1)
 
 
-def launcher_option_flags(command):  # type: ignore[no-untyped-def]
-    """Each launcher's own options (`--include` for deepspeed), as its file declares them."""
-    for name, (owner, declared) in sorted(launcher_options().items(), reverse=True):
-        command = click.option(f"--{name}", f"option_{name.replace('-', '_')}", type=declared.type,
-                               metavar=declared.metavar, help=f"{owner}: {declared.help}")(command)
-    return command
-
-
-def given_options(values: dict[str, str | int | None]) -> dict[str, str | int]:
-    """The launcher options given on the command line, by their names."""
-    return {key[len("option_"):].replace("_", "-"): value for key, value in values.items()
-            if key.startswith("option_") and value not in (None, "", 0)}
-
-
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@fleet_option
+@job_options
 @click.option("-n", "--nodes", "node_names", metavar="NODES",
               help="run on these nodes only (the first is node 0), e.g. one node to try the job alone first")
-@click.option("--nproc-per-node", type=int, help="processes per node (default: each node's slots)")
-@click.option("-m", "--module", is_flag=True, help="SCRIPT is a Python module name, as in `python -m`")
 @click.option("--port", type=int, help="rendezvous port on node 0 (default: 29500 if free, else any free one)")
 @click.option("--dry-run", is_flag=True, help="print every node's exact command and environment, run nothing")
 @click.option("--json", "as_json", is_flag=True, help="with --dry-run: print the plan as JSON")
 @click.option("--sync-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=".",
               show_default=True, help="the project: copied to its own directory on the nodes, where the job runs")
 @click.option("--no-sync", is_flag=True, help="the code is already on the nodes")
-@click.option("--max-restarts", type=int, default=0, show_default=True, help="torchrun's restarts on failure")
 @click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path),
               help="where per-node logs go (default ./trainfleet-runs/JOB_ID)")
 @click.option("--grace", type=float, default=10.0, show_default=True,
               help="seconds between SIGTERM and SIGKILL at teardown")
-@click.option("--job-id", help="rendezvous id and log name (default: tf-DATE-TIME-RANDOM)")
-@click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE", help="extra environment for this run")
-@click.option("--launcher", type=click.Choice(launcher_names()),
-              help="what starts the ranks on the nodes (default: the fleet file's `launcher:`, else torchrun)")
-@launcher_option_flags
-@click.option("--launcher-arg", "launcher_args", multiple=True, metavar="ARG",
-              help="an option for the launcher itself, before the script (repeat)")
 @click.option("--detach", is_flag=True, help="return once every rank has started (the job id is the last line); "
               "the job goes on without this process")
 @click.option("--concurrent", is_flag=True, help="run beside a job of this fleet that is still running")
@@ -100,32 +65,19 @@ def given_options(values: dict[str, str | int | None]) -> dict[str, str | int]:
               help="seconds a node may be silent (a network blip) before it counts as lost; a node whose "
                    "supervisor died counts at once")
 @click.option("-v", "--verbose", is_flag=True, help="also show the launcher's own output (kept in the logs anyway)")
-@click.argument("script")
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run(fleet_file: str | None, node_names: str | None, nproc_per_node: int | None, module: bool, port: int | None, dry_run: bool,
-        as_json: bool, sync_dir: Path, no_sync: bool, max_restarts: int, log_dir: Path | None, grace: float,
-        job_id: str | None, env_pairs: tuple[str, ...], launcher: str | None, launcher_args: tuple[str, ...],
-        detach: bool, concurrent: bool, hang_timeout: float | None, loss_timeout: float, verbose: bool, script: str,
-        args: tuple[str, ...],
-        **launcher_option_values: str | int | None) -> None:
+def run(fleet_file: str | None, node_names: str | None, port: int | None, dry_run: bool, as_json: bool,
+        sync_dir: Path, no_sync: bool, log_dir: Path | None, grace: float, detach: bool, concurrent: bool,
+        hang_timeout: float | None, loss_timeout: float, verbose: bool, **job_values: Any) -> None:
     """Start SCRIPT on every node (torchrun, deepspeed, accelerate or mpirun; or any command, on
     every node or on node 0 alone) and stream every rank's output."""
-    from trainfleet.job.spec import JobSpec, new_job_id, validate_job
-    from trainfleet.launchers import check_options
     from trainfleet.ops.run import RunOptions, plan_offline
     from trainfleet.ops.sync import project_for
 
-    refuse_stray_option(script, run)
+    refuse_stray_option(job_values["script"], run)
     fleet = load(fleet_file)
     fleet = fleet.subset(select(fleet, node_names))
-    job = JobSpec(entrypoint=script, args=args, module=module, nproc_per_node=nproc_per_node,
-                  max_restarts=max_restarts, job_id=job_id or new_job_id(), env=parse_env(env_pairs),
-                  launcher=launcher or fleet.launcher, launcher_args=launcher_args,
-                  options=given_options(launcher_option_values),
-                  hang_timeout=hang_timeout if hang_timeout is not None else (3600.0 if detach else 0.0),
-                  loss_timeout=loss_timeout)
-    validate_job(job)
-    check_options(job)
+    job = job_from_options(fleet, job_values, loss_timeout=loss_timeout,
+                           hang_timeout=hang_timeout if hang_timeout is not None else (3600.0 if detach else 0.0))
     project = project_for(sync_dir)
     if dry_run:
         plan = plan_offline(fleet, job, project, port)

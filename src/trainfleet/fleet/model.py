@@ -201,7 +201,7 @@ class Fleet:
                    ssh=SSHSettings(**data["ssh"]), secrets=tuple(data["secrets"]),
                    sync_exclude=tuple(data.get("sync_exclude", ())),
                    setup=Setup(commands=tuple(setup.get("commands", ())), files=tuple(setup.get("files", ()))),
-                   launcher=data.get("launcher", "torchrun"),
+                   launcher=data.get("launcher", cls.launcher),
                    container=Container(**{k: tuple(v) if isinstance(v, list) else v
                                           for k, v in data["container"].items()}) if data.get("container") else None,
                    storage=tuple(Storage(**{**entry, "options": tuple(entry.get("options", ()))})

@@ -62,7 +62,7 @@ class SSHDefaultsModel(_Strict):
     connect_timeout: float = Field(default=10.0, gt=0)
     fanout: int = Field(default=64, ge=1)
     jump: str | None = None
-    keep_agent: float = Field(default=600.0, ge=0)
+    keep_agent: float = Field(default=SSHSettings.keep_agent, ge=0)
 
 
 class NodeModel(_Strict):
@@ -109,12 +109,12 @@ class SetupModel(_Strict):
 
 
 class ContainerModel(_Strict):
-    image: str = ""
-    engine: Literal["docker", "podman"] = "docker"
+    image: str = Container.image
+    engine: Literal["docker", "podman"] = Container.engine  # type: ignore[assignment]
     options: list[str] = Field(default_factory=list)
     engine_options: list[str] = Field(default_factory=list)
-    rootfs: str = ""
-    python: str = "python"
+    rootfs: str = Container.rootfs
+    python: str = Container.python
 
     @model_validator(mode="after")
     def _image_or_rootfs(self) -> ContainerModel:
@@ -139,7 +139,7 @@ class StorageModel(_Strict):
     endpoint: str = ""
     region: str = ""
     username: str = ""
-    password_secret: str = "CIFS_PASSWORD"
+    password_secret: str = Storage.password_secret
     options: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -192,18 +192,9 @@ class FleetModel(_Strict):
     sync: SyncModel = Field(default_factory=SyncModel)
     setup: list[str] | SetupModel | None = None
     """A list of commands, or {commands: [...], files: [...]}."""
-    launcher: str = "torchrun"
+    launcher: str = Fleet.launcher
     container: ContainerModel | None = None
     storage: list[StorageModel] = Field(default_factory=list)
-
-    @field_validator("launcher")
-    @classmethod
-    def _known_launcher(cls, value: str) -> str:
-        from trainfleet.launchers import launcher_names  # the registry: launchers import the fleet's model
-
-        if value not in launcher_names():
-            raise ValueError(f"unknown launcher {value!r}; use one of: {', '.join(launcher_names())}")
-        return value
 
     @field_validator("setup")
     @classmethod
@@ -246,6 +237,11 @@ def _describe(error: Mapping[str, Any]) -> str:
     if error["type"] == "missing":
         return f"{where}: required key is missing"
     return f"{where}: {error['msg']} (got {error.get('input')!r})"
+
+
+def _frozen(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A validated model's fields for its frozen dataclass (the same names): lists become tuples."""
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()}
 
 
 def _expand_local(path: str | None) -> str | None:
@@ -317,9 +313,7 @@ def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "",
         sync_exclude=tuple(model.sync.exclude),
         setup=Setup(commands=tuple(commands), files=tuple(setup.files if isinstance(setup, SetupModel) else ())),
         launcher=model.launcher,
-        container=Container(image=model.container.image, engine=model.container.engine,
-                            options=tuple(model.container.options), engine_options=tuple(model.container.engine_options),
-                            rootfs=model.container.rootfs, python=model.container.python) if model.container else None,
+        container=Container(**_frozen(model.container.model_dump())) if model.container else None,
         storage=storage,
         ssh=SSHSettings(
             known_hosts=local_path(defaults.known_hosts) or "",
@@ -354,12 +348,38 @@ def parse_fleet_text(text: str, source: str, base_dir: Path, state_dir: str = ""
     if looks_like_hostfile(text):
         return fleet_from_data(parse_hostfile(text, source), source, base_dir, state_dir, check_keys)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except _DuplicateKey as exc:
+        raise SpecError(f"{source}: line {exc.line}: key `{exc.key}` is given twice (also line {exc.first}); "
+                        f"the second would silently replace the first",
+                        fix="keep one, merging what both say") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise SpecError(f"{source}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     return fleet_from_data(data, source, base_dir, state_dir, check_keys)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int, first: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML keeps the last of two equal keys; a fleet file with two `container:` blocks
+    is a mistake, never meant: refuse it, naming both lines."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(str(key), line, seen[key])
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = line
+        return super().construct_mapping(node, deep)  # type: ignore[no-any-return]
 
 
 def dump_fleet_yaml(fleet_data: Mapping[str, Any]) -> str:
@@ -388,8 +408,5 @@ def _storage(model: FleetModel, source: str, names: list[str]) -> tuple[Storage,
             raise SpecError(f"{where}: a {entry.type} storage needs the secret(s) {', '.join(missing)}",
                             fix="add them to `secrets:` (their values come from your environment at run time, "
                                 "never from this file)")
-        found.append(Storage(type=entry.type, mount=entry.mount.rstrip("/") or "/", source=entry.source,
-                             node=entry.node, server=entry.server, bucket=entry.bucket, endpoint=entry.endpoint,
-                             region=entry.region, username=entry.username, password_secret=entry.password_secret,
-                             options=tuple(entry.options)))
+        found.append(Storage(**{**_frozen(entry.model_dump()), "mount": entry.mount.rstrip("/") or "/"}))
     return tuple(found)

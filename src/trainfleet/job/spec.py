@@ -34,10 +34,10 @@ class JobSpec:
     """Options of the chosen launcher, by name (`include` for `--include`): each
     launcher declares and checks its own."""
     hang_timeout: float = 0.0
+    """Seconds without a line from any rank before the ranks' stacks are dumped and the job ends (0: never)."""
     loss_timeout: float = 15.0
     """Seconds a node may be silent (a network blip, a saturated link) before it counts as
     lost and the job ends (or goes on without it); a node whose supervisor died is lost at once."""
-    """Seconds without a line from any rank before the ranks' stacks are dumped and the job ends (0: never)."""
 
 
 def new_job_id(now: _dt.datetime | None = None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from trainfleet.errors import UsageError
+from trainfleet.errors import SpecError, UsageError
 from trainfleet.fleet.model import Fleet
 from trainfleet.job.placement import LaunchFacts, facts_placement
 from trainfleet.job.plan import LaunchPlan
@@ -32,6 +32,16 @@ def get_launcher(name: str) -> Launcher:
         raise UsageError(f"unknown launcher {name!r}", fix=f"use one of: {', '.join(launcher_names())}")
     module, attribute = _LAUNCHERS[name]
     return getattr(importlib.import_module(module), attribute)()  # type: ignore[no-any-return]
+
+
+def fleet_launcher(fleet: Fleet, name: str | None = None) -> str:
+    """The launcher a job uses: `name` (the command line's), else the fleet file's
+    `launcher:`, which is checked here, where the registry is (fleet/ sits below launchers/)."""
+    chosen = name or fleet.launcher
+    if chosen not in _LAUNCHERS:
+        where = f"{fleet.source}: launcher: " if not name else ""
+        raise SpecError(f"{where}unknown launcher {chosen!r}", fix=f"use one of: {', '.join(launcher_names())}")
+    return chosen
 
 
 def launcher_options() -> dict[str, tuple[str, LauncherOption]]:
