@@ -18,9 +18,6 @@ from trainfleet.fleet.model import Container, Fleet
 from trainfleet.job.plan import LaunchPlan, job_path
 from trainfleet.shellwords import shell_word
 
-SET_BY_THE_SUPERVISOR = ("TRAINFLEET_JOB_ID", "TRAINFLEET_JOB_DIR", "TRAINFLEET_NODE_KEY")
-
-
 def container_name(job_id: str, node: str) -> str:
     return f"tf-{job_id}-{node}"
 
@@ -77,8 +74,7 @@ def absolute(path: str, home: str) -> str:
     return path
 
 
-def containerize(plan: LaunchPlan, fleet: Fleet, homes: Mapping[str, str], gpus: Mapping[str, int],
-                 secret_names: Iterable[str]) -> LaunchPlan:
+def containerize(plan: LaunchPlan, fleet: Fleet, homes: Mapping[str, str], gpus: Mapping[str, int]) -> LaunchPlan:
     """Each node's command run inside the fleet's container instead of on the node."""
     container = fleet.container
     assert container is not None
@@ -86,7 +82,6 @@ def containerize(plan: LaunchPlan, fleet: Fleet, homes: Mapping[str, str], gpus:
         raise UsageError(f"--launcher {plan.launcher} starts its runner's processes on the nodes themselves, outside "
                          f"any container", fix="use --launcher deepspeed (DeepSpeed's launcher in the container on "
                                                "every node), or leave out `container:`")
-    secrets = list(secret_names)
     launches = []
     for launch in plan.nodes:
         home = homes.get(launch.node, "")
@@ -94,7 +89,7 @@ def containerize(plan: LaunchPlan, fleet: Fleet, homes: Mapping[str, str], gpus:
         inner = [absolute(word, home) for word in launch.argv]
         if inner and inner[0] == fleet.python:
             inner[0] = container.python
-        names = [k for k, _ in launch.env] + list(SET_BY_THE_SUPERVISOR) + secrets
+        names = [k for k, _ in launch.env] + list(launch.filled)  # every variable the plan names, passed in
         name = container_name(plan.job_id, launch.node)
         argv = run_argv(container, name, inner, cwd, names,
                         [cwd, absolute(job_path(fleet.workdir, plan.job_id), home)], gpus.get(launch.node, 0) > 0)

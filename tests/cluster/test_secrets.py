@@ -131,3 +131,36 @@ def test_head_secrets_leave_every_node_however_the_job_ends(fresh: Sandboxes, wo
     while list(Path("/dev/shm").glob(f"trainfleet-{job_id}-*")) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert files_containing(Path("/dev/shm"), value.encode()) == []
+
+
+def test_dry_run_shows_every_variable_a_rank_gets(fleet2: Path, workdir: Path, tmp_path: Path) -> None:
+    """The plan decides a rank's environment; a node only fills in the values it alone has.
+    What --dry-run --json names is what each rank sees, value for value, and every variable
+    trainfleet gives a rank is named there (the secret by name only)."""
+    import json
+
+    fleet = with_secret(fleet2, tmp_path)
+    token = random.token_hex(8)
+    env = {"TF_TEST_TOKEN": token}
+    job_id = f"tf-env-{random.token_hex(3)}"
+    common = ["-f", str(fleet), "--sync-dir", str(workdir), "--job-id", job_id, "--nproc-per-node", "1",
+              "--env", "TF_EXTRA=~/extra"]
+    dry = tf("run", *common, "--dry-run", "--json", "env_dump.py", env=env)
+    assert dry.returncode == 0 and token not in dry.stdout, dry.stderr
+    planned = {n["node"]: n for n in json.loads(dry.stdout)["nodes"]}
+    ran = tf("run", *common, "env_dump.py", env=env, timeout=180)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    seen = {m.group(1): json.loads(m.group(2)) for m in re.finditer(r"^\[(node\d):\d+\] ENV (.*)$", ran.stdout, re.M)}
+    assert sorted(seen) == sorted(planned) == ["node0", "node1"], ran.stdout[-3000:]
+    home = os.path.expanduser("~")  # (the sandbox's nodes share this machine's home)
+    for node, plan in planned.items():
+        rank = seen[node]
+        expected = {k: home + v[1:] if v.startswith("~/") else v for k, v in plan["env"].items()}
+        assert {k: rank.get(k) for k in expected} == expected, node
+        assert rank["TF_TEST_TOKEN"] == "***"  # there, and its value kept out of the stream
+        assert plan["filled"] == ["TRAINFLEET_NODE_KEY", "TF_TEST_TOKEN"] and rank["TRAINFLEET_NODE_KEY"]
+        assert rank["PATH"].split(":")[:len(plan["path"])] == plan["path"]
+        # Every variable of trainfleet's, and every secret, that the rank has is in the plan.
+        ours = {k for k in rank if k.startswith("TRAINFLEET_") or k in ("TF_TEST_TOKEN", "TF_EXTRA",
+                                                                         "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")}
+        assert ours <= set(plan["env"]) | set(plan["filled"]), ours - set(plan["env"]) - set(plan["filled"])

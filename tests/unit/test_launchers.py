@@ -116,7 +116,7 @@ def test_a_container_wraps_each_nodes_command_and_passes_variables_by_name() -> 
                                                    "options": ["--shm-size=16g"]}}, "fleet.yaml")
     job = JobSpec(entrypoint="train.py", job_id="tf-golden")
     planned = plan_job(spec, job, FACTS, "~/job/proj")
-    wrapped = containerize(planned, spec, FACTS.homes, {"gpu0": 8, "gpu1": 0}, spec.secrets)
+    wrapped = containerize(planned, spec, FACTS.homes, {"gpu0": 8, "gpu1": 0})
     check_golden("plan_torchrun_docker.txt", wrapped.render())
     head = wrapped.nodes[0].argv
     assert head[:7] == ("docker", "run", "--rm", "--name=tf-tf-golden-gpu0", "--network=host", "--ipc=host",
@@ -127,7 +127,7 @@ def test_a_container_wraps_each_nodes_command_and_passes_variables_by_name() -> 
     assert wrapped.nodes[0].after == (("docker", "rm", "-f", "tf-tf-golden-gpu0"),)
     with pytest.raises(UsageError, match="outside any container"):
         containerize(plan_job(spec, JobSpec(entrypoint="x", job_id="j", launcher="head"), FACTS, "~/job"), spec,
-                     FACTS.homes, {}, ())
+                     FACTS.homes, {})
 
 
 def test_sbatch_golden_and_valid_bash(tmp_path: Path) -> None:
@@ -177,8 +177,10 @@ def run_on_node(command: str, variables: dict[str, str], shell: str = "bash",
 
 
 def dry_run_node(launch) -> tuple[str, dict[str, str], list[str]]:  # type: ignore[no-untyped-def]
-    """A dry-run node's command without the rank wrapper (which only trainfleet's own runs have)."""
-    return launch.cwd, dict(launch.env), [w for w in launch.argv if not w.endswith("/rankwrap.py")]
+    """A dry-run node's command without what only trainfleet's own runs have: the rank
+    wrapper, and the job's id and directory that its node supervisors use."""
+    env = {k: v for k, v in launch.env if k not in ("TRAINFLEET_JOB_ID", "TRAINFLEET_JOB_DIR")}
+    return launch.cwd, env, [w for w in launch.argv if not w.endswith("/rankwrap.py")]
 
 
 @pytest.mark.parametrize("launcher", EXPORTABLE)

@@ -26,7 +26,8 @@ from typing import IO, Callable, Dict, List, Optional
 from . import procs
 from .lock import release_lock
 from .logs import follow
-from .protocol import JobStatus, EnvFile, Empty, JobState, LaunchRequest, PrepareRequest, StopRequest, to_wire
+from .protocol import (NODE_KEY_VARIABLE, EnvFile, Empty, JobState, JobStatus, LaunchRequest, PrepareRequest,
+                       StopRequest, to_wire)
 from .rankwrap import node_key, rank_mark, redact, secret_fragments
 from .records import (LOG_NAME, job_dir, log_lines, node_dir, read_errors, read_state_at, remove_secrets,
                       secrets_path, supervisor_pid, write_files, write_paths, write_state)
@@ -100,6 +101,22 @@ def write_env_file(directory: str, cwd: str, spec: EnvFile, extra: Dict[str, str
     with open(path, "w") as handle:
         handle.write("\n".join(lines) + "\n")
     return path
+
+
+def rank_environment(request: LaunchRequest, inherited: Dict[str, str]) -> Dict[str, str]:
+    """What the plan says (as --dry-run shows it), over the node's own environment. The
+    node only fills in what the plan names and only it knows: secrets' values, its key
+    (kept inside a container, whose own would differ), its home for a leading ~/ (in
+    values as in argv: a shell would expand both), and what PATH and PYTHONPATH held."""
+    env = dict(inherited)
+    env.update((k, os.path.expanduser(v) if v.startswith("~/") else v) for k, v in request.env.items())
+    for name in request.filled:
+        env[name] = node_key() if name == NODE_KEY_VARIABLE else request.secrets.get(name, "")
+    for variable, folders in (("PATH", request.path), ("PYTHONPATH", request.python_path)):
+        if folders:
+            env[variable] = os.pathsep.join([os.path.expanduser(p) for p in folders] + [env.get(variable, "")]).rstrip(
+                os.pathsep)
+    return env
 
 
 def signal_name(code: int) -> Optional[str]:
@@ -246,22 +263,10 @@ class _Supervisor:
 
     def run(self, ready: int) -> None:
         request = self.request
-        env = dict(os.environ)
-        # A leading ~/ names the node's home, in values as in argv (a shell would expand both).
-        env.update((k, os.path.expanduser(v) if v.startswith("~/") else v) for k, v in request.env.items())
-        env.update(request.secrets)
-        if request.path:
-            env["PATH"] = os.pathsep.join([os.path.expanduser(p) for p in request.path] + [env.get("PATH", "")])
-        env[procs.JOB_VARIABLE] = request.job_id
-        env["TRAINFLEET_JOB_DIR"] = self.shared
-        env["TRAINFLEET_NODE_KEY"] = node_key()  # kept inside a container, whose own would differ
+        env = rank_environment(request, dict(os.environ))
         cwd = os.path.expanduser(request.cwd)
-        if request.site:
-            site = os.path.join(self.shared, "site")
-            env["PYTHONPATH"] = site + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         if request.env_file is not None:
-            extra = {"TRAINFLEET_JOB_ID": request.job_id, "TRAINFLEET_JOB_DIR": self.shared}
-            env[request.env_file.variable] = write_env_file(self.directory, cwd, request.env_file, extra)
+            env[request.env_file.variable] = write_env_file(self.directory, cwd, request.env_file, {})
         # A leading ~/ names the node's home, as it would typed into a shell.
         argv = [os.path.expanduser(a) if a.startswith("~/") else a for a in request.argv]
         write_state(self.directory, self.state)

@@ -460,6 +460,10 @@ class EnvFile:
     values: Dict[str, str] = field(default_factory=dict)
 
 
+NODE_KEY_VARIABLE = "TRAINFLEET_NODE_KEY"
+"""The one variable whose value a node supplies itself (its key: where its records are)."""
+
+
 @dataclass
 class LaunchRequest(Request[JobState]):
     """Start `argv` under a node supervisor that outlives this agent. Streams the job's
@@ -475,16 +479,20 @@ class LaunchRequest(Request[JobState]):
     cwd: str
     workdir: str
     env: Dict[str, str]
+    """The plan's variables, as the plan (and --dry-run) says them."""
     secrets: Dict[str, str] = field(default_factory=dict)
-    """Joined into the job's environment and redacted from its output; never written anywhere."""
+    """Values redacted from the job's output; never written anywhere."""
+    filled: List[str] = field(default_factory=list)
+    """Variables the plan names whose values only the node has: a secret of that name (its
+    value from `secrets`), or NODE_KEY_VARIABLE. Nothing else is added."""
     files: Dict[str, str] = field(default_factory=dict)
     """Written into the job directory before the start (the rank wrapper)."""
     grace: float = 10.0
     detach: bool = False
-    site: bool = False
-    """Put the job directory's site/ (trainfleet's sitecustomize) first on PYTHONPATH."""
     path: List[str] = field(default_factory=list)
     """Directories put first on PATH."""
+    python_path: List[str] = field(default_factory=list)
+    """Directories put first on PYTHONPATH (the job directory's site/: trainfleet's sitecustomize)."""
     env_file: Optional[EnvFile] = None
     """Variables the job's own runner exports to every node (DeepSpeed's DS_ENV_FILE)."""
     after: List[List[str]] = field(default_factory=list)

@@ -16,9 +16,10 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from trainfleet.agent.protocol import NODE_KEY_VARIABLE
 from trainfleet.agent.rankwrap import RANK_LINE
 from trainfleet.agent.records import job_path
-from trainfleet.shellwords import shell_path, shell_word
+from trainfleet.shellwords import shell_path, shell_value, shell_word
 
 RELAYED_RANK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*): " + RANK_LINE.pattern[1:])
 """A rank's line relayed by pdsh from another node (`node1: [tf:rank3] ...`)."""
@@ -58,8 +59,13 @@ class NodeLaunch:
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     site: bool = False
-    """trainfleet's sitecustomize on PYTHONPATH: ranks that a runner started on other
+    """trainfleet's sitecustomize (in `python_path`): ranks that a runner started on other
     nodes are marked, recorded and given their node's variables."""
+    filled: tuple[str, ...] = ()
+    """Variables every rank gets whose values only the node has (the secrets, by name, and
+    the node's key): the node fills them in, and nothing else."""
+    python_path: tuple[str, ...] = ()
+    """Directories put first on PYTHONPATH."""
     env_file: EnvFile | None = None
     """Variables the job's own runner exports to every node."""
     path: tuple[str, ...] = ()
@@ -71,8 +77,10 @@ class NodeLaunch:
         """`cd DIR && env NAME=value ... argv`, quoted for a POSIX shell (a leading ~/ left to
         expand as the node's home); a scheduler's renderer passes its `template` quoting,
         which leaves its own variables to expand on the node."""
-        word, value, folder = (template, template, template) if template else (shell_word, shlex.quote, shell_path)
+        word, value, folder = (template, template, template) if template else (shell_word, shell_value, shell_path)
         path = [f"PATH={':'.join(value(p) for p in self.path)}:$PATH"] if self.path else []
+        if self.python_path:
+            path.append(f"PYTHONPATH={':'.join(value(p) for p in self.python_path)}${{PYTHONPATH:+:$PYTHONPATH}}")
         env = " ".join(path + [f"{k}={value(v)}" for k, v in self.env])
         argv = " ".join(word(a) for a in self.argv)
         return f"cd {folder(self.cwd)} && env {env} {argv}"
@@ -121,6 +129,10 @@ class LaunchPlan:
             lines.append(f"[{launch.node}] node_rank={launch.node_rank} nproc={launch.nproc} host={launch.host} "
                          f"interface={interface}")
             lines.append(f"  {launch.shell_line()}")
+            if launch.filled:
+                lines.append("  filled in on the node: " + ", ".join(
+                    f"{name}=<this node's key>" if name == NODE_KEY_VARIABLE else f"{name}=<secret>"
+                    for name in launch.filled))
             for command in launch.after:
                 lines.append(f"  afterwards: {' '.join(shell_word(w) for w in command)}")
             if launch.env_file:
@@ -139,7 +151,8 @@ class LaunchPlan:
             "rendezvous": self.rendezvous,
             "world_size": self.world_size,
             "nodes": [{"node": n.node, "host": n.host, "node_rank": n.node_rank, "nproc": n.nproc, "cwd": n.cwd,
-                       "argv": list(n.argv), "env": dict(n.env),
+                       "argv": list(n.argv), "env": dict(n.env), "filled": list(n.filled),
+                       "path": list(n.path), "python_path": list(n.python_path),
                        "runner_env": dict(n.env_file.values) if n.env_file else {}}
                       for n in self.nodes],
             "prepare": [{"node": p.node, "env": dict(p.env), "write": dict(p.write)} for p in self.prepare],

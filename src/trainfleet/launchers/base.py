@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
 
+from trainfleet.agent.procs import JOB_VARIABLE
+from trainfleet.agent.protocol import NODE_KEY_VARIABLE
 from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet
 from trainfleet.job.placement import Place, Placement
@@ -83,7 +85,21 @@ def base_env(fleet: Fleet, job: JobSpec, place: Place, placement: Placement) -> 
         env["TRAINFLEET_SECRET_NAMES"] = ",".join(fleet.secrets)
     env.update(fleet.env)
     env.update(job.env)
+    env.update(supervised_env(fleet, job, placement))  # last: how the job's processes are found and ended
     return env
+
+
+def supervised_env(fleet: Fleet, job: JobSpec, placement: Placement) -> dict[str, str]:
+    """What a job that trainfleet's node supervisors run (not a scheduler) gives every
+    process: its id (how the node finds and ends all of them) and its directory."""
+    if placement.scheduler:
+        return {}
+    return {JOB_VARIABLE: job.job_id, "TRAINFLEET_JOB_DIR": job_path(fleet.workdir, job.job_id)}
+
+
+def with_site(launch: NodeLaunch, fleet: Fleet, job: JobSpec) -> NodeLaunch:
+    """trainfleet's sitecustomize first on the path of every Python the job starts."""
+    return replace(launch, site=True, python_path=(f"{job_path(fleet.workdir, job.job_id)}/site",))
 
 
 def wrapped_entry(job: JobSpec, placement: Placement, workdir: str) -> list[str]:
@@ -116,5 +132,6 @@ def python_path(fleet: Fleet) -> tuple[str, ...]:
 def node_launch(fleet: Fleet, place: Place, placement: Placement, argv: Sequence[str],
                 env: Mapping[str, str]) -> NodeLaunch:
     rank = int(place.rank) if place.rank.isdigit() else -1  # -1: every node of a scheduler's allocation
+    filled = () if placement.scheduler else (NODE_KEY_VARIABLE, *fleet.secrets)
     return NodeLaunch(node=place.node, host=place.host, node_rank=rank, nproc=place.nproc, cwd=placement.cwd,
-                      argv=tuple(argv), env=tuple(sorted(env.items())), path=python_path(fleet))
+                      argv=tuple(argv), env=tuple(sorted(env.items())), path=python_path(fleet), filled=filled)

@@ -23,7 +23,7 @@ from trainfleet.job.placement import Placement
 from trainfleet.job.plan import EnvFile, LaunchPlan, NodePrepare, job_path
 from trainfleet.job.spec import JobSpec, validate_job
 from trainfleet.launchers.base import (LauncherOption, base_env, node_launch, option, refuse_template,
-                                       rendezvous_env)
+                                       rendezvous_env, supervised_env, with_site)
 from trainfleet.launchers.command import command_argv
 
 NODE_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TRAINFLEET_NODE", "TRAINFLEET_NODE_RANK")
@@ -65,11 +65,12 @@ class Head:
         env = {**base_env(fleet, job, head, placement), **rendezvous_env(job, head, placement),
                "TRAINFLEET_HOSTFILE": hostfile}
         # Everything but each node's own variables and the secrets, for the runner to export.
-        shared = {**fleet.env, **job.env}
+        shared = {**fleet.env, **job.env, **supervised_env(fleet, job, placement)}
         runner_env = EnvFile(variable="DS_ENV_FILE", name="deepspeed_env", merge=(".deepspeed_env",),
                              values=tuple(sorted(shared.items())))
         argv = command_argv(job, fleet.python)
-        launch = dataclasses.replace(node_launch(fleet, head, placement, argv, env), site=True, env_file=runner_env)
+        launch = dataclasses.replace(with_site(node_launch(fleet, head, placement, argv, env), fleet, job),
+                                     env_file=runner_env)
         prepare = prepare_nodes(fleet, job, placement, hostfile,
                                 render_hostfile(fleet, "deepspeed", job.nproc_per_node))
         return LaunchPlan(job_id=job.job_id, launcher=self.name,

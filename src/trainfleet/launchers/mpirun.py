@@ -13,23 +13,21 @@ in any command line.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import ClassVar
 
 from trainfleet.fleet.model import Fleet
 from trainfleet.job.placement import Placement
 from trainfleet.job.plan import LaunchPlan, job_path
 from trainfleet.job.spec import JobSpec, validate_job
+from trainfleet.agent.procs import JOB_VARIABLE
 from trainfleet.launchers.base import (LauncherOption, base_env, endpoint, node_launch, refuse_template,
-                                       rendezvous_env, same_nproc)
+                                       rendezvous_env, same_nproc, with_site)
 from trainfleet.launchers.head import NODE_VARIABLES, prepare_nodes
 
 RANK_FROM_MPI = ('RANK=$OMPI_COMM_WORLD_RANK WORLD_SIZE=$OMPI_COMM_WORLD_SIZE '
                  'LOCAL_RANK=$OMPI_COMM_WORLD_LOCAL_RANK LOCAL_WORLD_SIZE=$OMPI_COMM_WORLD_LOCAL_SIZE '
                  'exec "$0" "$@"')
 """Each rank's variables from Open MPI's, then the rank's own command (its argv, unquoted by nobody)."""
-JOB_VARIABLES = ("TRAINFLEET_JOB_ID", "TRAINFLEET_JOB_DIR", "PYTHONPATH")
-"""Set by the node supervisor (the job, and trainfleet's sitecustomize): every rank needs them."""
 
 
 class Mpirun:
@@ -49,15 +47,16 @@ class Mpirun:
                "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
                # The daemon Open MPI starts on each node over SSH carries the job id too, so
                # stopping the job on that node ends it (not only its ranks, after which it lingers).
-               "OMPI_MCA_orte_launch_agent": f"env {JOB_VARIABLES[0]}={job.job_id} orted"}
+               "OMPI_MCA_orte_launch_agent": f"env {JOB_VARIABLE}={job.job_id} orted"}
         # Every rank gets what is the same everywhere; each node's own variables come from its node.env.
-        exported = sorted(k for k in {**env, **dict.fromkeys(JOB_VARIABLES, "")}
+        # (PYTHONPATH: trainfleet's sitecustomize, which marks and records every rank)
+        exported = sorted(k for k in {**env, "PYTHONPATH": ""}
                           if k not in (*NODE_VARIABLES, "NODE_RANK") and not k.startswith("OMPI_"))
         entry = ["-m", job.entrypoint] if job.module else [job.entrypoint]
         argv = ["mpirun", "--hostfile", hostfile, "-np", str(placement.world_size), "-npernode", str(per_node),
                 "--bind-to", "none", *(w for name in exported for w in ("-x", name)), *job.launcher_args,
                 "sh", "-c", RANK_FROM_MPI, fleet.python, *entry, *job.args]
-        launch = dataclasses.replace(node_launch(fleet, head, placement, argv, env), site=True)
+        launch = with_site(node_launch(fleet, head, placement, argv, env), fleet, job)
         hosts = "".join(f"{p.node} slots={p.nproc}\n" for p in placement.places)
         return LaunchPlan(job_id=job.job_id, launcher=self.name,
                           rendezvous=f"{head.node} runs mpirun; MASTER_ADDR:MASTER_PORT="

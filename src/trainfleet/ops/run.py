@@ -68,7 +68,7 @@ def plan_offline(fleet: Fleet, job: JobSpec, project: Project, port: int | None)
     show as detected, and a container's paths keep their ~/ (each node's home)."""
     plan = plan_job(fleet, job, LaunchFacts(rdzv_port=port or DEFAULT_RDZV_PORT), project.remote(fleet))
     if fleet.container is not None:
-        plan = containerize(plan, fleet, {}, {}, fleet.secrets)
+        plan = containerize(plan, fleet, {}, {})
     return plan
 
 
@@ -282,7 +282,7 @@ async def _start(session: FleetSession, fleet: Fleet, job: JobSpec, options: Run
     await ensure_mounted(session, secrets, status)
     plan = plan_job(fleet, job, facts, options.project.remote(fleet))
     if fleet.container is not None:
-        plan = containerize(plan, fleet, facts.homes, facts.gpus, fleet.secrets)
+        plan = containerize(plan, fleet, facts.homes, facts.gpus)
         await check_container(session)
     if plan.needs_node_ssh:
         await check_node_ssh(session)

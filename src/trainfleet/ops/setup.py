@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainfleet.agent.protocol import FactSection, JobStatus, JobState, LaunchRequest, OutputEvent, decode
+from trainfleet.agent.procs import JOB_VARIABLE
+from trainfleet.agent.protocol import FactSection, JobState, JobStatus, LaunchRequest, OutputEvent, decode
 from trainfleet.containers import absolute, container_name, remove_argv, setup_argv
 from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet, Node
@@ -134,14 +135,14 @@ async def run_setup(session: FleetSession, project: Project, *, force: bool, sec
                         on_step(node, steps[node].split("]", 1)[0])
 
             on_step(node, "starting")
-            env = {**fleet.env, "TRAINFLEET_NODE": node}
+            env = {**fleet.env, "TRAINFLEET_NODE": node, JOB_VARIABLE: job_id}
             argv, after = ["sh", "-c", script], []
             if fleet.container is not None:
                 cwd = absolute(project.remote(fleet), homes.get(node, ""))
                 argv = setup_argv(fleet, job_id, node, script, cwd, [*env, *secrets], gpus.get(node, 0) > 0)
                 after = [remove_argv(fleet.container, container_name(job_id, node))]
             request = LaunchRequest(job_id=job_id, argv=argv, cwd=project.remote(fleet), workdir=fleet.workdir, env=env,
-                                    secrets=dict(secrets), grace=10.0, path=list(python_path(fleet)), after=after)
+                                    secrets=dict(secrets), filled=list(secrets), grace=10.0, path=list(python_path(fleet)), after=after)
             try:
                 states[node] = await session.call(node, request, on_event=take, timeout=None)
             except (AgentFailed, AgentError) as exc:

@@ -88,7 +88,8 @@ class Supervisor:
             found[launch.node] = LaunchRequest(
                 job_id=self.plan.job_id, argv=list(launch.argv), cwd=launch.cwd, workdir=self.workdir,
                 env=dict(launch.env), secrets=dict(self.secrets), files=self._files(launch.site), grace=self.grace,
-                site=launch.site, path=list(launch.path), after=[list(c) for c in launch.after],
+                filled=list(launch.filled), path=list(launch.path), python_path=list(launch.python_path),
+                after=[list(c) for c in launch.after],
                 env_file=env_file(launch), mesh=mesh, detach=self.detach,
                 holds_lock=self.holds_lock,
                 nproc=launch.nproc if self.plan.wraps_ranks else 0, launcher=self.plan.launcher,
