@@ -140,10 +140,12 @@ class FleetError(TrainfleetError):
         self.result = result
 
     def evidence(self, lines: int = EVIDENCE_LINES) -> list[str]:
-        """Per failed node (folded where nodes said the same): what ran, how it ended, and
-        the last lines it printed, as Invoke's UnexpectedExit shows them."""
+        """Per failed node that ran something (folded where nodes said the same): what ran,
+        how it ended, and the last lines it printed, as Invoke's UnexpectedExit shows them."""
         groups: dict[tuple[str, str], list[str]] = {}
         for result in self.result.failed:
+            if result.exit_status is None and not result.tail(lines).strip():
+                continue  # it never ran (unreachable): the message has said all there is
             command = result.command if len(result.command) <= 160 else result.command[:157] + "..."
             how = f"`{command}`: {result.error}" if result.error else f"`{command}` exited with status {result.exit_status}"
             groups.setdefault((how, result.tail(lines)), []).append(result.node)
