@@ -204,7 +204,7 @@ def fault_clear(node: str | None, name: str | None, fleet_file: str | None) -> N
 @fleet_option
 def fault_list(name: str | None, fleet_file: str | None) -> None:
     """List the faults in force."""
-    from trainfleet.sandbox.cluster import load_state
+    from trainfleet.sandbox.state import load_state
     from trainfleet.sandbox.faults import active
 
     sandbox_name_, _ = _target(name, fleet_file, None)

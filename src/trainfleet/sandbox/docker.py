@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainfleet.errors import SandboxError
+from trainfleet.sandbox.host import find_tools
 
 if TYPE_CHECKING:
-    from trainfleet.sandbox.cluster import SandboxState
+    from trainfleet.sandbox.state import SandboxState
 
 TOOLS = ("dockerd", "docker", "debootstrap")
 IMAGE = "trainfleet-sandbox/python3:bookworm"
@@ -40,8 +41,6 @@ DAEMON_FLAGS = ("--storage-driver=overlay2", "--iptables=false", "--ip6tables=fa
 
 
 def check_tools() -> dict[str, str]:
-    from trainfleet.sandbox.cluster import find_tools
-
     return find_tools(TOOLS, "sandbox --docker", "docker.io debootstrap")
 
 

@@ -17,19 +17,21 @@ from enum import Enum
 from pathlib import Path
 
 from trainfleet.errors import SandboxError, UsageError
-from trainfleet.sandbox.cluster import (
-    SANDBOX_WORKDIR,
-    SandboxNode,
-    SandboxState,
+from trainfleet.sandbox.docker import node_dir
+from trainfleet.sandbox.host import (
     check_prerequisites,
-    load_state,
     netns,
-    replace_nodes,
     run,
     running,
-    save,
-    start_node,
     wait_for_port,
+)
+from trainfleet.sandbox.nodes import SANDBOX_WORKDIR, start_node
+from trainfleet.sandbox.state import (
+    SandboxNode,
+    SandboxState,
+    load_state,
+    replace_nodes,
+    save,
 )
 
 FILL_SIZE = "16m"
@@ -129,7 +131,6 @@ def inject(name: str, node_name: str, kind: FaultKind, *, port: int | None = Non
     if docker_data_root:
         if not state.docker:
             raise UsageError(f"sandbox {name} runs no Docker", fix="make it with `trainfleet sandbox up --docker`")
-        from trainfleet.sandbox.docker import node_dir
 
         path = str(node_dir(state.directory, node.name) / "data")
     if kind is FaultKind.FILL_DISK and not path.startswith("/"):

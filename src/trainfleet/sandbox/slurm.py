@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainfleet.errors import SandboxError
+from trainfleet.sandbox.host import find_tools, netns
 
 if TYPE_CHECKING:
-    from trainfleet.sandbox.cluster import SandboxState
+    from trainfleet.sandbox.state import SandboxState
 
 TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol")
 CONTROLLER_NAME = "ctl"
@@ -41,8 +42,6 @@ def controller_namespace(name: str) -> str:
 
 
 def check_tools() -> dict[str, str]:
-    from trainfleet.sandbox.cluster import find_tools
-
     return find_tools(TOOLS, "sandbox --slurm", "slurm-wlm munge")
 
 
@@ -91,8 +90,6 @@ def _run(argv: list[str], what: str) -> None:
 
 def start(state: SandboxState, controller_address: str) -> str:
     """Start Slurm on a built sandbox; returns its slurm.conf's path."""
-    from trainfleet.sandbox.cluster import netns
-
     tools = check_tools()
     directory = slurm_dir(state.directory)
     for sub in ("state", "spool", "log"):
