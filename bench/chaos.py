@@ -154,7 +154,7 @@ def mesh_port(state: sb.SandboxState) -> int | None:
         if found:
             cmdline = subprocess.run(["nsenter", "-t", str(node.sshd_pid), "-p", "-m", "cat",
                                       f"/proc/{found.group(2)}/cmdline"], capture_output=True).stdout
-            if b"node_supervisor" in cmdline:
+            if b"job_supervisor" in cmdline:
                 return int(found.group(1))
     return None
 

@@ -24,7 +24,7 @@ def mesh_listener(node: sb.SandboxNode) -> tuple[int, int]:
             continue
         cmdline = subprocess.run(["nsenter", "-t", str(node.sshd_pid), "-p", "-m", "cat",
                                   f"/proc/{found.group(3)}/cmdline"], capture_output=True).stdout
-        if b"node_supervisor" in cmdline:
+        if b"job_supervisor" in cmdline:
             assert found.group(1) == node.address, f"the mesh listens on {found.group(1)}, not the training address"
             return int(found.group(2)), int(found.group(3))
     raise AssertionError(f"no node supervisor listens on {node.name}:\n{listing}")

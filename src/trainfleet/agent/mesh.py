@@ -62,7 +62,7 @@ def _lines(sock: socket.socket, alive: Callable[[], bool]):  # type: ignore[no-u
 
 
 class Node:
-    """What a supervisor offers the mesh (implemented by node_supervisor._Supervisor)."""
+    """What a supervisor offers the mesh (implemented by job_supervisor.Supervisor)."""
 
     last_output: float
     ended: bool

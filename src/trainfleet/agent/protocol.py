@@ -471,7 +471,7 @@ class LaunchRequest(Request[JobState]):
     answer comes once it has started and the job does not end with the agent."""
 
     op: ClassVar[str] = "launch"
-    handler: ClassVar[str] = "node_supervisor.launch"
+    handler: ClassVar[str] = "job_requests.launch"
     streams: ClassVar[bool] = True
     reply_type: ClassVar[Type[Any]] = JobState
     job_id: str
@@ -516,7 +516,7 @@ class PrepareRequest(Request[Empty]):
     /dev/shm until the job ends), and files the runner expects (a hostfile)."""
 
     op: ClassVar[str] = "prepare"
-    handler: ClassVar[str] = "node_supervisor.prepare"
+    handler: ClassVar[str] = "job_requests.prepare"
     reply_type: ClassVar[Type[Any]] = Empty
     job_id: str
     workdir: str
@@ -627,7 +627,7 @@ class StopRequest(Request[JobState]):
     """End a job on this node: its supervisor stops every process of it."""
 
     op: ClassVar[str] = "stop"
-    handler: ClassVar[str] = "node_supervisor.stop"
+    handler: ClassVar[str] = "job_requests.stop"
     reply_type: ClassVar[Type[Any]] = JobState
     job_id: str
     workdir: str

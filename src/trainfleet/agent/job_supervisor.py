@@ -1,0 +1,332 @@
+"""A job's supervisor on a node: its own process, in a session of its own, that outlives
+the SSH channel that started it (see job_requests.launch).
+
+It starts the launcher (torchrun, deepspeed, ...) with the environment the plan gives
+(rank_environment: the node fills in only what the plan names and only it knows), writes
+every output line, time-stamped and with secrets redacted, to the job's log, keeps the
+job's state in `state.json`, meets the job's other supervisors over the mesh, and when
+the job ends, fails or is stopped it ends every process carrying the job's id. An
+attached job is tethered: when the agent that started it goes away (the controller died,
+or its connection did), the supervisor ends the job. A detached job has no tether.
+
+Job directory: see records.py; this node's records under it, in nodes/<node key>/, with
+state.json, output.log, errors/ (the rank wrapper's first-exception records) and supervisor.pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from typing import IO, Any, Dict, List, Optional
+
+from . import procs
+from .lock import release_lock
+from .protocol import NODE_KEY_VARIABLE, EnvFile, JobState, JobStatus, LaunchRequest, Proc
+from .rankwrap import node_key, rank_mark, redact, secret_fragments
+from .records import LOG_NAME, job_dir, log_lines, read_errors, remove_secrets, write_state
+
+
+def write_env_file(directory: str, cwd: str, spec: EnvFile, extra: Dict[str, str]) -> str:
+    """The user's own files of this kind (home, then the working directory, as the runner
+    reads them), then ours; the path of the file written."""
+    lines = []
+    for folder in (os.path.expanduser("~"), cwd):
+        for name in spec.merge:
+            try:
+                with open(os.path.join(folder, name)) as handle:
+                    lines += [line.rstrip("\n") for line in handle if "=" in line]
+            except OSError:
+                pass
+    lines += ["%s=%s" % item for item in sorted(dict(spec.values, **extra).items())]
+    path = os.path.join(directory, spec.name)
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return path
+
+
+def rank_environment(request: LaunchRequest, inherited: Dict[str, str]) -> Dict[str, str]:
+    """What the plan says (as --dry-run shows it), over the node's own environment. The
+    node only fills in what the plan names and only it knows: secrets' values, its key
+    (kept inside a container, whose own would differ), its home for a leading ~/ (in
+    values as in argv: a shell would expand both), and what PATH and PYTHONPATH held."""
+    env = dict(inherited)
+    env.update((k, os.path.expanduser(v) if v.startswith("~/") else v) for k, v in request.env.items())
+    for name in request.filled:
+        env[name] = node_key() if name == NODE_KEY_VARIABLE else request.secrets.get(name, "")
+    for variable, folders in (("PATH", request.path), ("PYTHONPATH", request.python_path)):
+        if folders:
+            env[variable] = os.pathsep.join([os.path.expanduser(p) for p in folders] + [env.get(variable, "")]).rstrip(
+                os.pathsep)
+    return env
+
+
+def signal_name(code: int) -> Optional[str]:
+    if code >= 0:
+        return None
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return "signal %d" % -code
+
+
+MESH_GRACE = 2.0
+
+
+class Supervisor:
+    def __init__(self, request: LaunchRequest, directory: str, tether: Optional[int]) -> None:
+        self.request = request
+        self.directory = directory
+        """This node's records of the job."""
+        self.shared = job_dir(request.workdir, request.job_id)
+        """The job's directory: what every node has (the rank wrapper, the sitecustomize)."""
+        self.tether = tether
+        self.stop = threading.Event()
+        self.reason = ""
+        self.hidden = [v.encode() for v in secret_fragments(request.secrets.values())]
+        self.state = JobState(job_id=request.job_id, node=request.env.get("TRAINFLEET_NODE", ""), state=JobStatus.STARTING,
+                              started=time.time(), supervisor_pid=os.getpid(), argv=list(request.argv),
+                              cwd=request.cwd, detached=request.detach, nproc=request.nproc,
+                              launcher=request.launcher, wrapped=request.wrapped, rank_nodes=request.rank_nodes)
+        self.last_output = time.time()
+        self.ended = False
+        self.ended_by_mesh = False
+        self.guard = threading.Lock()
+        self.log: Optional[IO[str]] = None
+        self.log_guard = threading.Lock()
+
+    # ---- what the mesh asks of this node (see mesh.Node) ----------------------------------
+    def stop_job(self, reason: str, lost: Optional[str] = None) -> None:
+        if lost:
+            self.note_lost(lost)
+        self.ended_by_mesh = True
+        self._request_stop(reason)
+
+    def note_lost(self, node: str) -> None:
+        with self.guard:
+            if node not in self.state.lost:
+                self.state.lost.append(node)
+                write_state(self.directory, self.state)
+
+    def restart_ranks(self, lost: str) -> None:
+        """End this node's ranks (not the launcher): torchrun's agent restarts them, and
+        its rendezvous goes on without the lost node."""
+        def end() -> None:
+            ranks = procs.rank_processes(self.request.job_id)
+            for pid, _ in ranks:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except OSError:
+                    pass
+            time.sleep(3)
+            for pid, _ in ranks:
+                if procs.alive(pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+
+        self.note_lost(lost)
+        threading.Thread(target=end, daemon=True).start()
+
+    def dump_stacks(self) -> None:
+        """Every rank's stack into the log: py-spy's where the node has it (it also sees a
+        rank stuck in C code without its cooperation), else faulthandler's, which the
+        rank wrapper installs on STACK_SIGNAL."""
+        from . import stacks
+        from .rankwrap import STACK_SIGNAL
+
+        since = time.time()
+        spy = None if self.request.env.get("TRAINFLEET_STACK_DUMP") == "faulthandler" else stacks.find_py_spy(
+            self.request.path)
+        for pid, rank in procs.rank_processes(self.request.job_id):
+            lines = stacks.py_spy_dump(spy, pid) if spy else None
+            if lines is not None:
+                self.write_lines([rank_mark(rank) + line for line in lines])
+                continue
+            try:
+                os.kill(pid, STACK_SIGNAL)
+            except OSError:
+                pass
+        time.sleep(2)
+        lines = [text for moment, text in log_lines(os.path.join(self.directory, LOG_NAME)) if moment >= since]
+        with self.guard:
+            self.state.hang = stacks.summarize(lines)
+            write_state(self.directory, self.state)
+
+    def write_lines(self, lines: List[str]) -> None:
+        """Lines of the supervisor's own into the job's log, between the ranks' lines."""
+        with self.log_guard:
+            if self.log is None:
+                return
+            moment = time.time()
+            for line in lines:
+                self.log.write("%.3f %s\n" % (moment, self._clean(line.encode())))
+            self.log.flush()
+
+    def _clean(self, line: bytes) -> str:
+        line = redact(line, self.hidden)
+        if b"\r" in line:  # a progress bar redrawn in place: keep what it showed last
+            line = line.rstrip(b"\r").rsplit(b"\r", 1)[-1]
+        return line.decode("utf-8", "replace")
+
+    def _pump(self, stream) -> None:  # type: ignore[no-untyped-def]
+        for raw in iter(stream.readline, b""):
+            self.last_output = time.time()
+            with self.log_guard:
+                assert self.log is not None
+                self.log.write("%.3f %s\n" % (self.last_output, self._clean(raw.rstrip(b"\n"))))
+                self.log.flush()
+
+    def _watch_tether(self) -> None:
+        try:
+            while os.read(self.tether, 1024):  # type: ignore[arg-type]
+                pass
+        except OSError:
+            pass
+        self._request_stop("the controller disconnected")
+
+    def _request_stop(self, reason: str) -> None:
+        if not self.stop.is_set():
+            self.reason = reason
+            self.stop.set()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        reason = "stopped"
+        try:
+            with open(os.path.join(self.directory, "stop")) as handle:
+                reason = handle.read().strip() or reason
+        except OSError:
+            pass
+        self._request_stop(reason)
+
+    def run(self, ready: int) -> None:
+        """Start the job, supervise it to its end, record how it ended. `ready` hears once
+        whether it started (the launcher's pid, or why not)."""
+        request = self.request
+        env = rank_environment(request, dict(os.environ))
+        cwd = os.path.expanduser(request.cwd)
+        if request.env_file is not None:
+            env[request.env_file.variable] = write_env_file(self.directory, cwd, request.env_file, {})
+        write_state(self.directory, self.state)
+        try:
+            peer = self._meet()
+        except OSError as exc:
+            self._failed_to_start(ready, 1, "the job's supervisors cannot meet: port %d on %s: %s" % (
+                request.mesh.port, request.mesh.coordinator, exc.strerror or exc))  # type: ignore[union-attr]
+            return
+        # A leading ~/ names the node's home, as it would typed into a shell.
+        argv = [os.path.expanduser(a) if a.startswith("~/") else a for a in request.argv]
+        try:
+            os.makedirs(cwd, exist_ok=True)
+            child = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            self._failed_to_start(ready, 127, "cannot start %s: %s" % (request.argv[0], exc.strerror or exc))
+            return
+        self.state.state, self.state.launcher_pid = JobStatus.RUNNING, child.pid
+        write_state(self.directory, self.state)
+        os.write(ready, (json.dumps({"pid": child.pid}) + "\n").encode())
+        os.close(ready)
+        pump = self._watch(child, peer)
+        while child.poll() is None and not self.stop.is_set():
+            self.stop.wait(0.2)
+        code, left = self._end(child, env)
+        pump.join(10)
+        with self.log_guard:
+            assert self.log is not None
+            self.log.close()
+            self.log = None
+        self._record_end(code, left, peer)
+
+    def _meet(self) -> Optional[Any]:
+        """The mesh with the job's other supervisors, before any rank exists: no path
+        leaves ranks unsupervised."""
+        mesh = self.request.mesh
+        if mesh is None:
+            return None
+        from .mesh import Coordinator, Member
+
+        return Coordinator(mesh, self) if mesh.node == mesh.nodes[0] else Member(mesh, self)  # type: ignore[arg-type]
+
+    def _failed_to_start(self, ready: int, code: int, reason: str) -> None:
+        self.state.state, self.state.exit_code, self.state.ended = JobStatus.FAILED, code, time.time()
+        self.state.reason = reason
+        write_state(self.directory, self.state)
+        os.write(ready, (json.dumps({"error": reason}) + "\n").encode())
+
+    def _watch(self, child: "subprocess.Popen[bytes]", peer: Optional[Any]) -> threading.Thread:
+        """Signals, the tether, the job's output into its log, and the mesh: all that can
+        end the job from here on. Returns the thread that reads the output."""
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        if self.tether is not None:
+            threading.Thread(target=self._watch_tether, daemon=True).start()
+        self.log = open(os.path.join(self.directory, LOG_NAME), "a")
+        pump = threading.Thread(target=self._pump, args=(child.stdout,), daemon=True)
+        pump.start()
+        if peer is not None:
+            peer.start()
+        return pump
+
+    def _end(self, child: "subprocess.Popen[bytes]", env: Dict[str, str]) -> "tuple[int, List[Proc]]":
+        """The launcher ended, or the job must: SIGTERM, a grace period, the plan's
+        `after` commands, then whatever the job left anywhere on the node. Returns the
+        launcher's exit status and what would not end."""
+        request = self.request
+        grace = request.grace
+        if child.poll() is None:
+            try:
+                os.killpg(child.pid, signal.SIGTERM)
+            except OSError:
+                pass
+            procs.signal_job(request.job_id, signal.SIGTERM)
+            # Ended by the mesh, the job is broken already (a lost node, a hang): its launcher
+            # cannot leave cleanly (torchrun waits for a store it cannot reach), so no long wait.
+            grace = min(request.grace, MESH_GRACE) if self.ended_by_mesh else request.grace
+            deadline = time.monotonic() + grace
+            while child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+        for command in request.after:
+            try:
+                subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               timeout=60, env=env)
+            except (OSError, subprocess.SubprocessError):
+                pass
+        # Whatever the job left behind (workers in sessions of their own, daemons) goes too.
+        left = procs.end_job(request.job_id, 0.2 if self.ended_by_mesh else min(grace, 3.0))
+        return child.wait(), left
+
+    def _record_end(self, code: int, left: "List[Proc]", peer: Optional[Any]) -> None:
+        request = self.request
+        self.state.ended = time.time()
+        self.state.exit_code = code if code >= 0 else 128 - code
+        self.state.signal = signal_name(code)
+        self.state.left = left
+        self.state.errors = read_errors(self.directory)
+        remove_secrets(request.job_id)
+        with self.guard:
+            if self.stop.is_set():
+                # Ended by the mesh: a lost node, a hang or another node's failure, not a user's stop.
+                self.state.state = JobStatus.FAILED if self.ended_by_mesh else JobStatus.STOPPED
+                self.state.reason = self.reason
+            else:
+                self.state.state = JobStatus.SUCCEEDED if code == 0 else JobStatus.FAILED
+            write_state(self.directory, self.state)
+        if peer is not None:
+            peer.finish(self.state.state)
+        if request.holds_lock:
+            release_lock(request.workdir, request.job_id)
+        self.ended = True
+        if peer is not None and hasattr(peer, "close"):
+            peer.close()
+
+
+def supervise_main(request: LaunchRequest, directory: str, tether: Optional[int], ready: int) -> None:
+    """Entry of the supervisor process (started by `launch`)."""
+    with open(os.path.join(directory, "supervisor.pid"), "w") as handle:
+        handle.write("%d %d" % (os.getpid(), procs.start_time(os.getpid()) or 0))
+    Supervisor(request, directory, tether).run(ready)
