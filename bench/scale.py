@@ -163,7 +163,7 @@ def main() -> None:
     for failure in FAILURES:
         print(f"FAILED {failure}")
     if args.plot:
-        from trainfleet.plots import _pyplot
+        from trainfleet.cli.plots import _pyplot
 
         plt = _pyplot()
         figure, axes = plt.subplots(figsize=(8, 5), dpi=110)

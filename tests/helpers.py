@@ -144,3 +144,30 @@ def text_files_holding(value: str, roots: list[Path], exclude_dirs: tuple[str, .
                                    capture_output=True, text=True)
             hits += found.stdout.split()
     return hits
+
+
+# ---- golden files of plans (tests/unit) ----
+
+GOLDEN = Path(__file__).resolve().parent / "unit" / "golden"
+UPDATE = os.environ.get("TRAINFLEET_UPDATE_GOLDEN") == "1"
+
+PLAN_FLEET: dict[str, object] = {
+    "workdir": "~/job",
+    "python": "/opt/venv/bin/python",
+    "env": {"NCCL_DEBUG": "WARN"},
+    "ssh": {"user": "ubuntu"},
+    "nodes": [
+        {"name": "gpu0", "host": "203.0.113.10", "address": "10.0.0.10", "interface": "ens5", "slots": 4},
+        {"name": "gpu1", "host": "203.0.113.11", "address": "10.0.0.11", "slots": 2},
+    ],
+}
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.write_text(text)
+    assert path.exists(), f"missing {path}; create it with TRAINFLEET_UPDATE_GOLDEN=1 pytest tests/unit"
+    expected = path.read_text()
+    assert text == expected, (f"{path.name} changed; if the new plan is right, regenerate it with "
+                              f"TRAINFLEET_UPDATE_GOLDEN=1 pytest tests/unit")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_plan import check_golden
-from trainfleet.containers import containerize
+from helpers import check_golden
+from trainfleet.plans.containers import containerize
 from trainfleet.errors import UsageError
 from trainfleet.export.kubernetes import render_pytorchjob
 from trainfleet.export.slurm import NODE_PRELUDE as SLURM_PRELUDE

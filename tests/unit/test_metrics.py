@@ -9,8 +9,8 @@ import pytest
 
 from helpers import tf
 from trainfleet.errors import UsageError
-from trainfleet.netbench_results import NetBenchResult
-from trainfleet.plots import bandwidth_heatmap, metric_plot
+from trainfleet.netbench.results import NetBenchResult
+from trainfleet.cli.plots import bandwidth_heatmap, metric_plot
 from trainfleet.agent.metrics import collect, last_values, parse_line
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainfleet.netbench_results import NetBenchResult, parse_size, size_ladder
+from trainfleet.netbench.results import NetBenchResult, parse_size, size_ladder
 
 
 def test_size_parsing_and_ladder() -> None:

@@ -2,45 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 import re
 
-from helpers import tf
+from helpers import PLAN_FLEET as FLEET
+from helpers import check_golden, tf
 from trainfleet.ops.sync import project_for
 from trainfleet.errors import UsageError
 from trainfleet.fleet.schema import fleet_from_data
 from trainfleet.job.spec import JobSpec
 from trainfleet.job.placement import LaunchFacts
 from trainfleet.launchers import plan_job
-
-GOLDEN = Path(__file__).resolve().parent / "golden"
-UPDATE = os.environ.get("TRAINFLEET_UPDATE_GOLDEN") == "1"
-
-FLEET = {
-    "workdir": "~/job",
-    "python": "/opt/venv/bin/python",
-    "env": {"NCCL_DEBUG": "WARN"},
-    "ssh": {"user": "ubuntu"},
-    "nodes": [
-        {"name": "gpu0", "host": "203.0.113.10", "address": "10.0.0.10", "interface": "ens5", "slots": 4},
-        {"name": "gpu1", "host": "203.0.113.11", "address": "10.0.0.11", "slots": 2},
-    ],
-}
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if UPDATE:
-        path.write_text(text)
-    assert path.exists(), f"missing {path}; create it with TRAINFLEET_UPDATE_GOLDEN=1 pytest {__file__}"
-    expected = path.read_text()
-    assert text == expected, (f"{path.name} changed; if the new plan is right, regenerate it with "
-                              f"TRAINFLEET_UPDATE_GOLDEN=1 pytest {__file__}")
-
 
 def plan_torchrun(fleet, job, facts):  # type: ignore[no-untyped-def]
     return plan_job(fleet, job, facts, fleet.workdir)

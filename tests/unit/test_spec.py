@@ -200,7 +200,7 @@ def test_unchanged_fleet_loads_from_cache_without_pydantic(tmp_path: Path, key: 
 
 
 def test_a_subset_keeps_directories_with_their_server() -> None:
-    from trainfleet.containers import data_root
+    from trainfleet.plans.containers import data_root
     from trainfleet.fleet.model import Container
     from trainfleet.fleet.schema import fleet_from_data
 

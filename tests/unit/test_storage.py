@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from test_plan import FLEET, check_golden
+from helpers import PLAN_FLEET as FLEET
+from helpers import check_golden
 from trainfleet.errors import SpecError
 from trainfleet.fleet.schema import fleet_from_data
-from trainfleet.mount_plan import plan_mounts, render
+from trainfleet.plans.mounts import plan_mounts, render
 
 STORAGE = [
     {"type": "shared-dir", "mount": "/data/shared", "source": "/srv/shared"},

@@ -37,12 +37,12 @@ def bench_net(fleet_file: str | None, min_size: str, max_size: str, p2p_size: st
     """All-reduce bandwidth (algbw, busbw) from --min-size to --max-size through torch.distributed
     (gloo on CPU, NCCL on GPU), and a point-to-point matrix that names the slowest link."""
     from trainfleet.job.spec import JobSpec, new_job_id
-    from trainfleet.netbench_results import JOB_DIR, REMOTE_JOB_DIR, NetBenchResult, job_args, parse_size, size_ladder
+    from trainfleet.netbench.results import JOB_DIR, REMOTE_JOB_DIR, NetBenchResult, job_args, parse_size, size_ladder
     from trainfleet.ops.run import RunOptions
     from trainfleet.ops.sync import Project
 
     if plot_file is not None:
-        from trainfleet.plots import check_output
+        from trainfleet.cli.plots import check_output
 
         check_output(plot_file)  # before the measuring, not after it
     fleet = load(fleet_file)
@@ -59,12 +59,12 @@ def bench_net(fleet_file: str | None, min_size: str, max_size: str, p2p_size: st
                          concurrent=True)
     code = launch(fleet, job, options, secret_values(fleet), printer=collect)
     if code == 0:
-        from trainfleet import latest
+        from trainfleet.fleet.state import save_latest
 
-        latest.save(fleet, "netbench", numbers.to_json())  # what `trainfleet ui` shows
+        save_latest(fleet, "netbench", numbers.to_json())  # what `trainfleet ui` shows
         click.echo(json.dumps(numbers.to_json(), indent=2) if as_json else numbers.render())
         if plot_file is not None:
-            from trainfleet.plots import bandwidth_heatmap
+            from trainfleet.cli.plots import bandwidth_heatmap
 
             bandwidth_heatmap(numbers, f"point-to-point Gbit/s, {len(fleet.nodes)} nodes ({fleet.source})", plot_file)
             status(f"wrote {plot_file}")

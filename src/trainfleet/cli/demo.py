@@ -15,7 +15,7 @@ from trainfleet.cli.run import launch
 @click.option("--name", default="demo", show_default=True, help="sandbox name to use")
 def demo(steps: int, name: str) -> None:
     """Sandbox up (2 nodes), train the example across both, show the loss falling, sandbox down."""
-    from trainfleet.examples_path import example_dir
+    from trainfleet.cli.examples import example_dir
     from trainfleet.job.spec import JobSpec, new_job_id
     from trainfleet.ops.demo import demo_fleet
     from trainfleet.ops.run import RunOptions

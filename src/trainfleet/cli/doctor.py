@@ -27,7 +27,7 @@ def doctor(fleet_file: str | None, port: int, as_json: bool, show_all: bool, plo
     from trainfleet.ops.sync import project_for
 
     if plot_file is not None:
-        from trainfleet.plots import check_output
+        from trainfleet.cli.plots import check_output
 
         check_output(plot_file)  # before the checks, not after them
     fleet = load(fleet_file)
@@ -36,12 +36,12 @@ def doctor(fleet_file: str | None, port: int, as_json: bool, show_all: bool, plo
     except UsageError:  # run from / or the home directory: no project to check
         project = ""
     report = run_async(examine(fleet, rdzv_port=port, project=project))
-    from trainfleet import latest
+    from trainfleet.fleet.state import save_latest
 
-    latest.save(fleet, "doctor", report.to_json())  # what `trainfleet ui` shows
+    save_latest(fleet, "doctor", report.to_json())  # what `trainfleet ui` shows
     if plot_file is not None:
-        from trainfleet.netbench_results import NetBenchResult
-        from trainfleet.plots import bandwidth_heatmap
+        from trainfleet.netbench.results import NetBenchResult
+        from trainfleet.cli.plots import bandwidth_heatmap
 
         # Blank cells: pairs doctor does not measure (`bench net` measures every pair).
         bandwidth_heatmap(NetBenchResult(p2p=report.ring), f"doctor, each node to the next (Gbit/s)\n{fleet.source}",

@@ -20,7 +20,7 @@ port_option = click.option("--port", type=int, default=29500, show_default=True,
 @port_option
 def firewall_plan(fleet_file: str | None, port: int) -> None:
     """Print the allow rules for every node, and the exact commands for each kind of firewall."""
-    from trainfleet.firewall_rules import fleet_tag, render
+    from trainfleet.plans.firewall import fleet_tag, render
     from trainfleet.ops.firewall import plan
 
     fleet = load(fleet_file)

@@ -23,7 +23,7 @@ def write_new(path: Path, text: str, force: bool) -> None:
 @click.option("--force", is_flag=True, help="overwrite an existing file")
 def init(out: str, force: bool) -> None:
     """Write a commented fleet.yaml to start from."""
-    from trainfleet.templates import FLEET_TEMPLATE
+    from trainfleet.cli.fleet_template import FLEET_TEMPLATE
 
     write_new(Path(out), FLEET_TEMPLATE, force)
     click.echo(f"wrote {out}: list your machines under `nodes:`, then run `trainfleet exec -- hostname`")

@@ -12,7 +12,7 @@ from trainfleet.cli.app import cli, echo_err, fleet_option, load, nodes_option, 
 def _storage_command(fleet_file: str | None, node_names: str | None, action: str, dry_run: bool) -> None:
     from trainfleet.errors import UsageError
     from trainfleet.ops.mount import mount_lines, require_mounted, storage_nodes
-    from trainfleet.mount_plan import plan_mounts, render
+    from trainfleet.plans.mounts import plan_mounts, render
 
     fleet = load(fleet_file)
     nodes = select(fleet, node_names)

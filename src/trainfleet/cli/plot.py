@@ -41,7 +41,7 @@ def plot(fleet_file: str | None, job_id: str, metric: str, out: Path | None, met
          log_dir: Path) -> None:
     """Draw METRIC over steps for JOB_ID (default: the newest job), one line per rank that
     prints it, from the output the job already prints (loss, tokens/s, lr, HF Trainer's dicts...)."""
-    from trainfleet.plots import check_output, metric_plot
+    from trainfleet.cli.plots import check_output, metric_plot
     from trainfleet.agent.metrics import collect
 
     try:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from trainfleet.errors import UsageError
 
 if TYPE_CHECKING:
-    from trainfleet.netbench_results import NetBenchResult
+    from trainfleet.netbench.results import NetBenchResult
     from trainfleet.agent.metrics import Series
 
 UNITS = {"tokens/s": "tokens/s", "tok/s": "tokens/s", "samples/s": "samples/s", "time": "ms (as printed)",

@@ -13,9 +13,9 @@ from enum import Enum
 
 from trainfleet.agent.protocol import JobStatus, Attempt, Bound, FactsReply
 from trainfleet.fleet.model import Fleet
-from trainfleet.netchoice import NetworkChoice
+from trainfleet.plans.network import NetworkChoice
 from trainfleet.results import fold_nodes
-from trainfleet.mount_plan import Visibility
+from trainfleet.plans.mounts import Visibility
 
 GIB = 1024**3
 LATENCY_FLOOR_MS = 10.0

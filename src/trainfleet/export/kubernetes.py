@@ -16,7 +16,7 @@ from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet
 from trainfleet.job.placement import Placement, scheduler_placement
 from trainfleet.job.spec import JobSpec, validate_job
-from trainfleet.export.template import node_command, scheduled_plan
+from trainfleet.export.node_command import node_command, scheduled_plan
 
 NODE_PRELUDE = 'if [ "$RANK" = 0 ]; then TF_IS_HOST=true; else TF_IS_HOST=false; fi\n'
 

@@ -13,7 +13,7 @@ from trainfleet.job.spec import JobSpec
 from trainfleet.launchers import check_options, get_launcher
 
 
-def template_quote(variables: tuple[str, ...]) -> Callable[[str], str]:
+def scheduler_quote(variables: tuple[str, ...]) -> Callable[[str], str]:
     """Quotes a word for a shell, except the scheduler's `${VARIABLE}`s, which expand there."""
     def quote(word: str) -> str:
         parts, last = [], 0
@@ -48,5 +48,5 @@ def gpu_check(node: str) -> str:
 def node_command(launch: NodeLaunch, placement: Placement) -> str:
     """`cd DIR && env NAME=value ... argv`, the scheduler's variables left to expand (and
     before it, the GPU check where the command reads its outcome)."""
-    line = launch.shell_line(template_quote(placement.variables))
+    line = launch.shell_line(scheduler_quote(placement.variables))
     return (gpu_check(placement.places[0].node) if placement.no_gpu and placement.no_gpu in line else "") + line

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from trainfleet.fleet.model import Fleet
 from trainfleet.job.placement import Placement, scheduler_placement
 from trainfleet.job.spec import JobSpec, validate_job
-from trainfleet.export.template import node_command, scheduled_plan
+from trainfleet.export.node_command import node_command, scheduled_plan
 
 NODE_PRELUDE = (
     "TF_LOCAL_ADDR=$(ip -o route get \"$MASTER_ADDR\" | sed -n 's/.* src \\([^ ]*\\).*/\\1/p')\n"

@@ -78,12 +78,12 @@ class Placement:
     that must be told to use the CPU reads it; the facts say so per place instead)."""
 
     @property
-    def template(self) -> bool:
+    def for_scheduler(self) -> bool:
         return bool(self.scheduler)
 
     @property
     def world_size(self) -> int:
-        if self.template:
+        if self.for_scheduler:
             return self.nnodes * self.places[0].nproc
         return sum(p.nproc for p in self.places)
 

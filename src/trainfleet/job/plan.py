@@ -73,11 +73,11 @@ class NodeLaunch:
     after: tuple[tuple[str, ...], ...] = ()
     """Commands run on the node when the job has ended, however it ended."""
 
-    def shell_line(self, template: Callable[[str], str] | None = None) -> str:
+    def shell_line(self, quote: Callable[[str], str] | None = None) -> str:
         """`cd DIR && env NAME=value ... argv`, quoted for a POSIX shell (a leading ~/ left to
-        expand as the node's home); a scheduler's renderer passes its `template` quoting,
+        expand as the node's home); a scheduler's renderer passes its own `quote`,
         which leaves its own variables to expand on the node."""
-        word, value, folder = (template, template, template) if template else (shell_word, shell_value, shell_path)
+        word, value, folder = (quote, quote, quote) if quote else (shell_word, shell_value, shell_path)
         path = [f"PATH={':'.join(value(p) for p in self.path)}:$PATH"] if self.path else []
         if self.python_path:
             path.append(f"PYTHONPATH={':'.join(value(p) for p in self.python_path)}${{PYTHONPATH:+:$PYTHONPATH}}")

@@ -33,7 +33,7 @@ class Accelerate:
         launches = []
         for place in placement.places:
             env = base_env(fleet, job, place, placement)
-            if placement.template:  # each node decides, from the GPUs it sees: never every process alone
+            if placement.for_scheduler:  # each node decides, from the GPUs it sees: never every process alone
                 env.setdefault("ACCELERATE_USE_CPU", placement.no_gpu)
             elif cpu_only:
                 env.setdefault("ACCELERATE_USE_CPU", "1")

@@ -53,9 +53,9 @@ def option(job: JobSpec, name: str, default: object = "") -> object:
     return job.options.get(name, default)
 
 
-def refuse_template(placement: Placement, launcher: str, why: str) -> None:
+def refuse_scheduler(placement: Placement, launcher: str, why: str) -> None:
     """For launchers that need every node's facts: a scheduler cannot run them as they are."""
-    if placement.template:
+    if placement.for_scheduler:
         raise UsageError(f"--launcher {launcher} cannot be exported to {placement.scheduler}: {why}",
                          fix="use torchrun, deepspeed, accelerate or command")
 
@@ -92,7 +92,7 @@ def base_env(fleet: Fleet, job: JobSpec, place: Place, placement: Placement) -> 
 def supervised_env(fleet: Fleet, job: JobSpec, placement: Placement) -> dict[str, str]:
     """What a job that trainfleet's node supervisors run (not a scheduler) gives every
     process: its id (how the node finds and ends all of them) and its directory."""
-    if placement.scheduler:
+    if placement.for_scheduler:
         return {}
     return {JOB_VARIABLE: job.job_id, "TRAINFLEET_JOB_DIR": job_path(fleet.workdir, job.job_id)}
 
@@ -132,6 +132,6 @@ def python_path(fleet: Fleet) -> tuple[str, ...]:
 def node_launch(fleet: Fleet, place: Place, placement: Placement, argv: Sequence[str],
                 env: Mapping[str, str]) -> NodeLaunch:
     rank = int(place.rank) if place.rank.isdigit() else -1  # -1: every node of a scheduler's allocation
-    filled = () if placement.scheduler else (NODE_KEY_VARIABLE, *fleet.secrets)
+    filled = () if placement.for_scheduler else (NODE_KEY_VARIABLE, *fleet.secrets)
     return NodeLaunch(node=place.node, host=place.host, node_rank=rank, nproc=place.nproc, cwd=placement.cwd,
                       argv=tuple(argv), env=tuple(sorted(env.items())), path=python_path(fleet), filled=filled)

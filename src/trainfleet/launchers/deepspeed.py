@@ -72,11 +72,11 @@ class DeepSpeed:
 
     def plan(self, fleet: Fleet, job: JobSpec, placement: Placement) -> LaunchPlan:
         validate_job(job)
-        if placement.template and (option(job, "include") or option(job, "exclude")):
+        if placement.for_scheduler and (option(job, "include") or option(job, "exclude")):
             raise UsageError(f"--include/--exclude choose the fleet's nodes; {placement.scheduler} chooses them in "
                              f"its allocation", fix="leave them out of the export")
         info = world_info(fleet, job)
-        if placement.template:
+        if placement.for_scheduler:
             info = {name: list(range(placement.places[0].nproc)) for name in info}
             places = list(placement.places)
         else:  # the nodes --include/--exclude leave, ranked in that order
@@ -85,7 +85,7 @@ class DeepSpeed:
         encoded = base64.urlsafe_b64encode(json.dumps(info).encode()).decode()
         # Rank 0 hosts the rendezvous: on the first node chosen, which --include/--exclude may
         # make another than the fleet's node 0.
-        master = placement.head_address if placement.template else places[0].address
+        master = placement.head_address if placement.for_scheduler else places[0].address
         entry = wrapped_entry(job, placement, fleet.workdir)
         launches = []
         for place in places:

@@ -22,7 +22,7 @@ from trainfleet.fleet.model import Fleet
 from trainfleet.job.placement import Placement
 from trainfleet.job.plan import EnvFile, LaunchPlan, NodePrepare, job_path
 from trainfleet.job.spec import JobSpec, validate_job
-from trainfleet.launchers.base import (LauncherOption, base_env, node_launch, option, refuse_template,
+from trainfleet.launchers.base import (LauncherOption, base_env, node_launch, option, refuse_scheduler,
                                        rendezvous_env, supervised_env, with_site)
 from trainfleet.launchers.command import command_argv
 
@@ -53,7 +53,7 @@ class Head:
 
     def plan(self, fleet: Fleet, job: JobSpec, placement: Placement) -> LaunchPlan:
         validate_job(job)
-        refuse_template(placement, self.name, "its runner starts the other nodes' processes over SSH itself")
+        refuse_scheduler(placement, self.name, "its runner starts the other nodes' processes over SSH itself")
         forwarded = [name for name in fleet.secrets if name.startswith(RUNNER_FORWARDS)]
         if forwarded:
             raise UsageError(f"secret {forwarded[0]} would be copied by DeepSpeed's runner into its pdsh command "

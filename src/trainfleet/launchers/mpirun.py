@@ -20,7 +20,7 @@ from trainfleet.job.placement import Placement
 from trainfleet.job.plan import LaunchPlan, job_path
 from trainfleet.job.spec import JobSpec, validate_job
 from trainfleet.agent.procs import JOB_VARIABLE
-from trainfleet.launchers.base import (LauncherOption, base_env, endpoint, node_launch, refuse_template,
+from trainfleet.launchers.base import (LauncherOption, base_env, endpoint, node_launch, refuse_scheduler,
                                        rendezvous_env, same_nproc, with_site)
 from trainfleet.launchers.head import NODE_VARIABLES, prepare_nodes
 
@@ -38,7 +38,7 @@ class Mpirun:
 
     def plan(self, fleet: Fleet, job: JobSpec, placement: Placement) -> LaunchPlan:
         validate_job(job)
-        refuse_template(placement, self.name, "mpirun starts every node's ranks from node 0 itself")
+        refuse_scheduler(placement, self.name, "mpirun starts every node's ranks from node 0 itself")
         per_node = same_nproc(placement, "mpirun -npernode")
         hostfile = f"{job_path(fleet.workdir, job.job_id)}/hostfile"
         head = placement.places[0]

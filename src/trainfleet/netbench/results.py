@@ -10,7 +10,7 @@ from pathlib import Path
 
 from trainfleet.errors import UsageError
 
-JOB_DIR = Path(__file__).resolve().parent / "bench_job"
+JOB_DIR = Path(__file__).resolve().parent / "job"
 REMOTE_JOB_DIR = ".trainfleet/bench"
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 

@@ -6,12 +6,12 @@ from collections.abc import Iterable, Mapping
 
 from trainfleet.agent.protocol import FactSection, FactsRequest, WriteRequest
 from trainfleet.fleet.model import Fleet
-from trainfleet.netchoice import route_peers
+from trainfleet.plans.network import route_peers
 
 
 def facts_request(fleet: Fleet, sections: Iterable[FactSection], *, ports: Iterable[int] = (),
                   port_address: str | None = None, files: Iterable[str] = (), project: str = "") -> FactsRequest:
-    from trainfleet.containers import data_root
+    from trainfleet.plans.containers import data_root
 
     container = fleet.container
     return FactsRequest(sections=list(sections), python=fleet.python, workdir=fleet.workdir,

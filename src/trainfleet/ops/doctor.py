@@ -20,7 +20,7 @@ from trainfleet.agent.protocol import (FactSection, Attempt, Bound, ConnectReque
 from trainfleet.doctor.checks import Finding, Gathered, Measured, Verdict, bandwidth_suspect, evaluate, latency_suspect
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.job.placement import DEFAULT_RDZV_PORT
-from trainfleet.netchoice import choose
+from trainfleet.plans.network import choose
 from trainfleet.ops.common import facts_request
 from trainfleet.transport.agent_client import AgentError, AgentFailed
 from trainfleet.transport.session import FleetSession

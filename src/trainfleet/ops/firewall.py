@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trainfleet.agent.protocol import FactSection, FirewallReply, FirewallRequest
-from trainfleet.firewall_rules import NodeFirewall, fleet_tag, plan_firewall, steps
+from trainfleet.plans.firewall import NodeFirewall, fleet_tag, plan_firewall, steps
 from trainfleet.fleet.model import Fleet
-from trainfleet.netchoice import choose
+from trainfleet.plans.network import choose
 from trainfleet.ops.common import facts_request
 from trainfleet.results import FleetError
 from trainfleet.transport.session import FleetSession

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from trainfleet.agent.protocol import FactSection, MountStatus, MountItem, MountResult, ProbeRequest, StorageRequest
 from trainfleet.errors import TrainfleetError
 from trainfleet.fleet.model import Fleet, Node
-from trainfleet.netchoice import choose
+from trainfleet.plans.network import choose
 from trainfleet.ops.common import facts_request
 from trainfleet.results import fold_nodes
-from trainfleet.mount_plan import MountStep, Visibility, label, plan_mounts
+from trainfleet.plans.mounts import MountStep, Visibility, label, plan_mounts
 from trainfleet.transport.session import FleetSession
 
 PROBE = ".trainfleet-probe-"

@@ -27,7 +27,7 @@ from trainfleet.agent.protocol import (FactSection, PushFile, PushHaveReply, Pus
                                        Target, decode)
 from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet, Node
-from trainfleet.netchoice import choose
+from trainfleet.plans.network import choose
 from trainfleet.ops.common import facts_request
 from trainfleet.transport.agent_client import AgentError, AgentFailed
 from trainfleet.transport.session import FleetSession

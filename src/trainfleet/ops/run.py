@@ -17,14 +17,14 @@ from pathlib import Path
 
 from trainfleet.agent.protocol import (FactSection, ConnectRequest, FactsReply, FactsRequest, ListenRequest, LockRequest,
                                        ReleaseRequest, SSHMatrixRequest, Target)
-from trainfleet.containers import check_image, containerize
+from trainfleet.plans.containers import check_image, containerize
 from trainfleet.errors import TrainfleetError, UsageError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.job.spec import JobSpec
 from trainfleet.job.placement import DEFAULT_RDZV_PORT, LaunchFacts
 from trainfleet.job.plan import LaunchPlan
 from trainfleet.launchers import get_launcher, plan_job
-from trainfleet.netchoice import NetworkChoice, choose
+from trainfleet.plans.network import NetworkChoice, choose
 from trainfleet.ops.common import facts_request
 from trainfleet.ops.setup import setup_digest
 from trainfleet.ops.mount import ensure_mounted

@@ -20,7 +20,7 @@ from typing import Any
 
 from trainfleet.agent.procs import JOB_VARIABLE
 from trainfleet.agent.protocol import FactSection, JobState, JobStatus, LaunchRequest, OutputEvent, decode
-from trainfleet.containers import absolute, container_name, remove_argv, setup_argv
+from trainfleet.plans.containers import absolute, container_name, remove_argv, setup_argv
 from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.launchers.base import python_path

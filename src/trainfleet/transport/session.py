@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from trainfleet.fleet.model import Fleet, Node
+from trainfleet.fleet.state import kept_agents, save_kept_agents
 from trainfleet.results import FleetResult, NodeResult
 from trainfleet.transport.commands import OutputCallback, run_on_connection
 from trainfleet.transport.ssh import NodeUnreachable, connect, start_tcp
@@ -315,32 +316,3 @@ class FleetSession:
             conn.close()
         await asyncio.wait([asyncio.ensure_future(c.wait_closed()) for c in self.connections.values()] or
                            [asyncio.ensure_future(asyncio.sleep(0))], timeout=2)
-
-
-KEPT_FILE = "agents.json"
-
-
-def kept_agents(fleet: Fleet) -> dict[str, str]:
-    """Resident agents' socket paths by key, from the fleet's state (none if unreadable)."""
-    if not fleet.ssh.state_dir or fleet.ssh.keep_agent <= 0:
-        return {}
-    try:
-        with open(os.path.join(fleet.ssh.state_dir, KEPT_FILE)) as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
-
-
-def save_kept_agents(fleet: Fleet, kept: dict[str, str]) -> None:
-    """Written whole and renamed into place; a command that cannot is no worse off."""
-    from trainfleet.agent.files import write_atomically
-
-    try:
-        os.makedirs(fleet.ssh.state_dir, 0o700, exist_ok=True)
-        write_atomically(os.path.join(fleet.ssh.state_dir, KEPT_FILE), json.dumps(kept, indent=0, sort_keys=True),
-                         durable=False)
-    except OSError:
-        pass

@@ -25,7 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from trainfleet import latest
+from trainfleet.fleet.state import load_latest
 from trainfleet.errors import TrainfleetError
 from trainfleet.ui.views import fleet_view, job_row, timeline
 from trainfleet.ui.watch import FleetWatch
@@ -77,8 +77,8 @@ def make_app(watch: FleetWatch, token: str, hosts: set[str]) -> ASGIApp:
 
     async def fleet(request: Request) -> Response:
         answers, failures, looked = watch.top
-        return JSONResponse({**fleet_view(watch.fleet, answers, failures, looked, latest.load(watch.fleet, "doctor"),
-                                          latest.load(watch.fleet, "netbench")),
+        return JSONResponse({**fleet_view(watch.fleet, answers, failures, looked, load_latest(watch.fleet, "doctor"),
+                                          load_latest(watch.fleet, "netbench")),
                              "doctor_running": watch.doctor_running})
 
     async def jobs(request: Request) -> Response:

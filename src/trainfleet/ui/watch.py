@@ -10,7 +10,7 @@ import re
 import time
 from typing import Any
 
-from trainfleet import latest
+from trainfleet.fleet.state import save_latest
 from trainfleet.agent.protocol import FollowRequest, OutputEvent, TopReply, TopRequest, decode
 from trainfleet.errors import TrainfleetError
 from trainfleet.fleet.model import Fleet
@@ -139,6 +139,6 @@ class FleetWatch:
         self.doctor_running = True
         try:
             report = await examine(self.fleet)
-            latest.save(self.fleet, "doctor", report.to_json())
+            save_latest(self.fleet, "doctor", report.to_json())
         finally:
             self.doctor_running = False
