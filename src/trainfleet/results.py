@@ -144,8 +144,8 @@ class FleetError(TrainfleetError):
         how it ended, and the last lines it printed, as Invoke's UnexpectedExit shows them."""
         groups: dict[tuple[str, str], list[str]] = {}
         for result in self.result.failed:
-            if result.exit_status is None and not result.tail(lines).strip():
-                continue  # it never ran (unreachable): the message has said all there is
+            if result.exit_status is None:
+                continue  # nothing ran to an end (unreachable; a request that raised): the message says it
             command = result.command if len(result.command) <= 160 else result.command[:157] + "..."
             how = f"`{command}`: {result.error}" if result.error else f"`{command}` exited with status {result.exit_status}"
             groups.setdefault((how, result.tail(lines)), []).append(result.node)

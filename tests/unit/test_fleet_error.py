@@ -33,6 +33,11 @@ def test_nodes_that_failed_alike_are_folded_with_their_command_exit_and_stderr_t
     assert evidence[0] == "gpu[0-1]: `make` exited with status 2"
     assert evidence[1:9] == [f"  | line {i}" for i in range(23, 30)] + ["  | E: unable to build"]
     assert evidence[9:] == []  # gpu3 ran nothing: the one line has said all there is
+    raised_on_node = FleetResult((failed("gpu0", None, "Traceback (most recent call last):\n  File ...", command="lock",
+                                         error="OSError: [Errno 28] No space left on device"),))
+    with pytest.raises(FleetError) as again:
+        raised_on_node.require("cannot start the job", Fleet())
+    assert again.value.evidence() == [] and "Traceback" not in again.value.one_line()
 
 
 def test_the_fleets_python_missing_everywhere_is_named_with_its_fix() -> None:

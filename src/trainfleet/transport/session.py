@@ -154,7 +154,9 @@ class FleetSession:
                 self.failures.setdefault(node, result)
             return result
         if isinstance(exc, AgentError):
-            return NodeResult(node=node, command=op, exit_status=1, stderr=exc.trace, error=exc.message)
+            # No exit status: nothing ran to an end; the request raised on the node (its
+            # message says how; the agent's own traceback is kept, never shown as the user's).
+            return NodeResult(node=node, command=op, exit_status=None, stderr=exc.trace, error=exc.message)
         return NodeResult(node=node, command=op, exit_status=None, error=f"{type(exc).__name__}: {exc}")
 
     async def call(self, node: str, request: protocol.Request[R], **kwargs: Any) -> R:
