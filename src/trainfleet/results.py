@@ -129,21 +129,24 @@ class FleetError(TrainfleetError):
             message = (f"{what}: `{where.python}` (the fleet's `python:`) was not found on {fold_nodes(missing)} "
                        f"by a non-interactive SSH shell")
             fix = fix or PYTHON_FIX
+            failed = ()  # said whole: the shell's own "not found" would only repeat it
         else:
             reasons = "; ".join(f"{nodes}: {reason}" for nodes, reason in result.grouped_failures())
             message = f"{what}: {reasons}" if reasons else what
-        full = [r.node for r in failed if "No space left on device" in f"{r.error} {r.stderr}"]
+        full = [r.node for r in result.failed if "No space left on device" in f"{r.error} {r.stderr}"]
         if full and fix is None:
             workdir = f" (the workdir is {where.workdir})" if where is not None else ""
             fix = f"free space on {fold_nodes(full)}{workdir}; `trainfleet doctor` shows what is free where"
         super().__init__(message, fix=fix)
         self.result = result
+        self.shown = failed
+        """The failures whose evidence is worth showing under the message."""
 
     def evidence(self, lines: int = EVIDENCE_LINES) -> list[str]:
         """Per failed node that ran something (folded where nodes said the same): what ran,
         how it ended, and the last lines it printed, as Invoke's UnexpectedExit shows them."""
         groups: dict[tuple[str, str], list[str]] = {}
-        for result in self.result.failed:
+        for result in self.shown:
             if result.exit_status is None:
                 continue  # nothing ran to an end (unreachable; a request that raised): the message says it
             command = result.command if len(result.command) <= 160 else result.command[:157] + "..."

@@ -45,6 +45,7 @@ def test_the_fleets_python_missing_everywhere_is_named_with_its_fix() -> None:
     with pytest.raises(FleetError, match="`/opt/venv/bin/python` .* was not found on a,b by a non-interactive") as e:
         result.require("cannot start", Fleet())
     assert "set `python:` in the fleet file" in e.value.one_line()
+    assert e.value.evidence() == []  # the shell's "not found" would only say it again
 
 
 def test_a_full_disk_names_the_workdir_to_free() -> None:
