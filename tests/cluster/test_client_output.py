@@ -1,6 +1,6 @@
 """The client's own output read by another program that stops early (`| head`, `| grep -q`):
-the client ends at once, as a Unix tool does, and the job is handled as when the terminal
-goes away; a reader of `logs --follow` leaves the job alone."""
+the client ends at once, as a Unix tool does, and the job goes on, as when the terminal
+goes away (unless it was started with --tether); a reader of `logs --follow` leaves it alone too."""
 
 from __future__ import annotations
 
@@ -31,18 +31,34 @@ def wait_for_no_job(state: sb.SandboxState, nodes: int, seconds: float = 30) -> 
             return left
 
 
-def test_run_into_head_ends_the_client_at_once_and_the_job_everywhere(fleet2: Path, cluster3: sb.SandboxState,
-                                                                      workdir: Path, tmp_path: Path) -> None:
+def test_run_into_head_ends_the_client_at_once_and_the_job_goes_on(fleet2: Path, cluster3: sb.SandboxState,
+                                                                   workdir: Path, tmp_path: Path) -> None:
+    """The client is a view: its reader gone, it ends; only a person (or --tether) ends the job."""
     done, seconds = piped(["run", "-f", str(fleet2), "--sync-dir", str(workdir), "--job-id", "tf-head-closed",
                            "--log-dir", str(tmp_path / "logs"),
                            "ranks.py", "--tick", "--seconds", "120"], "head -n 3")
     assert done.stdout.count("\n") == 3 and "rank " in done.stdout, done.stdout + done.stderr
     assert seconds < 60, f"the client took {seconds:.0f}s to notice its reader had gone"
-    assert "output closed: job tf-head-closed ends on every node with this client" in done.stderr, done.stderr
+    assert ("output closed: job tf-head-closed goes on; `trainfleet logs tf-head-closed --follow` follows it, "
+            "`trainfleet stop tf-head-closed` stops it") in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+    try:
+        time.sleep(3)
+        shown = tf("status", "-f", str(fleet2), "tf-head-closed", check=True).stdout
+        assert "running" in shown, shown
+        assert all(job_processes_on(n) for n in cluster3.nodes[:2])
+    finally:
+        stopped = tf("stop", "-f", str(fleet2), "tf-head-closed", timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
     assert wait_for_no_job(cluster3, 2) == [[], []]
-    shown = tf("status", "-f", str(fleet2), "tf-head-closed", check=True).stdout
-    assert "stopped" in shown and "the controller disconnected" in shown, shown
+    # With --tether, a job whose client (and every viewer) stays away that long ends, and says why.
+    tethered, _ = piped(["run", "-f", str(fleet2), "--no-sync", "--sync-dir", str(workdir), "--job-id",
+                         "tf-head-tether", "--tether", "3", "--log-dir", str(tmp_path / "logs2"),
+                         "ranks.py", "--tick", "--seconds", "120"], "head -n 3")
+    assert tethered.stdout.count("\n") == 3, tethered.stderr
+    assert wait_for_no_job(cluster3, 2, seconds=40) == [[], []]
+    shown = tf("status", "-f", str(fleet2), "tf-head-tether", check=True).stdout
+    assert "stopped" in shown and "ended: the controller was gone for 3 s (--tether)" in shown, shown
     assert "still running" not in shown and "no final state" not in shown
 
 

@@ -5,9 +5,10 @@ It starts the launcher (torchrun, deepspeed, ...) with the environment the plan 
 (rank_environment: the node fills in only what the plan names and only it knows), writes
 every output line, time-stamped and with secrets redacted, to the job's log, keeps the
 job's state in `state.json`, meets the job's other supervisors over the mesh, and when
-the job ends, fails or is stopped it ends every process carrying the job's id. An
-attached job is tethered: when the agent that started it goes away (the controller died,
-or its connection did), the supervisor ends the job. A detached job has no tether.
+the job ends, fails or is stopped it ends every process carrying the job's id. Only a
+person ends a job: when the agent that started an attached job goes away (the controller
+died, or its link did), that is recorded and the job goes on, unless the job was started
+with `--tether`, which ends it once no controller or viewer has been back for that long.
 
 Job directory: see records.py; this node's records under it, in nodes/<node key>/, with
 state.json, output.log, errors/ (the rank wrapper's first-exception records) and supervisor.pid.
@@ -27,7 +28,7 @@ from . import procs
 from .lock import release_lock
 from .protocol import NODE_KEY_VARIABLE, EnvFile, JobState, JobStatus, LaunchRequest, Proc
 from .rankwrap import node_key, rank_mark, redact, secret_fragments
-from .records import LOG_NAME, job_dir, log_lines, read_errors, remove_secrets, write_state
+from .records import LOG_NAME, job_dir, log_lines, read_errors, remove_secrets, viewer_seen, write_state
 
 
 def write_env_file(directory: str, cwd: str, spec: EnvFile, extra: Dict[str, str]) -> str:
@@ -74,6 +75,10 @@ def signal_name(code: int) -> Optional[str]:
 
 
 MESH_GRACE = 2.0
+
+
+def _duration(seconds: float) -> str:
+    return "%d min" % round(seconds / 60) if seconds >= 120 else "%d s" % round(seconds)
 
 
 class Supervisor:
@@ -182,12 +187,26 @@ class Supervisor:
                 self.log.flush()
 
     def _watch_tether(self) -> None:
+        """The controller's link closing (its laptop asleep, its Wi-Fi gone, the client
+        killed) is recorded and the job goes on: only a person ends a job. With `--tether`
+        it ends once no controller or viewer has been back for that long."""
         try:
             while os.read(self.tether, 1024):  # type: ignore[arg-type]
                 pass
         except OSError:
             pass
-        self._request_stop("the controller disconnected")
+        gone = time.time()
+        with self.guard:
+            self.state.controller_gone = gone
+            write_state(self.directory, self.state)
+        bound = self.request.tether
+        if bound <= 0:
+            return
+        while not self.stop.wait(1.0):
+            seen = max(gone, viewer_seen(self.directory))
+            if time.time() - seen >= bound:
+                self._request_stop("ended: the controller was gone for %s (--tether)" % _duration(bound))
+                return
 
     def _request_stop(self, reason: str) -> None:
         if not self.stop.is_set():

@@ -8,19 +8,26 @@ from typing import Callable, List
 
 from . import procs
 from .protocol import JobStatus, FollowRequest, JobState, LostEvent, OutputEvent
-from .records import (LOG_NAME, live_state, node_dir, log_lines, read_state_at, supervisor_pid,
-                      write_state)
+from .records import (LOG_NAME, VIEWER_MARK, live_state, log_lines, mark_viewer, node_dir, read_state_at,
+                      supervisor_pid, write_state)
 
 BATCH = 500
 """Lines per OutputEvent."""
 
 
-def follow(directory: str, emit: Callable[[object], None], since: float = 0.0, poll: float = 0.05) -> JobState:
-    """Send the job's output as it is written, until the job has ended and all of it is sent."""
+def follow(directory: str, emit: Callable[[object], None], since: float = 0.0, poll: float = 0.05,
+           skip: int = 0) -> JobState:
+    """Send the job's output as it is written, until the job has ended and all of it is
+    sent; the first `skip` lines are left out (the follower has them). While it follows,
+    the job has a viewer (see viewer_seen)."""
     path = os.path.join(directory, LOG_NAME)
     offset, partial = 0, b""
     told: List[str] = []
+    marked = 0.0
     while True:
+        if time.monotonic() - marked > VIEWER_MARK:
+            mark_viewer(directory)
+            marked = time.monotonic()
         state = read_state_at(directory)
         done = state is not None and state.state.ended
         if state is not None and state.lost != told:
@@ -49,8 +56,12 @@ def follow(directory: str, emit: Callable[[object], None], since: float = 0.0, p
                     moment = float(stamp)
                 except ValueError:
                     continue
-                if moment >= since:
-                    batch.append((moment, text))
+                if moment < since:
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                batch.append((moment, text))
             # In pieces: one message of a long history (megabytes) would be one line on the
             # agent's stdout longer than the controller reads whole, and would be lost.
             for start in range(0, len(batch), BATCH):
@@ -68,7 +79,7 @@ def follow_request(request: FollowRequest, emit: Callable[[object], None]) -> Jo
     if state is None:
         raise ValueError("no job %s on this node" % request.job_id)
     if request.follow:
-        return follow(directory, emit, since=request.since)
+        return follow(directory, emit, since=request.since, skip=request.skip)
     lines = [(moment, text) for moment, text in log_lines(os.path.join(directory, LOG_NAME))
              if moment >= request.since]
     for start in range(0, len(lines), BATCH):

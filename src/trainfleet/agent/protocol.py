@@ -430,6 +430,9 @@ class JobState:
     wrapped: bool = False
     """The ranks' lines are marked by the rank wrapper (the rest is the launcher's)."""
     rank_nodes: List[str] = field(default_factory=list)
+    controller_gone: Optional[float] = None
+    """When the link to the controller that started this attached job last closed (the job
+    goes on); None while it is there, and for a detached job."""
     metrics: Dict[str, float] = field(default_factory=dict)
     """The latest value of each metric in this node's output (lowest rank first), as
     `status` asks for it; not kept in the record."""
@@ -498,6 +501,9 @@ class LaunchRequest(Request[JobState]):
     after: List[List[str]] = field(default_factory=list)
     """Commands run when the job has ended, however it ended (removing its container)."""
     mesh: Optional[Mesh] = None
+    tether: float = 0.0
+    """An attached job ends once its controller, and any later viewer, has been gone this
+    many seconds (`--tether`); 0: a lost controller never ends it (only a person does)."""
     holds_lock: bool = False
     """This job took this node's lock: its supervisor gives it back at the end."""
     nproc: int = 0
@@ -578,6 +584,8 @@ class FollowRequest(Request[JobState]):
     workdir: str
     since: float = 0.0
     follow: bool = False
+    skip: int = 0
+    """Lines of the log already received (a client that lost its link catches up from there)."""
 
 
 @dataclass

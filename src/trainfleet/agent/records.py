@@ -20,6 +20,10 @@ from .rankwrap import node_records
 from .protocol import JobStatus, Empty, ErrorRecord, JobsReply, JobsRequest, JobState, WriteRequest, decode, to_wire
 
 LOG_NAME = "output.log"
+VIEWER_NAME = "viewer"
+"""Touched while someone follows the job (an attached client, `logs --follow`, the dashboard)."""
+VIEWER_MARK = 2.0
+"""Seconds between a follower's touches."""
 
 
 def job_path(workdir: str, job_id: str) -> str:
@@ -194,3 +198,20 @@ def list_states(workdir: str) -> Dict[str, JobState]:
         if state is not None:
             found[name] = state
     return found
+
+
+def mark_viewer(directory: str) -> None:
+    try:
+        with open(os.path.join(directory, VIEWER_NAME), "a"):
+            pass
+        os.utime(os.path.join(directory, VIEWER_NAME))
+    except OSError:
+        pass  # (a full disk: the job goes on all the same)
+
+
+def viewer_seen(directory: str) -> float:
+    """When a follower last looked at the job here (0: never)."""
+    try:
+        return os.stat(os.path.join(directory, VIEWER_NAME)).st_mtime
+    except OSError:
+        return 0.0

@@ -95,8 +95,8 @@ def stdout_printer(closed_note: str = "") -> Callable[[str], None]:
 
 def stdout_closed(note: str = "") -> NoReturn:
     """Nothing is cleaned up here, on purpose: an attached job's node supervisors see this
-    client's connections close and end the job, as when a terminal goes away; anything
-    only read (logs, status) is left as it is."""
+    client's connections close and the job goes on (with --tether, it ends later), as when
+    a terminal goes away; anything only read (logs, status) is left as it is."""
     import os
 
     try:

@@ -68,6 +68,13 @@ def run_summary(outcome: RunOutcome, logs: str) -> list[str]:
         lines.append(f"trainfleet: {job} cancelled; {stopped}"
                      + ("" if outcome.left_running or outcome.unreachable else ", nothing left running"))
         return lines
+    if outcome.link_lost:
+        from trainfleet.supervise.supervisor import clock
+
+        gone = ", ".join(f"{node} (since {clock(since)})" for node, since in outcome.link_lost.items())
+        lines.append(f"trainfleet: lost contact with {gone} and could not get back; {job} goes on: "
+                     f"`trainfleet logs {outcome.job_id} --follow` follows it, `trainfleet stop {outcome.job_id}` stops it")
+        return lines
     root = outcome.root_cause
     if root is not None:
         code = f"exit code {root.first.exit_code}" + (f", {root.first.signal}" if root.first.signal else "")

@@ -64,10 +64,17 @@ def launch(fleet: Fleet, job: JobSpec, options: RunOptions, secrets: Mapping[str
 @click.option("--loss-timeout", type=float, default=15.0, show_default=True,
               help="seconds a node may be silent (a network blip) before it counts as lost; a node whose "
                    "supervisor died counts at once")
+@click.option("--reconnect-timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="how long to keep trying to get back to a node this client lost contact with before leaving "
+                   "(the job goes on; default: the fleet file's ssh.reconnect_timeout, 600)")
+@click.option("--tether", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="end the job once this client (and any later `logs --follow`) has been gone that long "
+                   "(default: a lost controller never ends a job)")
 @click.option("-v", "--verbose", is_flag=True, help="also show the launcher's own output (kept in the logs anyway)")
 def run(fleet_file: str | None, node_names: str | None, port: int | None, dry_run: bool, as_json: bool,
         sync_dir: Path, no_sync: bool, log_dir: Path | None, grace: float, detach: bool, concurrent: bool,
-        hang_timeout: float | None, loss_timeout: float, verbose: bool, **job_values: Any) -> None:
+        hang_timeout: float | None, loss_timeout: float, reconnect_timeout: float | None, tether: float | None,
+        verbose: bool, **job_values: Any) -> None:
     """Start SCRIPT on every node (torchrun, deepspeed, accelerate or mpirun; or any command, on
     every node or on node 0 alone) and stream every rank's output."""
     from trainfleet.ops.run import RunOptions, plan_offline
@@ -84,7 +91,8 @@ def run(fleet_file: str | None, node_names: str | None, port: int | None, dry_ru
         click.echo(json.dumps(plan.to_json(), indent=2) if as_json else plan.render(), nl=as_json)
         return
     options = RunOptions(project=project, sync=not no_sync, port=port, log_dir=log_dir, grace=grace,
-                         verbose=verbose, detach=detach, concurrent=concurrent)
-    closed = (f"output closed: job {job.job_id} ends on every node with this client"
-              + ("" if detach else " (--detach keeps a job running without it)"))
+                         verbose=verbose, detach=detach, concurrent=concurrent, tether=tether or 0.0,
+                         reconnect_timeout=reconnect_timeout)
+    closed = (f"output closed: job {job.job_id} goes on; `trainfleet logs {job.job_id} --follow` follows it, "
+              f"`trainfleet stop {job.job_id}` stops it")
     sys.exit(launch(fleet, job, options, secret_values(fleet), printer=stdout_printer(closed)))

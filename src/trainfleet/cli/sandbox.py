@@ -132,6 +132,17 @@ def fault_block_port(node: str, port: int, mode: str, name: str | None, fleet_fi
     _inject(name, fleet_file, node, "block-port", port=port, mode=mode)
 
 
+@sandbox_fault.command(name="controller-link")
+@click.argument("node")
+@click.option("--mode", type=click.Choice(["drop", "reset"]), default="drop", show_default=True,
+              help="drop: silence (a laptop's Wi-Fi gone); reset: connections closed at once (a VPN reconnecting)")
+@sandbox_name
+@fleet_option
+def fault_controller_link(node: str, mode: str, name: str | None, fleet_file: str | None) -> None:
+    """Cut the controller's SSH link to NODE, both ways; the training network stays up."""
+    _inject(name, fleet_file, node, "controller-link", mode=mode)
+
+
 @sandbox_fault.command(name="cap")
 @click.argument("node")
 @click.argument("rate")

@@ -72,6 +72,12 @@ class SSHSettings:
     keep_agent: float = 600.0
     """Seconds each node keeps a resident agent after a command, for the next one to reach
     without a login shell (0: none; see agent/resident.py)."""
+    keepalive: float = 15.0
+    """Seconds between SSH keepalives; a link that misses 4 in a row counts as closed
+    (OpenSSH's ServerAliveInterval and ServerAliveCountMax)."""
+    reconnect_timeout: float = 600.0
+    """Seconds an attached client keeps trying to get back to a node whose link closed
+    before it leaves (the job goes on); `run --reconnect-timeout` overrides it."""
     state_dir: str = ""
     """Where `trainfleet ssh setup` keeps this fleet's key, pinned host keys and ssh_config:
     outside the project tree, so that no `git add .` or rsync ever picks the key up."""

@@ -63,6 +63,8 @@ class SSHDefaultsModel(_Strict):
     fanout: int = Field(default=64, ge=1)
     jump: str | None = None
     keep_agent: float = Field(default=SSHSettings.keep_agent, ge=0)
+    keepalive: float = Field(default=SSHSettings.keepalive, ge=1)
+    reconnect_timeout: float = Field(default=SSHSettings.reconnect_timeout, ge=0)
 
 
 class NodeModel(_Strict):
@@ -320,6 +322,8 @@ def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "",
             connect_timeout=defaults.connect_timeout,
             fanout=defaults.fanout,
             keep_agent=defaults.keep_agent,
+            keepalive=defaults.keepalive,
+            reconnect_timeout=defaults.reconnect_timeout,
             state_dir=state_dir,
         ),
         source=source,

@@ -53,6 +53,10 @@ class RunOptions:
     grace: float = 10.0
     settle: float = 3.0
     verbose: bool = False
+    tether: float = 0.0
+    """End the job once its controller (and any later viewer) has been gone this long; 0: never."""
+    reconnect_timeout: float | None = None
+    """How long this client tries to get back to a node it lost contact with (None: the fleet's)."""
 
 
 def check_entrypoint_locally(job: JobSpec, source: Path) -> None:
@@ -307,7 +311,9 @@ async def _supervise(session: FleetSession, fleet: Fleet, job: JobSpec, options:
                             # node 0 of the plan: --include/--exclude may leave out the fleet's
                             coordinator=facts.address(fleet.node(plan.nodes[0].node)),
                             hang_timeout=job.hang_timeout, loss_timeout=job.loss_timeout,
-                            holds_lock=not options.concurrent, detach=options.detach)
+                            holds_lock=not options.concurrent, detach=options.detach, tether=options.tether,
+                            reconnect_timeout=fleet.ssh.reconnect_timeout if options.reconnect_timeout is None
+                            else options.reconnect_timeout)
     if options.detach:
         await supervisor.start_detached()
         return plan.job_id

@@ -44,6 +44,9 @@ class FaultKind(str, Enum):
     CUT = "cut"
     FILL_DISK = "fill-disk"
     KILL = "kill"
+    CONTROLLER_LINK = "controller-link"
+    """The controller's SSH link to a node gone (a laptop's Wi-Fi, a VPN), both ways; the
+    training network between the nodes stays up."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,14 @@ def _rule(port: int, mode: str) -> list[str]:
     return ["INPUT", "-p", "tcp", "--dport", str(port), "-j", *target]
 
 
+def _link_rules(port: int, mode: str) -> list[list[str]]:
+    """SSH in and out of a node. drop: silence, noticed by keepalives (Wi-Fi gone);
+    reset: every SSH connection closes at once and new ones are refused (a VPN reconnecting)."""
+    target = ["DROP"] if mode == "drop" else ["REJECT", "--reject-with", "tcp-reset"]
+    return [["INPUT", "-p", "tcp", "--dport", str(port), "-j", *target],
+            ["OUTPUT", "-p", "tcp", "--sport", str(port), "-j", *target]]
+
+
 def inject(name: str, node_name: str, kind: FaultKind, *, port: int | None = None, mode: str = "drop",
            rate: str | None = None, delay: str | None = None, path: str = SANDBOX_WORKDIR,
            docker_data_root: bool = False) -> Fault:
@@ -143,6 +154,12 @@ def inject(name: str, node_name: str, kind: FaultKind, *, port: int | None = Non
             raise UsageError("block-port needs a port and --mode drop|reject")
         run(netns(node.namespace, "iptables", "-w", "-I", *_rule(port, mode)))
         fault = Fault(node.name, kind, f"{mode}:{port}")
+    elif kind is FaultKind.CONTROLLER_LINK:
+        if mode not in ("drop", "reset"):
+            raise UsageError(f"controller-link --mode {mode}: use drop or reset")
+        for rule in _link_rules(state.ssh_port, mode):
+            run(netns(node.namespace, "iptables", "-w", "-I", *rule))
+        fault = Fault(node.name, kind, mode)
     elif kind is FaultKind.CAP:
         bits = _rate_bits(rate or "")
         # tbf needs a bucket of at least one timer tick's worth of bytes at this rate.
@@ -215,6 +232,9 @@ def clear(name: str, node_name: str | None = None) -> list[Fault]:
         if fault.kind is FaultKind.BLOCK_PORT:
             mode, port = fault.detail.split(":")
             run(netns(node.namespace, "iptables", "-w", "-D", *_rule(int(port), mode)), check=False)
+        elif fault.kind is FaultKind.CONTROLLER_LINK:
+            for rule in _link_rules(state.ssh_port, fault.detail):
+                run(netns(node.namespace, "iptables", "-w", "-D", *rule), check=False)
         elif fault.kind in (FaultKind.CAP, FaultKind.LATENCY):
             for namespace, device in _links(state, node):
                 run(netns(namespace, "tc", "qdisc", "del", "dev", device, "root"), check=False)

@@ -6,6 +6,13 @@ seconds to fail on their own (their failures are consequences to report, not cau
 then the rest are stopped. On Ctrl-C every node is stopped. Either way each node's
 supervisor ends every process carrying the job's id and reports what, if anything,
 is still running; nothing is assumed.
+
+The client is a view: when its link to a node closes, the job goes on there (the node's
+supervisor keeps it), and the client says so once, reconnects with backoff and catches
+up from the node's log without losing or repeating a line. Whether a node is lost is
+for the job's own supervisors to say (over the mesh, on the training network), never
+for the controller's link. A link that stays away past `reconnect_timeout` ends the
+client, not the job.
 """
 
 from __future__ import annotations
@@ -18,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainfleet.agent.protocol import (JobStatus, EnvFile, ErrorRecord, JobState, LaunchRequest, LostEvent, Mesh, OutputEvent,
-                                       PrepareRequest, Proc, StopRequest, SweepRequest, decode)
+from trainfleet.agent.protocol import (EnvFile, ErrorRecord, FollowRequest, JobState, JobStatus, LaunchRequest,
+                                       LostEvent, Mesh, OutputEvent, PrepareRequest, Proc, Request, StopRequest,
+                                       SweepRequest, decode)
 from trainfleet.job.plan import LaunchPlan, NodeLaunch
 from trainfleet.supervise.rankexits import rank_exits
 from trainfleet.results import fold_nodes
@@ -42,6 +50,27 @@ class RunOutcome:
     seconds: float = 0.0
     lost: Mapping[str, str] = field(default_factory=dict)
     """Nodes lost while the job ran (it ended, or went on without them), and why."""
+    link_lost: Mapping[str, float] = field(default_factory=dict)
+    """Nodes this client could not get back to within `reconnect_timeout`, and since when
+    (epoch seconds): the client left, and the job goes on."""
+
+
+LINK_LOST_EXIT = 75
+"""The client's exit when it left a job it could no longer see (EX_TEMPFAIL): not the job's."""
+RECONNECT_FIRST = 1.0
+RECONNECT_LONGEST = 15.0
+
+
+class LinkLost(Exception):
+    """No way back to a node within the bound."""
+
+    def __init__(self, node: str, since: float) -> None:
+        super().__init__(node)
+        self.node, self.since = node, since
+
+
+def clock(moment: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(moment))
 
 
 def env_file(launch: NodeLaunch) -> EnvFile | None:
@@ -75,6 +104,13 @@ class Supervisor:
     detach: bool = False
     lost: dict[str, str] = field(default_factory=dict)
     """Nodes the job lost while it ran, and why."""
+    tether: float = 0.0
+    reconnect_timeout: float = 600.0
+    seen: dict[str, int] = field(default_factory=dict)
+    """Lines of each node's log received so far (where a reconnected stream resumes)."""
+    side: dict[str, FleetSession] = field(default_factory=dict)
+    """A fresh session to each node whose first link closed, once it is back."""
+    link_lost: dict[str, float] = field(default_factory=dict)
 
     def requests(self) -> dict[str, LaunchRequest]:
         """Each node's launch, as its agent gets it."""
@@ -90,7 +126,7 @@ class Supervisor:
                 env=dict(launch.env), secrets=dict(self.secrets), files=self._files(launch.site), grace=self.grace,
                 filled=list(launch.filled), path=list(launch.path), python_path=list(launch.python_path),
                 after=[list(c) for c in launch.after],
-                env_file=env_file(launch), mesh=mesh, detach=self.detach,
+                env_file=env_file(launch), mesh=mesh, detach=self.detach, tether=self.tether,
                 holds_lock=self.holds_lock,
                 nproc=launch.nproc if self.plan.wraps_ranks else 0, launcher=self.plan.launcher,
                 wrapped=self.plan.wraps_ranks, rank_nodes=list(self.plan.rank_nodes))
@@ -120,31 +156,42 @@ class Supervisor:
         tasks: dict[asyncio.Task[JobState], str] = {}
         await self._prepare()
         for node, request in self.requests().items():
+            self.seen[node] = 0
             handler = self._on_event(router, node, tasks)
             task = asyncio.ensure_future(self.session.call(node, request, on_event=handler))
             tasks[task] = node
         ticker = asyncio.ensure_future(self._tick(router))
+        left: dict[str, list[Proc]] = {}
+        records: dict[str, list[ErrorRecord]] = {}
         try:
             cancelled = await self._wait(tasks, states, errors, router)
             if cancelled:
                 router.silence()
             running = [node for task, node in tasks.items() if not task.done()]
-            if running:
+            if self.link_lost:  # this client leaves; the job goes on, so nothing is stopped
+                for task in tasks:
+                    task.cancel()
+            elif running:
                 why = "cancelled" if cancelled else "another node failed"
                 self.on_status(f"stopping the job on {fold_nodes(running)} ({why})")
                 await self._stop(running, "cancelled" if cancelled else "stopped: another node failed")
-            await self._collect(tasks, states, errors)
-            left, records = await self._check(states, errors)
+            if not self.link_lost:
+                await self._collect(tasks, states, errors)
+                left, records = await self._check(states, errors)
         finally:
             ticker.cancel()
             router.close()
+            for side in self.side.values():
+                await side.close()
         exits = [e for node, state in states.items() if state.state in (JobStatus.FAILED, JobStatus.STOPPED)
                  for e in rank_exits(self.plan.exit_report, node, list(router.node_lines.get(node, ())))]
-        root = None if cancelled else find_root_cause(
+        root = None if cancelled or self.link_lost else find_root_cause(
             states, exits, {key: list(lines) for key, lines in router.rank_lines.items()},
             {node: router.node_tail(node) for node in states}, records, self.lost)
         if cancelled:
             code = 130
+        elif self.link_lost:
+            code = LINK_LOST_EXIT
         elif root is not None:
             code = root.first.exit_code if 0 < root.first.exit_code < 256 else 1
         elif set(errors) - set(self.lost):  # a node lost and left behind (--min-nodes) is no failure of the job
@@ -154,7 +201,7 @@ class Supervisor:
         return RunOutcome(job_id=self.plan.job_id, exit_code=code, cancelled=cancelled, root_cause=root,
                           states=states, left_running=left,
                           unreachable={n: e for n, e in errors.items() if n not in self.lost},
-                          seconds=time.monotonic() - started, lost=dict(self.lost))
+                          seconds=time.monotonic() - started, lost=dict(self.lost), link_lost=dict(self.link_lost))
 
     def _files(self, site: bool) -> dict[str, str]:
         files = dict(self.files)
@@ -178,7 +225,9 @@ class Supervisor:
             if "lost" in event:
                 self._lost(decode(LostEvent, event), tasks)
                 return
-            for _, text in decode(OutputEvent, event).lines:
+            lines = decode(OutputEvent, event).lines
+            self.seen[node] = self.seen.get(node, 0) + len(lines)
+            for _, text in lines:
                 router.take(node, text)
 
         return handle
@@ -219,6 +268,14 @@ class Supervisor:
                 pending -= done
                 for task in done:
                     node = tasks[task]
+                    if self._link_closed(task) and node not in self.lost:
+                        again = asyncio.ensure_future(self._reattach(node, router, tasks))
+                        tasks[again] = node
+                        pending.add(again)
+                        continue
+                    if isinstance(task.exception() if not task.cancelled() else None, LinkLost):
+                        self.link_lost[node] = task.exception().since  # type: ignore[union-attr]
+                        return False
                     failed = self._record(task, node, states, errors)
                     if failed and deadline is None:
                         router.job_failing()
@@ -226,6 +283,55 @@ class Supervisor:
             return False
         finally:
             cancel.cancel()
+
+    def _link_closed(self, task: asyncio.Task[JobState]) -> bool:
+        """The call ended because this client's link to the node closed (not because the
+        node's agent answered with an error): the node's part of the job goes on."""
+        if task.cancelled():
+            return False
+        exc = task.exception()
+        return isinstance(exc, AgentFailed) and exc.link_closed
+
+    async def _reattach(self, node: str, router: OutputRouter, tasks: dict[asyncio.Task[JobState], str]) -> JobState:
+        """Back to the node over a fresh connection, then its stream from the first line not
+        yet received, until the node's part ends; the link may close again (each time is
+        said, and has its own bound). Raises LinkLost past the bound."""
+        from trainfleet.transport.session import FleetSession
+
+        while True:
+            since = time.time()
+            self.on_status(f"lost contact with {node} (SSH) at {clock(since)}; the job goes on; reconnecting")
+            deadline = time.monotonic() + self.reconnect_timeout
+            delay = RECONNECT_FIRST
+            while True:
+                old = self.side.pop(node, None)
+                if old is not None:
+                    await old.close()
+                try:
+                    side = await FleetSession.open(self.session.fleet, [self.session.fleet.node(node)])
+                except Exception:  # noqa: BLE001 - any way of not getting there is tried again
+                    side = None
+                if side is not None and not side.failures:
+                    self.side[node] = side
+                    break
+                if side is not None:
+                    await side.close()
+                if time.monotonic() + delay > deadline:
+                    raise LinkLost(node, since)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_LONGEST)
+            self.on_status(f"back in contact with {node} at {clock(time.time())}; catching up from its log")
+            request = FollowRequest(job_id=self.plan.job_id, workdir=self.workdir, follow=True, skip=self.seen[node])
+            try:
+                return await side.call(node, request, on_event=self._on_event(router, node, tasks), timeout=None)
+            except AgentFailed as exc:
+                if not exc.link_closed:
+                    raise
+
+    async def _call(self, node: str, request: Request[Any], **kwargs: Any) -> Any:
+        """A request over the node's live link: the fresh one where the first closed."""
+        session = self.side.get(node, self.session)
+        return await session.call(node, request, **kwargs)
 
     def _record(self, task: asyncio.Task[JobState], node: str, states: dict[str, JobState],
                 errors: dict[str, str]) -> bool:
@@ -245,9 +351,8 @@ class Supervisor:
     async def _stop(self, nodes: list[str], reason: str) -> None:
         async def one(node: str) -> None:
             try:
-                await self.session.call(node, StopRequest(job_id=self.plan.job_id, workdir=self.workdir,
-                                                          grace=self.grace, reason=reason),
-                                        timeout=self.grace + 30)
+                await self._call(node, StopRequest(job_id=self.plan.job_id, workdir=self.workdir, grace=self.grace,
+                                                   reason=reason), timeout=self.grace + 30)
             except (AgentFailed, AgentError):
                 pass  # the launch call of that node reports what happened
 
@@ -280,10 +385,10 @@ class Supervisor:
 
         async def sweep(node: str) -> None:
             try:
-                reply = await self.session.call(node, SweepRequest(job_id=self.plan.job_id, workdir=self.workdir),
-                                                timeout=30)
+                reply = await self._call(node, SweepRequest(job_id=self.plan.job_id, workdir=self.workdir), timeout=30)
             except (AgentFailed, AgentError) as exc:
-                left[node] = [Proc(pid=0, cmdline=f"could not check: {exc}")]
+                # No pids to report: what runs there is unknown, and said so (never invented).
+                errors.setdefault(node, f"no final state ({exc}); `trainfleet status {self.plan.job_id}` shows it")
                 return
             if reply.left:
                 left[node] = reply.left

@@ -95,11 +95,15 @@ class _Attached:
 class AgentFailed(Exception):
     """The agent could not run, or died: `exit_status` 127 means the Python was not found."""
 
-    def __init__(self, node: str, message: str, exit_status: int | None = None, stderr: str = "") -> None:
+    def __init__(self, node: str, message: str, exit_status: int | None = None, stderr: str = "",
+                 link_closed: bool = False) -> None:
         super().__init__(message)
         self.node = node
         self.exit_status = exit_status
         self.stderr = stderr
+        self.link_closed = link_closed
+        """This controller's link to the node closed under the agent (no exit status, no
+        signal came back): what runs on the node may well go on."""
 
 
 class AgentError(Exception):
@@ -218,7 +222,10 @@ class AgentClient:
         else:
             tail = stderr.splitlines()[-1] if stderr else "no output"
             message = f"the node agent ended (exit status {status}): {tail}"
-        self._closed = AgentFailed(self.node, message, status, stderr)
+        # Through a resident agent the stream is all there is (no exit status comes back): its
+        # end under a request is the link's, or a fork's that the job does not depend on.
+        self._closed = AgentFailed(self.node, message, status, stderr,
+                                   link_closed=self.attached or (status is None and not completed.exit_signal))
         if not self._up.done():
             self._up.set_result(None)
         for future in self._pending.values():
@@ -242,7 +249,7 @@ class AgentClient:
             self.process.stdin.write(json.dumps(message) + "\n")
         except Exception as exc:  # the channel is closing
             self._pending.pop(ident, None)
-            raise AgentFailed(self.node, f"the node agent is gone: {exc}") from None
+            raise AgentFailed(self.node, f"the node agent is gone: {exc}", link_closed=True) from None
         try:
             if not self._up.done():
                 await asyncio.wait_for(asyncio.shield(self._up), START_TIMEOUT)

@@ -20,6 +20,9 @@ from trainfleet.fleet.model import Fleet, Node, SSHSettings
 if TYPE_CHECKING:
     import asyncssh
 
+KEEPALIVE_COUNT = 4
+"""Keepalives missed in a row before a link counts as closed."""
+
 
 class NodeUnreachable(Exception):
     """SSH to a node failed before any command ran; the message names cause and fix."""
@@ -209,8 +212,8 @@ async def connect(node: Node, ssh: SSHSettings, sock: socket.socket | None = Non
             "config": (),
             "connect_timeout": ssh.connect_timeout,
             "login_timeout": ssh.connect_timeout,
-            "keepalive_interval": 15,
-            "keepalive_count_max": 4,
+            "keepalive_interval": ssh.keepalive,
+            "keepalive_count_max": KEEPALIVE_COUNT,
             "client_keys": client_keys(node, ssh),
             **algorithms(),
         }
