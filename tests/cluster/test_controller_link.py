@@ -92,3 +92,39 @@ def test_a_client_that_cannot_get_back_leaves_and_the_job_goes_on(linked: tuple[
     assert followed.returncode == 0 and "tick 45" in followed.stdout, followed.stderr
     shown = tf("status", "-f", str(fleet), "tf-link-gone", check=True).stdout
     assert "succeeded" in shown, shown
+
+
+def test_a_stop_that_reaches_one_node_is_a_stop_on_every_node(linked: tuple[sb.SandboxState, Path], workdir: Path,
+                                                             tmp_path: Path) -> None:
+    """A person's stop reaches node 0 only (the others' links are cut): node 0's supervisor
+    tells the others over the mesh, and every part is recorded `stopped` with the person's
+    reason, never `failed` because its peers went first."""
+    import json
+
+    from helpers import job_processes_on
+
+    state, fleet = linked
+    started = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "--detach", "--job-id", "tf-stop-relay",
+                 "ranks.py", "--forever", timeout=180)
+    assert started.returncode == 0, started.stderr
+    head_only = tmp_path / "head.yaml"
+    data = yaml.safe_load(fleet.read_text())
+    data["nodes"] = data["nodes"][:1]
+    head_only.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        for node in ("node1", "node2"):
+            cut(state, node)
+        stopped = tf("stop", "-f", str(head_only), "tf-stop-relay", timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
+        deadline = time.monotonic() + 30
+        while any(job_processes_on(n) for n in state.nodes) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert [job_processes_on(n) for n in state.nodes] == [[], [], []]
+    finally:
+        for node in ("node1", "node2"):
+            mend(state, node)
+    shown = json.loads(tf("status", "-f", str(fleet), "tf-stop-relay", "--json", check=True).stdout)[0]
+    assert shown["state"] == "stopped", shown
+    assert {n: s["state"] for n, s in shown["nodes"].items()} == {"node0": "stopped", "node1": "stopped",
+                                                                   "node2": "stopped"}, shown
+    assert not shown.get("root_cause"), shown

@@ -75,6 +75,7 @@ def signal_name(code: int) -> Optional[str]:
 
 
 MESH_GRACE = 2.0
+STOP_NOTICE_WAIT = 1.0
 
 
 def _duration(seconds: float) -> str:
@@ -99,6 +100,10 @@ class Supervisor:
         self.last_output = time.time()
         self.ended = False
         self.ended_by_mesh = False
+        self.stopped_by = ""
+        """Why a person (or trainfleet's own teardown) stopped the job, once any node heard it:
+        every part that ends after it is `stopped`, whatever order the signals arrive in."""
+        self.peer: Optional[Any] = None
         self.guard = threading.Lock()
         self.log: Optional[IO[str]] = None
         self.log_guard = threading.Lock()
@@ -108,6 +113,12 @@ class Supervisor:
         if lost:
             self.note_lost(lost)
         self.ended_by_mesh = True
+        self._request_stop(reason)
+
+    def note_stopped(self, reason: str) -> None:
+        """The job is being stopped (heard over the mesh from the node the stop reached)."""
+        if not self.stopped_by:
+            self.stopped_by = reason
         self._request_stop(reason)
 
     def note_lost(self, node: str) -> None:
@@ -220,6 +231,10 @@ class Supervisor:
                 reason = handle.read().strip() or reason
         except OSError:
             pass
+        if not self.stopped_by:
+            self.stopped_by = reason
+            if self.peer is not None:  # the others hear it before their ranks see these end
+                threading.Thread(target=self.peer.announce_stop, args=(reason,), daemon=True).start()
         self._request_stop(reason)
 
     def run(self, ready: int) -> None:
@@ -232,7 +247,7 @@ class Supervisor:
             env[request.env_file.variable] = write_env_file(self.directory, cwd, request.env_file, {})
         write_state(self.directory, self.state)
         try:
-            peer = self._meet()
+            peer = self.peer = self._meet()
         except OSError as exc:
             self._failed_to_start(ready, 1, "the job's supervisors cannot meet: port %d on %s: %s" % (
                 request.mesh.port, request.mesh.coordinator, exc.strerror or exc))  # type: ignore[union-attr]
@@ -321,6 +336,10 @@ class Supervisor:
 
     def _record_end(self, code: int, left: "List[Proc]", peer: Optional[Any]) -> None:
         request = self.request
+        if code != 0 and peer is not None and not self.stop.is_set():
+            # A stop reaching another node first ends the ranks here too (their peers went)
+            # before its word does: a part that failed just then waits a moment for it.
+            self.stop.wait(STOP_NOTICE_WAIT)
         self.state.ended = time.time()
         self.state.exit_code = code if code >= 0 else 128 - code
         self.state.signal = signal_name(code)
@@ -328,7 +347,9 @@ class Supervisor:
         self.state.errors = read_errors(self.directory)
         remove_secrets(request.job_id)
         with self.guard:
-            if self.stop.is_set():
+            if self.stopped_by:
+                self.state.state, self.state.reason = JobStatus.STOPPED, self.stopped_by
+            elif self.stop.is_set():
                 # Ended by the mesh: a lost node, a hang or another node's failure, not a user's stop.
                 self.state.state = JobStatus.FAILED if self.ended_by_mesh else JobStatus.STOPPED
                 self.state.reason = self.reason

@@ -69,6 +69,10 @@ class Node:
     ended_by_mesh: bool
     stop: threading.Event
     """Set once this node's part is ending, for whatever reason."""
+    stopped_by: str
+    """Why a person (or trainfleet's teardown) is stopping the job, once this node heard it."""
+
+    def note_stopped(self, reason: str) -> None: ...
 
     def stop_job(self, reason: str, lost: Optional[str] = None) -> None: ...
 
@@ -126,11 +130,16 @@ class Coordinator:
             with self.guard:
                 self.beats[name] = time.time()
                 self.outputs[name] = float(message.get("last_output", 0.0))
+                if message.get("stopping"):
+                    stopping = str(message["stopping"])
                 if message.get("ended"):
                     self.ended[name] = True
                     self.settled.set()
                     # A part that was stopped was stopped by what stops the others too (a user, the mesh).
                     failed = message.get("state") == JobStatus.FAILED
+            if message.get("stopping"):
+                self.announce_stop(stopping)
+                continue
             if message.get("ended") and failed and not self.mesh.min_nodes and not self.node.stop.is_set():
                 # Without the others' ranks noticing, a part that failed alone would leave them waiting.
                 self.broadcast({"stop": "%s's part of the job %s" % (name, message["state"])})
@@ -139,6 +148,13 @@ class Coordinator:
             closed = not self.ended.get(name) and name not in self.lost
         if closed:
             self._lose(name, "its connection closed")
+
+    def announce_stop(self, reason: str) -> None:
+        """A person stops the job (the stop reached this node, or a member that told us):
+        every node hears it before its ranks see their peers go, so that every part is
+        recorded as stopped, not as failed."""
+        self.broadcast({"stopping": reason})
+        self.node.note_stopped(reason)
 
     def broadcast(self, message: Dict[str, Any]) -> None:
         with self.guard:
@@ -200,7 +216,7 @@ class Coordinator:
         """Node 0's own part ended: if it failed, the others cannot go on; if it succeeded,
         the coordinator stays until every other part has ended (or is lost), so that the
         others are still watched and the fleet's lock is held while any part runs."""
-        if state == JobStatus.FAILED and not self.node.ended_by_mesh:
+        if state == JobStatus.FAILED and not self.node.ended_by_mesh and not self.node.stopped_by:
             self.broadcast({"stop": "%s's part of the job %s" % (self.mesh.node, state)})
         if state != JobStatus.SUCCEEDED:
             return
@@ -272,7 +288,10 @@ class Member:
             heard = now
             if "lost" in message:
                 self.node.note_lost(message["lost"])
-            if "stop" in message:
+            if "stopping" in message:
+                released = True
+                self.node.note_stopped(str(message["stopping"]))
+            elif "stop" in message:
                 released = True  # the coordinator ends the job: its going away next is no loss
                 self.node.stop_job(message["stop"], lost=message.get("lost_node"))
             elif "restart" in message:
@@ -282,6 +301,11 @@ class Member:
         if not self.node.ended and not released and not self.node.stop.is_set():
             head = self.mesh.nodes[0]
             self.node.stop_job("%s (the coordinator) was lost" % head, lost=head)
+
+    def announce_stop(self, reason: str) -> None:
+        """A person's stop reached this node: the coordinator tells every other node."""
+        if self.sock is not None:
+            _send(self.sock, self.lock, {"stopping": reason})
 
     def _beat(self) -> None:
         while not self.node.ended and self.sock is not None:
