@@ -64,7 +64,14 @@ class TokenGate:
         await self.app(scope, receive, send)
 
 
-def make_app(watch: FleetWatch, token: str, hosts: set[str]) -> ASGIApp:
+STREAM_POLL = 0.25
+"""Seconds a live stream waits for news before it looks whether the server is closing."""
+KEEP_OPEN = 15.0
+
+
+def make_app(watch: FleetWatch, token: str, hosts: set[str], closing: asyncio.Event | None = None) -> ASGIApp:
+    """The routes; `closing` set (Ctrl-C) ends every live stream within STREAM_POLL seconds."""
+    closing = closing or asyncio.Event()
     static = resources.files("trainfleet.ui") / "static"
 
     async def index(request: Request) -> Response:
@@ -116,7 +123,12 @@ def make_app(watch: FleetWatch, token: str, hosts: set[str]) -> ASGIApp:
                     return
                 if await request.is_disconnected():
                     return
-                if not await followed.wait(15):
+                quiet = 0.0
+                while not closing.is_set() and quiet < KEEP_OPEN and not await followed.wait(STREAM_POLL):
+                    quiet += STREAM_POLL
+                if closing.is_set():  # Ctrl-C on `trainfleet ui`: the page's streams close now
+                    return
+                if quiet >= KEEP_OPEN:
                     yield ": still here\n\n"  # a comment: proxies and `ssh -L` keep the stream open
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
@@ -167,16 +179,21 @@ async def serve(watch: FleetWatch, sock: socket.socket, token: str, ready: Calla
 
     port = sock.getsockname()[1]
     hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
+    closing = asyncio.Event()
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             # Ctrl-C is how a dashboard ends: shut down and return (uvicorn would raise the
-            # signal again afterwards, ending the command as if interrupted mid-work).
+            # signal again afterwards, ending the command as if interrupted mid-work). A page
+            # left open holds its streams: they are closed, not waited for.
+            closing.set()
             if self.should_exit:
                 self.force_exit = True
             self.should_exit = True
 
     # No access log: every URL carries the token.
-    config = uvicorn.Config(make_app(watch, token, hosts), log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(make_app(watch, token, hosts, closing), log_level="warning", access_log=False,
+                            lifespan="off", timeout_graceful_shutdown=1)
     server = Server(config)
 
     async def announce() -> None:
