@@ -73,3 +73,14 @@ def test_down_does_not_follow_a_link_out_of_the_root(tmp_path: Path, monkeypatch
     with pytest.raises(SandboxError, match="not a directory directly under"):
         sb.down("link")
     assert (victim / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="down needs root before it looks at a directory")
+def test_down_knows_a_sandbox_that_lost_its_state_file_by_its_key(tmp_path: Path) -> None:
+    root, _ = _victim(tmp_path)
+    for name, comment, removed in (("crashed", "trainfleet-sandbox-crashed", True),
+                                   ("other", "trainfleet-sandbox-crashed", False)):
+        (root / name).mkdir()
+        (root / name / "id_ed25519.pub").write_text(f"ssh-ed25519 AAAA {comment}\n")
+        result = _down(root, name)
+        assert (result.returncode == 0) is removed and (root / name).exists() is not removed, result.stderr

@@ -54,8 +54,10 @@ from trainfleet.sandbox.state import (
     all_states,
     check_name,
     directory_of,
+    key_comment,
     list_states,
     load_state,
+    made_by_up,
     replace_nodes,
     root_lock,
     sandbox_root,
@@ -133,7 +135,7 @@ def _build(state: SandboxState, count: int, slots: int, tools: dict[str, str], s
     prefix = subnet.prefixlen
     home = os.path.expanduser("~")
     key = directory / "id_ed25519"
-    run([tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-C", f"trainfleet-sandbox-{state.name}",
+    run([tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-C", key_comment(state.name),
           "-f", str(key)])
     public_key = (directory / "id_ed25519.pub").read_text()
 
@@ -212,6 +214,12 @@ def down(name: str, missing_ok: bool = False) -> list[str]:
     directory = directory_of(name)
     if os.geteuid() != 0:
         raise SandboxError("removing a sandbox needs root", fix="run it with sudo")
+    if directory.exists() and not made_by_up(directory, name):
+        # Before anything is read from it (pid files) or removed: anything under the root
+        # that `up` did not make is the user's.
+        raise SandboxError(f"sandbox {name!r}: {directory} holds no {STATE_FILE} or key of sandbox {name}, so it "
+                           "was not made by `trainfleet sandbox up`; left as it is",
+                           fix=f"look at {directory} and remove it by hand if it is yours to remove")
     state: SandboxState | None = None
     try:
         state = load_state(name)
@@ -242,12 +250,6 @@ def down(name: str, missing_ok: bool = False) -> list[str]:
             removed.append(f"file {fleet_file}")
     removed += slurm_daemons.stop(directory)
     removed += docker_daemons.stop(directory)
-    if directory.is_symlink() or (directory.exists() and not (directory / STATE_FILE).is_file()):
-        # Only a directory that `up` made (it writes the state file right after mkdir) is
-        # ever removed whole; anything else under the root is the user's.
-        raise SandboxError(f"sandbox {name!r}: {directory} holds no {STATE_FILE}, so it was not made by "
-                           "`trainfleet sandbox up`; left as it is",
-                           fix=f"look at {directory} and remove it by hand if it is yours to remove")
     if directory.exists():
         shutil.rmtree(directory)
         removed.append(f"directory {directory}")

@@ -76,6 +76,22 @@ class SandboxState:
         return cls(nodes=nodes, **fields)  # type: ignore[arg-type]
 
 
+def key_comment(name: str) -> str:
+    """The comment of the key pair `up` makes in the sandbox's directory: a mark of its own."""
+    return f"trainfleet-sandbox-{name}"
+
+
+def made_by_up(directory: Path, name: str) -> bool:
+    """The directory is sandbox `name`'s: it holds the state file `up` writes right after
+    making it, or (the state file lost in a crash) the key pair `up` makes next."""
+    if (directory / STATE_FILE).is_file():
+        return True
+    try:
+        return (directory / "id_ed25519.pub").read_text().split()[-1] == key_comment(name)
+    except (OSError, IndexError):
+        return False
+
+
 def sandbox_root() -> Path:
     return Path(os.environ.get(SANDBOX_ROOT_ENV, DEFAULT_ROOT))
 
