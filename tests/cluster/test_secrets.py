@@ -160,6 +160,7 @@ def test_dry_run_shows_every_variable_a_rank_gets(fleet2: Path, workdir: Path, t
         assert rank["TF_TEST_TOKEN"] == "***"  # there, and its value kept out of the stream
         assert plan["filled"] == ["TRAINFLEET_NODE_KEY", "TF_TEST_TOKEN"] and rank["TRAINFLEET_NODE_KEY"]
         assert rank["PATH"].split(":")[:len(plan["path"])] == plan["path"]
+        assert not {"SSH_CONNECTION", "SSH_CLIENT", "XDG_SESSION_ID"} & set(rank)  # the session's, not the job's
         # Every variable of trainfleet's, and every secret, that the rank has is in the plan.
         ours = {k for k in rank if k.startswith("TRAINFLEET_") or k in ("TF_TEST_TOKEN", "TF_EXTRA",
                                                                          "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")}

@@ -4,6 +4,7 @@ strangers does not keep a peer out."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -102,3 +103,12 @@ def test_strangers_are_cut_off_and_a_flood_keeps_no_peer_out() -> None:
     finally:
         stop.set()
         server.close()
+
+
+def test_a_non_ascii_mac_is_a_refusal_not_an_error() -> None:
+    server_nonce = handshake.nonce()
+    body = '{"nonce": "x", "hello": "node1"}'
+    for mac in ("é" * 64, "\udcff", ""):
+        line = (json.dumps({"body": body, "mac": mac}) + "\n").encode()
+        assert handshake.check_hello("tok", server_nonce, line) is None
+        assert handshake.check_proof("tok", server_nonce, json.dumps({"mac": mac}).encode()) is False

@@ -229,3 +229,19 @@ def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
     inner = "nodes:\n  - host: 203.0.113.1\n    slots: 2\n    slots: 4\n"
     with pytest.raises(SpecError, match="line 4: key `slots` is given twice \\(also line 3\\)"):
         parse_fleet_text(inner, "fleet.yaml", tmp_path)
+
+
+@pytest.mark.parametrize("text, field", [
+    ('env: {NCCL_DEBUG: "WARN\\nLD_PRELOAD=/tmp/x.so"}\n', "env"),
+    ('env: {"A\\nB": "1"}\n', "env"),
+    ("ssh: {jump: '-oProxyCommand=sh@bastion'}\n", "jump"),
+    ("ssh: {jump: 'admin@-oProxyCommand=x:22'}\n", "jump"),
+    ("ssh: {jump: 'ad min@bastion:22'}\n", "jump"),
+])
+def test_values_that_would_inject_lines_or_options_are_refused(tmp_path: Path, text: str, field: str) -> None:
+    with pytest.raises(SpecError) as refused:
+        parse_fleet_text(text + "nodes:\n  - {host: 203.0.113.1}\n", "fleet.yaml", tmp_path)
+    assert field in refused.value.one_line() and "\n" not in refused.value.one_line()
+    ok = parse_fleet_text("ssh: {jump: 'admin@bastion.example.com:2222'}\nnodes:\n  - {host: 203.0.113.1}\n",
+                          "fleet.yaml", tmp_path)
+    assert str(ok.nodes[0].jump) == "admin@bastion.example.com:2222"

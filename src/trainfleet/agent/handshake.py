@@ -62,7 +62,7 @@ def check_hello(token: str, server_nonce: str, line: bytes) -> Optional[Dict[str
     if not found or not isinstance(found.get("body"), str) or not isinstance(found.get("mac"), str):
         return None
     expected = _mac(token, b"client", server_nonce.encode(), found["body"].encode())
-    if not hmac.compare_digest(expected, found["mac"]):
+    if not _same(expected, found["mac"]):
         return None
     body = _object(found["body"].encode())
     return body if body and isinstance(body.get("nonce"), str) else None
@@ -75,7 +75,13 @@ def proof_line(token: str, client_nonce: str) -> bytes:
 def check_proof(token: str, client_nonce: str, line: bytes) -> bool:
     found = _object(line)
     mac = found.get("mac") if found else None
-    return isinstance(mac, str) and hmac.compare_digest(_mac(token, b"server", client_nonce.encode()), mac)
+    return isinstance(mac, str) and _same(_mac(token, b"server", client_nonce.encode()), mac)
+
+
+def _same(expected: str, given: str) -> bool:
+    """In constant time, as bytes: compare_digest raises on a str that is not ASCII (a
+    stranger's junk was a traceback per attempt, and refused nothing)."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogatepass"))
 
 
 def _object(line: bytes) -> Optional[Dict[str, Any]]:

@@ -49,12 +49,17 @@ def write_env_file(directory: str, cwd: str, spec: EnvFile, extra: Dict[str, str
     return path
 
 
+SESSION_VARIABLES = ("SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "XDG_SESSION_ID")
+"""The login session's own variables: a job outlives the session that started it (and a
+resident agent serves later sessions with the first one's), so it inherits none of them."""
+
+
 def rank_environment(request: LaunchRequest, inherited: Dict[str, str]) -> Dict[str, str]:
     """What the plan says (as --dry-run shows it), over the node's own environment. The
     node only fills in what the plan names and only it knows: secrets' values, its key
     (kept inside a container, whose own would differ), its home for a leading ~/ (in
     values as in argv: a shell would expand both), and what PATH and PYTHONPATH held."""
-    env = dict(inherited)
+    env = {k: v for k, v in inherited.items() if k not in SESSION_VARIABLES}
     env.update((k, os.path.expanduser(v) if v.startswith("~/") else v) for k, v in request.env.items())
     for name in request.filled:
         env[name] = node_key() if name == NODE_KEY_VARIABLE else request.secrets.get(name, "")

@@ -14,12 +14,25 @@ import os
 import sys
 
 
-def _load(path):
+def _load(path, private=False):
+    """A JSON object from `path`. `private`: only a file of this user's, readable by nobody
+    else, and not a link: a file another local user planted at the guessable name (to
+    inject LD_PRELOAD, say) is never read."""
     try:
-        with open(path) as handle:
-            return json.load(handle)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return {}
+    try:
+        found = os.fstat(fd)
+        if private and (found.st_uid != os.getuid() or found.st_mode & 0o077):
+            return {}
+        with os.fdopen(fd, closefd=False) as handle:
+            data = json.load(handle)
+        return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+    finally:
+        os.close(fd)
 
 
 def _install():
@@ -36,7 +49,7 @@ def _install():
     for name, value in _load(os.path.join(rankwrap.node_records(job_dir), "node.env")).items():
         os.environ.setdefault(name, value)
     node = os.environ.get("TRAINFLEET_NODE", "")
-    for name, value in _load("/dev/shm/trainfleet-%s-%s-secrets" % (job_id, node)).items():
+    for name, value in _load("/dev/shm/trainfleet-%s-%s-secrets" % (job_id, node), private=True).items():
         os.environ.setdefault(name, value)
     if "RANK" in os.environ and "LOCAL_RANK" in os.environ and not os.environ.get("TRAINFLEET_RANK_MARKED"):
         os.environ["TRAINFLEET_RANK_MARKED"] = "1"  # its children (data loaders) write through this rank's marks

@@ -28,7 +28,9 @@ class _Strict(BaseModel):
     def _no_control_characters(cls, value: Any) -> Any:
         """Values reach ssh_config files, shell lines and mount options on every node: a
         newline or another control character in one is never meant, and could inject."""
-        for text in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+        texts = [value] if isinstance(value, str) else value if isinstance(value, list) else \
+            [*value.keys(), *value.values()] if isinstance(value, dict) else []
+        for text in texts:  # (an `env:` value's newline would add lines to .deepspeed_env)
             if isinstance(text, str) and CONTROL.search(text):
                 raise ValueError("contains a control character (a newline?): write it on one line")
         return value
@@ -289,6 +291,9 @@ def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "",
         jump_text = spec.jump or defaults.jump
         try:
             jump = Jump.parse(jump_text) if jump_text else None
+            # It lands in every node's ProxyJump line: a host and a user, never an option.
+            if jump is not None and (not HOST.match(jump.host) or (jump.user and not USER.match(jump.user))):
+                raise ValueError(f"{jump_text!r} is not user@host:port (a user name and a host name or address)")
         except ValueError as exc:
             raise SpecError(f"{where} ({name}): jump: {exc}", fix="write it as user@host:port") from None
         address = spec.address or spec.host
