@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Sandboxes
-from helpers import JOBS, REPO
+from helpers import EXIT_ABORT, JOBS, REPO
 
 VENVS = REPO / ".venv-pythons"
 """Kept between runs (git ignores it): a second run only checks the install."""
@@ -77,9 +77,12 @@ def test_the_controller_passes_the_unit_tests_and_runs_a_job_on_python(
     try:
         project = tmp_path / "project"
         shutil.copytree(JOBS, project)
-        ran = subprocess.run([str(python), "-m", "trainfleet", "run", "-f", state.fleet_file, "--sync-dir",
-                              str(project), "ranks.py"], capture_output=True, text=True, timeout=300, env=env,
-                             stdin=subprocess.DEVNULL)
+        for _ in range(2):  # once more after torch 2.13's exit abort, which is not this test's subject
+            ran = subprocess.run([str(python), "-m", "trainfleet", "run", "-f", state.fleet_file, "--sync-dir",
+                                  str(project), "ranks.py"], capture_output=True, text=True, timeout=300, env=env,
+                                 stdin=subprocess.DEVNULL)
+            if EXIT_ABORT not in ran.stdout + ran.stderr:
+                break
         lines = re.findall(r"^\[(node\d):(\d)\] rank \2 of 2 on \1 ", ran.stdout, re.MULTILINE)
         assert ran.returncode == 0 and sorted(lines) == [("node0", "0"), ("node1", "1")], \
             f"Python {minor}:\n{ran.stdout[-2000:]}\n{ran.stderr[-2000:]}"

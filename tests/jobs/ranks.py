@@ -7,6 +7,8 @@
 --print-env NAME: each rank prints NAME's value and its working directory.
 --tick: rank 0 prints "tick N" about once a second while the ranks all-reduce.
 --after S: fail, kill or block S seconds in (while all-reducing), not after the first all-reduce.
+--fill-rank R: rank R writes a checkpoint in its working directory, a megabyte a step, until it fails.
+--after-full N: ... and then, instead of failing, says so and prints N lines (and trains on).
 """
 
 import argparse
@@ -36,6 +38,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0)
     parser.add_argument("--tick", action="store_true")
     parser.add_argument("--after", type=float, default=0.0)
+    parser.add_argument("--fill-rank", type=int)
+    parser.add_argument("--after-full", type=int)
     args = parser.parse_args()
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -60,7 +64,8 @@ def main() -> None:
     if not args.after:
         act()
     deadline = time.monotonic() + args.seconds
-    blocked = args.fail_rank is not None or args.kill_rank is not None or args.block_rank is not None
+    blocked = args.fail_rank is not None or args.kill_rank is not None or args.block_rank is not None or \
+        (args.fill_rank is not None and args.after_full is None)
     count, next_tick = 0, time.monotonic() + 1
     acted = not args.after
     going = torch.ones(1)
@@ -75,6 +80,17 @@ def main() -> None:
         if not going.item():
             break
         time.sleep(0.05)
+        if args.fill_rank == rank:
+            try:
+                with open("checkpoint.bin", "ab") as checkpoint:
+                    checkpoint.write(os.urandom(1 << 20))
+            except OSError as exc:
+                if args.after_full is None:
+                    raise
+                print(f"rank {rank} disk full: {exc}", flush=True)
+                for line in range(args.after_full):
+                    print(f"rank {rank} line {line}", flush=True)
+                args.fill_rank = None
         if args.tick and rank == 0 and time.monotonic() >= next_tick:
             count, next_tick = count + 1, next_tick + 1
             print(f"tick {count}", flush=True)

@@ -112,3 +112,18 @@ def test_torchruns_failure_report_is_read() -> None:
 [node0] ======================================================""".replace("[node0] ", "").splitlines()
     exits = {e.rank: e for e in torchelastic_exits("node0", lines)}
     assert exits[0].signal == "SIGTERM" and exits[1].signal == "SIGABRT" and exits[1].exit_code == -6
+
+
+def test_a_full_disk_is_the_cause_not_the_rank_that_could_not_write() -> None:
+    import time
+
+    full = state("node1", "failed", record("node1", 1, 5.1, "OSError: [Errno 28] No space left on device"))
+    full.disk_full, full.disk_full_path = 5.0, "/data/trainfleet"
+    states = {"node0": state("node0", "failed", record("node0", 0, 5.3, "RuntimeError: Connection closed by peer")),
+              "node1": full}
+    root = find_root_cause(states, [], {("node1", 1): ["OSError: [Errno 28] No space left on device"]}, {})
+    assert root is not None
+    at = time.strftime("%H:%M:%S", time.localtime(5.0))
+    assert root.headline() == (f"node1: no space left on device in /data/trainfleet at {at}; rank 1 failed after it; "
+                               "fix: free space there (`trainfleet doctor` shows what is free where)")
+    assert "Errno 28" in root.first.detail

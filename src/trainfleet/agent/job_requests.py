@@ -15,7 +15,7 @@ from typing import Callable, List
 from . import procs
 from .logs import follow
 from .protocol import Empty, JobState, JobStatus, LaunchRequest, PrepareRequest, StopRequest, to_wire
-from .records import job_dir, node_dir, read_state_at, secrets_path, supervisor_pid, write_files, write_paths, write_state
+from .records import discard_overflow, job_dir, node_dir, read_state_at, secrets_path, supervisor_pid, write_files, write_paths, write_state
 from .secrets_keeper import start_keeper
 
 SUPERVISOR_EXIT_WAIT = 30.0
@@ -54,6 +54,7 @@ def launch(request: LaunchRequest, emit: Callable[[object], None]) -> JobState:
     directory = node_dir(request.workdir, request.job_id)
     if os.path.exists(os.path.join(directory, "state.json")):
         raise ValueError("job id %s was already used on this node" % request.job_id)
+    discard_overflow(directory)  # an earlier job's, at the same path, whose records are gone from the disk
     os.makedirs(os.path.join(directory, "errors"), mode=0o700, exist_ok=True)
     write_files(job_dir(request.workdir, request.job_id), request.files)
     ready_read, ready_write = os.pipe()

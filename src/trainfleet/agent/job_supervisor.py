@@ -28,7 +28,8 @@ from . import procs
 from .lock import release_lock
 from .protocol import NODE_KEY_VARIABLE, EnvFile, JobState, JobStatus, LaunchRequest, Proc
 from .rankwrap import node_key, rank_mark, redact, secret_fragments
-from .records import LOG_NAME, job_dir, log_lines, read_errors, remove_secrets, viewer_seen, write_state
+from .records import (FULL, LOG_NAME, job_dir, log_lines, log_paths, overflow_dir, read_errors, remove_secrets,
+                      settle_overflow, viewer_seen, write_record, write_state)
 
 
 def write_env_file(directory: str, cwd: str, spec: EnvFile, extra: Dict[str, str]) -> str:
@@ -80,6 +81,18 @@ def signal_name(code: int) -> Optional[str]:
 
 
 MESH_GRACE = 2.0
+NO_SPACE = b"No space left on device"
+SETTLE_AFTER = 3.0
+FULL_BELOW = 1 << 20
+"""Bytes free under which a disk counts as full (a job that failed then failed of it)."""
+
+
+def disk_is_full(path: str) -> bool:
+    try:
+        found = os.statvfs(path)
+    except OSError:
+        return False
+    return found.f_bavail * found.f_frsize < FULL_BELOW
 STOP_NOTICE_WAIT = 1.0
 
 
@@ -109,6 +122,8 @@ class Supervisor:
         """Why a person (or trainfleet's own teardown) stopped the job, once any node heard it:
         every part that ends after it is `stopped`, whatever order the signals arrive in."""
         self.peer: Optional[Any] = None
+        self.no_space: Optional[float] = None
+        """When a process of the job first said ENOSPC (the time a full disk is dated by)."""
         self.guard = threading.Lock()
         self.log: Optional[IO[str]] = None
         self.log_guard = threading.Lock()
@@ -173,7 +188,7 @@ class Supervisor:
             except OSError:
                 pass
         time.sleep(2)
-        lines = [text for moment, text in log_lines(os.path.join(self.directory, LOG_NAME)) if moment >= since]
+        lines = [text for path in log_paths(self.directory) for moment, text in log_lines(path) if moment >= since]
         with self.guard:
             self.state.hang = stacks.summarize(lines)
             write_state(self.directory, self.state)
@@ -184,9 +199,34 @@ class Supervisor:
             if self.log is None:
                 return
             moment = time.time()
-            for line in lines:
-                self.log.write("%.3f %s\n" % (moment, self._clean(line.encode())))
+            self._log("".join("%.3f %s\n" % (moment, self._clean(line.encode())) for line in lines))
+
+    def _log(self, text: str) -> None:
+        """Into the job's log (under log_guard). A full disk does not end the supervisor:
+        the log goes on in memory from that moment (follow reads both), which the log and
+        the job's state say; anything else that fails here is a bug, and raises."""
+        assert self.log is not None
+        try:
+            self.log.write(text)
             self.log.flush()
+            return
+        except OSError as exc:
+            held = overflow_dir(self.directory, make=True) if exc.errno in FULL else None
+            if held is None or self.state.disk_full is not None:
+                raise
+        try:
+            self.log.close()
+        except OSError:
+            pass  # (its buffer cannot reach the disk either)
+        self.log = open(os.path.join(held, LOG_NAME), "a")
+        full = time.time()
+        where = os.path.expanduser(self.request.workdir)
+        self.log.write("%.3f [trainfleet] no space left on device in %s at %s: this node's log goes on in memory "
+                       "(%s) from here\n%s" % (full, where, time.strftime("%H:%M:%S", time.localtime(full)), held, text))
+        self.log.flush()
+        with self.guard:
+            self.state.disk_full, self.state.disk_full_path = full, where
+            write_state(self.directory, self.state)
 
     def _clean(self, line: bytes) -> str:
         line = redact(line, self.hidden)
@@ -197,10 +237,10 @@ class Supervisor:
     def _pump(self, stream) -> None:  # type: ignore[no-untyped-def]
         for raw in iter(stream.readline, b""):
             self.last_output = time.time()
+            if self.no_space is None and NO_SPACE in raw:
+                self.no_space = self.last_output
             with self.log_guard:
-                assert self.log is not None
-                self.log.write("%.3f %s\n" % (self.last_output, self._clean(raw.rstrip(b"\n"))))
-                self.log.flush()
+                self._log("%.3f %s\n" % (self.last_output, self._clean(raw.rstrip(b"\n"))))
 
     def _watch_tether(self) -> None:
         """The controller's link closing (its laptop asleep, its Wi-Fi gone, the client
@@ -341,6 +381,10 @@ class Supervisor:
 
     def _record_end(self, code: int, left: "List[Proc]", peer: Optional[Any]) -> None:
         request = self.request
+        where = os.path.expanduser(request.workdir)
+        if code != 0 and self.state.disk_full is None and disk_is_full(where):
+            # The ranks' failures follow from it: the disk is what `status` must name.
+            self.state.disk_full, self.state.disk_full_path = self.no_space or time.time(), where
         if code != 0 and peer is not None and not self.stop.is_set():
             # A stop reaching another node first ends the ranks here too (their peers went)
             # before its word does: a part that failed just then waits a moment for it.
@@ -361,6 +405,9 @@ class Supervisor:
             else:
                 self.state.state = JobStatus.SUCCEEDED if code == 0 else JobStatus.FAILED
             write_state(self.directory, self.state)
+        if self.state.disk_full is not None:
+            time.sleep(SETTLE_AFTER)  # followers read the end of the log in memory first
+            settle_overflow(self.directory)
         if peer is not None:
             peer.finish(self.state.state)
         if request.holds_lock:
@@ -372,6 +419,5 @@ class Supervisor:
 
 def supervise_main(request: LaunchRequest, directory: str, tether: Optional[int], ready: int) -> None:
     """Entry of the supervisor process (started by `launch`)."""
-    with open(os.path.join(directory, "supervisor.pid"), "w") as handle:
-        handle.write("%d %d" % (os.getpid(), procs.start_time(os.getpid()) or 0))
+    write_record(directory, "supervisor.pid", "%d %d" % (os.getpid(), procs.start_time(os.getpid()) or 0))
     Supervisor(request, directory, tether).run(ready)

@@ -8,7 +8,7 @@ from typing import Callable, List
 
 from . import procs
 from .protocol import JobStatus, FollowRequest, JobState, LostEvent, OutputEvent
-from .records import (LOG_NAME, VIEWER_MARK, live_state, log_lines, mark_viewer, node_dir, read_state_at,
+from .records import (VIEWER_MARK, live_state, log_lines, log_paths, mark_viewer, node_dir, read_state_at,
                       supervisor_pid, write_state)
 
 BATCH = 500
@@ -18,10 +18,11 @@ BATCH = 500
 def follow(directory: str, emit: Callable[[object], None], since: float = 0.0, poll: float = 0.05,
            skip: int = 0) -> JobState:
     """Send the job's output as it is written, until the job has ended and all of it is
-    sent; the first `skip` lines are left out (the follower has them). While it follows,
+    sent; the first `skip` lines are left out (the follower has them). The log is read on
+    disk, then in memory from where the node's disk filled (log_paths). While it follows,
     the job has a viewer (see viewer_seen)."""
-    path = os.path.join(directory, LOG_NAME)
-    offset, partial = 0, b""
+    paths = log_paths(directory)
+    current, offset, partial = 0, 0, b""
     told: List[str] = []
     marked = 0.0
     while True:
@@ -40,7 +41,7 @@ def follow(directory: str, emit: Callable[[object], None], since: float = 0.0, p
             write_state(directory, state)
             done = True
         try:
-            with open(path, "rb") as handle:
+            with open(paths[current], "rb") as handle:
                 handle.seek(offset)
                 chunk = handle.read(4 << 20)
         except OSError:
@@ -66,6 +67,11 @@ def follow(directory: str, emit: Callable[[object], None], since: float = 0.0, p
             # agent's stdout longer than the controller reads whole, and would be lost.
             for start in range(0, len(batch), BATCH):
                 emit(OutputEvent(lines=batch[start:start + BATCH]))
+        if not chunk and current == 0:
+            paths = log_paths(directory)  # (the place in memory exists from when the disk filled)
+        if not chunk and current + 1 < len(paths) and os.path.exists(paths[current + 1]):
+            current, offset, partial = current + 1, 0, b""  # the disk filled: the rest is in memory
+            continue
         if done and not chunk:
             assert state is not None
             return state
@@ -80,7 +86,7 @@ def follow_request(request: FollowRequest, emit: Callable[[object], None]) -> Jo
         raise ValueError("no job %s on this node" % request.job_id)
     if request.follow:
         return follow(directory, emit, since=request.since, skip=request.skip)
-    lines = [(moment, text) for moment, text in log_lines(os.path.join(directory, LOG_NAME))
+    lines = [(moment, text) for path in log_paths(directory) for moment, text in log_lines(path)
              if moment >= request.since]
     for start in range(0, len(lines), BATCH):
         emit(OutputEvent(lines=lines[start:start + BATCH]))

@@ -430,6 +430,10 @@ class JobState:
     wrapped: bool = False
     """The ranks' lines are marked by the rank wrapper (the rest is the launcher's)."""
     rank_nodes: List[str] = field(default_factory=list)
+    disk_full: Optional[float] = None
+    """When writing this node's records first failed for want of space (they went on in
+    memory from then); `disk_full_path` is where."""
+    disk_full_path: str = ""
     controller_gone: Optional[float] = None
     """When the link to the controller that started this attached job last closed (the job
     goes on); None while it is there, and for a detached job."""

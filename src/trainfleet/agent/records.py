@@ -10,8 +10,10 @@ share (an NFS home) thus keeps every node's records apart. The controller import
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from typing import Dict, List, Optional, Tuple
 
 from . import procs
@@ -41,8 +43,64 @@ def node_dir(workdir: str, job_id: str) -> str:
     return node_records(job_dir(workdir, job_id))
 
 
+FULL = (errno.ENOSPC, errno.EDQUOT)
+"""A full disk (or quota): records go on in memory (overflow_dir) instead of failing."""
+
+
+def overflow_dir(directory: str, make: bool = False) -> Optional[str]:
+    """Where this node's records of a job go while its disk is full: /dev/shm, in a 0700
+    directory of this user's (one planted by another user, or a link, is never used)."""
+    base = os.path.join(SECRETS_DIRECTORY, "trainfleet-%d" % os.getuid())
+    try:
+        if make:
+            os.makedirs(base, 0o700, exist_ok=True)
+        found = os.lstat(base)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o077:
+        return None
+    # (named by the whole path, not a hash: hashlib would load OpenSSL into every agent)
+    path = os.path.join(base, os.path.abspath(directory).strip("/").replace("/", "%")[-200:])
+    if make:
+        try:
+            os.makedirs(path, 0o700, exist_ok=True)
+        except OSError:
+            return None
+    return path
+
+
+def write_record(directory: str, name: str, text: str) -> None:
+    """One of this node's records of a job (state.json, supervisor.pid): on disk; on a full
+    disk, in memory (read_record prefers that copy while it exists)."""
+    spare = overflow_dir(directory)
+    try:
+        write_atomically(os.path.join(directory, name), text)
+    except OSError as exc:
+        held = overflow_dir(directory, make=True) if exc.errno in FULL else None
+        if held is None:
+            raise
+        write_atomically(os.path.join(held, name), text)
+        return
+    if spare is not None:  # on disk again: the copy in memory is history
+        try:
+            os.unlink(os.path.join(spare, name))
+        except OSError:
+            pass
+
+
+def read_record(directory: str, name: str) -> Optional[str]:
+    spare = overflow_dir(directory)
+    for folder in ([spare] if spare else []) + [directory]:
+        try:
+            with open(os.path.join(folder, name)) as handle:
+                return handle.read()
+        except OSError:
+            continue
+    return None
+
+
 def write_state(directory: str, state: JobState) -> None:
-    write_atomically(os.path.join(directory, "state.json"), json.dumps(to_wire(state)))
+    write_record(directory, "state.json", json.dumps(to_wire(state)))
 
 
 def read_state(workdir: str, job_id: str) -> Optional[JobState]:
@@ -50,11 +108,51 @@ def read_state(workdir: str, job_id: str) -> Optional[JobState]:
 
 
 def read_state_at(directory: str) -> Optional[JobState]:
+    text = read_record(directory, "state.json")
     try:
-        with open(os.path.join(directory, "state.json")) as handle:
-            return decode(JobState, json.load(handle))
-    except (OSError, ValueError, TypeError):
+        return decode(JobState, json.loads(text)) if text else None
+    except (ValueError, TypeError):
         return None
+
+
+def discard_overflow(directory: str) -> None:
+    spare = overflow_dir(directory)
+    if spare is not None and os.path.isdir(spare):
+        for name in os.listdir(spare):
+            try:
+                os.unlink(os.path.join(spare, name))
+            except OSError:
+                pass
+        try:
+            os.rmdir(spare)
+        except OSError:
+            pass
+
+
+def settle_overflow(directory: str) -> None:
+    """The job has ended: where the disk has room again, its log in memory is appended to
+    the one on disk and the memory freed (else it stays, and is read from there)."""
+    spare = overflow_dir(directory)
+    held = os.path.join(spare, LOG_NAME) if spare else ""
+    if not held or not os.path.exists(held) or os.path.exists(os.path.join(spare, "state.json")) or \
+            os.path.exists(os.path.join(spare, "supervisor.pid")):
+        return  # (a state still in memory: the disk is full yet)
+    try:
+        with open(held, "rb") as source, open(os.path.join(directory, LOG_NAME), "ab") as target:
+            while True:
+                chunk = source.read(1 << 20)
+                if not chunk:
+                    break
+                target.write(chunk)
+    except OSError:
+        return
+    discard_overflow(directory)
+
+
+def log_paths(directory: str) -> List[str]:
+    """The job's log on this node: on disk, then (from when its disk filled) in memory."""
+    spare = overflow_dir(directory)
+    return [os.path.join(directory, LOG_NAME)] + ([os.path.join(spare, LOG_NAME)] if spare else [])
 
 
 def supervisor_alive(workdir: str, job_id: str) -> bool:
@@ -63,9 +161,8 @@ def supervisor_alive(workdir: str, job_id: str) -> bool:
 
 def supervisor_pid(directory: str) -> Optional[int]:
     try:
-        with open(os.path.join(directory, "supervisor.pid")) as handle:
-            pid_text, started_text = handle.read().split()
-    except (OSError, ValueError):
+        pid_text, started_text = (read_record(directory, "supervisor.pid") or "").split()
+    except ValueError:
         return None
     pid = int(pid_text)
     return pid if procs.alive(pid, int(started_text)) else None

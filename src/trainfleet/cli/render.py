@@ -86,7 +86,7 @@ def run_summary(outcome: RunOutcome, logs: str) -> list[str]:
             lines.append(f"trainfleet: {others}")
         lines.append(f"trainfleet: every node stopped; full logs in {logs}")
     elif outcome.unreachable:
-        lines.append(f"trainfleet: {job}: lost touch with {lost}; logs in {logs}")
+        lines.append(f"trainfleet: {job} did not end well everywhere: {lost}; logs in {logs}")
     elif outcome.lost:
         gone = "; ".join(outcome.lost.values())
         lines.append(f"trainfleet: {job} finished on {fold_nodes(outcome.states)} in {outcome.seconds:.1f}s, "

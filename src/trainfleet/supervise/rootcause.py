@@ -8,6 +8,7 @@ that is not one, and the consequences are folded into one line.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -98,6 +99,17 @@ def find_root_cause(states: Mapping[str, JobState], exits: Sequence[RankExit],
         why = next((s.reason for s in hung if s.reason.startswith("hung")), "hung")
         report = "\n".join(f"{s.node}: {s.hang}" for s in sorted(states.values(), key=lambda s: s.node) if s.hang)
         return RootCause(first=Failure(node=hung[0].node, rank=None, exit_code=1, summary=why, detail=report))
+    full = sorted((s for s in states.values() if s.disk_full), key=lambda s: s.disk_full or 0.0)
+    if full and ended:  # trainfleet's own records could not be written: the disk is the cause, not the ranks
+        state = full[0]
+        failed = sorted({e.rank for e in exits if e.node == state.node} | {r.rank for r in state.errors})
+        after = f"; rank {','.join(str(r) for r in failed)} failed after it" if failed else ""
+        moment = time.strftime("%H:%M:%S", time.localtime(state.disk_full))
+        tail = "\n".join(line for rank in failed for line in rank_tails.get((state.node, rank), ()))
+        summary = (f"{state.node}: no space left on device in {state.disk_full_path} at {moment}{after}; fix: free "
+                   f"space there (`trainfleet doctor` shows what is free where)")
+        return RootCause(first=Failure(node=state.node, rank=None, exit_code=state.exit_code or 1, summary=summary,
+                                       detail=tail or "\n".join(node_tails.get(state.node, ())), time=state.disk_full))
     gone = dict(lost or {})
     for state in states.values():
         for name in state.lost:

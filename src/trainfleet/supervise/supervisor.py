@@ -342,7 +342,10 @@ class Supervisor:
         except asyncio.CancelledError:
             errors[node] = self.lost.get(node, "lost")
             return False
-        except (AgentFailed, AgentError) as exc:
+        except AgentError as exc:  # the node's agent refused or failed its part (a full disk, say): named, and
+            errors[node] = str(exc)  # the others end now, not after the mesh's join timeout
+            return True
+        except AgentFailed as exc:
             errors[node] = self.lost.get(node, str(exc))
             return not self.mesh_port
         states[node] = state
