@@ -114,13 +114,23 @@ def test_sigint_mid_training_leaves_nothing(fleet3: Path, cluster3: sb.SandboxSt
     assert_nothing_left(cluster3, fleet3)
 
 
-def test_controller_killed_outright_still_ends_the_job(fleet2: Path, cluster3: sb.SandboxState,
-                                                       workdir: Path) -> None:
-    """No teardown code runs on SIGKILL; the node agents see the SSH channel close and end the job."""
-    process = start_run(fleet2, workdir, "--forever")
+def test_controller_killed_outright_leaves_the_job_running_until_a_person_stops_it(
+        fleet2: Path, cluster3: sb.SandboxState, workdir: Path) -> None:
+    """No teardown code runs on SIGKILL, and none is needed: the job is not the client's. It
+    trains on; `status` says so; `stop` ends it, and nothing is left."""
+    process = tf_start("run", "-f", str(fleet2), "--sync-dir", str(workdir), "--job-id", "tf-client-killed",
+                       "ranks.py", "--forever")
     wait_for_line(process, r"rank 3 of 4", timeout=120)
     process.kill()
     process.wait()
+    try:
+        time.sleep(3)
+        assert all(job_processes_on(n) for n in cluster3.nodes[:2])
+        shown = tf("status", "-f", str(fleet2), "tf-client-killed", check=True).stdout
+        assert "running" in shown, shown
+    finally:
+        stopped = tf("stop", "-f", str(fleet2), "tf-client-killed", timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
     wait_until_no_job_processes(cluster3, timeout=30)
     assert_nothing_left(cluster3, fleet2)
 
