@@ -9,8 +9,8 @@ from trainfleet.errors import TrainfleetError
 
 
 def example_dir(name: str) -> Path:
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "examples" / name, here.parents[1] / "examples" / name):
+    package = Path(__file__).resolve().parents[1]  # (this module is trainfleet/cli/examples.py)
+    for candidate in (package / "examples" / name, package.parents[1] / "examples" / name):
         if (candidate / "train.py").is_file():
             return candidate
     raise TrainfleetError(f"example {name!r} is not installed with this copy of trainfleet",
