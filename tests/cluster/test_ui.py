@@ -121,6 +121,7 @@ def test_the_dashboard_shows_the_fleet_its_jobs_and_live_charts(ui: tuple[Any, s
     chatty = tf("run", "-f", str(fleet), "--sync-dir", str(JOBS), "--concurrent", "--detach", "chatty.py",
                 timeout=120, cwd=tmp_path, check=True).stdout.strip()
 
+    held = ""
     driver = browser()
     try:
         driver.get(url)
@@ -197,9 +198,13 @@ def test_the_dashboard_shows_the_fleet_its_jobs_and_live_charts(ui: tuple[Any, s
         assert errors == []
 
         # Ctrl-C ends the server within a second, though a page still streams a running job
-        # (a real tab left open held it forever): its streams are closed, not waited for.
-        driver.get(base + f"#/job/{training}")
-        until(lambda: driver.find_element(By.ID, "job-state").text == "running", message="the running job's page")
+        # (a real tab left open held it forever): its streams are closed, not waited for. (A job
+        # of its own: the training above may have finished by now on a slow machine.)
+        held = tf("run", "-f", str(fleet), "--sync-dir", str(JOBS), "--concurrent", "--detach", "ranks.py",
+                  "--forever", timeout=180, cwd=tmp_path, check=True).stdout.strip().splitlines()[-1]
+        driver.get(base + f"#/job/{held}")
+        until(lambda: driver.find_element(By.ID, "job-state").text == "running", timeout=60,
+              message="the running job's page")
         time.sleep(1)  # its streams are open
         interrupted = time.monotonic()
         server.send_signal(signal.SIGINT)
@@ -208,4 +213,6 @@ def test_the_dashboard_shows_the_fleet_its_jobs_and_live_charts(ui: tuple[Any, s
     finally:
         driver.quit()
         tf("stop", "-f", str(fleet), training, timeout=120)
+        if held:
+            tf("stop", "-f", str(fleet), held, timeout=120)
 
