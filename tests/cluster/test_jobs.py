@@ -30,6 +30,7 @@ def durable(sandboxes: Sandboxes) -> Iterator[sb.SandboxState]:
 def fleet(durable: sb.SandboxState) -> Iterator[Path]:
     yield Path(durable.fleet_file)
     faults.clear(durable.name)  # a killed node's sshd comes back, a cut link goes up
+    tf("uncordon", "-f", durable.fleet_file, "node[0-2]")  # a node lost by a test is back for the next
 
 
 def detach(fleet: Path, workdir: Path, *args: str) -> str:
@@ -183,6 +184,70 @@ def test_with_min_nodes_training_resumes_on_the_survivors(fleet: Path, durable: 
     assert re.search(r"^\[node0:0\] step 300 loss ", output, re.MULTILINE), output[-3000:]
     assert losses(output)[-1] < losses(output)[0] - 0.4
     assert resumed_after < 60, resumed_after
+
+
+def test_a_spare_takes_a_lost_nodes_place_and_the_job_resumes_at_full_size(fleet: Path,
+                                                                           durable: sb.SandboxState) -> None:
+    """node2 waits in torchrun's rendezvous; node1 is killed; its place is node2's from the
+    next round, and the script resumes from its checkpoint on 4 ranks, as many as before."""
+    run = tf_start("run", "-f", str(fleet), "--sync-dir", str(EXAMPLE), "--spares", "1", "--max-restarts", "3",
+                   "train.py", "--steps", "300", "--checkpoint-dir", "spare-checkpoints", "--checkpoint-every", "10",
+                   "--resume")
+    seen = wait_for_line(run, r"^\[node0:0\] step 40 ", timeout=240)
+    assert not any(line.startswith("[node2:") for line in seen)  # the spare ran nothing yet
+    killed = time.monotonic()
+    faults.inject(durable.name, "node1", faults.FaultKind.KILL)
+    seen += wait_for_line(run, r"resumed from spare-checkpoints/ckpt.pt at step \d+ on 4 rank", timeout=120)
+    resumed_after = time.monotonic() - killed
+    out, err = run.communicate(timeout=600)
+    output = "".join(seen) + out
+    assert run.returncode == 0, output[-3000:] + err[-3000:]
+    assert ("node1 was lost; its ranks restart, and a spare (node2) takes its place in torchrun's next rendezvous"
+            in err), err
+    assert "spare node2 took its place" in err and "node1 is cordoned" in err, err
+    assert re.search(r"^\[node0:0\] step 300 loss ", output, re.MULTILINE), output[-3000:]
+    assert resumed_after < 30, resumed_after
+    job_id = re.search(r"job (tf-\S+):", err).group(1)  # type: ignore[union-attr]
+    record = job_state(fleet, job_id)
+    assert record["state"] == "succeeded" and record["spares"] == {"node2": "joined"}, record
+    [restart] = record["restarts"]
+    assert restart["lost"] == "node1" and restart["nodes"] == ["node0", "node2"], restart
+    assert restart["resumed"] is not None and 0 < restart["resumed"] - restart["at"] < 30, restart
+    shown = tf("status", "-f", str(fleet), job_id).stdout
+    assert re.search(r"restart 1 at \d\d:\d\d:\d\d: node1 was lost \(.*\); went on with node\[0,2\]; ranks back "
+                     r"[\d.]+ s later", shown), shown
+    # node1 stays out of the next job until a person lets it back in.
+    dry = tf("run", "-f", str(fleet), "--dry-run", "train.py")
+    assert "[node1]" not in dry.stdout and "leaving out node1: cordoned" in dry.stderr, dry.stderr
+    assert ranks_running(durable, ["node0", "node2"]) == []
+
+
+def test_a_spare_that_is_not_needed_stands_down_and_one_lost_while_waiting_costs_nothing(
+        fleet: Path, durable: sb.SandboxState, workdir: Path) -> None:
+    run = tf_start("run", "-f", str(fleet), "--sync-dir", str(EXAMPLE), "--spares", "1", "--max-restarts", "1",
+                   "train.py", "--steps", "120", "--checkpoint-dir", "idle-checkpoints", "--checkpoint-every", "10")
+    seen = wait_for_line(run, r"^\[node0:0\] step 40 ", timeout=240)
+    faults.inject(durable.name, "node2", faults.FaultKind.KILL)
+    out, err = run.communicate(timeout=600)
+    output = "".join(seen) + out
+    assert run.returncode == 0, output[-3000:] + err[-3000:]
+    assert "node2 was lost; it was a spare waiting for a place: the job goes on as it was" in err, err
+    assert "resumed from" not in output and re.search(r"^\[node0:0\] step 120 loss ", output, re.MULTILINE)
+    job_id = re.search(r"job (tf-\S+):", err).group(1)  # type: ignore[union-attr]
+    assert job_state(fleet, job_id)["restarts"] == []
+    faults.clear(durable.name)
+    assert "node2 is cordoned" in err
+    tf("uncordon", "-f", str(fleet), "node2", check=True)
+    # With every node up, a spare never needed ends with the job: succeeded, nothing left.
+    quiet = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "--spares", "1", "--max-restarts", "1",
+               "ranks.py", timeout=240)
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    job_id = re.search(r"job (tf-\S+):", quiet.stderr).group(1)  # type: ignore[union-attr]
+    record = job_state(fleet, job_id)
+    assert record["spares"] == {"node2": "not needed"}, record
+    assert {n["state"] for n in record["nodes"].values()} == {"succeeded"}, record
+    assert re.search(r"  exit 0$", tf("status", "-f", str(fleet), job_id).stdout, re.MULTILINE)
+    assert ranks_running(durable, ["node0", "node1", "node2"]) == []
 
 
 @pytest.mark.parametrize("dump", ["py-spy", "faulthandler"])

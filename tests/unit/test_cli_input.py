@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from helpers import tf
 
 
@@ -72,3 +74,38 @@ def test_an_unknown_launcher_in_the_fleet_file_names_the_file_and_field(tmp_path
         done = tf(*command, "-f", str(fleet), *script)
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
         assert f"{fleet}: launcher: unknown launcher 'torchrnu'; fix: use one of: torchrun" in done.stderr
+
+
+def test_a_cordoned_node_is_left_out_of_run_until_uncordoned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller's record of the fleet (what a lost node writes), through the real CLI;
+    `-n` still reaches a cordoned node by name."""
+    from trainfleet.fleet import load_fleet
+    from trainfleet.fleet.state import cordon
+
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("nodes:\n  - {host: 203.0.113.1, name: gpu0}\n  - {host: 203.0.113.2, name: gpu1}\n"
+                     "  - {host: 203.0.113.3, name: gpu2}\n")
+    env = {"XDG_STATE_HOME": str(tmp_path / "state"), "TRAINFLEET_NO_CACHE": "1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cordon(load_fleet(fleet), {"gpu1": "gpu1 was lost (its connection closed)"}, "tf-job1") == ["gpu1"]
+    assert cordon(load_fleet(fleet), {"gpu1": "again"}, "tf-job2") == []  # already
+    dry = tf("run", "-f", str(fleet), "--dry-run", "train.py", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "[gpu1]" not in dry.stdout and "on 2 node(s)" in dry.stdout
+    assert ("leaving out gpu1: cordoned (gpu1 was lost (its connection closed); job tf-job1, " in dry.stderr
+            and "`trainfleet uncordon gpu1` lets it back in" in dry.stderr), dry.stderr
+    named = tf("run", "-f", str(fleet), "--dry-run", "-n", "gpu0,gpu1", "train.py", env=env)
+    assert "[gpu1]" in named.stdout and "leaving out" not in named.stderr
+    assert "cordoned (gpu1 was lost (its connection closed), job tf-job1)" in tf("check", "-f", str(fleet),
+                                                                                 env=env).stdout
+    assert tf("uncordon", "-f", str(fleet), "gpu1", env=env).stdout == "uncordoned: gpu1\n"
+    assert tf("uncordon", "-f", str(fleet), "gpu1", env=env).stdout == "not cordoned: gpu1\n"
+    back = tf("run", "-f", str(fleet), "--dry-run", "train.py", env=env)
+    assert "[gpu1]" in back.stdout and "leaving out" not in back.stderr
+    # An old job's record of the loss does not cordon the node again once a person let it back in.
+    assert cordon(load_fleet(fleet), {"gpu1": "lost"}, "tf-job1", at=1.0) == []
+    everything = tf("cordon", "-f", str(fleet), "gpu[0-2]", env=env)
+    assert everything.returncode == 2 and "that leaves no node to run on" in everything.stderr
+    assert tf("cordon", "-f", str(fleet), "gpu2", env=env).stdout == "cordoned: gpu2\n"
+    assert "leaving out gpu2: cordoned (by hand; " in tf("run", "-f", str(fleet), "--dry-run", "t.py", env=env).stderr

@@ -303,3 +303,49 @@ def test_a_python_script_as_the_command_runs_under_the_fleets_python() -> None:
         assert line.nodes[0].argv == ("sh", "-c", "/opt/venv/bin/python deepy.py train.py c.yml")
     other = plan_job(spec, JobSpec(entrypoint="bash run.sh", job_id="j", launcher="command"), FACTS, "~/p")
     assert other.nodes[0].argv == ("sh", "-c", "bash run.sh")
+
+
+SPARE_FLEET = {**FLEET, "nodes": [*FLEET["nodes"],  # type: ignore[list-item]
+                                  {"name": "gpu2", "host": "203.0.113.12", "address": "10.0.0.12", "slots": 2}]}
+
+
+def spare_plan(fleet: dict, **options: object) -> "object":  # type: ignore[type-arg]
+    spec = fleet_from_data(fleet, "fleet.yaml")
+    return plan_job(spec, JobSpec(entrypoint="train.py", job_id="tf-golden", max_restarts=3, options=options),
+                    LaunchFacts(rdzv_port=29555), "~/job/proj")
+
+
+def test_a_spare_waits_outside_the_world_and_the_job_needs_all_its_nodes() -> None:
+    marked = copy.deepcopy(SPARE_FLEET)
+    marked["nodes"][2]["spare"] = True  # type: ignore[index]
+    for launch_plan in (spare_plan(SPARE_FLEET, spares=1), spare_plan(marked)):
+        assert launch_plan.spares == ("gpu2",) and launch_plan.world_size == 4  # type: ignore[attr-defined]
+        assert launch_plan.min_nodes == 2  # type: ignore[attr-defined]
+        text = launch_plan.render()  # type: ignore[attr-defined]
+        assert "[gpu2] spare (joins once a node is lost) nproc=2" in text, text
+        # Every agent, the spare's too, in one elastic rendezvous of exactly 2 nodes: the
+        # spare's agent waits in torchrun's redundancy list.
+        assert text.count("--nnodes=2:2 ") == 3 and text.count("keep_alive_interval=1") == 3, text
+        assert "is_host=false,keep_alive" in text.split("[gpu2]")[1]
+
+
+def test_spares_are_refused_where_they_cannot_work() -> None:
+    marked = copy.deepcopy(SPARE_FLEET)
+    marked["nodes"][2]["spare"] = True  # type: ignore[index]
+    spec = fleet_from_data(marked, "fleet.yaml")
+    cases = [
+        (lambda: plan_job(spec, JobSpec(entrypoint="t.py", job_id="j"), FACTS, "~/p"), "needs --max-restarts N"),
+        (lambda: plan_job(spec, JobSpec(entrypoint="t.py", job_id="j", launcher="deepspeed", max_restarts=1), FACTS,
+                          "~/p"), "gpu2: a spare (`spare: true`) takes a lost node's place through torchrun's"),
+        (lambda: spare_plan(SPARE_FLEET, spares=3), "--spares 3 leaves no node to train on"),
+        (lambda: spare_plan(SPARE_FLEET, spares=-1), "--spares cannot be negative"),
+    ]
+    for attempt, words in cases:
+        with pytest.raises(UsageError, match=re.escape(words)):
+            attempt()
+    first = copy.deepcopy(SPARE_FLEET)
+    first["nodes"][0]["spare"] = True  # type: ignore[index]
+    from trainfleet.errors import SpecError
+    with pytest.raises(SpecError, match=re.escape("fleet.yaml: nodes[0].spare: node 0 (gpu0) hosts the job's "
+                                                  "rendezvous and cannot be a spare")):
+        fleet_from_data(first, "fleet.yaml")

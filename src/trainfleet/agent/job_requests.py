@@ -85,7 +85,9 @@ def launch(request: LaunchRequest, emit: Callable[[object], None]) -> JobState:
             raise RuntimeError(started["error"])
         return state
     if request.detach:
-        return wait_for_ranks(directory, request)
+        # A spare has no rank to wait for: it waits for a place in the job.
+        spare = started.get("spare") and read_state_at(directory)
+        return spare if spare else wait_for_ranks(directory, request)
     state = follow(directory, emit)
     # The supervisor outlives the final state by a moment (node 0's waits for the others'
     # parts to end, then frees the fleet's lock): the node is only done once it has gone.

@@ -26,7 +26,7 @@ from typing import IO, Any, Dict, List, Optional
 
 from . import procs
 from .lock import release_lock
-from .protocol import NODE_KEY_VARIABLE, EnvFile, JobState, JobStatus, LaunchRequest, Proc
+from .protocol import NODE_KEY_VARIABLE, EnvFile, JobState, JobStatus, LaunchRequest, Proc, Restart
 from .rankwrap import node_key, rank_mark, redact, secret_fragments
 from .records import (FULL, LOG_NAME, job_dir, log_lines, log_paths, overflow_dir, read_errors, remove_secrets,
                       settle_overflow, viewer_seen, write_record, write_state)
@@ -127,6 +127,12 @@ class Supervisor:
         self.guard = threading.Lock()
         self.log: Optional[IO[str]] = None
         self.log_guard = threading.Lock()
+        mesh = request.mesh
+        self.spare = mesh is not None and mesh.node in mesh.spares
+        self.released = threading.Event()
+        """Set on a spare when its launcher may start (the others' ranks run)."""
+        self.ran = False
+        """Ranks of the job have run on this node."""
 
     # ---- what the mesh asks of this node (see mesh.Node) ----------------------------------
     def stop_job(self, reason: str, lost: Optional[str] = None) -> None:
@@ -147,9 +153,28 @@ class Supervisor:
                 self.state.lost.append(node)
                 write_state(self.directory, self.state)
 
+    def note_restart(self, lost: str, cause: str, nodes: List[str]) -> None:
+        with self.guard:
+            self.state.restarts.append(Restart(at=time.time(), lost=lost, cause=cause, nodes=list(nodes)))
+            write_state(self.directory, self.state)
+
+    def has_ranks(self) -> bool:
+        if not self.ran:
+            self.ran = bool(procs.rank_processes(self.request.job_id))
+        return self.ran
+
+    def release_spare(self) -> None:
+        self.released.set()
+
+    def stand_down(self) -> None:
+        """The job ended without needing this spare."""
+        if self.spare and not self.has_ranks():
+            self._request_stop("not needed: the job ended without losing a node")
+
     def restart_ranks(self, lost: str) -> None:
         """End this node's ranks (not the launcher): torchrun's agent restarts them, and
-        its rendezvous goes on without the lost node."""
+        its rendezvous goes on without the lost node (a spare joins in its place). Node 0
+        records when its ranks run again."""
         def end() -> None:
             ranks = procs.rank_processes(self.request.job_id)
             for pid, _ in ranks:
@@ -164,6 +189,15 @@ class Supervisor:
                         os.kill(pid, signal.SIGKILL)
                     except OSError:
                         pass
+            if not self.state.restarts:
+                return
+            old = set(pid for pid, _ in ranks)
+            while not self.stop.wait(0.5):
+                if any(pid not in old for pid, _ in procs.rank_processes(self.request.job_id)):
+                    with self.guard:
+                        self.state.restarts[-1].resumed = time.time()
+                        write_state(self.directory, self.state)
+                    return
 
         self.note_lost(lost)
         threading.Thread(target=end, daemon=True).start()
@@ -297,6 +331,18 @@ class Supervisor:
             self._failed_to_start(ready, 1, "the job's supervisors cannot meet: port %d on %s: %s" % (
                 request.mesh.port, request.mesh.coordinator, exc.strerror or exc))  # type: ignore[union-attr]
             return
+        if self.spare:
+            # Part of the job from now on (stopped with it, seen by `status`), with no process yet.
+            self.state.state, self.state.spare = JobStatus.RUNNING, "waiting"
+            write_state(self.directory, self.state)
+            os.write(ready, (json.dumps({"spare": True}) + "\n").encode())
+            os.close(ready)
+            ready = -1
+            self._watch(peer)
+            while not self.released.wait(0.2):
+                if self.stop.is_set():
+                    self._record_idle_spare(peer)
+                    return
         # A leading ~/ names the node's home, as it would typed into a shell.
         argv = [os.path.expanduser(a) if a.startswith("~/") else a for a in request.argv]
         try:
@@ -308,18 +354,24 @@ class Supervisor:
             return
         self.state.state, self.state.launcher_pid = JobStatus.RUNNING, child.pid
         write_state(self.directory, self.state)
-        os.write(ready, (json.dumps({"pid": child.pid}) + "\n").encode())
-        os.close(ready)
-        pump = self._watch(child, peer)
+        if ready >= 0:
+            os.write(ready, (json.dumps({"pid": child.pid}) + "\n").encode())
+            os.close(ready)
+            self._watch(peer)
+        pump = threading.Thread(target=self._pump, args=(child.stdout,), daemon=True)
+        pump.start()
         while child.poll() is None and not self.stop.is_set():
             self.stop.wait(0.2)
         code, left = self._end(child, env)
         pump.join(10)
+        self._close_log()
+        self._record_end(code, left, peer)
+
+    def _close_log(self) -> None:
         with self.log_guard:
             assert self.log is not None
             self.log.close()
             self.log = None
-        self._record_end(code, left, peer)
 
     def _meet(self) -> Optional[Any]:
         """The mesh with the job's other supervisors, before any rank exists: no path
@@ -335,21 +387,34 @@ class Supervisor:
         self.state.state, self.state.exit_code, self.state.ended = JobStatus.FAILED, code, time.time()
         self.state.reason = reason
         write_state(self.directory, self.state)
-        os.write(ready, (json.dumps({"error": reason}) + "\n").encode())
+        if ready >= 0:
+            os.write(ready, (json.dumps({"error": reason}) + "\n").encode())
+        else:  # a spare that could not take its place: it is no longer there
+            self._close_log()
+            self._finish(self.peer)
 
-    def _watch(self, child: "subprocess.Popen[bytes]", peer: Optional[Any]) -> threading.Thread:
-        """Signals, the tether, the job's output into its log, and the mesh: all that can
-        end the job from here on. Returns the thread that reads the output."""
+    def _watch(self, peer: Optional[Any]) -> None:
+        """Signals, the tether, the job's log, and the mesh: all that can end the job from here on."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         if self.tether is not None:
             threading.Thread(target=self._watch_tether, daemon=True).start()
         self.log = open(os.path.join(self.directory, LOG_NAME), "a")
-        pump = threading.Thread(target=self._pump, args=(child.stdout,), daemon=True)
-        pump.start()
         if peer is not None:
             peer.start()
-        return pump
+
+    def _record_idle_spare(self, peer: Optional[Any]) -> None:
+        """A spare whose launcher never started: the job ended without it."""
+        with self.guard:
+            self.state.ended, self.state.exit_code = time.time(), 0
+            self.state.spare = "not needed"
+            if self.stopped_by:
+                self.state.state, self.state.reason = JobStatus.STOPPED, self.stopped_by
+            else:
+                self.state.state, self.state.reason = JobStatus.SUCCEEDED, self.reason
+            write_state(self.directory, self.state)
+        self._close_log()
+        self._finish(peer)
 
     def _end(self, child: "subprocess.Popen[bytes]", env: Dict[str, str]) -> "tuple[int, List[Proc]]":
         """The launcher ended, or the job must: SIGTERM, a grace period, the plan's
@@ -396,8 +461,15 @@ class Supervisor:
         self.state.errors = read_errors(self.directory)
         remove_secrets(request.job_id)
         with self.guard:
+            if self.spare:
+                self.state.spare = "joined" if self.has_ranks() else "not needed"
             if self.stopped_by:
                 self.state.state, self.state.reason = JobStatus.STOPPED, self.stopped_by
+            elif self.spare and not self.ran:
+                # Waiting in the rendezvous, it ends when the job does (torchrun's agent even
+                # fails as it leaves a closed rendezvous): nothing of the job failed here.
+                self.state.state, self.state.reason = JobStatus.SUCCEEDED, self.reason or "not needed"
+                self.state.exit_code = self.state.signal = None  # what ended it was the job's end
             elif self.stop.is_set():
                 # Ended by the mesh: a lost node, a hang or another node's failure, not a user's stop.
                 self.state.state = JobStatus.FAILED if self.ended_by_mesh else JobStatus.STOPPED
@@ -408,6 +480,10 @@ class Supervisor:
         if self.state.disk_full is not None:
             time.sleep(SETTLE_AFTER)  # followers read the end of the log in memory first
             settle_overflow(self.directory)
+        self._finish(peer)
+
+    def _finish(self, peer: Optional[Any]) -> None:
+        request = self.request
         if peer is not None:
             peer.finish(self.state.state)
         if request.holds_lock:

@@ -9,6 +9,11 @@ ends only the survivors' ranks so that torchrun's agents restart them and meet a
 without it. A node that loses the coordinator ends its own part of the job. When no rank
 anywhere has written for `hang_timeout` seconds, every node dumps its ranks' stacks
 and the job ends. Messages are JSON lines; stdlib only.
+
+Spares: their launchers start only once every other node's ranks run (so that the
+nodes that train are the ones torchrun's first round takes), and wait in its rendezvous.
+A spare lost while it waits costs the job nothing; one never needed is told to stand
+down when node 0's part has ended.
 """
 
 from __future__ import annotations
@@ -82,6 +87,14 @@ class Node:
 
     def note_lost(self, node: str) -> None: ...
 
+    def note_restart(self, lost: str, cause: str, nodes: List[str]) -> None: ...
+
+    def has_ranks(self) -> bool: ...
+
+    def release_spare(self) -> None: ...
+
+    def stand_down(self) -> None: ...
+
 
 class Coordinator:
     def __init__(self, mesh: Mesh, node: Node) -> None:
@@ -93,6 +106,9 @@ class Coordinator:
         self.outputs: Dict[str, float] = {}
         self.ended: Dict[str, bool] = {}
         self.lost: List[str] = []
+        self.active: set = set()
+        """Nodes whose ranks have run (a spare joins it once it takes a place)."""
+        self.spares_released = not mesh.spares
         self.settled = threading.Event()
         """Set when a part ends or is lost: `finish` wakes at once rather than at its next poll."""
         self.started = time.time()
@@ -124,12 +140,17 @@ class Coordinator:
             self.peers[name] = conn
             self.locks[name] = threading.Lock()
             self.beats[name] = time.time()
+            late_spare = name in self.mesh.spares and self.spares_released
+        if late_spare:
+            _send(conn, self.locks[name], {"spare_go": True})
         for message in messages:
             if message is None:
                 continue
             with self.guard:
                 self.beats[name] = time.time()
                 self.outputs[name] = float(message.get("last_output", 0.0))
+                if message.get("ranks"):
+                    self.active.add(name)
                 if message.get("stopping"):
                     stopping = str(message["stopping"])
                 if message.get("ended"):
@@ -169,11 +190,17 @@ class Coordinator:
                 return
             self.lost.append(name)
             self.settled.set()
-            survivors = len(self.mesh.nodes) - len(self.lost)
+            # A spare that stood down (or whose launcher ended) is no longer there to join.
+            left = [n for n in self.mesh.nodes
+                    if n not in self.lost and not (self.ended.get(n) and n not in self.active)]
+            idle_spare = name in self.mesh.spares and name not in self.active
         reason = "%s was lost (%s)" % (name, why)
         self.node.note_lost(name)
         self.broadcast({"lost": name})
-        if self.mesh.min_nodes and survivors >= self.mesh.min_nodes:
+        if idle_spare:
+            return  # it held no rank: the job goes on as it was
+        if self.mesh.min_nodes and len(left) >= self.mesh.min_nodes:
+            self.node.note_restart(name, reason, left)
             self.broadcast({"restart": name})
             self.node.restart_ranks(name)
         else:
@@ -182,9 +209,13 @@ class Coordinator:
 
     def _watch(self) -> None:
         hung = False
+        checked = 0.0
         while not self.node.ended:
             time.sleep(0.25)
             now = time.time()
+            if not self.spares_released and now - checked >= BEAT:
+                checked = now
+                self._release_spares()
             with self.guard:
                 beats = dict(self.beats)
                 connected = set(self.peers)
@@ -204,6 +235,20 @@ class Coordinator:
                 # Apart from this loop, whose heartbeats must go on while the stacks are taken.
                 threading.Thread(target=self._end_hung, daemon=True).start()
 
+    def _release_spares(self) -> None:
+        """Once every node that trains runs ranks (torchrun's first round is complete
+        without the spares), the spares' launchers start."""
+        with self.guard:
+            training = [n for n in self.mesh.nodes[1:] if n not in self.mesh.spares and n not in self.lost]
+            waiting = [n for n in training if n not in self.active]
+        if waiting or not self.node.has_ranks():
+            return
+        with self.guard:
+            self.spares_released = True
+            spares = [(n, s) for n, s in self.peers.items() if n in self.mesh.spares]
+        for name, sock in spares:
+            _send(sock, self.locks[name], {"spare_go": True})
+
     def _end_hung(self) -> None:
         self.broadcast({"dump": True})
         self.node.dump_stacks()
@@ -220,6 +265,10 @@ class Coordinator:
             self.broadcast({"stop": "%s's part of the job %s" % (self.mesh.node, state)})
         if state != JobStatus.SUCCEEDED:
             return
+        with self.guard:
+            idle = [(n, s) for n, s in self.peers.items() if n in self.mesh.spares and n not in self.active]
+        for name, sock in idle:
+            _send(sock, self.locks[name], {"stand_down": True})
         while not self.node.stop.is_set():
             with self.guard:
                 left = [n for n in self.mesh.nodes
@@ -296,6 +345,10 @@ class Member:
                 self.node.stop_job(message["stop"], lost=message.get("lost_node"))
             elif "restart" in message:
                 self.node.restart_ranks(message["restart"])
+            elif "spare_go" in message:
+                self.node.release_spare()
+            elif "stand_down" in message:
+                self.node.stand_down()
             elif "dump" in message:
                 threading.Thread(target=self.node.dump_stacks, daemon=True).start()
         if not self.node.ended and not released and not self.node.stop.is_set():
@@ -309,7 +362,7 @@ class Member:
 
     def _beat(self) -> None:
         while not self.node.ended and self.sock is not None:
-            if not _send(self.sock, self.lock, {"last_output": self.node.last_output}):
+            if not _send(self.sock, self.lock, {"last_output": self.node.last_output, "ranks": self.node.has_ranks()}):
                 return
             time.sleep(BEAT)
 

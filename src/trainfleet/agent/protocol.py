@@ -400,6 +400,9 @@ class Mesh:
     min_nodes: int = 0
     """With a restart policy: go on without a lost node while this many remain."""
     hang_timeout: float = 0.0
+    spares: List[str] = field(default_factory=list)
+    """Nodes (among `nodes`) whose launcher starts once the others' ranks run, to wait in
+    the rendezvous for a lost node's place."""
 
 
 @dataclass
@@ -437,9 +440,26 @@ class JobState:
     controller_gone: Optional[float] = None
     """When the link to the controller that started this attached job last closed (the job
     goes on); None while it is there, and for a detached job."""
+    spare: str = ""
+    """On a spare: "waiting", "joined" (it took a lost node's place) or "not needed"."""
+    restarts: List["Restart"] = field(default_factory=list)
+    """Each time the job went on after losing a node (kept on node 0)."""
     metrics: Dict[str, float] = field(default_factory=dict)
     """The latest value of each metric in this node's output (lowest rank first), as
     `status` asks for it; not kept in the record."""
+
+
+@dataclass
+class Restart:
+    """The job went on after losing a node: its ranks were restarted on the nodes left."""
+
+    at: float
+    lost: str
+    cause: str
+    nodes: List[str] = field(default_factory=list)
+    """The nodes it went on with (spares that took a place included)."""
+    resumed: Optional[float] = None
+    """When ranks ran again on node 0 (None: they never did)."""
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`trainfleet init`, `import`, `check`: describing the fleet."""
+"""`trainfleet init`, `import`, `check`: describing the fleet; `cordon`, `uncordon`: which nodes `run` uses."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from trainfleet.cli.app import cli, fleet_option, load, run_async
+from trainfleet.cli.app import cli, fleet_option, load, run_async, select
 from trainfleet.errors import SpecError, UsageError
+from trainfleet.results import fold_nodes
 
 
 def write_new(path: Path, text: str, force: bool) -> None:
@@ -82,12 +83,48 @@ def check_fleet(fleet_file: str | None) -> None:
     """Validate the fleet file and print the resolved nodes."""
     from trainfleet.launchers import fleet_launcher
 
+    from trainfleet.fleet.state import cordoned
+
     fleet = load(fleet_file)
     fleet_launcher(fleet)
+    left_out = cordoned(fleet)
     for node in fleet.nodes:
         via = f" via {node.jump}" if node.jump else ""
+        marks = " spare" if node.spare else ""
+        if node.name in left_out:
+            entry = left_out[node.name]
+            marks += f" cordoned ({entry.get('why', 'lost')}" + (f", job {entry['job']})" if entry.get("job") else ")")
         click.echo(f"{node.name}: {node.ssh_target}{via} slots={node.slots} address={node.address}"
-                   f" interface={node.interface or '(detected at launch)'}")
+                   f" interface={node.interface or '(detected at launch)'}{marks}")
+
+
+@cli.command()
+@fleet_option
+@click.argument("nodes")
+def cordon(fleet_file: str | None, nodes: str) -> None:
+    """Leave NODES (a,b or node[0-3]) out of the next `run`s until `trainfleet uncordon`
+    (done for you when a job loses a node)."""
+    from trainfleet.fleet.state import cordon as cordon_nodes
+
+    fleet = load(fleet_file)
+    names = [n.name for n in select(fleet, nodes)]
+    if len(names) == len(fleet.nodes):
+        raise UsageError(f"cordon {nodes}: that leaves no node to run on", fix="cordon fewer nodes")
+    done = cordon_nodes(fleet, {n: "by hand" for n in names}, "")
+    click.echo(f"cordoned: {fold_nodes(done)}" if done else f"already cordoned: {fold_nodes(names)}")
+
+
+@cli.command()
+@fleet_option
+@click.argument("nodes")
+def uncordon(fleet_file: str | None, nodes: str) -> None:
+    """Let NODES (a,b or node[0-3]) back into `run` once fixed (`trainfleet doctor -n NODES` checks them)."""
+    from trainfleet.fleet.state import uncordon as uncordon_nodes
+
+    fleet = load(fleet_file)
+    names = [n.name for n in select(fleet, nodes)]
+    freed = uncordon_nodes(fleet, names)
+    click.echo(f"uncordoned: {fold_nodes(freed)}" if freed else f"not cordoned: {fold_nodes(names)}")
 
 
 @cli.command()

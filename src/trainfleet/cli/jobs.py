@@ -5,16 +5,47 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import sys
+import time
+from typing import TYPE_CHECKING
 
 import click
 
-from trainfleet.agent.protocol import JobStatus
+from trainfleet.agent.protocol import JobStatus, Restart
 
 from trainfleet.cli.app import cli, echo_err, fleet_option, load, print_line, run_async, select, status
 
 
+if TYPE_CHECKING:
+    from trainfleet.fleet.model import Fleet
+    from trainfleet.ops.jobs import JobView
+
+
 def _when(moment: float | None) -> str:
     return _dt.datetime.fromtimestamp(moment).strftime("%m-%d %H:%M:%S") if moment else "-"
+
+
+def restart_line(number: int, restart: Restart) -> str:
+    """`restart 1 at 12:03:04: node1 was lost (…); went on with node[0,2]; ranks back 6.1 s later`."""
+    from trainfleet.results import fold_nodes
+
+    back = (f"ranks back {restart.resumed - restart.at:.1f} s later" if restart.resumed is not None
+            else "ranks never came back")
+    return (f"restart {number} at {time.strftime('%H:%M:%S', time.localtime(restart.at))}: {restart.cause}; "
+            f"went on with {fold_nodes(restart.nodes)}; {back}")
+
+
+def _cordon_lost(fleet: Fleet, views: list[JobView]) -> None:
+    """A node a job lost while no client watched (detached, the laptop closed) is cordoned
+    when `status` first sees it; a node uncordoned since is not cordoned again."""
+    from trainfleet.fleet.state import cordon
+
+    for view in views:
+        moments = {r.lost: r.at for r in view.restarts}
+        for name in view.lost:
+            at = moments.get(name) or view.ended or time.time()
+            for done in cordon(fleet, {name: f"{name} was lost"}, view.job_id, at=at):
+                status(f"{done} is cordoned (job {view.job_id} lost it): `trainfleet run` leaves it out until "
+                       f"`trainfleet uncordon {done}`")
 
 
 @cli.command(name="status")
@@ -33,6 +64,7 @@ def status_command(fleet_file: str | None, job_id: str, as_json: bool) -> None:
         return
     if not found:
         click.echo("no jobs on this fleet's nodes")
+    _cordon_lost(fleet, found)
     for view in found:
         codes = ",".join(sorted({str(s.exit_code) for s in view.nodes.values() if s.exit_code is not None})) or "-"
         line = (f"{view.job_id}  {view.state:9}  {fold_nodes(view.nodes)}  started {_when(view.started)}  "
@@ -42,6 +74,10 @@ def status_command(fleet_file: str | None, job_id: str, as_json: bool) -> None:
         if view.unreachable:
             line += f"  unreachable now: {fold_nodes(view.unreachable)}"
         click.echo(line)
+        for number, restart in enumerate(view.restarts, 1):
+            click.echo("  " + restart_line(number, restart))
+        if view.spares and (job_id or view.state.live):
+            click.echo("  spares: " + ", ".join(f"{n} {what}" for n, what in view.spares.items()))
         if view.metrics and (job_id or view.state.live):
             click.echo("  last: " + ", ".join(f"{k} {v:g}" for k, v in view.metrics.items()))
         root = view.root_cause()

@@ -89,6 +89,9 @@ def run_summary(outcome: RunOutcome, logs: str) -> list[str]:
         lines.append(f"trainfleet: {job} did not end well everywhere: {lost}; logs in {logs}")
     elif outcome.lost:
         gone = "; ".join(outcome.lost.values())
+        took = [n for n, state in outcome.states.items() if state.spare == "joined"]
+        if took:
+            gone += f"; spare {fold_nodes(took)} took its place"
         lines.append(f"trainfleet: {job} finished on {fold_nodes(outcome.states)} in {outcome.seconds:.1f}s, "
                      f"after going on without a lost node ({gone})")
     else:

@@ -15,7 +15,7 @@ from trainfleet.cli.app import (cli, echo_err, load, print_line, refuse_stray_op
 from trainfleet.cli.job_options import job_from_options, job_options
 
 if TYPE_CHECKING:
-    from trainfleet.fleet.model import Fleet
+    from trainfleet.fleet.model import Fleet, Node
     from trainfleet.job.spec import JobSpec
     from trainfleet.ops.run import RunOptions
 
@@ -39,13 +39,38 @@ def launch(fleet: Fleet, job: JobSpec, options: RunOptions, secrets: Mapping[str
     logs = options.log_dir or Path("trainfleet-runs") / job.job_id
     for line in run_summary(outcome, str(logs)):
         echo_err(line)
+    if outcome.lost:
+        from trainfleet.fleet.state import cordon
+
+        for name in cordon(fleet, outcome.lost, job.job_id):
+            status(f"{name} is cordoned: `trainfleet run` leaves it out until `trainfleet uncordon {name}`")
     return outcome.exit_code if not outcome.left_running else max(outcome.exit_code, 1)
+
+
+def without_cordoned(fleet: Fleet) -> tuple[Node, ...]:
+    """The fleet's nodes but those a job lost (said once per run); -n names them anyway."""
+    import time
+
+    from trainfleet.errors import UsageError
+    from trainfleet.fleet.state import cordoned
+
+    left_out = cordoned(fleet)
+    for name, why in left_out.items():
+        moment = time.strftime("%m-%d %H:%M", time.localtime(float(why.get("at", 0))))
+        job = f"job {why['job']}, " if why.get("job") else ""
+        status(f"leaving out {name}: cordoned ({why.get('why', 'lost')}; {job}{moment}); "
+               f"`trainfleet uncordon {name}` lets it back in")
+    nodes = tuple(n for n in fleet.nodes if n.name not in left_out)
+    if not nodes:
+        raise UsageError("every node of the fleet is cordoned", fix="`trainfleet uncordon NODES` once they are fixed")
+    return nodes
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @job_options
 @click.option("-n", "--nodes", "node_names", metavar="NODES",
-              help="run on these nodes only (the first is node 0), e.g. one node to try the job alone first")
+              help="run on these nodes only (the first is node 0), e.g. one node to try the job alone first; "
+                   "without it, every node but those cordoned after a job lost them")
 @click.option("--port", type=int, help="rendezvous port on node 0 (default: 29500 if free, else any free one)")
 @click.option("--dry-run", is_flag=True, help="print every node's exact command and environment, run nothing")
 @click.option("--json", "as_json", is_flag=True, help="with --dry-run: print the plan as JSON")
@@ -82,7 +107,7 @@ def run(fleet_file: str | None, node_names: str | None, port: int | None, dry_ru
 
     refuse_stray_option(job_values["script"], run)
     fleet = load(fleet_file)
-    fleet = fleet.subset(select(fleet, node_names))
+    fleet = fleet.subset(select(fleet, node_names) if node_names else without_cordoned(fleet))
     job = job_from_options(fleet, job_values, loss_timeout=loss_timeout,
                            hang_timeout=hang_timeout if hang_timeout is not None else (3600.0 if detach else 0.0))
     project = project_for(sync_dir)

@@ -88,6 +88,8 @@ class Gathered:
     project: str = ""
     """The current directory's project directory on the nodes ("" when there is none)."""
     storage: list[Visibility] = field(default_factory=list)
+    cordoned: dict[str, dict[str, object]] = field(default_factory=dict)
+    """Nodes `run` leaves out (a job lost them), from the controller's state of the fleet."""
 
     @property
     def live(self) -> list[str]:
@@ -540,6 +542,17 @@ def check_storage(data: Gathered) -> list[Finding]:
     return findings
 
 
+def check_cordoned(data: Gathered) -> list[Finding]:
+    """A cordoned node that looks healthy again is the user's call to let back in."""
+    findings = []
+    for name, entry in data.cordoned.items():
+        job = f" by job {entry['job']}" if entry.get("job") else ""
+        findings.append(Finding("cordon", Verdict.WARN, (name,),
+                                f"cordoned ({entry.get('why', 'lost')}{job}): `run` leaves it out",
+                                f"once the checks here pass for it, `trainfleet uncordon {name}`"))
+    return findings
+
+
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("ssh", check_ssh),
     ("shell", check_shell),
@@ -555,6 +568,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("storage", check_storage),
     ("clock", check_clock),
     ("jobs", check_jobs),
+    ("cordon", check_cordoned),
 )
 
 
@@ -566,7 +580,7 @@ def evaluate(data: Gathered) -> list[Finding]:
 
 
 _ORDER = {"ssh": 0, "shell": 1, "network": 2, "ports": 3, "latency": 4, "bandwidth": 4, "hostnames": 5,
-          "versions": 6, "code": 7, "gpus": 8, "disk": 9, "storage": 10, "clock": 11, "jobs": 12}
+          "versions": 6, "code": 7, "gpus": 8, "disk": 9, "storage": 10, "clock": 11, "jobs": 12, "cordon": 13}
 
 
 def fold(findings: Sequence[Finding]) -> list[Finding]:

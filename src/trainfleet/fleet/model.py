@@ -58,6 +58,8 @@ class Node:
     address: str
     interface: str | None
     jump: Jump | None
+    spare: bool = False
+    """Held back from torchrun jobs until a node is lost, then it takes that node's place."""
 
     @property
     def ssh_target(self) -> str:

@@ -79,6 +79,7 @@ class NodeModel(_Strict):
     address: str | None = None
     interface: str | None = None
     jump: str | None = None
+    spare: bool = False
 
     @field_validator("name")
     @classmethod
@@ -282,6 +283,9 @@ def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "",
             raise SpecError(f"{where}.name: duplicate node name {name!r} (also nodes[{seen_names[name]}])",
                             fix="give every node a different `name:`")
         seen_names[name] = index
+        if spec.spare and index == 0:
+            raise SpecError(f"{where}.spare: node 0 ({name}) hosts the job's rendezvous and cannot be a spare",
+                            fix="list the spare after the nodes that train")
         seen_targets[(spec.host, port)] = index
         identity = local_path(spec.identity_file or defaults.identity_file)
         if check_keys and identity and not os.path.isfile(identity):
@@ -307,6 +311,7 @@ def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "",
             address=address,
             interface=spec.interface,
             jump=jump,
+            spare=spec.spare,
         ))
     setup = model.setup
     commands = setup if isinstance(setup, list) else setup.commands if setup else []

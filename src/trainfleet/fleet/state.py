@@ -72,3 +72,78 @@ def save_kept_agents(fleet: Fleet, kept: dict[str, str]) -> None:
                          durable=False)
     except OSError:
         pass
+
+
+CORDON_FILE = "cordoned.json"
+
+
+def cordoned(fleet: Fleet) -> dict[str, dict[str, Any]]:
+    """Nodes a job lost, left out of `run` until `trainfleet uncordon`: by name, the job
+    that lost it, when, and why (none if unreadable)."""
+    if not fleet.ssh.state_dir:
+        return {}
+    try:
+        with open(os.path.join(fleet.ssh.state_dir, CORDON_FILE)) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    known = {n.name for n in fleet.nodes}
+    return {k: v for k, v in data.items() if k in known and isinstance(v, dict)} if isinstance(data, dict) else {}
+
+
+def _save_cordoned(fleet: Fleet, data: dict[str, dict[str, Any]]) -> None:
+    os.makedirs(fleet.ssh.state_dir, 0o700, exist_ok=True)
+    write_atomically(os.path.join(fleet.ssh.state_dir, CORDON_FILE), json.dumps(data, indent=1, sort_keys=True),
+                     durable=False)
+
+
+def cordon(fleet: Fleet, lost: dict[str, str], job_id: str, at: float | None = None) -> list[str]:
+    """Record nodes `job_id` lost (name -> why); returns those not cordoned before. A node
+    that was uncordoned after that job ended is not cordoned again by it."""
+    if not fleet.ssh.state_dir or not lost:
+        return []
+    try:
+        with open(os.path.join(fleet.ssh.state_dir, CORDON_FILE)) as handle:
+            data = json.load(handle)
+        data = data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        data = {}
+    released = data.pop("_uncordoned", {}) if isinstance(data.get("_uncordoned"), dict) else {}
+    moment = at or time.time()
+    new = [n for n in sorted(lost) if n not in data and released.get(n, 0) < moment]
+    for name in new:
+        data[name] = {"job": job_id, "at": moment, "why": lost[name]}
+    if new:
+        try:
+            _save_cordoned(fleet, {**data, "_uncordoned": released})
+        except OSError:
+            return []
+    return new
+
+
+def uncordon(fleet: Fleet, names: list[str]) -> list[str]:
+    """Let these nodes back into `run`; returns those that were cordoned."""
+    try:
+        with open(os.path.join(fleet.ssh.state_dir, CORDON_FILE)) as handle:
+            data = json.load(handle)
+        data = data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return []
+    released = data.pop("_uncordoned", {}) if isinstance(data.get("_uncordoned"), dict) else {}
+    freed = [n for n in names if n in data]
+    now = time.time()
+    for name in freed:
+        del data[name]
+        released[name] = now
+    _save_cordoned(fleet, {**data, "_uncordoned": released})
+    return freed
+
+
+def forget_cordons(fleet_file: Path) -> None:
+    """Every cordon of the fleet file at this path (its machines were made anew)."""
+    from trainfleet.fleet.load import state_dir_for
+
+    try:
+        os.unlink(os.path.join(state_dir_for(fleet_file), CORDON_FILE))
+    except OSError:
+        pass

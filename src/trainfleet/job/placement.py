@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.job.spec import JobSpec
 
@@ -73,6 +74,9 @@ class Placement:
     """"" for facts; else the scheduler whose variables stand in `places[0]` for every node."""
     variables: tuple[str, ...] = ()
     """The variables the scheduler's renderer leaves to the shell on each node."""
+    spares: tuple[Place, ...] = ()
+    """Nodes that wait, outside the job, to take a lost node's place (torchrun only): not in
+    `places`, `nnodes` or the world size."""
     no_gpu: str = ""
     """For a scheduler: a variable that is 1 on a node that sees no GPU, else 0 (a launcher
     that must be told to use the CPU reads it; the facts say so per place instead)."""
@@ -92,14 +96,35 @@ def nproc(job: JobSpec, node: Node) -> int:
     return job.nproc_per_node or node.slots
 
 
+def spare_names(fleet: Fleet, job: JobSpec) -> tuple[str, ...]:
+    """The fleet's nodes marked `spare: true`, and the last `--spares K` of the others."""
+    marked = [n.name for n in fleet.nodes if n.spare]
+    wanted = int(job.options.get("spares", 0) or 0)
+    others = [n.name for n in fleet.nodes if not n.spare]
+    if wanted < 0:
+        raise UsageError("--spares cannot be negative")
+    if wanted >= len(others):
+        raise UsageError(f"--spares {wanted} leaves no node to train on ({len(others)} node(s) are not spares)",
+                         fix="keep at least one node, node 0, out of the spares")
+    chosen = set(marked) | set(others[len(others) - wanted:] if wanted else [])
+    if fleet.head.name in chosen:
+        raise UsageError(f"{fleet.head.name} is node 0 (it hosts the rendezvous) and cannot be a spare",
+                         fix="choose the nodes with -n so that node 0 is one that trains")
+    return tuple(n.name for n in fleet.nodes if n.name in chosen)
+
+
 def facts_placement(fleet: Fleet, job: JobSpec, facts: LaunchFacts, cwd: str) -> Placement:
-    """Every node of the fleet, in order (node 0 first), with what the nodes said."""
+    """Every node of the fleet, in order (node 0 first), with what the nodes said; spares
+    after the nodes that train, ranked after them."""
+    spares = set(spare_names(fleet, job))
+    ordered = [n for n in fleet.nodes if n.name not in spares] + [n for n in fleet.nodes if n.name in spares]
     places = tuple(Place(node=node.name, host=node.host, rank=str(rank), address=facts.address(node),
                          interface=facts.interface(node), is_head="true" if rank == 0 else "false",
                          nproc=nproc(job, node), gpus=facts.gpus.get(node.name) if facts.gpus else None)
-                   for rank, node in enumerate(fleet.nodes))
-    return Placement(places=places, head_address=facts.address(fleet.head), port=str(facts.rdzv_port),
-                     nnodes=len(fleet.nodes), cwd=cwd)
+                   for rank, node in enumerate(ordered))
+    training = len(fleet.nodes) - len(spares)
+    return Placement(places=places[:training], head_address=facts.address(fleet.head), port=str(facts.rdzv_port),
+                     nnodes=training, cwd=cwd, spares=places[training:])
 
 
 def scheduler_placement(fleet: Fleet, job: JobSpec, scheduler: str, cwd: str, *, node: str, rank: str, address: str,

@@ -72,6 +72,8 @@ class NodeLaunch:
     """Directories put first on PATH (the fleet's Python's, so its tools are found)."""
     after: tuple[tuple[str, ...], ...] = ()
     """Commands run on the node when the job has ended, however it ended."""
+    spare: bool = False
+    """Started only once the others train, outside the job until a node is lost."""
 
     def shell_line(self, quote: Callable[[str], str] | None = None) -> str:
         """`cd DIR && env NAME=value ... argv`, quoted for a POSIX shell (a leading ~/ left to
@@ -117,6 +119,8 @@ class LaunchPlan:
     exit_report: ExitReport = ExitReport.NONE
     min_nodes: int = 0
     """After a node is lost the launcher goes on while this many remain (0: the job ends)."""
+    spares: tuple[str, ...] = ()
+    """Nodes waiting to take a lost node's place (their launches are among `nodes`)."""
     rank_nodes: tuple[str, ...] = ()
     """The node each rank runs on, by global rank, where one node's runner starts every
     rank and relays all their output (mpirun): their lines are shown as that node's."""
@@ -126,8 +130,8 @@ class LaunchPlan:
                  f"process(es), {self.rendezvous}"]
         for launch in self.nodes:
             interface = launch.interface or "(detected on the node at launch)"
-            lines.append(f"[{launch.node}] node_rank={launch.node_rank} nproc={launch.nproc} host={launch.host} "
-                         f"interface={interface}")
+            role = "spare (joins once a node is lost)" if launch.spare else f"node_rank={launch.node_rank}"
+            lines.append(f"[{launch.node}] {role} nproc={launch.nproc} host={launch.host} interface={interface}")
             lines.append(f"  {launch.shell_line()}")
             if launch.filled:
                 lines.append("  filled in on the node: " + ", ".join(
@@ -150,6 +154,7 @@ class LaunchPlan:
             "launcher": self.launcher,
             "rendezvous": self.rendezvous,
             "world_size": self.world_size,
+            "spares": list(self.spares),
             "nodes": [{"node": n.node, "host": n.host, "node_rank": n.node_rank, "nproc": n.nproc, "cwd": n.cwd,
                        "argv": list(n.argv), "env": dict(n.env), "filled": list(n.filled),
                        "path": list(n.path), "python_path": list(n.python_path),

@@ -63,7 +63,13 @@ def check_options(job: JobSpec) -> None:
 def plan_job(fleet: Fleet, job: JobSpec, facts: LaunchFacts, cwd: str) -> LaunchPlan:
     """The job's plan for the fleet's nodes, as they were found."""
     check_options(job)
-    return get_launcher(job.launcher).plan(fleet, job, facts_placement(fleet, job, facts, cwd))
+    placement = facts_placement(fleet, job, facts, cwd)
+    if placement.spares and job.launcher != "torchrun":
+        spares = ", ".join(p.node for p in placement.spares)
+        raise UsageError(f"{spares}: a spare (`spare: true`) takes a lost node's place through torchrun's "
+                         f"rendezvous, which --launcher {job.launcher} does not have",
+                         fix="use --launcher torchrun, or leave the spares out with -n")
+    return get_launcher(job.launcher).plan(fleet, job, placement)
 
 
 __all__ = ["LaunchFacts", "Launcher", "LauncherOption", "check_options", "get_launcher", "launcher_names",

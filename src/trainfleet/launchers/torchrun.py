@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar
 
 from trainfleet.errors import UsageError
@@ -17,6 +18,8 @@ class Torchrun:
     options: ClassVar[tuple[LauncherOption, ...]] = (
         LauncherOption("min-nodes", "after a node is lost, go on with at least this many (with --max-restarts)",
                        metavar="N", type=int),
+        LauncherOption("spares", "hold the fleet's last K nodes back to take a lost node's place (with "
+                       "--max-restarts; also `spare: true` in the fleet file)", metavar="K", type=int),
     )
     script_entry: ClassVar[bool] = True
     needs_gpu_facts: ClassVar[bool] = False
@@ -37,14 +40,22 @@ class Torchrun:
             raise UsageError("--min-nodes restarts the job on the nodes left: it needs --max-restarts N (N >= 1)")
         if min_nodes > placement.nnodes:
             raise UsageError(f"--min-nodes {min_nodes} is more than the fleet's {placement.nnodes} nodes")
+        spares = tuple(p.node for p in placement.spares)
+        if spares and not job.max_restarts:
+            raise UsageError(f"a spare ({', '.join(spares)}) joins the job when torchrun restarts it: it needs "
+                             f"--max-restarts N (N >= 1)")
         rendezvous = endpoint(placement.head_address, placement.port)
-        nnodes = f"{min_nodes}:{placement.nnodes}" if min_nodes else str(placement.nnodes)
+        # With spares and no --min-nodes the job needs all its nodes: a spare makes up for a lost one.
+        needed = min_nodes or (placement.nnodes if spares else 0)
+        nnodes = f"{needed}:{placement.nnodes}" if needed else str(placement.nnodes)
         # Elastic: a lost node's agent is dropped after 3 missed one-second heartbeats, and
-        # the survivors meet again 2 s after the last of them arrives.
-        elastic = ",keep_alive_interval=1,keep_alive_max_attempt=3,last_call_timeout=2" if min_nodes else ""
+        # the survivors meet again 2 s after the last of them arrives. A spare's agent waits
+        # in the rendezvous's redundancy list (a full round admits no more) and is let in
+        # the round after a node is dropped.
+        elastic = ",keep_alive_interval=1,keep_alive_max_attempt=3,last_call_timeout=2" if needed else ""
         entry = wrapped_entry(job, placement, fleet.workdir)
         launches = []
-        for place in placement.places:
+        for place in placement.places + placement.spares:
             env = base_env(fleet, job, place, placement)
             if job.max_restarts:
                 # Restarted ranks would otherwise meet in the agent's one shared store, where
@@ -64,7 +75,8 @@ class Torchrun:
                 *job.launcher_args,
                 *entry,
             ]
-            launches.append(node_launch(fleet, place, placement, argv, env))
+            launch = node_launch(fleet, place, placement, argv, env)
+            launches.append(replace(launch, spare=True) if place.node in spares else launch)
         return LaunchPlan(job_id=job.job_id, launcher=self.name, rendezvous=f"c10d rendezvous at {rendezvous}",
                           world_size=placement.world_size, nodes=tuple(launches), wraps_ranks=True,
-                          exit_report=ExitReport.TORCHELASTIC, min_nodes=min_nodes)
+                          exit_report=ExitReport.TORCHELASTIC, min_nodes=needed, spares=spares)

@@ -62,7 +62,9 @@ async def examine(fleet: Fleet, rdzv_port: int = DEFAULT_RDZV_PORT, connect_time
                   throughput_bytes: int = THROUGHPUT_BYTES, project: str = "") -> DoctorReport:
     """`project`: the directory on the nodes of the project whose code is checked."""
     started = time.monotonic()
-    data = Gathered(fleet=fleet, rdzv_port=rdzv_port, project=project)
+    from trainfleet.fleet.state import cordoned
+
+    data = Gathered(fleet=fleet, rdzv_port=rdzv_port, project=project, cordoned=cordoned(fleet))
     session = await FleetSession.open(fleet)
     for name, failed in session.failures.items():
         data.ssh_errors[name] = failed.error or "unreachable"

@@ -10,10 +10,10 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from trainfleet.agent.protocol import (JobStatus, FollowRequest, JobsRequest, JobState, OutputEvent, StopRequest, SweepRequest,
+from trainfleet.agent.protocol import (JobStatus, FollowRequest, JobsRequest, JobState, OutputEvent, Restart, StopRequest, SweepRequest,
                                        TopReply, TopRequest, decode)
 from trainfleet.errors import TrainfleetError, UsageError
 from trainfleet.fleet.model import Fleet, Node
@@ -56,6 +56,16 @@ class JobView:
         return sorted({n for s in self.nodes.values() for n in s.lost})
 
     @property
+    def restarts(self) -> list[Restart]:
+        """Each time the job went on after losing a node (node 0 keeps them), oldest first."""
+        return sorted((r for s in self.nodes.values() for r in s.restarts), key=lambda r: r.at)
+
+    @property
+    def spares(self) -> dict[str, str]:
+        """Each spare and what became of it: waiting, joined (took a place) or not needed."""
+        return {n: s.spare for n, s in sorted(self.nodes.items()) if s.spare}
+
+    @property
     def metrics(self) -> dict[str, float]:
         """The latest value of each metric the job printed (node 0's, where it has it)."""
         latest: dict[str, float] = {}
@@ -81,6 +91,7 @@ class JobView:
         return {
             "job_id": self.job_id, "state": self.state, "started": self.started, "ended": self.ended,
             "lost": self.lost, "unreachable": self.unreachable, "reason": self.reason, "metrics": self.metrics,
+            "spares": self.spares, "restarts": [asdict(r) for r in self.restarts],
             "root_cause": None if root is None else {"summary": root.headline(), "node": root.first.node,
                                                      "rank": root.first.rank, "exit_code": root.first.exit_code,
                                                      "signal": root.first.signal, "detail": root.first.detail},

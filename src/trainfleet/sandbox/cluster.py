@@ -20,6 +20,7 @@ from pathlib import Path
 
 from trainfleet.errors import SandboxError, UsageError
 from trainfleet.fleet.schema import dump_fleet_yaml
+from trainfleet.fleet.state import forget_cordons
 from trainfleet.sandbox import docker as docker_daemons
 from trainfleet.sandbox import slurm as slurm_daemons
 from trainfleet.sandbox.host import (
@@ -205,6 +206,8 @@ def _build(state: SandboxState, count: int, slots: int, tools: dict[str, str], s
     fleet_file.parent.mkdir(parents=True, exist_ok=True)
     fleet_file.write_text(f"# trainfleet sandbox {state.name!r}: written by `trainfleet sandbox up`\n"
                           + dump_fleet_yaml(fleet_data(state, slots, str(key), ssh_port)))
+    # New machines under an old fleet file's name: nothing a job lost before is lost now.
+    forget_cordons(fleet_file)
     save(state)
     return state
 

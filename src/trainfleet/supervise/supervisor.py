@@ -111,6 +111,8 @@ class Supervisor:
     side: dict[str, FleetSession] = field(default_factory=dict)
     """A fresh session to each node whose first link closed, once it is back."""
     link_lost: dict[str, float] = field(default_factory=dict)
+    joined: set[str] = field(default_factory=set)
+    """Spares this client expects to have taken a lost node's place."""
 
     def requests(self) -> dict[str, LaunchRequest]:
         """Each node's launch, as its agent gets it."""
@@ -120,7 +122,7 @@ class Supervisor:
         for launch in self.plan.nodes:
             mesh = Mesh(coordinator=self.coordinator, port=self.mesh_port, token=token, nodes=names, node=launch.node,
                         min_nodes=self.plan.min_nodes, hang_timeout=self.hang_timeout,
-                        loss_timeout=self.loss_timeout) if self.mesh_port else None
+                        loss_timeout=self.loss_timeout, spares=list(self.plan.spares)) if self.mesh_port else None
             found[launch.node] = LaunchRequest(
                 job_id=self.plan.job_id, argv=list(launch.argv), cwd=launch.cwd, workdir=self.workdir,
                 env=dict(launch.env), secrets=dict(self.secrets), files=self._files(launch.site), grace=self.grace,
@@ -239,12 +241,24 @@ class Supervisor:
             if name in self.lost:
                 continue
             self.lost[name] = event.reason if name in event.reason else f"{name} was lost"
-            goes_on = self.plan.min_nodes and len(self.plan.nodes) - len(self.lost) >= self.plan.min_nodes
-            self.on_status(f"{name} was lost; " + (f"the job goes on without it (--min-nodes {self.plan.min_nodes})"
-                                                   if goes_on else "the job ends on every node"))
+            self.on_status(f"{name} was lost; " + self._after_loss(name))
             for task, node in tasks.items():
                 if node == name and not task.done():
                     task.cancel()
+
+    def _after_loss(self, name: str) -> str:
+        """What the nodes do next (node 0's coordinator decides it the same way)."""
+        if name in self.plan.spares and name not in self.joined:
+            return "it was a spare waiting for a place: the job goes on as it was"
+        left = len(self.plan.nodes) - len(self.lost)
+        if not self.plan.min_nodes or left < self.plan.min_nodes:
+            return "the job ends on every node"
+        spares = [n for n in self.plan.spares if n not in self.lost and n not in self.joined]
+        if spares:
+            self.joined.add(spares[0])
+            return (f"its ranks restart, and a spare ({fold_nodes(spares)}) takes its place in torchrun's next "
+                    f"rendezvous (the script resumes from its checkpoint)")
+        return f"the job goes on without it (--min-nodes {self.plan.min_nodes})"
 
     async def _tick(self, router: OutputRouter) -> None:
         while True:
