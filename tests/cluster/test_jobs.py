@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,6 +221,39 @@ def test_a_spare_takes_a_lost_nodes_place_and_the_job_resumes_at_full_size(fleet
     dry = tf("run", "-f", str(fleet), "--dry-run", "train.py")
     assert "[node1]" not in dry.stdout and "leaving out node1: cordoned" in dry.stderr, dry.stderr
     assert ranks_running(durable, ["node0", "node2"]) == []
+
+
+def test_node0_lost_the_rendezvous_moves_and_a_spare_keeps_the_job_at_full_size(fleet: Path,
+                                                                                durable: sb.SandboxState) -> None:
+    """node0 hosts torchrun's store and the supervisors' mesh; killed, node1 hosts both
+    anew, every other node's launcher starts again there, and the spare fills the place.
+    The checkpoints are on a file system every node sees (here /dev/shm), as resuming on
+    another node needs."""
+    shared = Path("/dev/shm") / f"tf-test-ckpt-{time.time_ns()}"
+    try:
+        run = tf_start("run", "-f", str(fleet), "--sync-dir", str(EXAMPLE), "--spares", "1", "--max-restarts", "3",
+                       "train.py", "--steps", "300", "--checkpoint-dir", str(shared), "--checkpoint-every", "10",
+                       "--resume")
+        seen = wait_for_line(run, r"^\[node0:0\] step 40 ", timeout=240)
+        killed = time.monotonic()
+        faults.inject(durable.name, "node0", faults.FaultKind.KILL)
+        seen += wait_for_line(run, rf"resumed from {shared}/ckpt.pt at step [1-9]\d* on 4 rank", timeout=120)
+        resumed_after = time.monotonic() - killed
+        out, err = run.communicate(timeout=600)
+        output = "".join(seen) + out
+        assert run.returncode == 0, output[-3000:] + err[-3000:]
+        assert ("node0 was lost; the rendezvous moves to node1; its ranks restart, and a spare (node2) takes its "
+                "place" in err), err
+        assert re.search(r"^\[node1:0\] step 300 loss ", output, re.MULTILINE), output[-3000:]
+        assert resumed_after < 30, resumed_after
+        job_id = re.search(r"job (tf-\S+):", err).group(1)  # type: ignore[union-attr]
+        record = job_state(fleet, job_id)
+        assert record["state"] == "succeeded" and record["spares"] == {"node2": "joined"}, record
+        [restart] = record["restarts"]
+        assert restart["lost"] == "node0" and restart["nodes"] == ["node1", "node2"], restart
+        assert ranks_running(durable, ["node1", "node2"]) == []
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def test_a_spare_that_is_not_needed_stands_down_and_one_lost_while_waiting_costs_nothing(

@@ -101,6 +101,30 @@ def test_a_client_that_cannot_get_back_leaves_and_the_job_goes_on(linked: tuple[
         assert "succeeded" in shown, shown
 
 
+def test_logs_follow_gets_back_after_a_lost_link_without_losing_or_repeating_a_line(
+        linked: tuple[sb.SandboxState, Path], workdir: Path) -> None:
+    """`logs --follow` of a detached job is a view too: a link lost for 20 s is said once,
+    and it catches up from the node's log."""
+    state, fleet = linked
+    started = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "--detach", "--job-id", "tf-follow-link",
+                 "ranks.py", "--tick", "--seconds", "40", timeout=180)
+    assert started.returncode == 0, started.stderr
+    follower = subprocess.Popen([sys.executable, "-m", "trainfleet", "logs", "-f", str(fleet), "tf-follow-link",
+                                 "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL)
+    try:
+        wait_for_line(follower, r"^\[node0:0\] tick 3$", timeout=120)
+        cut(state, "node0")
+        time.sleep(20)
+    finally:
+        mend(state, "node0")
+    out, err = follower.communicate(timeout=180)
+    ticks = [int(n) for n in re.findall(r"^\[node0:0\] tick (\d+)$", out, re.MULTILINE)]
+    assert ticks == list(range(4, 41)), (ticks, err)  # (1-3 were read by wait_for_line)
+    assert re.search(r"lost contact with node0 \(SSH\) at \d\d:\d\d:\d\d; the job goes on; reconnecting", err), err
+    assert "back in contact with node0" in err and "Traceback" not in err, err
+
+
 def test_a_stop_that_reaches_one_node_is_a_stop_on_every_node(linked: tuple[sb.SandboxState, Path], workdir: Path,
                                                              tmp_path: Path) -> None:
     """A person's stop reaches node 0 only (the others' links are cut): node 0's supervisor

@@ -325,8 +325,15 @@ def test_a_spare_waits_outside_the_world_and_the_job_needs_all_its_nodes() -> No
         assert "[gpu2] spare (joins once a node is lost) nproc=2" in text, text
         # Every agent, the spare's too, in one elastic rendezvous of exactly 2 nodes: the
         # spare's agent waits in torchrun's redundancy list.
-        assert text.count("--nnodes=2:2 ") == 3 and text.count("keep_alive_interval=1") == 3, text
+        launches = text.split("\n[")
+        assert all(part.count("--nnodes=2:2 ") == (1 if i == 1 else 2) for i, part in enumerate(launches[1:], 1)), text
         assert "is_host=false,keep_alive" in text.split("[gpu2]")[1]
+        # Should gpu0 (and its store) be lost, the rendezvous moves to gpu1, the spare's too.
+        assert launch_plan.successor == "gpu1"  # type: ignore[attr-defined]
+        assert "if gpu0 is lost:" not in launches[1]
+        for part, host in ((launches[2], "true"), (launches[3], "false")):
+            moved = part.split("if gpu0 is lost: ")[1]
+            assert "--rdzv-endpoint=10.0.0.11:29555 " in moved and f"--rdzv-conf=is_host={host},keep_alive" in moved
 
 
 def test_spares_are_refused_where_they_cannot_work() -> None:

@@ -69,6 +69,19 @@ def test_metric_plot_is_a_readable_png(tmp_path: Path) -> None:
     assert "no rank printed 'accuracy'; fix: pick one of: loss" in refused.value.one_line()
 
 
+def test_a_restart_is_marked_where_the_steps_go_back(tmp_path: Path) -> None:
+    from trainfleet.cli.plots import restart_steps
+
+    # Steps 1..40, a node lost at 37, resumed from the checkpoint of step 30 (twice for one rank).
+    steps = list(range(1, 38)) + list(range(30, 41))
+    lines = [f"[node0:{r}] step {s} loss {3.0 / s:.4f}" for s in steps for r in range(2)]
+    series = collect(lines)
+    assert restart_steps(series, "loss") == [30.0]
+    assert restart_steps(collect([f"[node0:0] step {s} loss 1.0" for s in range(1, 9)]), "loss") == []
+    out = tmp_path / "restart.png"
+    assert metric_plot(series, "loss", "t", out) == 2 and png_pixels(out).std() > 0.05
+
+
 def test_bandwidth_heatmap_names_the_slowest_link(tmp_path: Path) -> None:
     result = NetBenchResult(node_names=["node0", "node1", "node2"])
     for src in range(3):

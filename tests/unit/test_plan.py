@@ -79,7 +79,12 @@ def test_dry_run_cli_prints_the_plan_and_contacts_nobody(tmp_path: Path) -> None
     # The job runs in the project's own directory: its name, then a hash of where it is here.
     name = project_for(project).name
     assert re.fullmatch(r"my_project-[0-9a-f]{8}", name) and f"cd ~/job/{name} && " in completed.stdout
+    # The rendezvous id: the job id and 64 random bits, new for every run.
+    [rendezvous] = re.findall(r"--rdzv-id=(\S+)", completed.stdout)[:1]
+    assert re.fullmatch(r"tf-golden-[0-9a-f]{16}", rendezvous), rendezvous
+    again = tf("run", "-f", str(fleet), "--dry-run", "--job-id", "tf-golden", "train.py").stdout
+    assert rendezvous not in again
     # gpu1 has no interface in the file and nobody was asked, so none is set for it.
-    check_golden("dry_run_cli.txt", completed.stdout.replace(name, "PROJECT"))
+    check_golden("dry_run_cli.txt", completed.stdout.replace(name, "PROJECT").replace(rendezvous, "tf-golden"))
     as_json = tf("run", "-f", str(fleet), "--dry-run", "--json", "--job-id", "j2", "train.py")
     assert '"world_size": 6' in as_json.stdout

@@ -82,3 +82,26 @@ def test_the_timeline_orders_a_failed_jobs_events_and_ends_with_its_root_cause()
     assert events[-1]["time"] == 20.0 and events[-1]["node"] in ("n0", "n1")
     row = job_row(view)
     assert (row["launcher"], row["processes"], row["state"]) == ("torchrun", 4, "failed")
+
+
+def test_the_timeline_shows_a_restart_the_spare_that_took_the_place_and_a_closed_controller_link() -> None:
+    from trainfleet.agent.protocol import Restart
+
+    restart = Restart(at=30.0, lost="n1", cause="n1 was lost (its connection closed)", nodes=["n0", "n2"],
+                      resumed=34.5)
+    view = JobView("j", nodes={
+        "n0": JobState(job_id="j", node="n0", state=JobStatus.SUCCEEDED, started=10.0, ended=90.0, exit_code=0,
+                       lost=["n1"], restarts=[restart], controller_gone=50.0),
+        "n2": JobState(job_id="j", node="n2", state=JobStatus.SUCCEEDED, started=10.0, ended=90.0, exit_code=0,
+                       lost=["n1"], spare="joined"),
+    })
+    events = timeline(view)
+    assert [e["time"] for e in events] == sorted(e["time"] for e in events)
+    assert {"time": 30.0, "node": "n1",
+            "text": "restart 1: n1 was lost (its connection closed); went on with n0, n2"} in events
+    assert {"time": 34.5, "node": "", "text": "restart 1: ranks back 4.5 s later"} in events
+    assert {"time": 30.0, "node": "n2", "text": "spare: took a lost node's place"} in events
+    assert {"time": 50.0, "node": "n0", "text": "the controller's link closed: the job went on"} in events
+    assert not any(e["text"].startswith("lost") for e in events)  # the restart says it
+    row = job_row(view)
+    assert row["spares"] == {"n2": "joined"} and row["restarts"][0]["resumed"] == 34.5

@@ -26,7 +26,7 @@ from typing import IO, Any, Dict, List, Optional
 
 from . import procs
 from .lock import release_lock
-from .protocol import NODE_KEY_VARIABLE, EnvFile, JobState, JobStatus, LaunchRequest, Proc, Restart
+from .protocol import NODE_KEY_VARIABLE, EnvFile, JobState, JobStatus, LaunchRequest, Mesh, Proc, Restart
 from .rankwrap import node_key, rank_mark, redact, secret_fragments
 from .records import (FULL, LOG_NAME, job_dir, log_lines, log_paths, overflow_dir, read_errors, remove_secrets,
                       settle_overflow, viewer_seen, write_record, write_state)
@@ -133,6 +133,12 @@ class Supervisor:
         """Set on a spare when its launcher may start (the others' ranks run)."""
         self.ran = False
         """Ranks of the job have run on this node."""
+        self.child: Optional["subprocess.Popen[bytes]"] = None
+        self.pump: Optional[threading.Thread] = None
+        self.env: Dict[str, str] = {}
+        self.launch_guard = threading.RLock()
+        """Held while the launcher is started or swapped (a failover starts it again)."""
+        self.failed_over = False
 
     # ---- what the mesh asks of this node (see mesh.Node) ----------------------------------
     def stop_job(self, reason: str, lost: Optional[str] = None) -> None:
@@ -320,13 +326,13 @@ class Supervisor:
         """Start the job, supervise it to its end, record how it ended. `ready` hears once
         whether it started (the launcher's pid, or why not)."""
         request = self.request
-        env = rank_environment(request, dict(os.environ))
+        env = self.env = rank_environment(request, dict(os.environ))
         cwd = os.path.expanduser(request.cwd)
         if request.env_file is not None:
             env[request.env_file.variable] = write_env_file(self.directory, cwd, request.env_file, {})
         write_state(self.directory, self.state)
         try:
-            peer = self.peer = self._meet()
+            self.peer = self._meet()
         except OSError as exc:
             self._failed_to_start(ready, 1, "the job's supervisors cannot meet: port %d on %s: %s" % (
                 request.mesh.port, request.mesh.coordinator, exc.strerror or exc))  # type: ignore[union-attr]
@@ -338,34 +344,125 @@ class Supervisor:
             os.write(ready, (json.dumps({"spare": True}) + "\n").encode())
             os.close(ready)
             ready = -1
-            self._watch(peer)
+            self._watch(self.peer)
             while not self.released.wait(0.2):
                 if self.stop.is_set():
-                    self._record_idle_spare(peer)
+                    self._record_idle_spare(self.peer)
                     return
-        # A leading ~/ names the node's home, as it would typed into a shell.
-        argv = [os.path.expanduser(a) if a.startswith("~/") else a for a in request.argv]
         try:
-            os.makedirs(cwd, exist_ok=True)
-            child = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            with self.launch_guard:
+                self._start_launcher()
         except OSError as exc:
             self._failed_to_start(ready, 127, "cannot start %s: %s" % (request.argv[0], exc.strerror or exc))
             return
-        self.state.state, self.state.launcher_pid = JobStatus.RUNNING, child.pid
-        write_state(self.directory, self.state)
         if ready >= 0:
-            os.write(ready, (json.dumps({"pid": child.pid}) + "\n").encode())
+            os.write(ready, (json.dumps({"pid": self.state.launcher_pid}) + "\n").encode())
             os.close(ready)
-            self._watch(peer)
-        pump = threading.Thread(target=self._pump, args=(child.stdout,), daemon=True)
-        pump.start()
-        while child.poll() is None and not self.stop.is_set():
+            self._watch(self.peer)
+        while not self.stop.is_set():
+            with self.launch_guard:
+                code = self.child.poll()  # type: ignore[union-attr]
+            if code is not None:
+                if code == 0 or not self._await_failover():
+                    break
             self.stop.wait(0.2)
-        code, left = self._end(child, env)
-        pump.join(10)
+        code, left = self._end(self.child, env)  # type: ignore[arg-type]
+        assert self.pump is not None
+        self.pump.join(10)
         self._close_log()
-        self._record_end(code, left, peer)
+        self._record_end(code, left, self.peer)
+
+    def _start_launcher(self) -> None:
+        """The launcher (under launch_guard), its output into the log."""
+        request = self.request
+        cwd = os.path.expanduser(request.cwd)
+        # A leading ~/ names the node's home, as it would typed into a shell.
+        argv = [os.path.expanduser(a) if a.startswith("~/") else a for a in request.argv]
+        os.makedirs(cwd, exist_ok=True)
+        child = subprocess.Popen(argv, cwd=cwd, env=self.env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.child = child
+        with self.guard:
+            self.state.state, self.state.launcher_pid = JobStatus.RUNNING, child.pid
+            write_state(self.directory, self.state)
+        self.pump = threading.Thread(target=self._pump, args=(child.stdout,), daemon=True)
+        self.pump.start()
+
+    def fail_over(self, head: str, cause: str) -> bool:
+        """Node 0 (the rendezvous's store, the mesh's coordinator) was lost: the mesh meets
+        again on the successor, and this node's launcher starts again with the rendezvous
+        there. False where the job cannot go on without node 0 (it then ends)."""
+        mesh = self.request.mesh
+        if mesh is None or not mesh.successor or not self.request.failover or self.failed_over:
+            return False
+        if self.stop.is_set() or self.ended:
+            return False
+        self.failed_over = True
+        from .mesh import Coordinator, Member
+
+        order = [mesh.successor] + [n for n in mesh.nodes if n not in (head, mesh.successor)]
+        moved = Mesh(coordinator=mesh.successor_address, port=mesh.successor_port, token=mesh.token, nodes=order,
+                     node=mesh.node, loss_timeout=mesh.loss_timeout, join_timeout=mesh.join_timeout,
+                     min_nodes=mesh.min_nodes, hang_timeout=mesh.hang_timeout, spares=list(mesh.spares))
+        self.note_lost(head)
+        self.write_lines(["[trainfleet] %s; the rendezvous moves to %s, and this node's launcher starts again there"
+                          % (cause, mesh.successor)])
+        try:
+            peer = Coordinator(moved, self) if mesh.node == mesh.successor else Member(moved, self)  # type: ignore[arg-type]
+        except OSError as exc:
+            self.stop_job("%s, and the job cannot move to %s: port %d: %s" % (cause, mesh.successor,
+                                                                             mesh.successor_port, exc))
+            return True
+        if isinstance(peer, Coordinator):
+            peer.spares_released = True  # a spare starts at once: the survivors' next round is its place
+            self.note_restart(head, cause, order)
+        self.request.mesh, self.request.argv = moved, list(self.request.failover)
+        self.peer = peer
+        peer.start()
+        if self.spare and not self.released.is_set():
+            self.released.set()  # it starts with the moved rendezvous (run() reads argv after this)
+            return True
+        threading.Thread(target=self._relaunch, daemon=True).start()
+        return True
+
+    def _relaunch(self) -> None:
+        with self.launch_guard:
+            old = self.child
+            if old is None:
+                return
+            try:
+                os.killpg(old.pid, signal.SIGTERM)
+            except OSError:
+                pass
+            procs.end_job(self.request.job_id, 3.0)
+            try:
+                old.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            if self.stop.is_set():
+                return
+            try:
+                self._start_launcher()
+            except OSError as exc:
+                self.stop_job("cannot start %s again: %s" % (self.request.argv[0], exc.strerror or exc))
+
+    def _await_failover(self) -> bool:
+        """The launcher failed: True if that is node 0's loss, which the failover answers
+        by starting it again (it has, or does within the loss timeout); False when node 0
+        is still there (its heartbeats go on), or the job cannot move."""
+        mesh = self.request.mesh
+        if self.failed_over:
+            with self.launch_guard:
+                return self.child is not None and self.child.poll() is None
+        if mesh is None or not mesh.successor or not self.request.failover or mesh.node == mesh.nodes[0]:
+            return False
+        exited = time.time()
+        deadline = exited + mesh.loss_timeout + 2
+        while time.time() < deadline and not self.failed_over and not self.stop.is_set():
+            if getattr(self.peer, "heard", 0.0) > exited + 1.5:
+                return False
+            time.sleep(0.2)
+        return self.failed_over
 
     def _close_log(self) -> None:
         with self.log_guard:

@@ -10,6 +10,11 @@ without it. A node that loses the coordinator ends its own part of the job. When
 anywhere has written for `hang_timeout` seconds, every node dumps its ranks' stacks
 and the job ends. Messages are JSON lines; stdlib only.
 
+Node 0 lost: where the job may go on with fewer nodes (or a spare), every other node's
+supervisor meets again on the successor (node 1, at a port chosen before the job
+started), which coordinates from then on, and each starts its launcher again with the
+rendezvous there (the plan's `failover` argv).
+
 Spares: their launchers start only once every other node's ranks run (so that the
 nodes that train are the ones torchrun's first round takes), and wait in its rendezvous.
 A spare lost while it waits costs the job nothing; one never needed is told to stand
@@ -94,6 +99,8 @@ class Node:
     def release_spare(self) -> None: ...
 
     def stand_down(self) -> None: ...
+
+    def fail_over(self, head: str, cause: str) -> bool: ...
 
 
 class Coordinator:
@@ -295,6 +302,8 @@ class Member:
         self.lock = threading.Lock()
         self.joined = threading.Event()
         """Set once this node has said hello to the coordinator, or given up trying."""
+        self.heard = 0.0
+        """When the coordinator was last heard from."""
 
     def start(self) -> None:
         threading.Thread(target=self._run, daemon=True).start()
@@ -326,15 +335,15 @@ class Member:
         self.sock = sock
         self.joined.set()
         threading.Thread(target=self._beat, daemon=True).start()
-        heard = time.time()
+        self.heard = time.time()
         released = False
         for message in _lines(sock, lambda: not self.node.ended):
             now = time.time()
             if message is None:
-                if now - heard > self.mesh.loss_timeout and not released:
+                if now - self.heard > self.mesh.loss_timeout and not released:
                     break
                 continue
-            heard = now
+            self.heard = now
             if "lost" in message:
                 self.node.note_lost(message["lost"])
             if "stopping" in message:
@@ -353,6 +362,10 @@ class Member:
                 threading.Thread(target=self.node.dump_stacks, daemon=True).start()
         if not self.node.ended and not released and not self.node.stop.is_set():
             head = self.mesh.nodes[0]
+            why = "its connection closed" if now - self.heard <= self.mesh.loss_timeout else (
+                "no heartbeat for %.0fs" % self.mesh.loss_timeout)
+            if self.node.fail_over(head, "%s was lost (%s)" % (head, why)):
+                return  # the mesh meets again on the successor
             self.node.stop_job("%s (the coordinator) was lost" % head, lost=head)
 
     def announce_stop(self, reason: str) -> None:

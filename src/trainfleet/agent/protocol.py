@@ -403,6 +403,11 @@ class Mesh:
     spares: List[str] = field(default_factory=list)
     """Nodes (among `nodes`) whose launcher starts once the others' ranks run, to wait in
     the rendezvous for a lost node's place."""
+    successor: str = ""
+    """The node whose supervisor coordinates (at `successor_address:successor_port`)
+    should node 0 be lost; "": the job ends with node 0."""
+    successor_address: str = ""
+    successor_port: int = 0
 
 
 @dataclass
@@ -537,6 +542,8 @@ class LaunchRequest(Request[JobState]):
     """The ranks run under the rank wrapper (their lines are marked)."""
     rank_nodes: List[str] = field(default_factory=list)
     """The node of each rank whose output this node relays (mpirun), by global rank."""
+    failover: List[str] = field(default_factory=list)
+    """The argv to start instead should node 0 be lost (`mesh.successor` then coordinates)."""
 
 
 @dataclass

@@ -61,15 +61,17 @@ def job_options(command):  # type: ignore[no-untyped-def]
 def job_from_options(fleet: Fleet, values: Mapping[str, Any], **more: Any) -> JobSpec:
     """The job the options describe (`more`: what only the calling command decides), checked
     whole: its id, sizes, environment names, and each launcher option against its launcher."""
-    from trainfleet.job.spec import JobSpec, new_job_id, validate_job
+    from trainfleet.job.spec import JobSpec, new_job_id, new_rendezvous_id, validate_job
     from trainfleet.launchers import check_options
 
     launcher = fleet_launcher(fleet, values["launcher"])
     given = {key[len(OPTION_PREFIX):].replace("_", "-"): value for key, value in values.items()
              if key.startswith(OPTION_PREFIX) and value not in (None, "", 0)}
+    job_id = values["job_id"] or new_job_id()
     job = JobSpec(entrypoint=values["script"], args=tuple(values["args"]), module=values["module"],
                   nproc_per_node=values["nproc_per_node"], max_restarts=values["max_restarts"],
-                  job_id=values["job_id"] or new_job_id(), env=parse_env(values["env_pairs"]), launcher=launcher,
+                  job_id=job_id, rendezvous_id=new_rendezvous_id(job_id), env=parse_env(values["env_pairs"]),
+                  launcher=launcher,
                   launcher_args=tuple(values["launcher_args"]), options=given, **more)
     validate_job(job)
     check_options(job)

@@ -50,17 +50,29 @@ def metric_plot(series: dict[tuple[str, int], Series], metric: str, title: str, 
         points = series[(node, rank)].points[metric]
         axes.plot([p[0] for p in points], [p[1] for p in points], label=f"rank {rank} ({node})" if rank >= 0 else node,
                   marker="o" if len(points) < 30 else None, markersize=3, linewidth=1.4)
+    for index, step in enumerate(restart_steps(series, metric)):
+        axes.axvline(step, color="grey", linestyle="--", linewidth=1, label="restart" if index == 0 else None)
     unit = UNITS.get(metric, "")
     axes.set_xlabel("step")
     axes.set_ylabel(f"{metric} ({unit})" if unit else metric)
     axes.set_title(_wrapped(title, figure))
     axes.grid(True, alpha=0.3)
-    if len(ranks) > 1:
+    if len(ranks) > 1 or "restart" in axes.get_legend_handles_labels()[1]:
         axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
     return len(ranks)
+
+
+def restart_steps(series: dict[tuple[str, int], Series], metric: str) -> list[float]:
+    """Where the job started again (a restart resumed from its checkpoint): a rank's step
+    that is not past the step it printed before."""
+    found = set()
+    for one in series.values():
+        steps = [p[0] for p in one.points.get(metric, [])]
+        found.update(after for before, after in zip(steps, steps[1:]) if after <= before)
+    return sorted(found)
 
 
 def _wrapped(title: str, figure: object) -> str:

@@ -34,6 +34,8 @@ class LaunchFacts:
     """Each node's home directory (what a leading ~/ means there)."""
     mesh_port: int = 0
     """A free port on node 0 for the job's node supervisors to meet on."""
+    successor_ports: tuple[int, ...] = ()
+    """Free ports on node 1 (rendezvous, mesh): where both move if node 0 is lost."""
 
     def address(self, node: Node) -> str:
         return self.addresses.get(node.name, node.address)
@@ -74,6 +76,8 @@ class Placement:
     """"" for facts; else the scheduler whose variables stand in `places[0]` for every node."""
     variables: tuple[str, ...] = ()
     """The variables the scheduler's renderer leaves to the shell on each node."""
+    successor_port: str = ""
+    """The rendezvous port on node 1 should node 0 be lost ("": the job cannot move)."""
     spares: tuple[Place, ...] = ()
     """Nodes that wait, outside the job, to take a lost node's place (torchrun only): not in
     `places`, `nnodes` or the world size."""
@@ -123,8 +127,9 @@ def facts_placement(fleet: Fleet, job: JobSpec, facts: LaunchFacts, cwd: str) ->
                          nproc=nproc(job, node), gpus=facts.gpus.get(node.name) if facts.gpus else None)
                    for rank, node in enumerate(ordered))
     training = len(fleet.nodes) - len(spares)
+    successor = str(facts.successor_ports[0]) if facts.successor_ports else str(facts.rdzv_port)
     return Placement(places=places[:training], head_address=facts.address(fleet.head), port=str(facts.rdzv_port),
-                     nnodes=training, cwd=cwd, spares=places[training:])
+                     nnodes=training, cwd=cwd, spares=places[training:], successor_port=successor)
 
 
 def scheduler_placement(fleet: Fleet, job: JobSpec, scheduler: str, cwd: str, *, node: str, rank: str, address: str,

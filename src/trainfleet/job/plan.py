@@ -74,6 +74,9 @@ class NodeLaunch:
     """Commands run on the node when the job has ended, however it ended."""
     spare: bool = False
     """Started only once the others train, outside the job until a node is lost."""
+    failover: tuple[str, ...] = ()
+    """The argv this node starts instead should node 0 be lost (the rendezvous then on
+    node 1); empty where the job cannot go on without node 0."""
 
     def shell_line(self, quote: Callable[[str], str] | None = None) -> str:
         """`cd DIR && env NAME=value ... argv`, quoted for a POSIX shell (a leading ~/ left to
@@ -121,6 +124,8 @@ class LaunchPlan:
     """After a node is lost the launcher goes on while this many remain (0: the job ends)."""
     spares: tuple[str, ...] = ()
     """Nodes waiting to take a lost node's place (their launches are among `nodes`)."""
+    successor: str = ""
+    """The node that hosts the rendezvous should node 0 be lost ("": the job ends then)."""
     rank_nodes: tuple[str, ...] = ()
     """The node each rank runs on, by global rank, where one node's runner starts every
     rank and relays all their output (mpirun): their lines are shown as that node's."""
@@ -137,6 +142,8 @@ class LaunchPlan:
                 lines.append("  filled in on the node: " + ", ".join(
                     f"{name}=<this node's key>" if name == NODE_KEY_VARIABLE else f"{name}=<secret>"
                     for name in launch.filled))
+            if launch.failover:
+                lines.append(f"  if {self.nodes[0].node} is lost: {' '.join(shell_word(w) for w in launch.failover)}")
             for command in launch.after:
                 lines.append(f"  afterwards: {' '.join(shell_word(w) for w in command)}")
             if launch.env_file:
@@ -157,7 +164,7 @@ class LaunchPlan:
             "spares": list(self.spares),
             "nodes": [{"node": n.node, "host": n.host, "node_rank": n.node_rank, "nproc": n.nproc, "cwd": n.cwd,
                        "argv": list(n.argv), "env": dict(n.env), "filled": list(n.filled),
-                       "path": list(n.path), "python_path": list(n.python_path),
+                       "path": list(n.path), "python_path": list(n.python_path), "failover": list(n.failover),
                        "runner_env": dict(n.env_file.values) if n.env_file else {}}
                       for n in self.nodes],
             "prepare": [{"node": p.node, "env": dict(p.env), "write": dict(p.write)} for p in self.prepare],

@@ -35,6 +35,9 @@ class JobSpec:
     launcher declares and checks its own."""
     hang_timeout: float = 0.0
     """Seconds without a line from any rank before the ranks' stacks are dumped and the job ends (0: never)."""
+    rendezvous_id: str = ""
+    """The id the job's nodes meet under (torchrun's --rdzv-id): the job id and 64 random
+    bits, so that it cannot be guessed from the short id shown; "": the job id."""
     loss_timeout: float = 15.0
     """Seconds a node may be silent (a network blip, a saturated link) before it counts as
     lost and the job ends (or goes on without it); a node whose supervisor died is lost at once."""
@@ -43,6 +46,10 @@ class JobSpec:
 def new_job_id(now: _dt.datetime | None = None) -> str:
     moment = now or _dt.datetime.now()
     return f"tf-{moment:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def new_rendezvous_id(job_id: str) -> str:
+    return f"{job_id}-{secrets.token_hex(8)}"
 
 
 def validate_job(job: JobSpec) -> None:

@@ -54,6 +54,9 @@ class Torchrun:
         # the round after a node is dropped.
         elastic = ",keep_alive_interval=1,keep_alive_max_attempt=3,last_call_timeout=2" if needed else ""
         entry = wrapped_entry(job, placement, fleet.workdir)
+        # Node 0 hosts the store: should it be lost, node 1 hosts a new one, and every
+        # other node's agent starts again there (what torchrun cannot do by itself).
+        successor = placement.places[1] if needed and len(placement.places) > 1 else None
         launches = []
         for place in placement.places + placement.spares:
             env = base_env(fleet, job, place, placement)
@@ -68,15 +71,23 @@ class Torchrun:
                 f"--nproc-per-node={place.nproc}",
                 "--rdzv-backend=c10d",
                 f"--rdzv-endpoint={rendezvous}",
-                f"--rdzv-id={job.job_id}",
+                f"--rdzv-id={job.rendezvous_id or job.job_id}",
                 f"--rdzv-conf=is_host={place.is_head}{elastic}",
                 f"--local-addr={place.address}",
                 f"--max-restarts={job.max_restarts}",
                 *job.launcher_args,
                 *entry,
             ]
+            failover: list[str] = []
+            if successor is not None and place is not placement.places[0]:
+                moved = endpoint(successor.address, placement.successor_port)
+                host = "true" if place is successor else "false"
+                failover = [f"--rdzv-endpoint={moved}" if a.startswith("--rdzv-endpoint=") else
+                            f"--rdzv-conf=is_host={host}{elastic}" if a.startswith("--rdzv-conf=") else a
+                            for a in argv]
             launch = node_launch(fleet, place, placement, argv, env)
-            launches.append(replace(launch, spare=True) if place.node in spares else launch)
+            launches.append(replace(launch, spare=place.node in spares, failover=tuple(failover)))
         return LaunchPlan(job_id=job.job_id, launcher=self.name, rendezvous=f"c10d rendezvous at {rendezvous}",
                           world_size=placement.world_size, nodes=tuple(launches), wraps_ranks=True,
-                          exit_report=ExitReport.TORCHELASTIC, min_nodes=needed, spares=spares)
+                          exit_report=ExitReport.TORCHELASTIC, min_nodes=needed, spares=spares,
+                          successor=successor.node if successor is not None else "")

@@ -20,6 +20,7 @@ from trainfleet.fleet.model import Fleet, Node
 from trainfleet.job.plan import RANK_LINE
 from trainfleet.supervise.output import on_screen, rank_node
 from trainfleet.supervise.rootcause import RootCause, find_root_cause
+from trainfleet.supervise.supervisor import LinkLost, clock, reopen
 from trainfleet.transport.agent_client import AgentError, AgentFailed
 from trainfleet.transport.session import FleetSession
 
@@ -179,11 +180,16 @@ async def logs(fleet: Fleet, job_id: str, nodes: Iterable[Node], *, rank: int | 
         marked = any(s.wrapped for s in known.nodes.values())
         placed = next((s.rank_nodes for s in known.nodes.values() if s.rank_nodes), [])
 
+        received: dict[str, int] = {}
+        """Lines of each node's log received (where a reconnected stream resumes)."""
+
         def take(node: str) -> Callable[[dict[str, Any]], None]:
             def handle(event: dict[str, Any]) -> None:
                 if "lines" not in event:
                     return
-                for moment, text in decode(OutputEvent, event).lines:
+                lines = decode(OutputEvent, event).lines
+                received[node] = received.get(node, 0) + len(lines)
+                for moment, text in lines:
                     if (verbose or on_screen(text, marked)) and matches(text, rank):
                         if follow:
                             printer(shown(node, text, placed))
@@ -196,12 +202,35 @@ async def logs(fleet: Fleet, job_id: str, nodes: Iterable[Node], *, rank: int | 
         async def one(node: Node) -> None:
             if node.name not in known.nodes:
                 return
+            link = session
             try:
-                states[node.name] = await session.call(
-                    node.name, FollowRequest(job_id=job_id, workdir=fleet.workdir, since=since, follow=follow),
-                    on_event=take(node.name), timeout=None)
+                while True:
+                    request = FollowRequest(job_id=job_id, workdir=fleet.workdir, since=since, follow=follow,
+                                            skip=received.get(node.name, 0))
+                    try:
+                        states[node.name] = await link.call(node.name, request, on_event=take(node.name), timeout=None)
+                        return
+                    except AgentFailed as exc:
+                        if not (follow and exc.link_closed):
+                            raise
+                    # A view only: the job goes on; back from the first line not yet shown.
+                    lost = time.time()
+                    on_job(f"lost contact with {node.name} (SSH) at {clock(lost)}; the job goes on; reconnecting")
+                    if link is not session:
+                        await link.close()
+                    try:
+                        link = await reopen(fleet, node.name, fleet.ssh.reconnect_timeout, lost)
+                    except LinkLost:
+                        printer(f"[trainfleet] {node.name}: could not get back within {fleet.ssh.reconnect_timeout:g}s "
+                                f"(`ssh: {{reconnect_timeout}}`); the job goes on: `trainfleet logs {job_id} --follow` "
+                                f"follows it again")
+                        return
+                    on_job(f"back in contact with {node.name} at {clock(time.time())}; catching up from its log")
             except (AgentFailed, AgentError) as exc:
                 printer(f"[trainfleet] {node.name}: {exc}")
+            finally:
+                if link is not session:
+                    await link.close()
 
         await asyncio.gather(*(one(n) for n in chosen))
     for _, line in sorted(collected, key=lambda item: item[0]):

@@ -21,7 +21,7 @@ from trainfleet.plans.containers import check_image, containerize
 from trainfleet.errors import TrainfleetError, UsageError
 from trainfleet.fleet.model import Fleet, Node
 from trainfleet.job.spec import JobSpec
-from trainfleet.job.placement import DEFAULT_RDZV_PORT, LaunchFacts
+from trainfleet.job.placement import DEFAULT_RDZV_PORT, LaunchFacts, spare_names
 from trainfleet.job.plan import LaunchPlan
 from trainfleet.launchers import get_launcher, plan_job
 from trainfleet.plans.network import NetworkChoice, choose
@@ -91,12 +91,21 @@ async def preflight(session: FleetSession, job: JobSpec, project: Project, wante
     entry = job.entrypoint if outside else f"{project.name}/{job.entrypoint}"
     common = [FactSection.NET, FactSection.PROJECT] + ([FactSection.GPU] if launcher.needs_gpu_facts or fleet.container else [])
 
+    spares = set(spare_names(fleet, job))
+    successor = next((n.name for n in fleet.nodes[1:] if n.name not in spares), "")
+
     def request(node: Node) -> FactsRequest:
         files = [entry] if (check_entry and node.name == head.name) or outside else []
         if node.name == head.name:
             request = facts_request(fleet, [*common, FactSection.PORTS, FactSection.FILES], ports=[port], files=files,
                                     project=project.name)
             request.free = 2  # a rendezvous port if the wanted one is taken, and the node supervisors' meeting port
+            return request
+        if node.name == successor:
+            # Where the rendezvous and the mesh move should node 0 be lost (an elastic job).
+            request = facts_request(fleet, [*common, FactSection.PORTS, FactSection.FILES], ports=[port], files=files,
+                                    project=project.name)
+            request.free = 2
             return request
         return facts_request(fleet, [*common, FactSection.FILES] if files else common, files=files, project=project.name)
 
@@ -132,7 +141,8 @@ async def preflight(session: FleetSession, job: JobSpec, project: Project, wante
     mesh_port = next(p for p in answers[head.name].free_ports if p != port)
     facts = LaunchFacts(rdzv_port=port, interfaces={n: c.interface for n, c in choices.items() if c.interface},
                         addresses={n: c.address for n, c in choices.items()}, gpus=gpus,
-                        homes={n: a.home for n, a in answers.items()}, mesh_port=mesh_port)
+                        homes={n: a.home for n, a in answers.items()}, mesh_port=mesh_port,
+                        successor_ports=tuple(answers[successor].free_ports[:2]) if successor else ())
     return facts, choices
 
 
@@ -310,6 +320,9 @@ async def _supervise(session: FleetSession, fleet: Fleet, job: JobSpec, options:
                             mesh_port=facts.mesh_port,
                             # node 0 of the plan: --include/--exclude may leave out the fleet's
                             coordinator=facts.address(fleet.node(plan.nodes[0].node)),
+                            successor=plan.successor,
+                            successor_address=facts.address(fleet.node(plan.successor)) if plan.successor else "",
+                            successor_port=facts.successor_ports[1] if len(facts.successor_ports) > 1 else 0,
                             hang_timeout=job.hang_timeout, loss_timeout=job.loss_timeout,
                             holds_lock=not options.concurrent, detach=options.detach, tether=options.tether,
                             reconnect_timeout=fleet.ssh.reconnect_timeout if options.reconnect_timeout is None

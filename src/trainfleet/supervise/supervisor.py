@@ -69,6 +69,26 @@ class LinkLost(Exception):
         self.node, self.since = node, since
 
 
+async def reopen(fleet: Any, node: str, bound: float, since: float) -> FleetSession:
+    """A fresh session to `node` of `fleet` (a Fleet: this layer sits beside fleet/, not
+    above it), tried with backoff for `bound` seconds (LinkLost then)."""
+    deadline = time.monotonic() + bound
+    delay = RECONNECT_FIRST
+    while True:
+        try:
+            side = await FleetSession.open(fleet, [fleet.node(node)])
+        except Exception:  # noqa: BLE001 - any way of not getting there is tried again
+            side = None
+        if side is not None and not side.failures:
+            return side
+        if side is not None:
+            await side.close()
+        if time.monotonic() + delay > deadline:
+            raise LinkLost(node, since)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RECONNECT_LONGEST)
+
+
 def clock(moment: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(moment))
 
@@ -98,6 +118,10 @@ class Supervisor:
     mesh_port: int = 0
     coordinator: str = ""
     """Node 0's training address: the job's node supervisors meet there."""
+    successor: str = ""
+    successor_address: str = ""
+    successor_port: int = 0
+    """Where the node supervisors meet should node 0 be lost (the plan's successor)."""
     hang_timeout: float = 0.0
     loss_timeout: float = 15.0
     holds_lock: bool = False
@@ -122,13 +146,17 @@ class Supervisor:
         for launch in self.plan.nodes:
             mesh = Mesh(coordinator=self.coordinator, port=self.mesh_port, token=token, nodes=names, node=launch.node,
                         min_nodes=self.plan.min_nodes, hang_timeout=self.hang_timeout,
-                        loss_timeout=self.loss_timeout, spares=list(self.plan.spares)) if self.mesh_port else None
+                        loss_timeout=self.loss_timeout, spares=list(self.plan.spares),
+                        successor=self.successor if self.successor_port else "",
+                        successor_address=self.successor_address, successor_port=self.successor_port,
+                        ) if self.mesh_port else None
             found[launch.node] = LaunchRequest(
                 job_id=self.plan.job_id, argv=list(launch.argv), cwd=launch.cwd, workdir=self.workdir,
                 env=dict(launch.env), secrets=dict(self.secrets), files=self._files(launch.site), grace=self.grace,
                 filled=list(launch.filled), path=list(launch.path), python_path=list(launch.python_path),
                 after=[list(c) for c in launch.after],
                 env_file=env_file(launch), mesh=mesh, detach=self.detach, tether=self.tether,
+                failover=list(launch.failover) if self.successor_port else [],
                 holds_lock=self.holds_lock,
                 nproc=launch.nproc if self.plan.wraps_ranks else 0, launcher=self.plan.launcher,
                 wrapped=self.plan.wraps_ranks, rank_nodes=list(self.plan.rank_nodes))
@@ -253,12 +281,17 @@ class Supervisor:
         left = len(self.plan.nodes) - len(self.lost)
         if not self.plan.min_nodes or left < self.plan.min_nodes:
             return "the job ends on every node"
+        moves = ""
+        if name == self.plan.nodes[0].node:
+            if not (self.successor and self.successor_port):
+                return "it hosted the rendezvous: the job ends on every node"
+            moves = f"the rendezvous moves to {self.successor}; "
         spares = [n for n in self.plan.spares if n not in self.lost and n not in self.joined]
         if spares:
             self.joined.add(spares[0])
-            return (f"its ranks restart, and a spare ({fold_nodes(spares)}) takes its place in torchrun's next "
-                    f"rendezvous (the script resumes from its checkpoint)")
-        return f"the job goes on without it (--min-nodes {self.plan.min_nodes})"
+            return (f"{moves}its ranks restart, and a spare ({fold_nodes(spares)}) takes its place in torchrun's "
+                    f"next rendezvous (the script resumes from its checkpoint)")
+        return f"{moves}the job goes on without it (--min-nodes {self.plan.min_nodes})"
 
     async def _tick(self, router: OutputRouter) -> None:
         while True:
@@ -310,30 +343,14 @@ class Supervisor:
         """Back to the node over a fresh connection, then its stream from the first line not
         yet received, until the node's part ends; the link may close again (each time is
         said, and has its own bound). Raises LinkLost past the bound."""
-        from trainfleet.transport.session import FleetSession
 
         while True:
             since = time.time()
             self.on_status(f"lost contact with {node} (SSH) at {clock(since)}; the job goes on; reconnecting")
-            deadline = time.monotonic() + self.reconnect_timeout
-            delay = RECONNECT_FIRST
-            while True:
-                old = self.side.pop(node, None)
-                if old is not None:
-                    await old.close()
-                try:
-                    side = await FleetSession.open(self.session.fleet, [self.session.fleet.node(node)])
-                except Exception:  # noqa: BLE001 - any way of not getting there is tried again
-                    side = None
-                if side is not None and not side.failures:
-                    self.side[node] = side
-                    break
-                if side is not None:
-                    await side.close()
-                if time.monotonic() + delay > deadline:
-                    raise LinkLost(node, since)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_LONGEST)
+            old = self.side.pop(node, None)
+            if old is not None:
+                await old.close()
+            side = self.side[node] = await reopen(self.session.fleet, node, self.reconnect_timeout, since)
             self.on_status(f"back in contact with {node} at {clock(time.time())}; catching up from its log")
             request = FollowRequest(job_id=self.plan.job_id, workdir=self.workdir, follow=True, skip=self.seen[node])
             try:

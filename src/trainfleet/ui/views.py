@@ -73,8 +73,9 @@ def job_row(view: JobView) -> dict[str, Any]:
 
 
 def timeline(view: JobView) -> list[dict[str, Any]]:
-    """The job's events in time order: started, each node's end, nodes lost, a hang and
-    where the ranks were, its root cause."""
+    """The job's events in time order: started, each node's end, nodes lost, each restart
+    and when its ranks ran again, spares that took a place, the controller's link
+    closing, a hang and where the ranks were, its root cause."""
     events: list[dict[str, Any]] = [{"time": view.started, "node": "", "text": "started on " +
                                      ", ".join(sorted(view.nodes))}]
     for node, state in sorted(view.nodes.items()):
@@ -87,9 +88,26 @@ def timeline(view: JobView) -> list[dict[str, Any]]:
             events.append({"time": state.ended, "node": node,
                            "text": f"{state.state}" + (f" ({how})" if how else "") +
                                    (f": {state.reason}" if state.reason else "")})
-    if view.lost:
+        if state.controller_gone is not None:
+            events.append({"time": state.controller_gone, "node": node,
+                           "text": "the controller's link closed: the job went on"})
+    restarted = set()
+    for number, restart in enumerate(view.restarts, 1):
+        restarted.add(restart.lost)
+        events.append({"time": restart.at, "node": restart.lost,
+                       "text": f"restart {number}: {restart.cause}; went on with {', '.join(restart.nodes)}"})
+        if restart.resumed is not None:
+            events.append({"time": restart.resumed, "node": "", "text": f"restart {number}: ranks back "
+                                                                        f"{restart.resumed - restart.at:.1f} s later"})
+    for node, what in view.spares.items():
+        if what == "joined":
+            took = next((r for r in view.restarts if node in r.nodes), None)
+            events.append({"time": took.at if took else view.started, "node": node,
+                           "text": "spare: took a lost node's place"})
+    lost = [n for n in view.lost if n not in restarted]
+    if lost:
         moment = min((s.ended for s in view.nodes.values() if s.ended), default=view.started)
-        events.append({"time": moment, "node": ", ".join(view.lost), "text": "lost: the job went on without it"
+        events.append({"time": moment, "node": ", ".join(lost), "text": "lost: the job went on without it"
                        if view.state == JobStatus.RUNNING else JobStatus.LOST})
     root = view.root_cause()
     if root is not None:
