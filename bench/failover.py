@@ -15,6 +15,9 @@ steps, `--resume`). Once step 20 is printed, node2 is lost in one of two ways:
     `torchrun --nnodes 2 --max-restarts 3` on node0 and node1, and on node2 once they
     train, where it waits in the rendezvous's redundancy list), node1 lost: the time until
     the first step after the job resumed at full size (4 ranks) with node2 in its place.
+(d) node 0: as (c), but node0 is lost (it hosts torchrun's store): trainfleet moves the
+    rendezvous to node1; by hand the job ends ("ended" below), as torchrun cannot move
+    its store. Checkpoints are on /dev/shm, which every sandbox node sees.
 The baseline is torchrun on every node over parallel ssh with the settings a user types
 (c10d on node 0, plus the two a multi-machine run cannot do without here: is_host on
 node 0 only and --local-addr) and every other setting at its default. A run that has not
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -189,9 +193,13 @@ def resume(state: sb.SandboxState, fault: str, how: str, cap: float, index: int)
     return seconds
 
 
-def spare(state: sb.SandboxState, fault: str, how: str, cap: float, index: int) -> float | None:
+ENDED = -1.0
+"""A job that ended instead of resuming."""
+
+
+def spare(state: sb.SandboxState, fault: str, how: str, cap: float, index: int, victim: str = "node1") -> float | None:
     fleet_file = Path(state.fleet_file)
-    checkpoints = f"ckpt-c-{how}-{fault}-{index}"
+    checkpoints = f"ckpt-c-{how}-{fault}-{index}" if victim != "node0" else f"/dev/shm/failover-ckpt-{how}-{fault}-{index}"
     if how == "trainfleet":
         process = trainfleet(fleet_file, checkpoints, "--spares", "1", "--max-restarts", "3")
         watch, hand = Lines(process), [process]
@@ -207,20 +215,33 @@ def spare(state: sb.SandboxState, fault: str, how: str, cap: float, index: int) 
         hand += waiting
         time.sleep(5)  # its agent is in the redundancy list by then
     lost = time.monotonic()
-    faults.inject(state.name, "node1", faults.FaultKind(fault))
+    faults.inject(state.name, victim, faults.FaultKind(fault))
     seconds = None
-    resumed = watch.wait_for(r"resumed from .* on 4 rank", timeout=cap, after=lost)
-    if resumed is not None:
-        stepped = watch.wait_for(r"step \d+ loss", timeout=max(1.0, cap - (resumed - lost)), after=resumed)
-        if stepped is not None:
-            seconds = stepped - lost
+    if victim == "node0" and how == "hand":  # node 0's output is gone with it: the others' ends say it
+        while time.monotonic() - lost < cap and any(p.poll() is None for p in hand[1:]):
+            time.sleep(0.2)
+        seconds = ENDED if all(p.poll() is not None for p in hand[1:]) else None
+    else:
+        resumed = watch.wait_for(r"resumed from .* on 4 rank", timeout=cap, after=lost)
+        if resumed is not None:
+            stepped = watch.wait_for(r"step \d+ loss", timeout=max(1.0, cap - (resumed - lost)), after=resumed)
+            if stepped is not None:
+                seconds = stepped - lost
     for process in hand:
         process.kill()
     reset(state)
+    if victim == "node0":
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return seconds
 
 
+def head(state: sb.SandboxState, fault: str, how: str, cap: float, index: int) -> float | None:
+    return spare(state, fault, how, cap, index, victim="node0")
+
+
 def shown(seconds: float | None, cap: float) -> str:
+    if seconds == ENDED:
+        return "ended"
     return f"{seconds:.1f}" if seconds is not None else f"> {cap:.0f}"  # (also a side not measured: see --sides)
 
 
@@ -238,7 +259,7 @@ def main() -> None:
                        check=True, capture_output=True)
         for index, fault in enumerate(args.faults.split(",")):
             row = [fault]
-            for measure in (teardown, resume, spare):
+            for measure in (teardown, resume, spare, head):
                 for how in ("trainfleet", "hand"):
                     chosen = how in args.sides.split(",")
                     row.append(measure(state, fault, how, args.cap, index) if chosen else None)
@@ -248,18 +269,18 @@ def main() -> None:
     cap = args.cap
     print(f"failover on 3 sandbox nodes x 2 processes (charlm, gloo); {VICTIM} lost after step 20; seconds")
     print(f"{'fault':6} {'(a) teardown: trainfleet':>25} {'by hand':>9} {'(b) resume: trainfleet':>23} {'by hand':>9}"
-          f" {'(c) spare: trainfleet':>22} {'by hand':>9}")
-    for fault, down_tf, down_hand, up_tf, up_hand, spare_tf, spare_hand in rows:
-        print(f"{fault:6} {shown(down_tf, cap):>25} {shown(down_hand, cap):>9} {shown(up_tf, cap):>23} "
-              f"{shown(up_hand, cap):>9} {shown(spare_tf, cap):>22} {shown(spare_hand, cap):>9}")
+          f" {'(c) spare: trainfleet':>22} {'by hand':>9} {'(d) node 0: trainfleet':>23} {'by hand':>9}")
+    for fault, *cells in rows:
+        widths = (25, 9, 23, 9, 22, 9, 23, 9)
+        print(f"{fault:6} " + " ".join(f"{shown(c, cap):>{w}}" for c, w in zip(cells, widths)))
     worst = [r[1] for r in rows if r[0] == "kill"]  # a cut node counts after --loss-timeout, by design
     meets = all(s is not None and s < 10 for s in worst)
     print(f"target (a) under 10 s for trainfleet: {'meets' if meets else 'MISSES'} "
           f"(worst {shown(max((s for s in worst if s is not None), default=None), cap)} s)")
-    spares = [r[5] for r in rows if r[0] == "kill"]
+    spares = [r[5] for r in rows if r[0] == "kill"] + [r[7] for r in rows if r[0] == "kill"]
     if spares:
         kept = all(s is not None and s < 30 for s in spares)
-        print(f"target (c) a killed node replaced by a spare, training again in under 30 s: "
+        print(f"target (c, d) a killed node (node 0 too) replaced by a spare, training again in under 30 s: "
               f"{'meets' if kept else 'MISSES'}")
 
 

@@ -107,3 +107,78 @@ def test_apply_opens_exactly_the_plan(denied: sb.SandboxState, tmp_path: Path) -
     rules = subprocess.run(["ip", "netns", "exec", denied.nodes[0].namespace, "iptables", "-S", "INPUT"],
                            capture_output=True, text=True).stdout
     assert "-P INPUT DROP" in rules and "--dport 22 -j ACCEPT" in rules and "trainfleet" not in rules
+
+
+def connects_from_outside(address: str, port: int) -> str:
+    """From this machine: the controller, on the nodes' network but not in the fleet (a
+    stranger on the internet, as far as the nodes can tell)."""
+    import socket
+
+    try:
+        socket.create_connection((address, port), 2).close()
+        return "open"
+    except OSError as exc:
+        return type(exc).__name__
+
+
+def test_the_job_ports_are_closed_to_strangers_and_revoke_opens_them_again(fresh: Sandboxes, tmp_path: Path) -> None:
+    """Nodes with no firewall at all (INPUT policy ACCEPT, as rented machines often come):
+    during a job a stranger reaches node 0's rendezvous store; after `firewall apply` it
+    cannot, the fleet still can, and the job trains on; `revoke` restores what was there."""
+    import re
+    import time
+
+    import json
+
+    def exposure(fleet: str) -> list[tuple[str, list[str], str]]:
+        found = json.loads(tf("doctor", "-f", fleet, "--json").stdout)["findings"]
+        return [(f["verdict"], f["nodes"], f["summary"]) for f in found if f["check"] == "exposure"]
+
+    state = fresh.make(2, slots=1)
+    fleet = state.fleet_file
+    head = state.nodes[0]
+    [(verdict, nodes, summary)] = exposure(fleet)
+    assert (verdict, nodes) == ("warn", ["node0", "node1"]), summary
+    assert summary == "job ports reachable from outside the fleet (from this machine, which is not a fleet node)"
+    shown = tf("doctor", "-f", fleet, "--json").stdout
+    assert re.search(r"node0: rendezvous 29500, ephemeral \d+; node1: ephemeral \d+", shown), shown
+    started = tf("run", "-f", fleet, "--sync-dir", str(JOBS), "--detach", "--job-id", "tf-closed", "ranks.py",
+                 "--tick", "--seconds", "60", timeout=180)
+    assert started.returncode == 0, started.stderr
+    try:
+        assert connects_from_outside(head.address, 29500) == "open"  # torch's store, unauthenticated
+        applied = tf("firewall", "apply", "-f", fleet)
+        assert applied.returncode == 0, applied.stderr
+        assert ("node0: none: 0 rule(s) added (no firewall is active: nothing to open); the job's ports closed to "
+                "everyone else (iptables, ip6tables)") in applied.stdout, applied.stdout
+        assert connects_from_outside(head.address, 29500) == "TimeoutError"
+        assert connects_from_outside(head.address, 22) == "open"  # SSH stays open
+        listed = tf("firewall", "plan", "-f", fleet).stdout
+        assert "close tcp 29500,32768-60999 to everyone else" in listed
+        time.sleep(5)
+        shown = tf("status", "-f", fleet, "tf-closed").stdout
+        assert "running" in shown, shown  # established connections are untouched
+    finally:
+        tf("stop", "-f", fleet, "tf-closed")
+    # The fleet itself still reaches the job's ports; a stranger reaches none of them.
+    assert reachable(state, 1, 0, 40000) == "open"
+    assert re.search(r"tick \d+", tf("logs", "-f", fleet, "tf-closed").stdout)
+    assert exposure(fleet) == [("ok", ["node0", "node1"], "job ports closed to this machine (not a fleet node)")]
+    revoked = tf("firewall", "revoke", "-f", fleet)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "node0: iptables: 0 rule(s) removed; the job's ports no longer closed (iptables, ip6tables)" in \
+        revoked.stdout, revoked.stdout
+    for node in state.nodes:
+        rules = subprocess.run(["ip", "netns", "exec", node.namespace, "iptables", "-S"], capture_output=True,
+                               text=True).stdout
+        assert rules.splitlines() == ["-P INPUT ACCEPT", "-P FORWARD ACCEPT", "-P OUTPUT ACCEPT"], rules
+    listener = subprocess.Popen(["ip", "netns", "exec", head.namespace, sys.executable, "-c",
+                                 "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, "
+                                 "socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 29500)); s.listen();"
+                                 "print('up', flush=True); time.sleep(20)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "up"
+        assert connects_from_outside(head.address, 29500) == "open"
+    finally:
+        listener.kill()
+        listener.wait()

@@ -48,13 +48,15 @@ def nft_input_chains() -> List[Tuple[str, str, str]]:
     chains = []
     for item in ruleset.get("nftables", []):
         chain = item.get("chain")
-        if chain and chain.get("hook") == "input" and chain.get("family") in ("ip", "inet"):
+        # (trainfleet's own closing table is not the node's firewall)
+        if chain and chain.get("hook") == "input" and chain.get("family") in ("ip", "inet") and \
+                not str(chain.get("table", "")).startswith("trainfleet_"):
             chains.append((chain["family"], chain["table"], chain["name"]))
     return chains
 
 
-def _iptables_input() -> Optional[List[str]]:
-    code, out = _run(["iptables", "-w", "-S", "INPUT"])
+def _iptables_input(tool: str = "iptables") -> Optional[List[str]]:
+    code, out = _run([tool, "-w", "-S", "INPUT"])
     return out.splitlines() if code == 0 else None
 
 
@@ -93,7 +95,7 @@ def _nft_steps(steps: List[FirewallStep]) -> List[FirewallStep]:
 
 
 def apply(request: FirewallRequest, which: str) -> List[str]:
-    steps = request.steps.get(which, [])
+    steps = request.steps.get(which, []) if which != "none" else []
     if which == "nft":
         steps = _nft_steps(steps)
     added = []
@@ -107,9 +109,36 @@ def apply(request: FirewallRequest, which: str) -> List[str]:
     return added
 
 
-def revoke(tag: str) -> List[str]:
+def close(request: FirewallRequest, which: str) -> Tuple[List[str], str]:
+    """Close the job's ports to everyone outside the fleet where this node's firewall lets
+    anything in: returns the tools that hold the closing rules, and what is left open."""
+    if "iptables-close" not in request.steps:
+        return [], ""
+    if which == "ufw":
+        code, out = _run(["ufw", "status", "verbose"])
+        if "deny (incoming)" in out or "reject (incoming)" in out:
+            return ["ufw (denies what it was not told to allow)"], ""
+        return [], "ufw lets anything in (`ufw default deny incoming` closes it)"
+    done = []
+    tools = ["nft"] if which == "nft" else ["iptables", "ip6tables"]
+    if which == "none" and _iptables_input() is None:
+        tools = ["nft"]
+    for tool in tools:
+        if tool != "nft" and _iptables_input(tool) is None:
+            continue  # (no ip6tables: IPv6 is not filtered by this tool here)
+        for step in request.steps.get("%s-close" % tool, []):
+            if not _present(step):
+                _checked(step.apply)
+        done.append(tool)
+    return done, "" if done else "no firewall tool found (iptables or nft): the job's ports stay open to anyone"
+
+
+def revoke(tag: str) -> Tuple[List[str], List[str]]:
+    """Every rule carrying the tag, and the closing chains and table: (rules removed,
+    tools whose closing was removed)."""
     marker = "trainfleet:%s" % tag
-    removed = []
+    removed: List[str] = []
+    reopened: List[str] = []
     code, out = _run(["ufw", "status", "numbered"])
     if code == 0:
         numbers = [int(line.split("]")[0].strip("[ ")) for line in out.splitlines()
@@ -117,10 +146,17 @@ def revoke(tag: str) -> List[str]:
         for number in sorted(numbers, reverse=True):  # later numbers shift when earlier go
             _checked(["ufw", "--force", "delete", str(number)])
             removed.append("ufw rule %d" % number)
-    for line in _iptables_input() or []:
-        if marker in line and line.startswith("-A INPUT"):
-            _checked(["iptables", "-w", "-D"] + shlex.split(line)[1:])
-            removed.append(line)
+    chain = "TF-%s" % tag
+    for tool in ("iptables", "ip6tables"):
+        for line in _iptables_input(tool) or []:
+            if marker in line and line.startswith("-A INPUT"):
+                _checked([tool, "-w", "-D"] + shlex.split(line)[1:])
+                if not line.endswith("-j %s" % chain):  # (the jump to the closing chain: below)
+                    removed.append(line)
+        if _run([tool, "-w", "-S", chain])[0] == 0:
+            _checked([tool, "-w", "-F", chain])
+            _checked([tool, "-w", "-X", chain])
+            reopened.append(tool)
     for family, table, chain in nft_input_chains():
         listing = _checked(["nft", "-a", "list", "chain", family, table, chain])
         for line in listing.splitlines():
@@ -128,11 +164,18 @@ def revoke(tag: str) -> List[str]:
                 handle = line.rsplit("# handle", 1)[1].strip()
                 _checked(["nft", "delete", "rule", family, table, chain, "handle", handle])
                 removed.append("%s %s/%s handle %s" % (family, table, chain, handle))
-    return removed
+    table = "trainfleet_%s" % tag
+    if _run(["nft", "list", "table", "inet", table])[0] == 0:
+        _checked(["nft", "delete", "table", "inet", table])
+        reopened.append("nft")
+    return removed, reopened
 
 
 def firewall(request: FirewallRequest) -> FirewallReply:
     which = backend()
     if request.action == "apply":
-        return FirewallReply(backend=which, added=apply(request, which))
-    return FirewallReply(backend=which, removed=revoke(request.tag))
+        added = apply(request, which)
+        closed, still_open = close(request, which)
+        return FirewallReply(backend=which, added=added, closed=closed, still_open=still_open)
+    removed, reopened = revoke(request.tag)
+    return FirewallReply(backend=which, removed=removed, closed=reopened)

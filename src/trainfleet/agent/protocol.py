@@ -772,6 +772,11 @@ class FirewallReply:
     backend: str
     added: List[str] = field(default_factory=list)
     removed: List[str] = field(default_factory=list)
+    closed: List[str] = field(default_factory=list)
+    """The tools whose rules close the job's ports to everyone outside the fleet (revoke:
+    whose closing it removed)."""
+    still_open: str = ""
+    """Why the job's ports stay open to strangers here, if they do."""
 
 
 @dataclass

@@ -9,7 +9,8 @@ from trainfleet.cli.app import cli, fleet_option, load, run_async
 
 @cli.group(name="firewall")
 def firewall_group() -> None:
-    """Open exactly the ports training needs between fleet nodes (never `ufw disable`)."""
+    """Open exactly the ports training needs between fleet nodes (never `ufw disable`), and
+    close them to everyone else."""
 
 
 port_option = click.option("--port", type=int, default=29500, show_default=True, help="the rendezvous port on node 0")
@@ -35,6 +36,11 @@ def _report(fleet, outcome, action: str) -> None:  # type: ignore[no-untyped-def
         changes = answer.added if action == "apply" else answer.removed
         note = " (no firewall is active: nothing to open)" if answer.backend == "none" and action == "apply" else ""
         verb = "added" if action == "apply" else "removed"
+        if answer.closed:
+            note += (f"; the job's ports closed to everyone else ({', '.join(answer.closed)})" if action == "apply"
+                     else f"; the job's ports no longer closed ({', '.join(answer.closed)})")
+        if answer.still_open:
+            note += f"; the job's ports stay OPEN to anyone: {answer.still_open}"
         click.echo(f"{node.name}: {answer.backend}: {len(changes)} rule(s) {verb}{note}")
     if outcome.error is not None:
         raise outcome.error
@@ -44,7 +50,8 @@ def _report(fleet, outcome, action: str) -> None:  # type: ignore[no-untyped-def
 @fleet_option
 @port_option
 def firewall_apply(fleet_file: str | None, port: int) -> None:
-    """Insert the planned rules into each node's firewall (iptables, nftables or ufw); idempotent."""
+    """Insert the planned rules into each node's firewall (iptables, nftables or ufw), and close
+    the job's ports to everyone outside the fleet (a chain or table of trainfleet's own); idempotent."""
     from trainfleet.ops.firewall import apply
 
     fleet = load(fleet_file)

@@ -88,6 +88,9 @@ class Gathered:
     project: str = ""
     """The current directory's project directory on the nodes ("" when there is none)."""
     storage: list[Visibility] = field(default_factory=list)
+    exposed: dict[str, list[str]] = field(default_factory=dict)
+    """Job ports (as `label port`) this machine, not a fleet node, could connect to."""
+    probed_from_here: bool = False
     cordoned: dict[str, dict[str, object]] = field(default_factory=dict)
     """Nodes `run` leaves out (a job lost them), from the controller's state of the fleet."""
 
@@ -542,6 +545,21 @@ def check_storage(data: Gathered) -> list[Finding]:
     return findings
 
 
+def check_exposed(data: Gathered) -> list[Finding]:
+    """torch's store (unauthenticated, pickled state) and the ranks' ports, reachable by
+    anyone who reaches the node: named, with the fix."""
+    findings = [Finding("exposure", Verdict.WARN, (name,),
+                        "job ports reachable from outside the fleet (from this machine, which is not a fleet node)",
+                        "`trainfleet firewall apply` closes them to everyone but the fleet (SSH stays open)",
+                        evidence=f"{name}: {', '.join(ports)}")
+                for name, ports in sorted(data.exposed.items())]
+    closed = [n.name for n in data.fleet.nodes if n.name in data.listeners and n.name not in data.exposed]
+    if data.probed_from_here and closed:
+        findings.append(Finding("exposure", Verdict.OK, tuple(closed),
+                                "job ports closed to this machine (not a fleet node)"))
+    return findings
+
+
 def check_cordoned(data: Gathered) -> list[Finding]:
     """A cordoned node that looks healthy again is the user's call to let back in."""
     findings = []
@@ -568,6 +586,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("storage", check_storage),
     ("clock", check_clock),
     ("jobs", check_jobs),
+    ("exposure", check_exposed),
     ("cordon", check_cordoned),
 )
 
@@ -580,7 +599,7 @@ def evaluate(data: Gathered) -> list[Finding]:
 
 
 _ORDER = {"ssh": 0, "shell": 1, "network": 2, "ports": 3, "latency": 4, "bandwidth": 4, "hostnames": 5,
-          "versions": 6, "code": 7, "gpus": 8, "disk": 9, "storage": 10, "clock": 11, "jobs": 12, "cordon": 13}
+          "versions": 6, "code": 7, "gpus": 8, "disk": 9, "storage": 10, "clock": 11, "jobs": 12, "exposure": 13, "cordon": 14}
 
 
 def fold(findings: Sequence[Finding]) -> list[Finding]:

@@ -76,6 +76,7 @@ async def examine(fleet: Fleet, rdzv_port: int = DEFAULT_RDZV_PORT, connect_time
         try:
             if len(live) > 1:
                 await _connects(session, live, data, connect_timeout, throughput_bytes)
+            await _from_here(live, data)
             if fleet.storage and live:
                 from trainfleet.ops.mount import visibility
 
@@ -124,6 +125,29 @@ async def _first_round(session: FleetSession, data: Gathered) -> dict[str, Liste
         if name not in data.facts:  # its facts failed: nothing else of it is reported
             del data.listeners[name]
     return listeners
+
+
+async def _from_here(live: list[Node], data: Gathered) -> None:
+    """The job's ports as a stranger sees them: this machine connects to the listeners each
+    node holds, at the node's own (public) address. Said only where this machine is not a
+    fleet node (the local address of its connection is none of the fleet's)."""
+    fleet_addresses = {a for n in data.fleet.nodes for a in (n.host, n.address)} | {
+        c.address for c in data.choices.values()}
+
+    async def probe(node: Node, label: str, port: int) -> None:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(node.host, port), 2.0)
+        except (OSError, asyncio.TimeoutError):
+            return
+        local = writer.get_extra_info("sockname")
+        writer.close()
+        if local and local[0] in fleet_addresses:
+            return  # this machine is a fleet node: the fleet may reach it
+        data.exposed.setdefault(node.name, []).append(f"{label} {port}")
+
+    data.probed_from_here = True
+    await asyncio.gather(*(probe(node, label, bound.port) for node in live
+                           for label, bound in data.listeners.get(node.name, {}).items() if bound.port))
 
 
 async def _login_pythons(session: FleetSession, node: Node, data: Gathered) -> None:
