@@ -108,8 +108,10 @@ def test_only_its_user_reaches_it_and_it_leaves_when_idle(cluster3: sb.SandboxSt
     fleet_file = fleet_with(cluster3, tmp_path, keep_agent=3)
     asyncio.run(attached(fleet_file))
     assert asyncio.run(attached(fleet_file)) == {n.name: True for n in cluster3.nodes}
-    kept = json.loads((Path(load_fleet(fleet_file).ssh.state_dir) / "agents.json").read_text())
-    socket_path = next(iter(kept.values()))
+    kept_file = Path(load_fleet(fleet_file).ssh.state_dir) / "agents.json"
+    assert kept_file.stat().st_mode & 0o777 == 0o600  # it holds the residents' secrets
+    socket_path, secret = next(iter(json.loads(kept_file.read_text()).values()))
+    assert len(bytes.fromhex(secret)) == 32
     node = cluster3.nodes[0]
     stranger = subprocess.run(
         ["ip", "netns", "exec", node.namespace, "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
@@ -123,6 +125,71 @@ def test_only_its_user_reaches_it_and_it_leaves_when_idle(cluster3: sb.SandboxSt
     assert not os.path.exists(socket_path)
     time.sleep(1)
     assert sum(len(p) for p in residents(cluster3)) < before
+
+
+def test_a_socket_planted_at_a_residents_path_is_sent_no_request(cluster3: sb.SandboxState, tmp_path: Path) -> None:
+    """Whatever listens at the path must prove the secret the login shell's agent reported
+    before any request goes to it: a planted listener gets a challenge and nothing more,
+    and the command goes on through a login shell."""
+    import socket
+    import threading
+
+    fleet_file = fleet_with(cluster3, tmp_path, keep_agent=30)
+    asyncio.run(attached(fleet_file))
+    fleet = load_fleet(fleet_file)
+    kept = json.loads((Path(fleet.ssh.state_dir) / "agents.json").read_text())
+    from trainfleet.transport.agent_client import resident_key
+
+    node = fleet.nodes[0]
+    path, _ = kept[resident_key(fleet.python, node.user, node.host, node.port, fleet.ssh.keep_agent)]
+    os.unlink(path)  # (its resident sees it lost its name and leaves)
+    planted = socket.socket(socket.AF_UNIX)
+    planted.bind(path)
+    planted.listen(8)
+    heard: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = planted.accept()
+            except OSError:
+                return
+            conn.settimeout(5)
+            conn.sendall(b'{"proof": "' + b"0" * 64 + b'"}\n{"ready": true}\n')
+            try:
+                while chunk := conn.recv(65536):
+                    heard.append(chunk)
+            except OSError:
+                pass
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        reached = asyncio.run(attached(fleet_file))
+    finally:
+        planted.close()
+    assert reached[node.name] is False and reached[fleet.nodes[1].name] is True, reached
+    said = b"".join(heard).decode()
+    assert said.count("\n") == 1 and json.loads(said).keys() == {"challenge"}, said
+
+
+def test_an_unsafe_cache_folder_keeps_no_resident_and_says_why(cluster3: sb.SandboxState, tmp_path: Path) -> None:
+    from helpers import tf
+
+    fleet_file = fleet_with(cluster3, tmp_path, keep_agent=30)
+    folder = Path.home() / ".cache" / "trainfleet" / "agents"
+    folder.mkdir(parents=True, exist_ok=True)
+    mode = folder.stat().st_mode & 0o777
+    try:
+        folder.chmod(0o777)
+        done = tf("status", "-f", str(fleet_file))
+        assert done.returncode == 0, done.stderr
+        assert (f"[trainfleet] node0: no resident agent kept (each command starts a login shell): {folder} is "
+                f"writable by others (mode 777); fix: make it a folder of yours alone") in done.stderr, done.stderr
+        assert done.stderr.count("no resident agent kept") == len(cluster3.nodes)
+        assert asyncio.run(attached(fleet_file)) == {n.name: False for n in cluster3.nodes}
+    finally:
+        folder.chmod(mode)
 
 
 def test_exec_runs_from_the_resident_agent_as_it_would_in_a_login_shell(cluster3: sb.SandboxState,

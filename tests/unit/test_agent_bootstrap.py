@@ -1,5 +1,6 @@
 """The bootstrap every Python on a node starts with: its compiled-code cache is used only
-when this user alone could have written it, and a damaged one is compiled again."""
+when this user alone could have written it and it is of these very sources, and a
+damaged one is compiled again."""
 
 from __future__ import annotations
 
@@ -37,4 +38,11 @@ def test_compiled_code_is_cached_private_and_never_taken_from_a_file_others_coul
     cached.write_bytes(marshal.dumps({n: compile(s, n, "exec") for n, s in sources().items()})[:1000])
     damaged = boot(tmp_path)
     assert damaged.returncode == 0 and damaged.stdout == "loaded tfagent.protocol\n", damaged.stderr
-    assert len(marshal.loads(cached.read_bytes())) == len(sources())
+    digest, compiled = marshal.loads(cached.read_bytes())
+    assert len(compiled) == len(sources())
+    # An older agent's compiled code under the new name (its digest inside is not this one's): not run.
+    older = {name: compile("print('OLDER')", name, "exec") for name in sources()}
+    cached.write_bytes(marshal.dumps(("0" * 64, older)))
+    renamed = boot(tmp_path)
+    assert renamed.returncode == 0 and renamed.stdout == "loaded tfagent.protocol\n", renamed.stdout + renamed.stderr
+    assert marshal.loads(cached.read_bytes())[0] == digest

@@ -25,16 +25,19 @@ _IMPORTS = (
 _FINDER = (
     "def K(T):\n"
     " D=os.path.join(os.path.expanduser('~'),'.cache','trainfleet','agent')\n"
-    " P=os.path.join(D,'%s.%s-%x.code'%(sha256(T.encode()).hexdigest(),sys.implementation.cache_tag,sys.hexversion))\n"
+    " H=sha256(T.encode()).hexdigest()\n"
+    " P=os.path.join(D,'%s.%s-%x.code'%(H,sys.implementation.cache_tag,sys.hexversion))\n"
     " try:\n"
     "  with open(P,'rb') as f:\n"
     "   s=os.fstat(f.fileno())\n"
-    "   if s.st_uid==os.getuid() and not s.st_mode&0o022: return marshal.load(f)\n"
+    "   if s.st_uid==os.getuid() and not s.st_mode&0o022:\n"
+    "    h,c=marshal.load(f)\n"
+    "    if h==H: return c\n"
     " except Exception: pass\n"
     " C=dict((n,compile(s,'<%s>'%n,'exec')) for n,s in json.loads(T).items())\n"
     " try:\n"
     "  os.makedirs(D,0o700,exist_ok=True);N=P+'.'+os.urandom(6).hex()\n"
-    "  with open(os.open(N,os.O_WRONLY|os.O_CREAT|os.O_EXCL,0o600),'wb') as f: marshal.dump(C,f)\n"
+    "  with open(os.open(N,os.O_WRONLY|os.O_CREAT|os.O_EXCL,0o600),'wb') as f: marshal.dump((H,C),f)\n"
     "  os.replace(N,P)\n"
     " except OSError: pass\n"
     " return C\n"
@@ -56,7 +59,8 @@ Their compiled code is kept beside the cached sources, named by the sources' sha
 the interpreter's version, so each of the several Pythons a command starts on a node
 loads it instead of compiling about 180 KB of source (as Python's own __pycache__:
 written by this user only, 0600 in a 0700 directory; one that is not, or does not load,
-is compiled again)."""
+is compiled again). The digest is kept inside it too and compared: an older compiled
+agent renamed to the new name is compiled again, never run."""
 
 
 PENDING: List[str] = []

@@ -82,7 +82,7 @@ def serve(resident: str = "", keep: float = 0.0) -> None:
         from . import resident as kept
 
         try:
-            ready["resident"] = kept.start(resident, keep, serve)  # (passed in: resident.py imports nothing of main)
+            ready.update(kept.start(resident, keep, serve))  # (passed in: resident.py imports nothing of main)
         except Exception:  # the command goes on without one (and the next starts its agent as this one did)
             pass
     send(ready)

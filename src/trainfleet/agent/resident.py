@@ -10,7 +10,14 @@ served by a fork of it, exactly as the agent a shell starts serves its stdin, an
 fork exits when the controller is done: locks, listeners and threads of one command
 never outlive it.
 
-It is kept only while it is sure to behave as a fresh one would:
+It is kept only while it is sure to behave as a fresh one would, and only where nobody
+else can take its place:
+- its folder, and every folder from the home down to it, is the user's own, writable by
+  nobody else and no symbolic link (else none is kept, and the login shell's agent says why);
+- it makes a random secret, which the login shell's agent reports to the controller over
+  SSH; the controller proves it is talking to that resident (challenge and answer, an
+  HMAC of a fresh challenge) before it sends a request: a socket planted at its path
+  receives nothing;
 - it answers only the user (or root), by the kernel's peer credentials, before reading;
 - its name is the agent's sha256, the fleet's Python and the node's address, so a
   changed agent or Python is a different one, and nodes that share a home never meet;
@@ -19,7 +26,10 @@ It is kept only while it is sure to behave as a fresh one would:
 - it leaves after `idle` seconds with no command (or when another took its name).
 """
 
+import hashlib
+import hmac
 import importlib
+import json
 import os
 import select
 import socket
@@ -27,7 +37,7 @@ import stat
 import struct
 import sys
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 NAME = b"tf-agent"
 """What `ps` and /proc/PID/comm show for it (and for each fork serving a command)."""
@@ -45,14 +55,39 @@ def socket_path(key: str) -> Tuple[str, str]:
     return folder, os.path.join(folder, key + ".sock")
 
 
-def _private(folder: str) -> bool:
-    """The folder is this user's own and nobody else's (made so if missing)."""
-    try:
-        os.makedirs(folder, 0o700, exist_ok=True)
-        found = os.lstat(folder)
-    except OSError:
-        return False
-    return stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() and not found.st_mode & 0o077
+def unsafe(folder: str) -> str:
+    """Why a socket in `folder` could be another's ("" when it cannot): every folder from
+    the home down is checked (made 0700 where missing), the last must be private."""
+    home = os.path.expanduser("~")
+    parts = os.path.relpath(folder, home).split(os.sep)
+    path = home
+    for index, part in enumerate([""] + parts):
+        path = os.path.join(path, part) if part else path
+        try:
+            if part:
+                try:
+                    os.mkdir(path, 0o700)
+                except FileExistsError:
+                    pass
+            found = os.lstat(path)
+        except OSError as exc:
+            return "%s: %s" % (path, exc.strerror or exc)
+        if stat.S_ISLNK(found.st_mode):
+            return "%s is a symbolic link" % path
+        if not stat.S_ISDIR(found.st_mode):
+            return "%s is not a directory" % path
+        if found.st_uid not in (os.getuid(), 0) or (part and found.st_uid != os.getuid()):
+            return "%s is owned by uid %d" % (path, found.st_uid)
+        if found.st_mode & 0o022:
+            return "%s is writable by others (mode %o)" % (path, found.st_mode & 0o777)
+        if index == len(parts) and found.st_mode & 0o077:
+            return "%s is open to others (mode %o)" % (path, found.st_mode & 0o777)
+    return ""
+
+
+def proof(secret: str, challenge: str) -> str:
+    """What the resident answers to a challenge: only one that knows the secret can."""
+    return hmac.new(bytes.fromhex(secret), b"tf-resident:" + challenge.encode(), hashlib.sha256).hexdigest()
 
 
 def signature() -> List[Any]:
@@ -68,28 +103,19 @@ def signature() -> List[Any]:
     return seen
 
 
-def _answers(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(2)
-    try:
-        probe.connect(path)
-        return probe.recv(64).startswith(b'{"ready"')  # a stale one closes instead, and leaves
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
-def start(key: str, idle: float, serve: Callable[[], None]) -> Optional[str]:
-    """From the agent a login shell started: the path the controller reaches the resident
-    at, starting one unless one answers there already; None where none can be kept."""
+def start(key: str, idle: float, serve: Callable[[], None]) -> Dict[str, str]:
+    """From the agent a login shell started: for its ready message, the path the controller
+    reaches the resident at and its secret (a new one is started: one already there could
+    be reached, but its secret is not known here), or why none is kept."""
     if idle <= 0 or not key.isalnum():
-        return None
+        return {}
     folder, path = socket_path(key)
-    if len(path.encode()) > 100 or not _private(folder):  # sun_path holds 108 bytes
-        return None
-    if _answers(path):
-        return path
+    if len(path.encode()) > 100:  # sun_path holds 108 bytes
+        return {}
+    refused = unsafe(folder)
+    if refused:
+        return {"resident_refused": refused}
+    secret = os.urandom(32).hex()
     bound, said = os.pipe()
     first = os.fork()
     if first:
@@ -97,12 +123,12 @@ def start(key: str, idle: float, serve: Callable[[], None]) -> Optional[str]:
         os.waitpid(first, 0)
         ready = select.select([bound], [], [], 5)[0] and os.read(bound, 1) == b"y"  # listening: the next
         os.close(bound)  # command, however soon, finds it
-        return path if ready else None
+        return {"resident": path, "resident_secret": secret} if ready else {}
     try:  # detached from the command's session, and not a child of its agent
         os.close(bound)
         os.setsid()
         if os.fork() == 0:
-            _resident(path, idle, said, serve)
+            _resident(path, idle, said, serve, secret)
     finally:
         os._exit(0)
 
@@ -116,7 +142,7 @@ def _rename(name: bytes) -> None:
         pass
 
 
-def _resident(path: str, idle: float, said: int, serve: Callable[[], None]) -> None:
+def _resident(path: str, idle: float, said: int, serve: Callable[[], None], secret: str) -> None:
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
@@ -164,7 +190,7 @@ def _resident(path: str, idle: float, said: int, serve: Callable[[], None]) -> N
             child = os.fork()
             if child == 0:
                 listener.close()
-                _serve(conn, serve)
+                _serve(conn, serve, secret)
             serving.add(child)
             conn.close()
             last = time.monotonic()
@@ -198,10 +224,33 @@ def _same_user(conn: socket.socket) -> bool:
     return uid in (os.getuid(), 0)
 
 
-def _serve(conn: socket.socket, serve: Callable[[], None]) -> None:
-    """In the fork: the connection becomes stdin and stdout, and the agent's loop runs as
-    in an agent a shell started (it ends the process when the controller is done)."""
+def _answer_challenge(conn: socket.socket, secret: str) -> bool:
+    """The controller's challenge (one short line), answered with the proof."""
+    conn.settimeout(10)
+    line = b""
+    while not line.endswith(b"\n") and len(line) < 256:
+        chunk = conn.recv(256 - len(line))
+        if not chunk:
+            return False
+        line += chunk
     try:
+        challenge = json.loads(line.decode())["challenge"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return False
+    if not isinstance(challenge, str) or not 16 <= len(challenge) <= 128:
+        return False
+    conn.sendall((json.dumps({"proof": proof(secret, challenge)}) + "\n").encode())
+    conn.settimeout(None)
+    return True
+
+
+def _serve(conn: socket.socket, serve: Callable[[], None], secret: str) -> None:
+    """In the fork: the controller's challenge answered, the connection becomes stdin and
+    stdout, and the agent's loop runs as in an agent a shell started (it ends the process
+    when the controller is done)."""
+    try:
+        if not _answer_challenge(conn, secret):
+            return
         os.dup2(conn.fileno(), 0)
         os.dup2(conn.fileno(), 1)
         conn.close()

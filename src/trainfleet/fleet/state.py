@@ -50,8 +50,9 @@ def load_latest(fleet: Fleet, kind: str) -> dict[str, Any] | None:
 KEPT_FILE = "agents.json"
 
 
-def kept_agents(fleet: Fleet) -> dict[str, str]:
-    """Resident agents' socket paths by key, from the fleet's state (none if unreadable)."""
+def kept_agents(fleet: Fleet) -> dict[str, tuple[str, str]]:
+    """Resident agents' socket paths and secrets by key, from the fleet's state (none if
+    unreadable; an entry without a secret, from an older trainfleet, is left out)."""
     if not fleet.ssh.state_dir or fleet.ssh.keep_agent <= 0:
         return {}
     try:
@@ -61,15 +62,18 @@ def kept_agents(fleet: Fleet) -> dict[str, str]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+    return {k: (v[0], v[1]) for k, v in data.items()
+            if isinstance(k, str) and isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)}
 
 
-def save_kept_agents(fleet: Fleet, kept: dict[str, str]) -> None:
-    """Written whole and renamed into place; a command that cannot is no worse off."""
+def save_kept_agents(fleet: Fleet, kept: dict[str, tuple[str, str]]) -> None:
+    """Written whole (0600: it holds the residents' secrets) and renamed into place; a
+    command that cannot is no worse off."""
     try:
         os.makedirs(fleet.ssh.state_dir, 0o700, exist_ok=True)
-        write_atomically(os.path.join(fleet.ssh.state_dir, KEPT_FILE), json.dumps(kept, indent=0, sort_keys=True),
-                         durable=False)
+        write_atomically(os.path.join(fleet.ssh.state_dir, KEPT_FILE),
+                         json.dumps({k: list(v) for k, v in kept.items()}, indent=0, sort_keys=True),
+                         mode=0o600, durable=False)
     except OSError:
         pass
 

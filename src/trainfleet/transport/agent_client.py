@@ -118,7 +118,7 @@ class AgentError(Exception):
 
 class AgentClient:
     def __init__(self, node: str, python: str, process: asyncssh.SSHClientProcess | _Attached,
-                 resident: str = "") -> None:
+                 resident: str = "", resident_secret: str = "") -> None:
         self.node = node
         self.python = python
         self.process = process
@@ -126,6 +126,10 @@ class AgentClient:
         """Served by the node's resident agent (no login shell, no Python started)."""
         self.resident = resident
         """Where the node's resident agent listens, as that agent said ("": none)."""
+        self.resident_secret = resident_secret
+        """What it proves before it is sent a request (the login shell's agent said it)."""
+        self.resident_refused = ""
+        """Why the node kept no resident agent, where it said (its folder is not safe)."""
         self.said_ready = self.attached
         self._next = 0
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -141,12 +145,12 @@ class AgentClient:
 
     @classmethod
     async def start(cls, conn: asyncssh.SSHClientConnection, node: str, python: str, *, resident: str = "",
-                    kept_at: str = "", keep: float = 0.0) -> AgentClient:
+                    kept_at: tuple[str, str] | None = None, keep: float = 0.0) -> AgentClient:
         """Start the agent; requests may follow at once (they queue behind the sources).
 
-        `kept_at`: where this node's resident agent was last said to listen; it is tried
-        first. `resident` (its key) and `keep` (idle seconds) ask a login shell's agent to
-        leave one behind."""
+        `kept_at`: where this node's resident agent was last said to listen, and its
+        secret; it is tried first. `resident` (its key) and `keep` (idle seconds) ask a
+        login shell's agent to leave one behind."""
         if kept_at:
             attached = await cls.attach(conn, node, python, kept_at)
             if attached is not None:
@@ -157,16 +161,29 @@ class AgentClient:
 
     @classmethod
     async def attach(cls, conn: asyncssh.SSHClientConnection, node: str, python: str,
-                      path: str) -> AgentClient | None:
-        """The resident agent at `path`, once it said it is ready; None if it is gone, stale,
-        or the node's sshd forwards no unix sockets (then a login shell starts one)."""
+                      kept: tuple[str, str]) -> AgentClient | None:
+        """The resident agent at `kept` (path, secret), once it proved it knows the secret
+        the login shell's agent reported, and said it is ready; None if it is gone, stale,
+        cannot prove it (a socket someone else planted there is sent no request), or the
+        node's sshd forwards no unix sockets (then a login shell starts one)."""
+        import hmac
+        import secrets
+
+        from trainfleet.agent.resident import proof
+
+        path, secret = kept
         writer = None
         try:
             reader, writer = await asyncio.wait_for(
                 conn.open_unix_connection(path, encoding="utf-8", errors="replace"), ATTACH_TIMEOUT)
-            line = await asyncio.wait_for(reader.readline(), ATTACH_TIMEOUT)
-            if json.loads(line or "{}").get("ready") is True:
-                return cls(node, python, _Attached(reader, writer), path)
+            challenge = secrets.token_hex(32)
+            writer.write(json.dumps({"challenge": challenge}) + "\n")
+            answer = json.loads(await asyncio.wait_for(reader.readline(), ATTACH_TIMEOUT) or "{}")
+            if isinstance(answer, dict) and hmac.compare_digest(str(answer.get("proof", "")).encode(),
+                                                                proof(secret, challenge).encode()):
+                line = await asyncio.wait_for(reader.readline(), ATTACH_TIMEOUT)
+                if json.loads(line or "{}").get("ready") is True:
+                    return cls(node, python, _Attached(reader, writer), path, secret)
         except Exception:  # refused, no such socket, closed at once (stale), slow: start one afresh
             pass
         if writer is not None:
@@ -193,6 +210,8 @@ class AgentClient:
                 if message.get("ready") is True:  # (a node without the agent cached asks for it first)
                     self.said_ready = True
                     self.resident = message.get("resident") or ""
+                    self.resident_secret = message.get("resident_secret") or ""
+                    self.resident_refused = message.get("resident_refused") or ""
                     continue
                 ident = message.get("id")
                 if message.get("need") == "agent":  # not in the node's cache yet (or changed): send it

@@ -51,6 +51,7 @@ class FleetSession:
         self._relay_path = ""
         self._relay_lock = asyncio.Lock()
         self._kept = kept_agents(fleet)
+        self._refusals_said: set[str] = set()
         """Where each node's resident agent was last said to listen (key -> path)."""
 
     @classmethod
@@ -121,7 +122,7 @@ class FleetSession:
                                 self.agents[node.name] = kept
                             return
                         self.agents[node.name] = await AgentClient.start(
-                            conn, node.name, self.fleet.python, resident=key, kept_at=self._kept.get(key, ""),
+                            conn, node.name, self.fleet.python, resident=key, kept_at=self._kept.get(key),
                             keep=keep)
                     except Exception as exc:  # the channel could not be opened
                         self.failures[node.name] = NodeResult(node=node.name, command="agent", exit_status=None,
@@ -298,10 +299,16 @@ class FleetSession:
             agent = self.agents.get(node.name)
             if agent is not None and agent.said_ready:
                 key = self._resident_key(node)
-                if agent.resident:
-                    kept[key] = agent.resident
+                if agent.resident and agent.resident_secret:
+                    kept[key] = (agent.resident, agent.resident_secret)
                 else:
                     kept.pop(key, None)
+                if agent.resident_refused and node.name not in self._refusals_said:
+                    # Said once per command: the node works, but each command pays a login shell.
+                    self._refusals_said.add(node.name)
+                    sys.stderr.write(f"[trainfleet] {node.name}: no resident agent kept (each command starts a login "
+                                     f"shell): {agent.resident_refused}; fix: make it a folder of yours alone "
+                                     f"(`chmod 700` it; a link: replace it with a folder)\n")
         if kept != self._kept:
             save_kept_agents(self.fleet, kept)
 
