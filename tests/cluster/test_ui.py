@@ -112,7 +112,11 @@ def test_the_dashboard_shows_the_fleet_its_jobs_and_live_charts(ui: tuple[Any, s
     assert status_code(base + "api/jobs") == 403
     assert status_code(base + "api/jobs?token=" + "x" * len(token)) == 403
     assert status_code(base + "api/jobs?token=" + token, Host="attacker.example:80") == 403
+    assert status_code(base + "api/jobs?token=" + token, Host="127.0.0.1.attacker.example") == 403
     assert status_code(base + "api/jobs?token=" + token) == 200
+    # Through the README's `ssh -L 8000:127.0.0.1:PORT` tunnel the Host names the tunnel's port.
+    assert status_code(base + "api/jobs?token=" + token, Host="127.0.0.1:8000") == 200
+    assert status_code(base + "api/jobs?token=" + token, Host="localhost:8000") == 200
 
     tf("bench", "net", "-f", str(fleet), "--max-size", "16K", "--p2p-size", "256K", "--seconds-per-size", "0",
        timeout=240, cwd=tmp_path, check=True)
@@ -120,6 +124,7 @@ def test_the_dashboard_shows_the_fleet_its_jobs_and_live_charts(ui: tuple[Any, s
                   "--log-every", "2", timeout=120, cwd=tmp_path, check=True).stdout.strip()
     chatty = tf("run", "-f", str(fleet), "--sync-dir", str(JOBS), "--concurrent", "--detach", "chatty.py",
                 timeout=120, cwd=tmp_path, check=True).stdout.strip()
+    assert status_code(base + f"api/jobs/{training}/stream?lines=ten&token=" + token) == 400
 
     held = ""
     driver = browser()

@@ -10,6 +10,34 @@ from trainfleet.cli.app import cli, fleet_option, load, run_async, status
 from trainfleet.errors import UsageError
 
 
+def open_privately(url: str) -> None:
+    """The browser gets a 0600 file of this user's that sends it on to `url`: the token
+    never appears in the browser's command line (which every local user can read)."""
+    import atexit
+    import os
+    import tempfile
+    import threading
+    import webbrowser
+    from html import escape
+
+    handle, path = tempfile.mkstemp(prefix="trainfleet-ui-", suffix=".html")  # 0600
+    with os.fdopen(handle, "w") as page:
+        page.write(f'<!doctype html><meta http-equiv="refresh" content="0; url={escape(url)}">')
+    webbrowser.open(f"file://{path}")
+
+    def remove() -> None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+    # Gone once the browser has read it, or when this command ends, whichever is first.
+    atexit.register(remove)
+    timer = threading.Timer(30.0, remove)
+    timer.daemon = True
+    timer.start()
+
+
 @cli.command(name="ui")
 @fleet_option
 @click.option("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
@@ -45,9 +73,7 @@ def ui(fleet_file: str | None, port: int, open_browser: bool, interval: float, m
         click.echo(url, nl=True)
         status(f"serving {fleet.source} ({len(fleet.nodes)} nodes) until Ctrl-C")
         if open_browser:
-            import webbrowser
-
-            webbrowser.open(url)
+            open_privately(url)
 
     async def main() -> None:
         watch = FleetWatch(fleet, interval, pattern)

@@ -43,6 +43,15 @@ class TokenGate:
     def __init__(self, app: ASGIApp, token: str, hosts: set[str]) -> None:
         self.app, self.token, self.hosts = app, token, hosts
 
+    def _our_host(self, host: str) -> bool:
+        """This server's own name, or a loopback name on any port: the README's `ssh -L
+        8000:127.0.0.1:PORT` tunnel arrives as `127.0.0.1:8000`. A DNS-rebinding page
+        arrives under its own domain name, which is refused."""
+        if host in self.hosts:
+            return True
+        name, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+        return name in ("127.0.0.1", "localhost", "[::1]") and (not port or port.isdigit())
+
     def _matches(self, given: str | None) -> bool:
         return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
 
@@ -54,7 +63,7 @@ class TokenGate:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         cookies = dict(part.strip().split("=", 1) for part in headers.get("cookie", "").split(";") if "=" in part)
         changes = scope["method"] not in ("GET", "HEAD")
-        allowed = headers.get("host", "") in self.hosts and (
+        allowed = self._our_host(headers.get("host", "")) and (
             self._matches(headers.get(HEADER)) if changes else
             any(self._matches(v) for v in (headers.get(HEADER), cookies.get(COOKIE), *query.get("token", []))))
         if not allowed:
@@ -103,9 +112,12 @@ def make_app(watch: FleetWatch, token: str, hosts: set[str], closing: asyncio.Ev
         view = await watch.job(request.path_params["job_id"])
         if view is None:
             return JSONResponse({"error": "no such job on this fleet's nodes"}, status_code=404)
+        try:
+            sent_lines = int(request.query_params.get("lines", 0))
+            sent_points = int(request.query_params.get("points", 0))
+        except ValueError:
+            return JSONResponse({"error": "lines and points are counts (whole numbers)"}, status_code=400)
         followed = await watch.follow(view)
-        sent_lines = int(request.query_params.get("lines", 0))
-        sent_points = int(request.query_params.get("points", 0))
 
         async def events() -> Any:
             nonlocal sent_lines, sent_points
