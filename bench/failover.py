@@ -181,12 +181,7 @@ def resume(state: sb.SandboxState, fault: str, how: str, cap: float, index: int)
         raise SystemExit(f"{how}: training never reached step 20:\n" + "\n".join(l for _, l in watch.seen[-30:]))
     lost = time.monotonic()
     faults.inject(state.name, VICTIM, faults.FaultKind(fault))
-    seconds = None
-    resumed = watch.wait_for(r"resumed from .* on 4 rank", timeout=cap, after=lost)
-    if resumed is not None:
-        stepped = watch.wait_for(r"step \d+ loss", timeout=max(1.0, cap - (resumed - lost)), after=resumed)
-        if stepped is not None:
-            seconds = stepped - lost
+    seconds = until_training_again(watch, lost, cap)
     for process in hand:
         process.kill()
     reset(state)
@@ -222,11 +217,7 @@ def spare(state: sb.SandboxState, fault: str, how: str, cap: float, index: int, 
             time.sleep(0.2)
         seconds = ENDED if all(p.poll() is not None for p in hand[1:]) else None
     else:
-        resumed = watch.wait_for(r"resumed from .* on 4 rank", timeout=cap, after=lost)
-        if resumed is not None:
-            stepped = watch.wait_for(r"step \d+ loss", timeout=max(1.0, cap - (resumed - lost)), after=resumed)
-            if stepped is not None:
-                seconds = stepped - lost
+        seconds = until_training_again(watch, lost, cap)
     for process in hand:
         process.kill()
     reset(state)
@@ -237,6 +228,15 @@ def spare(state: sb.SandboxState, fault: str, how: str, cap: float, index: int, 
 
 def head(state: sb.SandboxState, fault: str, how: str, cap: float, index: int) -> float | None:
     return spare(state, fault, how, cap, index, victim="node0")
+
+
+def until_training_again(watch: Lines, lost: float, cap: float) -> float | None:
+    """Seconds from `lost` to the first step after the job resumed on 4 ranks (None: not within `cap`)."""
+    resumed = watch.wait_for(r"resumed from .* on 4 rank", timeout=cap, after=lost)
+    if resumed is None:
+        return None
+    stepped = watch.wait_for(r"step \d+ loss", timeout=max(1.0, cap - (resumed - lost)), after=resumed)
+    return None if stepped is None else stepped - lost
 
 
 def shown(seconds: float | None, cap: float) -> str:

@@ -146,3 +146,27 @@ def test_nodes_unreachable_alike_are_one_row_each_address_in_the_evidence() -> N
     assert [(f.nodes, f.summary, f.evidence) for f in failed] == [
         (("node0",), "connection refused at 10.0.0.1:22", ""),
         (("node1", "node2"), "no answer from its SSH address within 5s", "node1 10.0.0.2:22, node2 10.0.0.3:22")]
+
+
+def test_nfs_over_public_addresses_is_named_and_job_ports_a_stranger_reaches_are_too() -> None:
+    from trainfleet.doctor.checks import check_exposed, check_storage
+    from trainfleet.plans.network import NetworkChoice
+
+    def fleet_data(addresses: list[str]) -> Gathered:
+        fleet = fleet_from_data({"nodes": [{"name": f"node{i}", "host": a} for i, a in enumerate(addresses)],
+                                 "storage": [{"type": "nfs", "mount": "/data", "source": "/srv/data"}]}, "f.yaml")
+        data = Gathered(fleet=fleet, rdzv_port=29500)
+        data.choices = {n.name: NetworkChoice(n.name, "eth0", n.host, "given") for n in fleet.nodes}
+        return data
+
+    [warning] = check_storage(fleet_data(["203.0.113.1", "198.51.100.2"])) or [None]
+    assert warning is None  # (documentation ranges are not global either)
+    [warning] = check_storage(fleet_data(["8.8.4.4", "1.1.1.1"]))
+    assert warning.verdict is Verdict.WARN and warning.nodes == ("node0", "node1")
+    assert "NFS /data travels over public addresses" in warning.summary and "firewall apply" in warning.remedy
+    assert check_storage(fleet_data(["10.0.0.1", "10.0.0.2"])) == []
+    exposed = fleet_data(["10.0.0.1", "10.0.0.2"])
+    exposed.exposed = {"node0": ["rendezvous 29500", "ephemeral 40001"], "node1": ["ephemeral 40002"]}
+    [both] = fold(check_exposed(exposed))
+    assert both.verdict is Verdict.WARN and both.nodes == ("node0", "node1")
+    assert both.evidence == "node0: rendezvous 29500, ephemeral 40001; node1: ephemeral 40002"

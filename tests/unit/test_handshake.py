@@ -112,3 +112,35 @@ def test_a_non_ascii_mac_is_a_refusal_not_an_error() -> None:
         line = (json.dumps({"body": body, "mac": mac}) + "\n").encode()
         assert handshake.check_hello("tok", server_nonce, line) is None
         assert handshake.check_proof("tok", server_nonce, json.dumps({"mac": mac}).encode()) is False
+
+
+def test_an_address_outside_the_fleet_is_closed_before_a_byte_or_a_slot() -> None:
+    """Strangers (here: every address but one that is not this machine's) are dropped unread,
+    so a flood of them holds none of the slots the fleet's own peers need."""
+    accepted: list[dict[str, object]] = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(128)
+    server.settimeout(0.2)
+    stop = threading.Event()
+    fleet = {"127.0.0.2"}  # (this test connects from 127.0.0.1: a stranger)
+
+    def on_peer(conn: socket.socket, fields: dict[str, object]) -> None:
+        accepted.append(fields)
+        conn.close()
+
+    threading.Thread(target=handshake.accept_loop, args=(server, "tok", on_peer, lambda: not stop.is_set()),
+                     kwargs={"allowed": lambda address: address in fleet}, daemon=True).start()
+    try:
+        stranger = connect(server)
+        stranger.settimeout(5)
+        assert stranger.recv(100) == b""  # closed with no challenge sent
+        assert not handshake.client_handshake(connect(server), "tok", {"hello": "node1"})
+        fleet.add("127.0.0.1")  # now one of the fleet's
+        assert handshake.client_handshake(connect(server), "tok", {"hello": "node1"})
+        time.sleep(0.2)
+        assert [a["hello"] for a in accepted] == ["node1"]
+        assert handshake._plain("::ffff:10.0.0.2") == "10.0.0.2" and handshake._plain("2001:db8::1") == "2001:db8::1"
+    finally:
+        stop.set()
+        server.close()

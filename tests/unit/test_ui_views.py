@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from trainfleet.agent.protocol import JobStatus, JobState, TopGpu, TopJob, TopReply
 from trainfleet.agent.rankwrap import rank_mark
 from trainfleet.fleet.model import Fleet
@@ -105,3 +107,22 @@ def test_the_timeline_shows_a_restart_the_spare_that_took_the_place_and_a_closed
     assert not any(e["text"].startswith("lost") for e in events)  # the restart says it
     row = job_row(view)
     assert row["spares"] == {"n2": "joined"} and row["restarts"][0]["resumed"] == 34.5
+
+
+def test_a_long_jobs_output_is_kept_bounded_and_positions_still_count_from_its_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainfleet.ui import views
+
+    monkeypatch.setattr(views, "KEEP_LINES", 100)
+    monkeypatch.setattr(views, "KEEP_POINTS", 50)
+    output = JobOutput(marked=True)
+    for step in range(1, 1001):
+        output.take("n0", float(step), f"[tf:rank0] step {step} loss {1 / step:.5f}")
+    assert output.line_count == 1000 and output.point_count == 1000
+    assert len(output.lines) <= 120 and len(output.points) <= 60
+    # A page that has all but the last 10 lines gets exactly those; one far behind, the oldest kept.
+    lines, points, at_line, at_point = output.after(990, 995, 500)
+    assert [line[3] for line in lines] == [f"step {s} loss {1 / s:.5f}" for s in range(991, 1001)]
+    assert len(points) == 5 and (at_line, at_point) == (1000, 1000)
+    lines, _, at_line, _ = output.after(0, 0, 500)
+    assert lines[0] == output.lines[0] and at_line == 1000

@@ -147,12 +147,20 @@ def client_handshake(sock: socket.socket, token: str, fields: Dict[str, Any],
     return proof is not None and check_proof(token, mine, proof)
 
 
+def _plain(address: str) -> str:
+    """An IPv4 peer of a dual-stack socket, as IPv4 (`::ffff:10.0.0.2` is `10.0.0.2`)."""
+    return address[7:] if address.startswith("::ffff:") and "." in address else address
+
+
 def accept_loop(server: socket.socket, token: str, on_peer: Callable[[socket.socket, Dict[str, Any]], None],
-                alive: Callable[[], bool], pending: int = MAX_PENDING) -> None:
-    """Accept until `alive()` says stop or the socket is closed. Each connection proves the
-    token in a thread of its own, at most `pending` at once (more are closed at once);
-    those that do are handed to `on_peer` with their fields, the others closed. Out of
-    descriptors (or memory) it waits a moment and goes on: a flood ends nothing."""
+                alive: Callable[[], bool], pending: int = MAX_PENDING,
+                allowed: Optional[Callable[[str], bool]] = None) -> None:
+    """Accept until `alive()` says stop or the socket is closed. A connection from an
+    address `allowed` refuses is closed before it is read from or takes a slot (strangers
+    cannot crowd out the fleet); each other proves the token in a thread of its own, at
+    most `pending` at once (more are closed at once); those that do are handed to `on_peer`
+    with their fields, the others closed. Out of descriptors (or memory) it waits a moment
+    and goes on: a flood ends nothing."""
     slots = threading.BoundedSemaphore(pending)
 
     def run(conn: socket.socket) -> None:
@@ -167,7 +175,7 @@ def accept_loop(server: socket.socket, token: str, on_peer: Callable[[socket.soc
 
     while alive():
         try:
-            conn, _ = server.accept()
+            conn, peer = server.accept()
         except socket.timeout:
             continue
         except OSError as exc:
@@ -177,6 +185,9 @@ def accept_loop(server: socket.socket, token: str, on_peer: Callable[[socket.soc
             if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
                 continue
             return  # closed: the job is over
+        if allowed is not None and not allowed(_plain(str(peer[0]))):
+            conn.close()
+            continue
         if not slots.acquire(blocking=False):
             conn.close()
             continue

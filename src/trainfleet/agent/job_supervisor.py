@@ -403,7 +403,8 @@ class Supervisor:
         order = [mesh.successor] + [n for n in mesh.nodes if n not in (head, mesh.successor)]
         moved = Mesh(coordinator=mesh.successor_address, port=mesh.successor_port, token=mesh.token, nodes=order,
                      node=mesh.node, loss_timeout=mesh.loss_timeout, join_timeout=mesh.join_timeout,
-                     min_nodes=mesh.min_nodes, hang_timeout=mesh.hang_timeout, spares=list(mesh.spares))
+                     min_nodes=mesh.min_nodes, hang_timeout=mesh.hang_timeout, spares=list(mesh.spares),
+                     addresses=list(mesh.addresses))
         self.note_lost(head)
         self.write_lines(["[trainfleet] %s; the rendezvous moves to %s, and this node's launcher starts again there"
                           % (cause, mesh.successor)])

@@ -128,8 +128,11 @@ class Coordinator:
         self.server.listen(128)
 
     def start(self) -> None:
+        fleet = set(self.mesh.addresses)
+        allowed = (lambda address: address in fleet) if fleet else None
         threading.Thread(target=accept_loop, args=(self.server, self.mesh.token, self._serve,
-                                                   lambda: not self.node.ended), daemon=True).start()
+                                                   lambda: not self.node.ended),
+                         kwargs={"allowed": allowed}, daemon=True).start()
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _serve(self, conn: socket.socket, hello: Dict[str, Any]) -> None:
@@ -308,29 +311,30 @@ class Member:
     def start(self) -> None:
         threading.Thread(target=self._run, daemon=True).start()
 
-    def _connect(self) -> Optional[socket.socket]:
+    def _connect(self) -> "tuple[Optional[socket.socket], str]":
+        """Connected and past the handshake, tried again until the join timeout (the
+        coordinator's handshake slots may be held by others for a while); else why not."""
         deadline = time.time() + self.mesh.join_timeout
+        why = "could not be reached"
         while time.time() < deadline and not self.node.ended:
             try:
-                return socket.create_connection((self.mesh.coordinator, self.mesh.port), timeout=2)
+                sock = socket.create_connection((self.mesh.coordinator, self.mesh.port), timeout=2)
             except OSError:
                 time.sleep(0.5)
-        return None
+                continue
+            if client_handshake(sock, self.mesh.token, {"hello": self.mesh.node}):
+                return sock, ""
+            sock.close()
+            why = "did not prove the job's token"
+            time.sleep(0.5)
+        return None, why
 
     def _run(self) -> None:
-        sock = self._connect()
+        sock, why = self._connect()
         if sock is None:
             self.joined.set()
             if not self.node.ended:
-                self.node.stop_job("%s (the coordinator) could not be reached" % self.mesh.nodes[0],
-                                   lost=self.mesh.nodes[0])
-            return
-        if not client_handshake(sock, self.mesh.token, {"hello": self.mesh.node}):
-            sock.close()
-            self.joined.set()
-            if not self.node.ended:
-                self.node.stop_job("%s (the coordinator) did not prove the job's token" % self.mesh.nodes[0],
-                                   lost=self.mesh.nodes[0])
+                self.node.stop_job("%s (the coordinator) %s" % (self.mesh.nodes[0], why), lost=self.mesh.nodes[0])
             return
         self.sock = sock
         self.joined.set()

@@ -408,6 +408,9 @@ class Mesh:
     should node 0 be lost; "": the job ends with node 0."""
     successor_address: str = ""
     successor_port: int = 0
+    addresses: List[str] = field(default_factory=list)
+    """Every address of the job's nodes: a connection from any other is closed unread
+    (empty: any address may try the handshake)."""
 
 
 @dataclass

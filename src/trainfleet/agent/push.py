@@ -243,6 +243,10 @@ def receive(request: PushRequest, emit: Callable[[object], None]) -> PushReply:
         conn.close()
 
 
+HEADER_LIMIT = 8192
+"""A file's header line is a path and three numbers: a longer one is no header."""
+
+
 def _take(stream, request: PushRequest, forward: _Forward, written: Dict[str, str],  # type: ignore[no-untyped-def]
           counted: List[int], emit: Callable[[object], None]) -> Optional[str]:
     """Read the stream to its end; None, or why it ended early."""
@@ -258,9 +262,11 @@ def _take(stream, request: PushRequest, forward: _Forward, written: Dict[str, st
 
     try:
         while True:
-            line = stream.readline()
+            line = stream.readline(HEADER_LIMIT + 1)
             if not line:
                 return "the stream ended before its last file"
+            if len(line) > HEADER_LIMIT or not line.endswith(b"\n"):
+                return "a header line of the stream is longer than %d bytes" % HEADER_LIMIT
             forward.put(line)
             header = json.loads(line)
             if header.get("end"):

@@ -37,4 +37,9 @@ nodes:
     name: node1
     slots: 8
     # port: 2222
+  # A spare waits outside torchrun jobs and takes a lost node's place (with --max-restarts):
+  # - host: 203.0.113.12
+  #   name: node2
+  #   slots: 8
+  #   spare: true
 """

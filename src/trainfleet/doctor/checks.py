@@ -542,7 +542,29 @@ def check_storage(data: Gathered) -> list[Finding]:
         if seen.writer and len(seeing) == len(data.fleet.nodes):
             findings.append(Finding("storage", Verdict.OK, seeing,
                                     f"{where}: a file written on {seen.writer} is read on every node"))
-    return findings
+    return findings + _nfs_in_the_open(data)
+
+
+def _nfs_in_the_open(data: Gathered) -> list[Finding]:
+    """NFS (AUTH_SYS: it believes the client's address and uid) served by a node to the
+    others over public addresses: whoever can send from such an address is believed."""
+    import ipaddress
+
+    served = [s for s in data.fleet.storage if s.type == "nfs" and not s.server]
+    public = []
+    for name, choice in data.choices.items():
+        try:
+            if ipaddress.ip_address(choice.address).is_global:
+                public.append(name)
+        except ValueError:
+            continue
+    if not served or not public:
+        return []
+    return [Finding("storage", Verdict.WARN, tuple(public),
+                    f"NFS {', '.join(s.mount for s in served)} travels over public addresses (NFS believes the "
+                    f"client's address and uid)",
+                    "use a private network between the nodes (`interface:`/`address:`), and `trainfleet firewall "
+                    "apply` (which leaves 2049 to the fleet alone)")]
 
 
 def check_exposed(data: Gathered) -> list[Finding]:

@@ -50,19 +50,24 @@ def load_latest(fleet: Fleet, kind: str) -> dict[str, Any] | None:
 KEPT_FILE = "agents.json"
 
 
-def kept_agents(fleet: Fleet) -> dict[str, tuple[str, str]]:
-    """Resident agents' socket paths and secrets by key, from the fleet's state (none if
-    unreadable; an entry without a secret, from an older trainfleet, is left out)."""
-    if not fleet.ssh.state_dir or fleet.ssh.keep_agent <= 0:
+def _read_mapping(fleet: Fleet, name: str) -> dict[str, Any]:
+    """A JSON object kept in the fleet's state directory ({} when missing or unreadable)."""
+    if not fleet.ssh.state_dir:
         return {}
     try:
-        with open(os.path.join(fleet.ssh.state_dir, KEPT_FILE)) as handle:
+        with open(os.path.join(fleet.ssh.state_dir, name)) as handle:
             data = json.load(handle)
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict):
+    return data if isinstance(data, dict) else {}
+
+
+def kept_agents(fleet: Fleet) -> dict[str, tuple[str, str]]:
+    """Resident agents' socket paths and secrets by key, from the fleet's state (none if
+    unreadable; an entry without a secret, from an older trainfleet, is left out)."""
+    if fleet.ssh.keep_agent <= 0:
         return {}
-    return {k: (v[0], v[1]) for k, v in data.items()
+    return {k: (v[0], v[1]) for k, v in _read_mapping(fleet, KEPT_FILE).items()
             if isinstance(k, str) and isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)}
 
 
@@ -84,15 +89,8 @@ CORDON_FILE = "cordoned.json"
 def cordoned(fleet: Fleet) -> dict[str, dict[str, Any]]:
     """Nodes a job lost, left out of `run` until `trainfleet uncordon`: by name, the job
     that lost it, when, and why (none if unreadable)."""
-    if not fleet.ssh.state_dir:
-        return {}
-    try:
-        with open(os.path.join(fleet.ssh.state_dir, CORDON_FILE)) as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return {}
     known = {n.name for n in fleet.nodes}
-    return {k: v for k, v in data.items() if k in known and isinstance(v, dict)} if isinstance(data, dict) else {}
+    return {k: v for k, v in _read_mapping(fleet, CORDON_FILE).items() if k in known and isinstance(v, dict)}
 
 
 def _save_cordoned(fleet: Fleet, data: dict[str, dict[str, Any]]) -> None:
@@ -106,12 +104,7 @@ def cordon(fleet: Fleet, lost: dict[str, str], job_id: str, at: float | None = N
     that was uncordoned after that job ended is not cordoned again by it."""
     if not fleet.ssh.state_dir or not lost:
         return []
-    try:
-        with open(os.path.join(fleet.ssh.state_dir, CORDON_FILE)) as handle:
-            data = json.load(handle)
-        data = data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        data = {}
+    data = _read_mapping(fleet, CORDON_FILE)
     released = data.pop("_uncordoned", {}) if isinstance(data.get("_uncordoned"), dict) else {}
     moment = at or time.time()
     new = [n for n in sorted(lost) if n not in data and released.get(n, 0) < moment]
@@ -127,11 +120,8 @@ def cordon(fleet: Fleet, lost: dict[str, str], job_id: str, at: float | None = N
 
 def uncordon(fleet: Fleet, names: list[str]) -> list[str]:
     """Let these nodes back into `run`; returns those that were cordoned."""
-    try:
-        with open(os.path.join(fleet.ssh.state_dir, CORDON_FILE)) as handle:
-            data = json.load(handle)
-        data = data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    data = _read_mapping(fleet, CORDON_FILE)
+    if not data:
         return []
     released = data.pop("_uncordoned", {}) if isinstance(data.get("_uncordoned"), dict) else {}
     freed = [n for n in names if n in data]

@@ -321,6 +321,8 @@ async def _supervise(session: FleetSession, fleet: Fleet, job: JobSpec, options:
                             # node 0 of the plan: --include/--exclude may leave out the fleet's
                             coordinator=facts.address(fleet.node(plan.nodes[0].node)),
                             successor=plan.successor,
+                            mesh_addresses=tuple(dict.fromkeys(
+                                [*facts.addresses.values(), *(a for n in fleet.nodes for a in (n.address, n.host))])),
                             successor_address=facts.address(fleet.node(plan.successor)) if plan.successor else "",
                             successor_port=facts.successor_ports[1] if len(facts.successor_ports) > 1 else 0,
                             hang_timeout=job.hang_timeout, loss_timeout=job.loss_timeout,

@@ -118,6 +118,8 @@ class Supervisor:
     mesh_port: int = 0
     coordinator: str = ""
     """Node 0's training address: the job's node supervisors meet there."""
+    mesh_addresses: tuple[str, ...] = ()
+    """Every address of the job's nodes (the mesh reads nothing from any other)."""
     successor: str = ""
     successor_address: str = ""
     successor_port: int = 0
@@ -149,7 +151,7 @@ class Supervisor:
                         loss_timeout=self.loss_timeout, spares=list(self.plan.spares),
                         successor=self.successor if self.successor_port else "",
                         successor_address=self.successor_address, successor_port=self.successor_port,
-                        ) if self.mesh_port else None
+                        addresses=list(self.mesh_addresses)) if self.mesh_port else None
             found[launch.node] = LaunchRequest(
                 job_id=self.plan.job_id, argv=list(launch.argv), cwd=launch.cwd, workdir=self.workdir,
                 env=dict(launch.env), secrets=dict(self.secrets), files=self._files(launch.site), grace=self.grace,

@@ -123,11 +123,8 @@ def make_app(watch: FleetWatch, token: str, hosts: set[str], closing: asyncio.Ev
             nonlocal sent_lines, sent_points
             while True:
                 output = followed.output
-                if sent_lines < len(output.lines) or sent_points < len(output.points):
-                    lines = output.lines[sent_lines:sent_lines + BATCH]
-                    points = output.points[sent_points:]
-                    sent_lines += len(lines)
-                    sent_points += len(points)
+                if sent_lines < output.line_count or sent_points < output.point_count:
+                    lines, points, sent_lines, sent_points = output.after(sent_lines, sent_points, BATCH)
                     yield f"data: {json.dumps({'lines': lines, 'points': points})}\n\n"
                     continue
                 if followed.done:

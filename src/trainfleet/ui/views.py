@@ -115,11 +115,17 @@ def timeline(view: JobView) -> list[dict[str, Any]]:
     return sorted(events, key=lambda e: e["time"])
 
 
+KEEP_LINES = 50_000
+KEEP_POINTS = 200_000
+
+
 @dataclass
 class JobOutput:
     """A job's output as the dashboard keeps it: its lines (the user's, as `run` shows them)
     in arrival order, and the metrics found in them, both only ever appended to, so a
-    page asks for what came after the last line or point it has."""
+    page asks for what came after the last line or point it has. Only the newest
+    KEEP_LINES lines and KEEP_POINTS points stay in memory (a job of weeks prints more than
+    a browser tab shows); positions count from the job's first line all the same."""
 
     marked: bool
     rank_nodes: Sequence[str] = ()
@@ -129,6 +135,36 @@ class JobOutput:
     points: list[list[Any]] = field(default_factory=list)
     """[node, rank, step, {metric: value}]"""
     _series: dict[tuple[str, int], Series] = field(default_factory=dict)
+    dropped_lines: int = 0
+    """Lines let go of (the oldest), so `lines[0]` is line number `dropped_lines`."""
+    dropped_points: int = 0
+
+    @property
+    def line_count(self) -> int:
+        return self.dropped_lines + len(self.lines)
+
+    @property
+    def point_count(self) -> int:
+        return self.dropped_points + len(self.points)
+
+    def after(self, lines: int, points: int, batch: int) -> tuple[list[list[Any]], list[list[Any]], int, int]:
+        """What follows line `lines` and point `points` (at most `batch` lines), and the
+        positions after it; a position already let go of reads from the oldest kept."""
+        start = max(lines - self.dropped_lines, 0)
+        chunk = self.lines[start:start + batch]
+        first = max(points - self.dropped_points, 0)
+        more = self.points[first:]
+        return chunk, more, self.dropped_lines + start + len(chunk), self.dropped_points + first + len(more)
+
+    def _bound(self) -> None:
+        if len(self.lines) > KEEP_LINES + KEEP_LINES // 5:  # (in steps: not a copy per line)
+            cut = len(self.lines) - KEEP_LINES
+            del self.lines[:cut]
+            self.dropped_lines += cut
+        if len(self.points) > KEEP_POINTS + KEEP_POINTS // 5:
+            cut = len(self.points) - KEEP_POINTS
+            del self.points[:cut]
+            self.dropped_points += cut
 
     def take(self, node: str, moment: float, text: str) -> None:
         if not on_screen(text, self.marked):
@@ -140,6 +176,7 @@ class JobOutput:
             rank, body = int(match.group(1)), match.group(2)
             where = rank_node(self.rank_nodes, rank, node)
         self.lines.append([moment, where, rank, body])
+        self._bound()
         if rank is None and self.marked:
             return  # metrics come from the ranks
         values = parse_line(body, self.pattern)
