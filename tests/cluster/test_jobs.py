@@ -284,6 +284,33 @@ def test_a_spare_that_is_not_needed_stands_down_and_one_lost_while_waiting_costs
     assert ranks_running(durable, ["node0", "node1", "node2"]) == []
 
 
+RESTARTING = ('echo "start $TRAINFLEET_RESTART_COUNT on $TRAINFLEET_NODE"; '
+              'if [ "$NODE_RANK" = 1 ] && [ "$TRAINFLEET_RESTART_COUNT" -lt "$FAILURES" ]; then sleep 2; '
+              'echo failing; exit 3; fi; sleep 6; echo "done $TRAINFLEET_RESTART_COUNT on $TRAINFLEET_NODE"')
+
+
+def test_a_launcher_without_restarts_of_its_own_is_started_again_whole(fleet: Path, workdir: Path) -> None:
+    """--max-restarts for a launcher that has none (here `command`; DeepSpeed, Accelerate,
+    mpirun and head alike): node1's part fails, every node's part starts again, told which
+    start it is; with the restarts spent, the failure ends the job as any failure does."""
+    healed = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "--launcher", "command", "--max-restarts", "2",
+                "--env", "FAILURES=1", "--", RESTARTING, timeout=180)
+    assert healed.returncode == 0, healed.stdout + healed.stderr
+    for node in ("node0", "node1", "node2"):
+        assert f"[{node}] start 0 on {node}" in healed.stdout and f"[{node}] done 1 on {node}" in healed.stdout
+        assert f"[{node}] [trainfleet] the whole job starts again on every node (restart 1)" in healed.stdout
+    assert "done 0" not in healed.stdout and "start 2" not in healed.stdout
+    job_id = re.search(r"job (tf-\S+):", healed.stderr).group(1)  # type: ignore[union-attr]
+    shown = tf("status", "-f", str(fleet), job_id).stdout
+    assert re.search(r"restart 1 at \d\d:\d\d:\d\d: node1's part of the job failed \(exit status 3\) \(restart 1 of "
+                     r"2\); went on with node\[0-2\]; ranks back [\d.]+ s later", shown), shown
+    spent = tf("run", "-f", str(fleet), "--sync-dir", str(workdir), "--launcher", "command", "--max-restarts", "1",
+               "--env", "FAILURES=9", "--", RESTARTING, timeout=180)
+    assert spent.returncode == 3, spent.stdout + spent.stderr
+    assert "start 1 on node1" in spent.stdout and "start 2" not in spent.stdout
+    assert "failed: node node1 failed first: exited with status 3" in spent.stderr, spent.stderr
+
+
 @pytest.mark.parametrize("dump", ["py-spy", "faulthandler"])
 def test_a_rank_that_blocks_forever_gets_its_stack_shown_and_the_job_ends(fleet: Path, durable: sb.SandboxState,
                                                                         workdir: Path, dump: str) -> None:

@@ -356,3 +356,16 @@ def test_spares_are_refused_where_they_cannot_work() -> None:
     with pytest.raises(SpecError, match=re.escape("fleet.yaml: nodes[0].spare: node 0 (gpu0) hosts the job's "
                                                   "rendezvous and cannot be a spare")):
         fleet_from_data(first, "fleet.yaml")
+
+
+def test_a_launcher_without_restarts_of_its_own_is_restarted_whole_by_the_nodes() -> None:
+    spec = fleet_from_data(FLEET, "fleet.yaml")
+    for launcher in ("deepspeed", "accelerate", "command", "mpirun"):
+        plan_made = plan_job(spec, JobSpec(entrypoint="train.py", job_id="j", launcher=launcher, max_restarts=2),
+                             FACTS, "~/p")
+        assert plan_made.restarts == 2, launcher
+        assert all(dict(n.env)["TRAINFLEET_RESTART_COUNT"] == "0" for n in plan_made.nodes), launcher
+        assert "# when a part fails, every node's part starts again, up to 2 time(s)" in plan_made.render()
+    torchrun = plan_job(spec, JobSpec(entrypoint="train.py", job_id="j", max_restarts=2), FACTS, "~/p")
+    assert torchrun.restarts == 0 and "TRAINFLEET_RESTART_COUNT" not in torchrun.render()  # it restarts itself
+    assert "--max-restarts=2" in torchrun.render()

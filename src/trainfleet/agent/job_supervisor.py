@@ -26,7 +26,8 @@ from typing import IO, Any, Dict, List, Optional
 
 from . import procs
 from .lock import release_lock
-from .protocol import NODE_KEY_VARIABLE, EnvFile, JobState, JobStatus, LaunchRequest, Mesh, Proc, Restart
+from .protocol import (NODE_KEY_VARIABLE, RESTART_VARIABLE, EnvFile, JobState, JobStatus, LaunchRequest, Mesh, Proc,
+                       Restart)
 from .rankwrap import node_key, rank_mark, redact, secret_fragments
 from .records import (FULL, LOG_NAME, job_dir, log_lines, log_paths, overflow_dir, read_errors, remove_secrets,
                       settle_overflow, viewer_seen, write_record, write_state)
@@ -139,6 +140,10 @@ class Supervisor:
         self.launch_guard = threading.RLock()
         """Held while the launcher is started or swapped (a failover starts it again)."""
         self.failed_over = False
+        self.generation = 0
+        """Whole-job restarts so far (the mesh's count, as this node heard it)."""
+        self.restart_answer = threading.Event()
+        self.part_done = False
 
     # ---- what the mesh asks of this node (see mesh.Node) ----------------------------------
     def stop_job(self, reason: str, lost: Optional[str] = None) -> None:
@@ -337,6 +342,8 @@ class Supervisor:
             self._failed_to_start(ready, 1, "the job's supervisors cannot meet: port %d on %s: %s" % (
                 request.mesh.port, request.mesh.coordinator, exc.strerror or exc))  # type: ignore[union-attr]
             return
+        # Before any process of the job exists: its first line has a place to go.
+        self.log = open(os.path.join(self.directory, LOG_NAME), "a")
         if self.spare:
             # Part of the job from now on (stopped with it, seen by `status`), with no process yet.
             self.state.state, self.state.spare = JobStatus.RUNNING, "waiting"
@@ -363,9 +370,10 @@ class Supervisor:
             with self.launch_guard:
                 code = self.child.poll()  # type: ignore[union-attr]
             if code is not None:
-                if code == 0 or not self._await_failover():
+                if code == 0 or not (self._await_failover() or self._await_restart(code)):
                     break
             self.stop.wait(0.2)
+        self.part_done = True
         code, left = self._end(self.child, env)  # type: ignore[arg-type]
         assert self.pump is not None
         self.pump.join(10)
@@ -404,7 +412,7 @@ class Supervisor:
         moved = Mesh(coordinator=mesh.successor_address, port=mesh.successor_port, token=mesh.token, nodes=order,
                      node=mesh.node, loss_timeout=mesh.loss_timeout, join_timeout=mesh.join_timeout,
                      min_nodes=mesh.min_nodes, hang_timeout=mesh.hang_timeout, spares=list(mesh.spares),
-                     addresses=list(mesh.addresses))
+                     addresses=list(mesh.addresses), restarts=mesh.restarts)
         self.note_lost(head)
         self.write_lines(["[trainfleet] %s; the rendezvous moves to %s, and this node's launcher starts again there"
                           % (cause, mesh.successor)])
@@ -446,6 +454,37 @@ class Supervisor:
                 self._start_launcher()
             except OSError as exc:
                 self.stop_job("cannot start %s again: %s" % (self.request.argv[0], exc.strerror or exc))
+
+    def _await_restart(self, code: int) -> bool:
+        """The launcher failed: with whole-job restarts left, the coordinator starts every
+        node's part again (True once this node's has); False when it says no."""
+        mesh = self.request.mesh
+        if mesh is None or not mesh.restarts or self.peer is None or self.stop.is_set():
+            return False
+        asked = self.generation
+        self.restart_answer.clear()
+        how = "exit status %d" % code if code >= 0 else signal_name(code)
+        self.peer.request_restart(mesh.node, "%s's part of the job failed (%s)" % (mesh.node, how), asked)
+        self.restart_answer.wait(mesh.loss_timeout + 10)
+        return self.generation > asked and not self.stop.is_set()
+
+    def relaunch(self, generation: int) -> None:
+        """From the mesh: this node's part starts again (every node's does), told which start it is."""
+        with self.guard:
+            if generation <= self.generation or self.part_done or self.stop.is_set():
+                return
+            self.generation = generation
+        self.env[RESTART_VARIABLE] = str(generation)
+        self.write_lines(["[trainfleet] the whole job starts again on every node (restart %d)" % generation])
+        self._relaunch()
+        with self.guard:
+            if self.state.restarts and self.state.restarts[-1].resumed is None:
+                self.state.restarts[-1].resumed = time.time()  # (node 0's record: its part runs again)
+                write_state(self.directory, self.state)
+        self.restart_answer.set()
+
+    def restart_refused(self, generation: int) -> None:
+        self.restart_answer.set()
 
     def _await_failover(self) -> bool:
         """The launcher failed: True if that is node 0's loss, which the failover answers
@@ -497,7 +536,6 @@ class Supervisor:
             signal.signal(signum, self._on_signal)
         if self.tether is not None:
             threading.Thread(target=self._watch_tether, daemon=True).start()
-        self.log = open(os.path.join(self.directory, LOG_NAME), "a")
         if peer is not None:
             peer.start()
 

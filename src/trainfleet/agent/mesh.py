@@ -102,6 +102,13 @@ class Node:
 
     def fail_over(self, head: str, cause: str) -> bool: ...
 
+    part_done: bool
+    """This node's launcher has ended for good (its end is being recorded)."""
+
+    def relaunch(self, generation: int) -> None: ...
+
+    def restart_refused(self, generation: int) -> None: ...
+
 
 class Coordinator:
     def __init__(self, mesh: Mesh, node: Node) -> None:
@@ -116,6 +123,8 @@ class Coordinator:
         self.active: set = set()
         """Nodes whose ranks have run (a spare joins it once it takes a place)."""
         self.spares_released = not mesh.spares
+        self.generation = 0
+        """Whole-job restarts so far (each a new generation of every node's launcher)."""
         self.settled = threading.Event()
         """Set when a part ends or is lost: `finish` wakes at once rather than at its next poll."""
         self.started = time.time()
@@ -171,6 +180,11 @@ class Coordinator:
             if message.get("stopping"):
                 self.announce_stop(stopping)
                 continue
+            if message.get("restart_job"):
+                threading.Thread(target=self.request_restart, args=(name, str(message.get("reason", "")),
+                                                                   int(message.get("generation", -1))),
+                                 daemon=True).start()
+                continue
             if message.get("ended") and failed and not self.mesh.min_nodes and not self.node.stop.is_set():
                 # Without the others' ranks noticing, a part that failed alone would leave them waiting.
                 self.broadcast({"stop": "%s's part of the job %s" % (name, message["state"])})
@@ -179,6 +193,33 @@ class Coordinator:
             closed = not self.ended.get(name) and name not in self.lost
         if closed:
             self._lose(name, "its connection closed")
+
+    def request_restart(self, name: str, reason: str, generation: int) -> None:
+        """A node's part failed: the whole job starts again on every node, while restarts
+        are left and no part has ended; else that node is told no (its failure then ends
+        the job as any failure does). Several nodes asking for the same failure (the others'
+        ranks lose their peers too) make one restart."""
+        with self.guard:
+            if generation != self.generation or self.node.stop.is_set():
+                return
+            can = self.generation < self.mesh.restarts and not any(self.ended.values()) and \
+                not self.node.part_done
+            if can:
+                self.generation += 1
+            nodes = [n for n in self.mesh.nodes if n not in self.lost]
+            number = self.generation
+        if not can:
+            if name == self.mesh.node:
+                self.node.restart_refused(generation)
+            else:
+                with self.guard:
+                    sock = self.peers.get(name)
+                if sock is not None:
+                    _send(sock, self.locks[name], {"restart_refused": generation})
+            return
+        self.node.note_restart(name, "%s (restart %d of %d)" % (reason, number, self.mesh.restarts), nodes)
+        self.broadcast({"relaunch": number})
+        self.node.relaunch(number)
 
     def announce_stop(self, reason: str) -> None:
         """A person stops the job (the stop reached this node, or a member that told us):
@@ -358,6 +399,10 @@ class Member:
                 self.node.stop_job(message["stop"], lost=message.get("lost_node"))
             elif "restart" in message:
                 self.node.restart_ranks(message["restart"])
+            elif "relaunch" in message:
+                threading.Thread(target=self.node.relaunch, args=(int(message["relaunch"]),), daemon=True).start()
+            elif "restart_refused" in message:
+                self.node.restart_refused(int(message["restart_refused"]))
             elif "spare_go" in message:
                 self.node.release_spare()
             elif "stand_down" in message:
@@ -371,6 +416,12 @@ class Member:
             if self.node.fail_over(head, "%s was lost (%s)" % (head, why)):
                 return  # the mesh meets again on the successor
             self.node.stop_job("%s (the coordinator) was lost" % head, lost=head)
+
+    def request_restart(self, name: str, reason: str, generation: int) -> None:
+        """This node's part failed: ask the coordinator for a whole-job restart."""
+        if self.sock is None or not _send(self.sock, self.lock, {"restart_job": True, "reason": reason,
+                                                                 "generation": generation}):
+            self.node.restart_refused(generation)
 
     def announce_stop(self, reason: str) -> None:
         """A person's stop reached this node: the coordinator tells every other node."""

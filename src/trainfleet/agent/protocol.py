@@ -411,6 +411,8 @@ class Mesh:
     addresses: List[str] = field(default_factory=list)
     """Every address of the job's nodes: a connection from any other is closed unread
     (empty: any address may try the handshake)."""
+    restarts: int = 0
+    """Whole-job restarts on the same nodes when a part fails (launchers without their own)."""
 
 
 @dataclass
@@ -496,6 +498,9 @@ class EnvFile:
 
 
 NODE_KEY_VARIABLE = "TRAINFLEET_NODE_KEY"
+RESTART_VARIABLE = "TRAINFLEET_RESTART_COUNT"
+"""Which start of the job this is (0, then 1 after the first whole-job restart), as
+torchrun's TORCHELASTIC_RESTART_COUNT: a script that resumes from a checkpoint reads it."""
 """The one variable whose value a node supplies itself (its key: where its records are)."""
 
 

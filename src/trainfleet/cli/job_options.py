@@ -43,7 +43,8 @@ def job_options(command):  # type: ignore[no-untyped-def]
         fleet_option,
         click.option("--nproc-per-node", type=int, help="processes per node (default: each node's slots)"),
         click.option("-m", "--module", is_flag=True, help="SCRIPT is a Python module name, as in `python -m`"),
-        click.option("--max-restarts", type=int, default=0, show_default=True, help="torchrun's restarts on failure"),
+        click.option("--max-restarts", type=int, default=0, show_default=True, help="restarts on failure: torchrun's own; for other launchers the whole job starts "
+                     "again on every node (TRAINFLEET_RESTART_COUNT says which start it is)"),
         click.option("--job-id", help="rendezvous id and log name (default: tf-DATE-TIME-RANDOM)"),
         click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE", help="extra environment for this job"),
         click.option("--launcher", type=click.Choice(launcher_names()),

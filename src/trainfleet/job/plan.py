@@ -126,6 +126,9 @@ class LaunchPlan:
     """Nodes waiting to take a lost node's place (their launches are among `nodes`)."""
     successor: str = ""
     """The node that hosts the rendezvous should node 0 be lost ("": the job ends then)."""
+    restarts: int = 0
+    """When a part fails, the whole job starts again on the same nodes, up to this many
+    times (launchers that do not restart by themselves)."""
     rank_nodes: tuple[str, ...] = ()
     """The node each rank runs on, by global rank, where one node's runner starts every
     rank and relays all their output (mpirun): their lines are shown as that node's."""
@@ -133,6 +136,8 @@ class LaunchPlan:
     def render(self) -> str:
         lines = [f"# job {self.job_id}: {self.launcher} on {len(self.nodes)} node(s), {self.world_size} "
                  f"process(es), {self.rendezvous}"]
+        if self.restarts:
+            lines.append(f"# when a part fails, every node's part starts again, up to {self.restarts} time(s)")
         for launch in self.nodes:
             interface = launch.interface or "(detected on the node at launch)"
             role = "spare (joins once a node is lost)" if launch.spare else f"node_rank={launch.node_rank}"

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib
 
+from dataclasses import replace
+
+from trainfleet.agent.protocol import RESTART_VARIABLE
 from trainfleet.errors import SpecError, UsageError
 from trainfleet.fleet.model import Fleet
 from trainfleet.job.placement import LaunchFacts, facts_placement
@@ -69,7 +72,13 @@ def plan_job(fleet: Fleet, job: JobSpec, facts: LaunchFacts, cwd: str) -> Launch
         raise UsageError(f"{spares}: a spare (`spare: true`) takes a lost node's place through torchrun's "
                          f"rendezvous, which --launcher {job.launcher} does not have",
                          fix="use --launcher torchrun, or leave the spares out with -n")
-    return get_launcher(job.launcher).plan(fleet, job, placement)
+    plan = get_launcher(job.launcher).plan(fleet, job, placement)
+    if job.max_restarts and job.launcher != "torchrun":
+        # torchrun restarts on its own; the others are started again whole, on the same
+        # nodes, by the nodes' supervisors; each rank is told which start it is.
+        nodes = tuple(replace(n, env=tuple(sorted((*n.env, (RESTART_VARIABLE, "0"))))) for n in plan.nodes)
+        plan = replace(plan, nodes=nodes, restarts=job.max_restarts)
+    return plan
 
 
 __all__ = ["LaunchFacts", "Launcher", "LauncherOption", "check_options", "get_launcher", "launcher_names",

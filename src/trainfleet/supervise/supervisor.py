@@ -151,7 +151,7 @@ class Supervisor:
                         loss_timeout=self.loss_timeout, spares=list(self.plan.spares),
                         successor=self.successor if self.successor_port else "",
                         successor_address=self.successor_address, successor_port=self.successor_port,
-                        addresses=list(self.mesh_addresses)) if self.mesh_port else None
+                        addresses=list(self.mesh_addresses), restarts=self.plan.restarts) if self.mesh_port else None
             found[launch.node] = LaunchRequest(
                 job_id=self.plan.job_id, argv=list(launch.argv), cwd=launch.cwd, workdir=self.workdir,
                 env=dict(launch.env), secrets=dict(self.secrets), files=self._files(launch.site), grace=self.grace,
