@@ -115,7 +115,7 @@ def timeline(view: JobView) -> list[dict[str, Any]]:
     return sorted(events, key=lambda e: e["time"])
 
 
-KEEP_LINES = 50_000
+KEEP_LINES = 200_000
 KEEP_POINTS = 200_000
 
 
