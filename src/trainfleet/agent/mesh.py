@@ -242,8 +242,8 @@ class Coordinator:
             self.lost.append(name)
             self.settled.set()
             # A spare that stood down (or whose launcher ended) is no longer there to join.
-            left = [n for n in self.mesh.nodes
-                    if n not in self.lost and not (self.ended.get(n) and n not in self.active)]
+            left = [n for n in self.mesh.nodes if n not in self.lost and
+                    not (n in self.mesh.spares and self.ended.get(n) and n not in self.active)]
             idle_spare = name in self.mesh.spares and name not in self.active
         reason = "%s was lost (%s)" % (name, why)
         self.node.note_lost(name)
@@ -430,7 +430,10 @@ class Member:
 
     def _beat(self) -> None:
         while not self.node.ended and self.sock is not None:
-            if not _send(self.sock, self.lock, {"last_output": self.node.last_output, "ranks": self.node.has_ranks()}):
+            beat: Dict[str, Any] = {"last_output": self.node.last_output}
+            if self.mesh.spares:  # (what the coordinator needs to place spares: a look through /proc a second)
+                beat["ranks"] = self.node.has_ranks()
+            if not _send(self.sock, self.lock, beat):
                 return
             time.sleep(BEAT)
 
