@@ -246,6 +246,7 @@ class FleetSession:
         def frame(kind: bytes, data: bytes) -> None:
             writer.write(struct.pack("!cI", kind, len(data)) + data)
 
+        feeding: asyncio.Future[None] | None = None
         try:
             header = json.loads(await reader.readline())
             node = header["node"]
@@ -257,10 +258,17 @@ class FleetSession:
                 return
             process = await self.connections[node].create_process(header["command"], encoding=None)
 
+            import asyncssh  # (loaded by now: the node's connection is up)
+
             async def upstream() -> None:
-                while chunk := await reader.read(65536):
-                    process.stdin.write(chunk)
-                process.stdin.write_eof()
+                try:
+                    while chunk := await reader.read(65536):
+                        process.stdin.write(chunk)
+                    process.stdin.write_eof()
+                except (OSError, asyncssh.Error):
+                    # rsync's side closed first (it had what it needed, or it failed): its
+                    # exit status, not this pipe, is what the user is told.
+                    pass
 
             async def downstream(stream: Any, kind: bytes) -> None:
                 while chunk := await stream.read(65536):
@@ -270,7 +278,6 @@ class FleetSession:
             feeding = asyncio.ensure_future(upstream())
             await asyncio.gather(downstream(process.stdout, b"o"), downstream(process.stderr, b"e"))
             completed = await process.wait()
-            feeding.cancel()
             status = completed.exit_status if completed.exit_status is not None else 255
             frame(b"x", struct.pack("!i", status))
             await writer.drain()
@@ -283,6 +290,9 @@ class FleetSession:
             # callback print a traceback under the user's one-line error.
             pass
         finally:
+            if feeding is not None:
+                feeding.cancel()
+                await asyncio.gather(feeding, return_exceptions=True)
             writer.close()
 
     def _resident_key(self, node: Node) -> str:
