@@ -27,7 +27,8 @@ def init(out: str, force: bool) -> None:
     from trainfleet.cli.fleet_template import FLEET_TEMPLATE
 
     write_new(Path(out), FLEET_TEMPLATE, force)
-    click.echo(f"wrote {out}: list your machines under `nodes:`, then run `trainfleet exec -- hostname`")
+    click.echo(f"wrote {out}: list your machines under `nodes:`; then `trainfleet check`, `trainfleet ssh setup` "
+               f"(pins each node's host key) and `trainfleet doctor`")
 
 
 @cli.group(name="import")
@@ -96,6 +97,30 @@ def check_fleet(fleet_file: str | None) -> None:
             marks += f" cordoned ({entry.get('why', 'lost')}" + (f", job {entry['job']})" if entry.get("job") else ")")
         click.echo(f"{node.name}: {node.ssh_target}{via} slots={node.slots} address={node.address}"
                    f" interface={node.interface or '(detected at launch)'}{marks}")
+    placeholders = [n.name for n in fleet.nodes if documentation_address(n.host)]
+    if placeholders:
+        raise SpecError(f"{fleet.source}: {fold_nodes(placeholders)} still have example addresses from the template "
+                        f"(203.0.113.x and the like are for documentation: they reach no machine)",
+                        fix="put your machines' addresses (or ~/.ssh/config names) under `nodes:`")
+    from trainfleet.transport.ssh import host_pinned, known_hosts_files
+
+    unpinned = [n.name for n in fleet.nodes if n.jump is None and not host_pinned(known_hosts_files(fleet.ssh), n)]
+    if unpinned:
+        click.echo(f"next: `trainfleet ssh setup` shows and pins the host key of {fold_nodes(unpinned)} "
+                   f"(not known yet: every command refuses an unknown key)")
+
+
+def documentation_address(host: str) -> bool:
+    """An address or name reserved for examples (RFC 5737, 3849, 2606): the template's."""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host == "example.com" or host.endswith((".example", ".example.com", ".example.org", ".example.net"))
+    return any(address in ipaddress.ip_network(net) for net in ("192.0.2.0/24", "198.51.100.0/24",
+                                                                "203.0.113.0/24", "2001:db8::/32")
+               if ipaddress.ip_network(net).version == address.version)
 
 
 @cli.command()

@@ -2,7 +2,7 @@
 
 FLEET_TEMPLATE = """\
 # trainfleet fleet file: every machine once, with how to reach it.
-# Check it with `trainfleet check`, then `trainfleet exec -- hostname`.
+# Then: `trainfleet check`, `trainfleet ssh setup` (pins each node's host key), `trainfleet doctor`.
 
 # Where jobs run on every node (created if missing; `trainfleet sync` copies code here).
 workdir: ~/trainfleet
@@ -18,7 +18,8 @@ env: {}
 ssh:
   user: ubuntu
   port: 22
-  identity_file: ~/.ssh/id_ed25519
+  # The private key your provider installed on the machines; left out: ssh-agent, then ~/.ssh/id_*.
+  # identity_file: ~/.ssh/provider-key.pem
   # Host keys are always verified against this file; unknown or changed keys are refused.
   known_hosts: ~/.ssh/known_hosts
   connect_timeout: 10

@@ -235,13 +235,47 @@ def _format_location(loc: tuple[Any, ...]) -> str:
     return text or "(top level)"
 
 
-def _describe(error: Mapping[str, Any]) -> str:
-    where = _format_location(tuple(error["loc"]))
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models a field's type may hold (through lists, dicts, unions and Optional)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for inner in getattr(annotation, "__args__", ()) for model in _models_in(inner)]
+
+
+def _keys_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys a mapping at `loc` (the path of its parent) may have: what `init` documents."""
+    models: list[type[BaseModel]] = [FleetModel]
+    for part in loc:
+        if isinstance(part, int):
+            continue  # a list item: the same models as the list's
+        models = [inner for model in models if part in model.model_fields
+                  for inner in _models_in(model.model_fields[part].annotation)]
+    return sorted({key for model in models for key in model.model_fields})
+
+
+def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
+    """One line for a pydantic error, and its fix."""
+    import difflib
+
+    loc = tuple(error["loc"])
+    where = _format_location(loc)
+    generic = "see `trainfleet init` for every allowed key"
     if error["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
+        allowed = _keys_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+        if close:
+            return f"{where}: unknown key", f"did you mean `{close[0]}`?"
+        return f"{where}: unknown key", (f"the keys allowed here are {', '.join(allowed)}" if allowed else generic)
     if error["type"] == "missing":
-        return f"{where}: required key is missing"
-    return f"{where}: {error['msg']} (got {error.get('input')!r})"
+        return f"{where}: required key is missing", generic
+    if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        got = error.get("input")
+        if loc[:1] == ("nodes",) and len(loc) == 2:
+            example = got if isinstance(got, str) and HOST.match(got) else "203.0.113.10"
+            return (f"{where}: each node is a mapping, not {got!r}",
+                    f"write it as `- host: {example}` (with `name:`, `slots:`, … under it as needed)")
+        return f"{where}: expected a mapping of keys, not {got!r}", generic
+    return f"{where}: {error['msg']} (got {error.get('input')!r})", generic
 
 
 def _frozen(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -291,7 +325,9 @@ def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "",
         if check_keys and identity and not os.path.isfile(identity):
             field_name = "identity_file" if spec.identity_file else "ssh.identity_file"
             raise SpecError(f"{where} ({name}): {field_name}: key file {identity} does not exist",
-                            fix="point it at an existing private key, or run `ssh-keygen -t ed25519`")
+                            fix="point it at the private key your provider gave you (the one its console "
+                                "installed on the machines), or leave it out to use ssh-agent and ~/.ssh/id_*; "
+                                "a key new from ssh-keygen is on no rented machine yet")
         jump_text = spec.jump or defaults.jump
         try:
             jump = Jump.parse(jump_text) if jump_text else None
@@ -351,8 +387,8 @@ def fleet_from_data(data: Any, source: str, base_dir: Path | None = None, state_
         first = exc.errors()[0]
         more = len(exc.errors()) - 1
         suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-        raise SpecError(f"{source}: {_describe(first)}{suffix}",
-                        fix="see `trainfleet init` for every allowed key") from None
+        what, fix = _describe(first)
+        raise SpecError(f"{source}: {what}{suffix}", fix=fix) from None
     return resolve(model, source, base_dir or Path.cwd(), state_dir, check_keys)
 
 

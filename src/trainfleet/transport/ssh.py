@@ -40,11 +40,34 @@ def _host_in_known_hosts(paths: list[str], host: str, port: int) -> bool:
             with open(path) as handle:
                 for line in handle:
                     fields = line.split()
-                    if fields and not line.startswith("#") and wanted in fields[0].split(","):
+                    if fields and fields[0] == "@cert-authority":
+                        continue
+                    if fields and not line.startswith("#") and any(
+                            _hashed_match(name, wanted) if name.startswith("|1|") else name == wanted
+                            for name in fields[0].split(",")):
                         return True
         except OSError:
             continue
     return False
+
+
+def _hashed_match(entry: str, host: str) -> bool:
+    """OpenSSH's HashKnownHosts form, `|1|salt|hash` (Ubuntu's default): HMAC-SHA1 of the name."""
+    import base64
+    import hashlib
+    import hmac
+
+    try:
+        _, _, salt, digest = entry.split("|")
+        mac = hmac.new(base64.b64decode(salt), host.encode(), hashlib.sha1).digest()
+        return hmac.compare_digest(base64.b64encode(mac).decode(), digest)
+    except ValueError:
+        return False
+
+
+def host_pinned(paths: list[str], node: Node) -> bool:
+    """Whether a node's host key is in one of these known_hosts files (by its host and port)."""
+    return _host_in_known_hosts(paths, node.host, node.port)
 
 
 def known_hosts_files(ssh: SSHSettings) -> list[str]:
@@ -81,9 +104,23 @@ def _explain(node: Node, ssh: SSHSettings, exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError) and exc.filename:
         return f"file not found: {exc.filename}"
     if isinstance(exc, OSError):
-        return f"cannot reach {target}: {exc.strerror or exc}"
+        if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return (f"no route to {target} ({exc.strerror}); fix: check the address, that the machine is up, and "
+                    f"that this machine's network (a VPN?) reaches it")
+        if exc.errno == errno.ECONNRESET:
+            return (f"{target} reset the connection before SSH began; fix: `ssh -v -p {node.port} "
+                    f"{node.user}@{node.host}` shows who answers (fail2ban or a firewall on the path?)")
+        if isinstance(exc, socket.gaierror):
+            return f"cannot resolve {node.host!r} ({exc.strerror}); fix: correct `host:` (an address or a DNS name)"
+        return (f"cannot reach {target}: {exc.strerror or exc}; fix: check the address, that the machine is up, "
+                f"and firewalls on the path")
+    if isinstance(exc, asyncssh.ConnectionLost):
+        return (f"{target} accepted the connection, then closed it during SSH's handshake ({exc.reason}); fix: check "
+                f"that `port:` is sshd's (not another service) and that sshd's MaxStartups, fail2ban or a cloud "
+                f"firewall does not drop this machine; `ssh -v -p {node.port} {node.user}@{node.host}` shows where")
     if isinstance(exc, asyncssh.Error):
-        return f"ssh error from {target}: {exc.reason}"
+        return (f"the SSH server at {target} ended the connection: {exc.reason}; fix: `ssh -v -p {node.port} "
+                f"{node.user}@{node.host}` shows the server's side of it")
     return f"{type(exc).__name__}: {exc}"
 
 
