@@ -112,7 +112,8 @@ class Where(Protocol):
 
 
 PYTHON_FIX = ("set `python:` in the fleet file to the full path of the Python with torch on the nodes "
-              "(`trainfleet doctor` looks for it in login shells too)")
+              "(`trainfleet doctor` looks for it in login shells too), or make it with `setup:` "
+              "(e.g. `python3 -m venv ~/venv && ~/venv/bin/pip install torch`) and `trainfleet setup`")
 
 
 class FleetError(TrainfleetError):

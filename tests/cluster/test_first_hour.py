@@ -203,3 +203,38 @@ def test_unknown_run_options_never_reach_the_nodes(fleet2: Path, cluster3: sb.Sa
     done = tf("run", "-f", str(fleet2), wrong, "2", "train.py")
     assert done.returncode == 2 and f"run has no option {wrong.split('=')[0]}" in done.stderr
     assert ssh_logins(cluster3) == before
+
+
+def test_bare_nodes_get_the_jobs_python_from_setup(fleet2: Path, tmp_path: Path) -> None:
+    """Nodes without the fleet's Python yet: the agent runs on their python3, so doctor
+    names what is missing with the bootstrap, `run` refuses in one line, and `setup:`
+    makes the environment on every node; then the job runs on it."""
+    venv = "/tmp/tf-bare-venv"  # (a sandbox node's own /tmp: each node makes its own)
+    fleet = variant(fleet2, tmp_path, lambda d: d.update(python=f"{venv}/bin/python",
+                                                         setup=[f"python3 -m venv {venv}"]))
+    project = tmp_path / "bare"
+    project.mkdir()
+    (project / "where.py").write_text("import sys\nprint('job python:', sys.executable)\n")
+    tf("exec", "-f", str(fleet), "--", f"rm -rf {venv}", check=True)
+    try:
+        report = tf("doctor", "-f", str(fleet), "--json", timeout=120)
+        assert report.returncode == 1, report.stderr
+        findings = json.loads(report.stdout)["findings"]
+        shell = [f for f in findings if f["check"] == "shell" and f["verdict"] == "FAIL"]
+        assert sorted(n for f in shell for n in f["nodes"]) == ["node0", "node1"], findings
+        assert f"`{venv}/bin/python` was not found" in shell[0]["summary"]
+        assert "`trainfleet setup`" in shell[0]["remedy"]
+        # Said once: not again as a differing Python or a missing torch.
+        assert not [f for f in findings if f["check"] == "versions" and f["verdict"] == "FAIL"], findings
+        refused = tf("run", "-f", str(fleet), "--launcher", "command", "--sync-dir", str(project), "where.py",
+                     timeout=120)
+        line = one_error_line(refused.stderr)
+        assert refused.returncode != 0 and f"`{venv}/bin/python` (the fleet's `python:`) was not found on node[0-1]" \
+            in line and "`trainfleet setup`" in line
+        tf("setup", "-f", str(fleet), "--sync-dir", str(project), check=True, timeout=300)
+        ran = tf("run", "-f", str(fleet), "--launcher", "command", "--sync-dir", str(project), "where.py",
+                 timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.count(f"job python: {venv}/bin/python") == 2, ran.stdout
+    finally:
+        tf("exec", "-f", str(fleet), "--", f"rm -rf {venv}")

@@ -115,6 +115,47 @@ def torch_info() -> Optional[TorchInfo]:
     return info
 
 
+def software(python: str, reply: FactsReply) -> None:
+    """The job's Python (the fleet's `python:`) and its torch. The agent runs on it where a
+    non-interactive shell finds it; otherwise (a bare node: `setup:` has not made it yet)
+    on python3, and that Python is asked in a process of its own."""
+    wanted = os.path.expanduser(python) if python.startswith("~/") else python
+    found = shutil.which(wanted) if python else sys.executable
+    if found is None:
+        reply.python_missing = "`%s` was not found by a non-interactive SSH shell" % python
+        return
+    if os.path.abspath(found) == os.path.abspath(sys.executable):
+        reply.python = PythonInfo(version=sys.version.split()[0], executable=sys.executable)
+        reply.torch = torch_info()
+    else:
+        answer = job_python_facts(found)
+        if isinstance(answer, str):
+            reply.python_missing = answer
+            return
+        reply.python, reply.torch = answer
+    reply.torch_installed = reply.torch is not None
+
+
+def job_python_facts(python: str) -> "Tuple[PythonInfo, Optional[TorchInfo]] | str":
+    """What `python` says of itself and its torch (this module, run by it), or why it did not."""
+    from . import BOOTSTRAP, sources
+
+    entry = ("import tfagent.facts as F,json;T=F.torch_info();print(json.dumps([sys.version.split()[0],"
+             "sys.executable,T and [T.version,T.cuda,T.nccl]]))\n")
+    try:
+        done = subprocess.run([python, "-c", BOOTSTRAP + entry], input=json.dumps(sources()) + "\n",
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return "`%s` did not run: %s" % (python, exc)
+    try:
+        version, executable, torch = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return "`%s` did not run trainfleet's check (exit status %s: %s); it needs Python 3.8 or newer" % (
+            python, done.returncode, tail)
+    return PythonInfo(version=version, executable=executable), TorchInfo(*torch) if torch else None
+
+
 def gpu_info() -> Optional[GpuInfo]:
     if shutil.which("nvidia-smi") is None:
         return None
@@ -255,10 +296,10 @@ def gather(request: FactsRequest) -> FactsReply:
         reply.free_ports = free_ports(address, max(1, request.free))
         reply.free_port = reply.free_ports[0]
     if FactSection.SOFTWARE in wanted:
-        # (This agent runs on the fleet's Python, so a non-interactive shell finds it.)
-        reply.python = PythonInfo(version=sys.version.split()[0], executable=sys.executable)
-        reply.torch = torch_info()
-        reply.torch_installed = reply.torch is not None
+        software(request.python, reply)
+    elif FactSection.PYTHON in wanted and request.python and shutil.which(
+            os.path.expanduser(request.python) if request.python.startswith("~/") else request.python) is None:
+        reply.python_missing = "`%s` was not found by a non-interactive SSH shell" % request.python
     if FactSection.GPU in wanted:
         reply.gpu = gpu_info()
         driver = read_text("/proc/driver/nvidia/version")

@@ -84,6 +84,8 @@ class FactSection(Name):
     FILES = "files"
     PROJECT = "project"
     WORKDIR = "workdir"
+    PYTHON = "python"
+    """Only whether the fleet's `python:` is there (SOFTWARE's cheap part, for `run`)."""
 
 
 # ---- values that appear in several replies ---------------------------------------------
@@ -196,6 +198,9 @@ class FactsReply:
     python: Optional[PythonInfo] = None
     torch: Optional[TorchInfo] = None
     torch_installed: bool = False
+    python_missing: str = ""
+    """Why the fleet's `python:` (the job's) did not answer here, where it did not (the
+    agent then ran on the node's python3, and `python`/`torch` are left empty)."""
     gpu: Optional[GpuInfo] = None
     driver: Optional[str] = None
     disk: Optional[Disk] = None

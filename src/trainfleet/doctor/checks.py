@@ -127,21 +127,30 @@ def check_ssh(data: Gathered) -> list[Finding]:
     return findings
 
 
+BOOTSTRAP_FIX = ("make it on every node with `setup:` in the fleet file (e.g. `python3 -m venv ~/venv && "
+                 "~/venv/bin/pip install torch`, with `python: ~/venv/bin/python`), then `trainfleet setup`")
+
+
 def check_shell(data: Gathered) -> list[Finding]:
     """The non-interactive SSH shell (how trainfleet, pdsh and DeepSpeed run) must find
-    the fleet's Python: the node agent runs on it, so a node whose agent ran passes."""
+    the fleet's Python (the job's). The node agent runs on it, or on python3 where it is
+    not there yet; a node with neither fails."""
     findings = []
-    for name, reason in data.agent_errors.items():
+    missing = {name: f.python_missing for name, f in data.facts.items() if f.python_missing}
+    for name, reason in [*data.agent_errors.items(), *missing.items()]:
         found = data.login_pythons.get(name) or []
         if found:
             reason += f" (a login shell finds {', '.join(found)})"
             remedy = (f"set `python: {found[0]}` in the fleet file (or the Python with torch), or export PATH in "
-                      f"~/.bashrc above its interactive-only guard")
-        else:
-            remedy = "set `python:` in the fleet file to the full path of the Python with torch"
+                      f"~/.bashrc above its interactive-only guard; or {BOOTSTRAP_FIX}")
+        elif name in missing:
+            remedy = f"set `python:` to the full path of the Python with torch, or {BOOTSTRAP_FIX}"
+        else:  # not even python3: the agent has nothing to run on
+            remedy = "install python3 (3.8 or newer) on the node, e.g. `sudo apt install python3`"
         findings.append(Finding("shell", Verdict.FAIL, (name,), reason, remedy))
-    if data.live:
-        findings.append(Finding("shell", Verdict.OK, tuple(data.live),
+    found_everywhere = [n for n in data.live if n not in missing]
+    if found_everywhere:
+        findings.append(Finding("shell", Verdict.OK, tuple(found_everywhere),
                                 f"non-interactive SSH finds `{data.fleet.python}`"))
     return findings
 
@@ -362,10 +371,15 @@ _CONSISTENT: dict[str, Callable[[FactsReply], str | None]] = {
 }
 
 
+_SOFTWARE = ("python", "torch", "CUDA (torch build)", "NCCL")
+
+
 def check_consistency(data: Gathered) -> list[Finding]:
     findings = []
     for what, read in _CONSISTENT.items():
-        values = {name: read(data.facts[name]) for name in data.live}
+        # (A node without the fleet's Python is said once, by `shell`; its torch is unknown.)
+        values = {name: read(data.facts[name]) for name in data.live
+                  if not (what in _SOFTWARE and data.facts[name].python_missing)}
         if not any(v is not None for v in values.values()):
             continue
         groups: dict[str, list[str]] = {}

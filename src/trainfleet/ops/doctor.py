@@ -105,6 +105,8 @@ async def _first_round(session: FleetSession, data: Gathered) -> dict[str, Liste
             return
         received = time.time()
         data.facts[node.name] = answer
+        if answer.python_missing.endswith("non-interactive SSH shell"):
+            await _login_pythons(session, node, data)
         data.skew[node.name] = (answer.time - (sent + received) / 2, (received - sent) / 2)
 
     async def listen(node: Node) -> None:

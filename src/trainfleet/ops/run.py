@@ -29,7 +29,7 @@ from trainfleet.ops.common import facts_request
 from trainfleet.ops.setup import setup_digest
 from trainfleet.ops.mount import ensure_mounted
 from trainfleet.ops.sync import Project, check_code, manifest, sync
-from trainfleet.results import fold_nodes
+from trainfleet.results import PYTHON_FIX, fold_nodes
 from trainfleet.supervise.supervisor import RunOutcome, Supervisor
 from trainfleet.transport.session import FleetSession
 
@@ -90,6 +90,8 @@ async def preflight(session: FleetSession, job: JobSpec, project: Project, wante
     outside = check_entry and job.entrypoint.startswith(("/", "~/"))
     entry = job.entrypoint if outside else f"{project.name}/{job.entrypoint}"
     common = [FactSection.NET, FactSection.PROJECT] + ([FactSection.GPU] if launcher.needs_gpu_facts or fleet.container else [])
+    if fleet.container is None:  # (in a container, the image's Python runs the job)
+        common.append(FactSection.PYTHON)
 
     spares = set(spare_names(fleet, job))
     successor = next((n.name for n in fleet.nodes[1:] if n.name not in spares), "")
@@ -112,6 +114,10 @@ async def preflight(session: FleetSession, job: JobSpec, project: Project, wante
     replies = await session.call_all(request, timeout=30)
     replies.require("cannot start the job", fleet)
     answers = replies.answers
+    lacking_python = [n for n, a in answers.items() if a.python_missing]
+    if lacking_python:
+        raise TrainfleetError(f"cannot start the job: `{fleet.python}` (the fleet's `python:`) was not found on "
+                              f"{fold_nodes(lacking_python)} by a non-interactive SSH shell", fix=PYTHON_FIX)
     if outside:
         lacking = [n for n, a in answers.items() if not a.files.get(entry)]
         if lacking:

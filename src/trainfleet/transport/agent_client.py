@@ -31,9 +31,25 @@ ATTACH_TIMEOUT = 10.0
 """Seconds a resident agent has to say it is ready; past that the command starts one."""
 
 
+AGENT_PYTHON = "python3"
+"""What the agent runs on where the fleet's `python:` (the job's, with torch) is not there
+yet: a bare node's own Python, so that `setup:` can make the job's environment."""
+
+
+def shell_word(path: str) -> str:
+    """A path for a POSIX shell, its leading ~/ still the node's home."""
+    return f'"$HOME"/{shlex.quote(path[2:])}' if path.startswith("~/") else shlex.quote(path)
+
+
 def agent_command(python: str) -> str:
-    """The remote command line; the agent itself comes over stdin."""
-    return f"exec {shlex.quote(python)} -c 'import sys,json;exec(json.loads(sys.stdin.readline()))'"
+    """The remote command line; the agent itself comes over stdin. It runs on the fleet's
+    Python where a non-interactive shell finds it (the job's, as before), else on the
+    node's python3; exit 127 when there is neither."""
+    loader = shlex.quote("import sys,json;exec(json.loads(sys.stdin.readline()))")
+    script = (f"for p in {shell_word(python)} {AGENT_PYTHON}; do "
+              f'command -v "$p" >/dev/null 2>&1 && exec "$p" -c {loader}; done; exit 127')
+    # (/bin/sh: the user's login shell may be fish or csh, whose loops differ.)
+    return f"exec /bin/sh -c {shlex.quote(script)}"
 
 
 def _payload() -> tuple[str, str, str]:
