@@ -3,6 +3,7 @@ at every launch, and setup run once. Proven on the nodes' private /tmp."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -185,3 +186,44 @@ def test_a_small_change_goes_over_the_agent_what_only_rsync_carries_goes_by_rsyn
     assert os.readlink(remote / "link.py") == "main.py"
     checked = tf("run", "-f", str(fleet2), "--no-sync", "--sync-dir", str(source), "main.py")
     assert checked.returncode == 0, checked.stderr  # the manifest each way is the one the launch checks
+
+
+def test_pull_brings_back_what_the_nodes_wrote(fleet2: Path, cluster3: sb.SandboxState, tmp_path: Path) -> None:
+    """Node 0's checkpoints by default, every node's into folders of their own with --all,
+    a job's records with --job; a second pull carries what changed; a path outside the
+    project or missing on a node is one line."""
+    source = project(tmp_path, "trained")
+    tf("sync", "-f", str(fleet2), str(source), check=True)
+    name = project_for(source).name
+    for node in ("node0", "node1"):
+        folder = node_tmp(cluster3, node) / "trainfleet" / name / "ckpt"
+        folder.mkdir(parents=True)
+        (folder / "step-10.pt").write_bytes(node.encode() * 100_000)
+    here = tmp_path / "here"
+    done = tf("pull", "-f", str(fleet2), "--sync-dir", str(source), "--to", str(here), "ckpt/", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (here / "ckpt" / "step-10.pt").read_bytes() == b"node0" * 100_000
+    assert f"pulled ckpt/ from 1 node(s) into {here / 'ckpt'}" in done.stderr
+    # The node goes on writing: the next pull brings the new file and keeps the old one.
+    (node_tmp(cluster3, "node0") / "trainfleet" / name / "ckpt" / "step-20.pt").write_text("later")
+    tf("pull", "-f", str(fleet2), "--sync-dir", str(source), "--to", str(here), "ckpt", check=True)
+    assert sorted(p.name for p in (here / "ckpt").iterdir()) == ["step-10.pt", "step-20.pt"]
+    every = tf("pull", "-f", str(fleet2), "--sync-dir", str(source), "--to", str(here), "--all", "ckpt/step-10.pt")
+    assert every.returncode == 0, every.stderr
+    assert (here / "node1" / "ckpt" / "step-10.pt").read_bytes() == b"node1" * 100_000
+    # By default it lands beside the runs' logs, which sync leaves out.
+    tf("pull", "-f", str(fleet2), "--sync-dir", str(source), "ckpt/step-20.pt", cwd=tmp_path, check=True)
+    assert (tmp_path / "trainfleet-runs" / "pulled" / "ckpt" / "step-20.pt").read_text() == "later"
+    missing = tf("pull", "-f", str(fleet2), "--sync-dir", str(source), "--all", "ckpt/step-20.pt", cwd=tmp_path)
+    assert missing.returncode != 0 and missing.stderr.count("\n") == 1, missing.stderr
+    assert f"/{name}/ckpt/step-20.pt: no such file or directory on node1" in missing.stderr
+    outside = tf("pull", "-f", str(fleet2), "../../etc/passwd", cwd=tmp_path)
+    assert outside.returncode == 2 and "give a path inside the project's directory" in outside.stderr
+    # A job's own records: its directory on node 0.
+    ran = tf("run", "-f", str(fleet2), "--sync-dir", str(source), "--launcher", "command", "main.py", timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    job = re.search(r"job (tf-[0-9a-f-]+)", ran.stderr + ran.stdout).group(1)  # type: ignore[union-attr]
+    records = tf("pull", "-f", str(fleet2), "--job", job, "--to", str(here / "job"), ".", cwd=tmp_path)
+    assert records.returncode == 0, records.stderr
+    logs = [p.name for p in (here / "job" / job).rglob("*") if p.is_file()]
+    assert "supervisor.log" in logs, logs
