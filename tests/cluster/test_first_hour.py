@@ -15,7 +15,10 @@ import yaml
 
 from conftest import Sandboxes
 from helpers import EXAMPLE, losses, node_tmp, ssh_logins, tf, tf_start, wait_for_line
+from trainfleet.fleet.load import load_fleet
+from trainfleet.ops.clean import trust_tag
 from trainfleet.ops.sync import project_for
+from trainfleet.plans.firewall import fleet_tag
 from trainfleet.sandbox import cluster as sb
 
 
@@ -238,3 +241,61 @@ def test_bare_nodes_get_the_jobs_python_from_setup(fleet2: Path, tmp_path: Path)
         assert ran.stdout.count(f"job python: {venv}/bin/python") == 2, ran.stdout
     finally:
         tf("exec", "-f", str(fleet), "--", f"rm -rf {venv}")
+
+
+def test_clean_removes_what_trainfleet_left_and_keeps_the_users_files(fleet2: Path, cluster3: sb.SandboxState,
+                                                                        tmp_path: Path) -> None:
+    """Trust, firewall rules, caches and job records go from the nodes, the fleet's key and
+    notes from here; the project's code and outputs stay (unless --workdirs); a running
+    job is never cleaned under."""
+    fleet = variant(fleet2, tmp_path, lambda d: d.update(workdir="/tmp/tf-clean"), name="fleet.yaml")
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "train.py").write_text("import os, sys, time\nos.makedirs('ckpt', exist_ok=True)\n"
+                                      "open('ckpt/last.pt', 'w').write('weights')\n"
+                                      "time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 0)\n")
+    tf("ssh", "setup", "-f", str(fleet), "--yes", check=True)
+    state = Path(load_fleet(fleet).ssh.state_dir)
+    tag = trust_tag(load_fleet(fleet))
+    assert tag and state.is_dir()
+    try:
+        tf("firewall", "apply", "-f", str(fleet), check=True)
+        long = tf("run", "-f", str(fleet), "--sync-dir", str(project), "--launcher", "command", "--detach",
+                  "train.py", "60", timeout=120)
+        job = re.search(r"(tf-[0-9]{8}-[0-9]{6}-[0-9a-f]+)", long.stdout + long.stderr).group(1)  # type: ignore[union-attr]
+        busy = tf("clean", "-f", str(fleet))
+        assert busy.returncode != 0 and f"cannot clean: job {job} is running" in one_error_line(busy.stderr)
+        tf("stop", "-f", str(fleet), job, check=True, timeout=60)
+        ran = tf("run", "-f", str(fleet), "--sync-dir", str(project), "--launcher", "command", "train.py", timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        tf("pull", "-f", str(fleet), "--sync-dir", str(project), "--to", str(tmp_path / "back"), "ckpt", check=True)
+
+        def left() -> str:
+            listing = tf("exec", "-f", str(fleet2), "--", f"ls ~/.ssh /tmp/tf-clean /tmp/tf-clean/*; "
+                      f"grep -c 'trainfleet:{tag}' ~/.ssh/authorized_keys; cat ~/.ssh/config 2>/dev/null | grep -c '{tag}'; "
+                      f"iptables -S | grep -c {fleet_tag(load_fleet(fleet))}; "
+                         f"test -e /tmp/tf-clean/.trainfleet && echo records-left; true").stdout
+            return "\n".join(sorted(listing.splitlines(), key=lambda line: line[:6]))  # (nodes answer in any order)
+
+        before = left()
+        planned = tf("clean", "-f", str(fleet), "--dry-run")
+        assert planned.returncode == 0, planned.stderr
+        assert f"node[0-1]: would remove /root/.ssh/trainfleet_{tag}" in planned.stdout
+        assert "node[0-1]: would remove /tmp/tf-clean/.trainfleet\n" in planned.stdout
+        assert left() == before and state.exists()  # a dry run changes nothing
+        cleaned = tf("clean", "-f", str(fleet))
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert re.search(r"node\[0-1\]: firewall \(iptables\): \d+ rule\(s\) removed", cleaned.stdout), cleaned.stdout
+        assert "node[0-1]: kept /tmp/tf-clean/proj-" in cleaned.stdout and f"this machine: removed {state}" \
+            in cleaned.stdout
+        after = left()
+        assert f"trainfleet_{tag}" not in after and "records-left" not in after and "ckpt" in after, after
+        assert "records-left" in before
+        assert re.findall(r"node\d: (\d+)$", after, re.MULTILINE) == ["0"] * 6, after  # keys, config, rules
+        assert not state.exists() and (tmp_path / "back" / "ckpt" / "last.pt").read_text() == "weights"
+        assert not (Path.home() / ".cache" / "trainfleet" / "agents").exists()
+        tf("clean", "-f", str(fleet), "--workdirs", check=True)
+        assert "proj-" not in tf("exec", "-f", str(fleet2), "--", "ls -a /tmp/tf-clean || true").stdout
+    finally:
+        tf("firewall", "revoke", "-f", str(fleet))
+        tf("exec", "-f", str(fleet2), "--", "rm -rf /tmp/tf-clean")

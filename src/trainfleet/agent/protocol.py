@@ -745,6 +745,29 @@ class UntrustRequest(Request[UntrustReply]):
 
 
 @dataclass
+class CleanReply:
+    removed: List[str]
+    """What went (or, with dry_run, would go): paths, and lines or blocks as `FILE: what`."""
+    kept: List[str]
+    """What stays, the user's: each project's directory (code and outputs), with its size."""
+
+
+@dataclass
+class CleanRequest(Request[CleanReply]):
+    """Remove what trainfleet left on this node: its caches (the agent, the resident agents'
+    sockets: they leave), job records, in-memory leftovers, and the fleet's trust (`tag`);
+    with `workdirs`, the projects it synced too."""
+
+    op: ClassVar[str] = "clean"
+    handler: ClassVar[str] = "clean.clean"
+    reply_type: ClassVar[Type[Any]] = CleanReply
+    workdir: str
+    tag: str = ""
+    workdirs: bool = False
+    dry_run: bool = False
+
+
+@dataclass
 class Reach:
     ok: bool
     error: str = ""
@@ -979,7 +1002,7 @@ REQUESTS: Dict[str, Type[Any]] = {
     cls.op: cls
     for cls in (FactsRequest, ManifestRequest, SyncFilesRequest, WriteRequest, PrepareRequest, LockRequest,
                 JobsRequest, FollowRequest, TopRequest, ListenRequest, ReleaseRequest, ConnectRequest, LaunchRequest, StopRequest,
-                SweepRequest, TrustRequest, UntrustRequest, SSHMatrixRequest, FirewallRequest, PushHaveRequest,
+                SweepRequest, TrustRequest, UntrustRequest, CleanRequest, SSHMatrixRequest, FirewallRequest, PushHaveRequest,
                 PushRequest, StorageRequest, ProbeRequest, CommandRequest)
 }
 

@@ -31,7 +31,7 @@ class LazyGroup(click.Group):
                "firewall": "firewall", "hostfile": "fleet", "import": "fleet", "init": "fleet", "run": "run",
                "sandbox": "sandbox", "setup": "setup", "ssh": "ssh", "sync": "sync", "status": "jobs",
                "logs": "jobs", "stop": "jobs", "top": "jobs", "push": "push", "mount": "mount", "umount": "mount",
-               "plot": "plot", "ui": "ui", "cordon": "fleet", "uncordon": "fleet", "pull": "pull"}
+               "plot": "plot", "ui": "ui", "cordon": "fleet", "uncordon": "fleet", "pull": "pull", "clean": "clean"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(self.modules)
