@@ -114,7 +114,7 @@ def test_the_dashboard_shows_the_fleet_its_jobs_and_live_charts(ui: tuple[Any, s
     assert status_code(base + "api/jobs?token=" + token, Host="attacker.example:80") == 403
     assert status_code(base + "api/jobs?token=" + token, Host="127.0.0.1.attacker.example") == 403
     assert status_code(base + "api/jobs?token=" + token) == 200
-    # Through the README's `ssh -L 8000:127.0.0.1:PORT` tunnel the Host names the tunnel's port.
+    # Through the guide's `ssh -L 8000:127.0.0.1:PORT` tunnel the Host names the tunnel's port.
     assert status_code(base + "api/jobs?token=" + token, Host="127.0.0.1:8000") == 200
     assert status_code(base + "api/jobs?token=" + token, Host="localhost:8000") == 200
 

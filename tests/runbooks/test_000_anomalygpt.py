@@ -1,5 +1,5 @@
 """Runbook 000 (AnomalyGPT on 2 nodes: Docker + DeepSpeed + pdsh, sshd on port 2222, ufw),
-as docs/runbooks/000_1f399cc9f26cdbb3.md shows it: the fleet imported from the runbook's
+as docs/runbooks/000-anomalygpt-docker-deepspeed.md shows it: the fleet imported from the runbook's
 hostfile and ~/.ssh/config aliases, `ssh setup` instead of root passwords and copied keys,
 `firewall apply` instead of `ufw disable`, doctor naming a full container data root before
 "No space left on device", and the DeepSpeed job inside a Docker container on every node
@@ -27,7 +27,7 @@ def test_anomalygpt_in_containers_with_deepspeed(fresh: Sandboxes, tmp_path: Pat
     for node in state.nodes:  # the runbook's nodes: ufw on, only SSH allowed in (in each node's own /etc)
         subprocess.run(["nsenter", "-t", str(node.sshd_pid), "-a", "sh", "-c",
                         "ufw allow 2222/tcp && ufw --force enable"], check=True, capture_output=True)
-    user = Session("000_1f399cc9f26cdbb3", tmp_path / "anomalygpt")
+    user = Session("000-anomalygpt-docker-deepspeed", tmp_path / "anomalygpt")
     key = state.directory + "/id_ed25519"
     # What the user already has: the runbook's ~/.ssh/config aliases and its hostfile.
     (user.project / "ssh_config").write_text("".join(

@@ -1,5 +1,5 @@
 """Runbook 001 (LLaVA on 4 Paperspace nodes: torchrun + ZeRO-2, an S3 bucket, W&B), as
-docs/runbooks/001_f1a6a3ae631604e6.md shows it: the bucket mounted from `secrets:` with no
+docs/runbooks/001-llava-torchrun-s3-wandb.md shows it: the bucket mounted from `secrets:` with no
 key in any file or argv, `setup:` once per node, the job detached and followed, W&B's key
 on every rank and in no log, and no /etc/hosts edit anywhere."""
 
@@ -29,7 +29,7 @@ def test_llava_on_four_nodes_with_s3_and_wandb(fresh: Sandboxes, tmp_path: Path)
                      aws_secret_access_key=SECRET).put_object(Bucket="llava-data", Key="train.json",
                                                               Body=b'{"conversations": []}\n' * 100)
         # The user's shell has the keys (exported, or typed when asked); nothing else does.
-        user = Session("001_f1a6a3ae631604e6", tmp_path / "llava",
+        user = Session("001-llava-torchrun-s3-wandb", tmp_path / "llava",
                        env={"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "WANDB_API_KEY": WANDB})
         shutil.copy(state.fleet_file, user.project / "fleet.yaml")
         user.edit_fleet(setup={"commands": ["python -m pip install -r requirements.txt"]},

@@ -1,5 +1,5 @@
 """Runbook 002 (LMFlow: DeepSpeed + pdsh, NCCL_SOCKET_IFNAME, "init can take ~20 mins,
-hard to tell from a stuck run"), as docs/runbooks/002_a4157b548a629293.md shows it: a
+hard to tell from a stuck run"), as docs/runbooks/002-lmflow-deepspeed-nccl-interface.md shows it: a
 private training network whose NIC names differ between nodes, found without the user
 naming them; doctor and `bench net` before training; single-node runs first, then all
 nodes with DeepSpeed; `--hang-timeout` lets a slow start finish and ends a stuck one
@@ -19,7 +19,7 @@ from runbook import Session, trained
 
 def test_lmflow_on_a_private_network_with_differing_nic_names(fresh: Sandboxes, tmp_path: Path) -> None:
     state = fresh.make(3, slots=2, private_network=True)
-    user = Session("002_a4157b548a629293", tmp_path / "lmflow")
+    user = Session("002-lmflow-deepspeed-nccl-interface", tmp_path / "lmflow")
     data = yaml.safe_load(Path(state.fleet_file).read_text())
     # The runbook's hostfile: servers A and B with more slots than C, by their public addresses
     # only; which network and NIC carry training is left to trainfleet.

@@ -1,5 +1,5 @@
 """Runbook 003 (GPT-NeoX on 2 Lambda nodes: deepy.py reading /job/hostfile, fused kernels
-built on each node, NFS from the head node), as docs/runbooks/003_bf30938e2efc31b0.md shows
+built on each node, NFS from the head node), as docs/runbooks/003-gpt-neox-head-node-nfs.md shows
 it: a deepy.py-like entry script that builds DeepSpeed's runner command from the hostfile
 trainfleet writes, started on the head node with `--launcher head` and training on every
 node; `setup:` compiles the "kernels" once per node; a directory of node 0 shared with the
@@ -19,7 +19,7 @@ from runbook import Session, trained
 
 def test_gpt_neox_deepy_from_the_head_node(fresh: Sandboxes, tmp_path: Path) -> None:
     state = fresh.make(2, slots=2)
-    user = Session("003_bf30938e2efc31b0", tmp_path / "gpt-neox")
+    user = Session("003-gpt-neox-head-node-nfs", tmp_path / "gpt-neox")
     shutil.copy(state.fleet_file, user.project / "fleet.yaml")
     user.edit_fleet(setup={"commands": ["mkdir -p build",
                                         "cc -O2 -shared -fPIC -o build/fused_kernels.so csrc/fused_kernels.c"]},

@@ -1,5 +1,5 @@
 """Runbook 004 (a transformer on 8 Paperspace nodes: torchrun c10d, s3fs, a CIFS network
-drive, W&B), as docs/runbooks/004_c42d954913f6b866.md shows it: c10d rendezvous with no
+drive, W&B), as docs/runbooks/004-transformer-c10d-s3fs-cifs.md shows it: c10d rendezvous with no
 /etc/hosts, the bucket and (rendered, and refused naming the kernel where it lacks CIFS)
 the network drive from `storage:`, checkpoints written to the bucket, and a second `run`
 on the same fleet refused so they are never overwritten."""
@@ -32,7 +32,7 @@ def test_transformer_on_eight_nodes_with_c10d_s3_and_a_network_drive(fresh: Sand
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=KEY_ID,
                           aws_secret_access_key=SECRET)
         s3.put_object(Bucket="transformer", Key="data/opus_books.txt", Body=b"a sentence\n" * 1000)
-        user = Session("004_c42d954913f6b866", tmp_path / "transformer",
+        user = Session("004-transformer-c10d-s3fs-cifs", tmp_path / "transformer",
                        env={"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET,
                             "CIFS_PASSWORD": "drive-password-0004", "WANDB_API_KEY": "wandb-0004-key"})
         shutil.copy(state.fleet_file, user.project / "fleet.yaml")

@@ -18,7 +18,7 @@ def _storage_command(fleet_file: str | None, node_names: str | None, action: str
     nodes = select(fleet, node_names)
     if not fleet.storage:
         raise UsageError(f"{fleet.source} has no `storage:`",
-                         fix="add one, e.g. `storage: [{type: shared-dir, mount: /data}]` (see the README)")
+                         fix="add one, e.g. `storage: [{type: shared-dir, mount: /data}]` (docs/guide.md, Shared storage)")
     if dry_run:
         click.echo(render(plan_mounts(fleet, nodes)), nl=False)
         return

@@ -44,7 +44,7 @@ class TokenGate:
         self.app, self.token, self.hosts = app, token, hosts
 
     def _our_host(self, host: str) -> bool:
-        """This server's own name, or a loopback name on any port: the README's `ssh -L
+        """This server's own name, or a loopback name on any port: the guide's `ssh -L
         8000:127.0.0.1:PORT` tunnel arrives as `127.0.0.1:8000`. A DNS-rebinding page
         arrives under its own domain name, which is refused."""
         if host in self.hosts:
