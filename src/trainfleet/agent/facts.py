@@ -304,6 +304,10 @@ def gather(request: FactsRequest) -> FactsReply:
         reply.gpu = gpu_info()
         driver = read_text("/proc/driver/nvidia/version")
         reply.driver = driver.splitlines()[0].strip() if driver else None
+    if FactSection.GPU_HEALTH in wanted and shutil.which("nvidia-smi") is not None:
+        from .gpu_health import health
+
+        reply.gpu_health = health()
     if FactSection.DISK in wanted:
         reply.disk = disk_free(request.workdir)
         root = container_root(request.container_engine, request.container_root)

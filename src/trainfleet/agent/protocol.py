@@ -85,6 +85,8 @@ class FactSection(Name):
     PROJECT = "project"
     WORKDIR = "workdir"
     PYTHON = "python"
+    GPU_HEALTH = "gpu_health"
+    """`nvidia-smi -q -x` and the kernel log's Xid events (doctor's; about a second on 8 GPUs)."""
     """Only whether the fleet's `python:` is there (SOFTWARE's cheap part, for `run`)."""
 
 
@@ -146,6 +148,50 @@ class Gpu:
 
 
 @dataclass
+class GpuHealth:
+    """One GPU as `nvidia-smi -q -x` describes it (None: the GPU does not report it)."""
+
+    index: str
+    uuid: str
+    bus_id: str
+    name: str
+    memory_mib: Optional[int] = None
+    persistence: Optional[bool] = None
+    pcie_gen: Optional[int] = None
+    pcie_gen_max: Optional[int] = None
+    pcie_width: Optional[int] = None
+    pcie_width_max: Optional[int] = None
+    ecc_uncorrected: Optional[int] = None
+    """Uncorrected ECC errors since the driver loaded (volatile)."""
+    retired_pending: Optional[bool] = None
+    remap_pending: Optional[bool] = None
+    remap_failure: Optional[bool] = None
+    slowdown: List[str] = field(default_factory=list)
+    """Clock event reasons held for hardware causes: hw_slowdown, hw_thermal_slowdown, hw_power_brake_slowdown."""
+    idle: bool = False
+
+
+@dataclass
+class XidEvent:
+    """An `NVRM: Xid` line of the kernel log."""
+
+    xid: int
+    bus_id: str
+    """As the line gives it (PCI:0000:4e:00)."""
+    text: str
+    when: str = ""
+
+
+@dataclass
+class GpuHealthInfo:
+    gpus: List[GpuHealth] = field(default_factory=list)
+    xids: List[XidEvent] = field(default_factory=list)
+    kernel_log: str = ""
+    """Where the Xid events were read from, or why they could not be."""
+    error: Optional[str] = None
+
+
+@dataclass
 class GpuInfo:
     gpus: List[Gpu] = field(default_factory=list)
     error: Optional[str] = None
@@ -202,6 +248,7 @@ class FactsReply:
     """Why the fleet's `python:` (the job's) did not answer here, where it did not (the
     agent then ran on the node's python3, and `python`/`torch` are left empty)."""
     gpu: Optional[GpuInfo] = None
+    gpu_health: Optional[GpuHealthInfo] = None
     driver: Optional[str] = None
     disk: Optional[Disk] = None
     container_disk: Optional[Disk] = None

@@ -26,13 +26,16 @@ def sandbox() -> None:
 @click.option("--password-auth", is_flag=True, help="let users other than root log in with a password")
 @click.option("--slurm", is_flag=True, help="also run a real Slurm on it: a controller and a slurmd per node")
 @click.option("--docker", is_flag=True, help="a dockerd on every node, and jobs run in its containers")
+@click.option("--fake-gpus", type=int, default=0, show_default=True, metavar="N",
+              help="N GPUs per node that answer like real ones (an nvidia-smi and a kernel log per node); "
+                   "`sandbox fault gpu` breaks them")
 def sandbox_up(count: int, name: str, out: Path | None, slots: int, private_network: bool, ssh_port: int,
-               password_auth: bool, slurm: bool, docker: bool) -> None:
+               password_auth: bool, slurm: bool, docker: bool, fake_gpus: int) -> None:
     """Create the cluster and print the path of its fleet file."""
     from trainfleet.sandbox import cluster
 
     state = cluster.up(count, name=name, out=out, slots=slots, private_network=private_network, ssh_port=ssh_port,
-                       password_auth=password_auth, slurm=slurm, docker=docker)
+                       password_auth=password_auth, slurm=slurm, docker=docker, fake_gpus=fake_gpus)
     echo_err(f"sandbox {state.name}: {len(state.nodes)} node(s) on {state.subnet}"
              + (f", training network {state.private_subnet}" if state.private_subnet else ""))
     if state.slurm_conf:
@@ -194,6 +197,24 @@ def fault_fill_disk(node: str, path: str | None, docker_data_root: bool, name: s
 def fault_kill(node: str, name: str | None, fleet_file: str | None) -> None:
     """Kill every process of NODE, sshd included (`clear` boots it again)."""
     _inject(name, fleet_file, node, "kill")
+
+
+@sandbox_fault.command(name="gpu")
+@click.argument("node")
+@click.option("--gpu", "index", type=int, default=0, show_default=True, help="which of the node's GPUs")
+@click.option("--xid", type=int, help="write this Xid event to the node's kernel log (79: fallen off the bus)")
+@click.option("--ecc", type=int, default=0, help="add this many uncorrected ECC errors")
+@click.option("--pcie-width", type=int, help="the link's width now (x16 at most)")
+@click.option("--row-remap-pending", is_flag=True, help="a row remap waits for the next reset")
+@click.option("--slowdown", type=click.Choice(["hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"]),
+              help="clocks held down for this hardware reason")
+@sandbox_name
+@fleet_option
+def fault_gpu(node: str, index: int, xid: int | None, ecc: int, pcie_width: int | None, row_remap_pending: bool,
+              slowdown: str | None, name: str | None, fleet_file: str | None) -> None:
+    """Break one of NODE's fake GPUs (a sandbox made with --fake-gpus)."""
+    _inject(name, fleet_file, node, "gpu", gpu={"gpu": index, "xid": xid, "ecc": ecc, "pcie_width": pcie_width,
+                                                 "remap_pending": row_remap_pending, "slowdown": slowdown or ""})
 
 
 @sandbox_fault.command(name="clear")

@@ -462,6 +462,26 @@ def check_gpus(data: Gathered) -> list[Finding]:
     return findings
 
 
+def check_gpu_health(data: Gathered) -> list[Finding]:
+    """Xid events, ECC, row remapping, PCIe links, hardware slowdowns, persistence, and a
+    GPU model that differs from the rest (doctor/gpu_health.py)."""
+    from trainfleet.doctor.gpu_health import fleet_findings, node_findings
+
+    findings = []
+    infos = {n: data.facts[n].gpu_health for n in data.live if data.facts[n].gpu_health is not None}
+    for name, info in infos.items():
+        for verdict, summary, remedy, evidence in node_findings(name, info):  # type: ignore[arg-type]
+            findings.append(Finding("gpu health", Verdict(verdict), (name,), summary, remedy, evidence))
+    for nodes, summary, remedy in fleet_findings(infos):  # type: ignore[arg-type]
+        findings.append(Finding("gpu health", Verdict.WARN, nodes, summary, remedy))
+    healthy = [n for n, info in infos.items() if info.gpus and not any(
+        f.nodes == (n,) and f.verdict in (Verdict.FAIL, Verdict.WARN) for f in findings)]
+    if healthy:
+        findings.append(Finding("gpu health", Verdict.OK, tuple(healthy),
+                                "no Xid errors, ECC errors, pending remaps, narrow links or hardware slowdowns"))
+    return findings
+
+
 def check_disk(data: Gathered) -> list[Finding]:
     findings = []
     container = data.fleet.container
@@ -618,6 +638,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("versions", check_consistency),
     ("code", check_code),
     ("gpus", check_gpus),
+    ("gpu health", check_gpu_health),
     ("disk", check_disk),
     ("storage", check_storage),
     ("clock", check_clock),
@@ -635,7 +656,7 @@ def evaluate(data: Gathered) -> list[Finding]:
 
 
 _ORDER = {"ssh": 0, "shell": 1, "network": 2, "ports": 3, "latency": 4, "bandwidth": 4, "hostnames": 5,
-          "versions": 6, "code": 7, "gpus": 8, "disk": 9, "storage": 10, "clock": 11, "jobs": 12, "exposure": 13, "cordon": 14}
+          "versions": 6, "code": 7, "gpus": 8, "gpu health": 8, "disk": 9, "storage": 10, "clock": 11, "jobs": 12, "exposure": 13, "cordon": 14}
 
 
 def fold(findings: Sequence[Finding]) -> list[Finding]:

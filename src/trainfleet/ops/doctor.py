@@ -26,7 +26,7 @@ from trainfleet.transport.agent_client import AgentError, AgentFailed
 from trainfleet.transport.session import FleetSession
 
 THROUGHPUT_BYTES = 8 * 1024 * 1024
-SECTIONS = [FactSection.NET, FactSection.SOFTWARE, FactSection.GPU, FactSection.DISK, FactSection.JOBS,
+SECTIONS = [FactSection.NET, FactSection.SOFTWARE, FactSection.GPU, FactSection.GPU_HEALTH, FactSection.DISK, FactSection.JOBS,
             FactSection.PROJECT, FactSection.WORKDIR]
 
 

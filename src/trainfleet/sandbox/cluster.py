@@ -23,6 +23,7 @@ from trainfleet.fleet.schema import dump_fleet_yaml
 from trainfleet.fleet.state import forget_cordons
 from trainfleet.sandbox import docker as docker_daemons
 from trainfleet.sandbox import slurm as slurm_daemons
+from trainfleet.sandbox import fake_gpus as fake
 from trainfleet.sandbox.host import (
     check_prerequisites,
     existing_namespaces,
@@ -68,7 +69,7 @@ from trainfleet.sandbox.state import (
 
 def up(nodes: int, name: str = "tf", out: Path | None = None, slots: int = 2,
        private_network: bool = False, ssh_port: int = 22, password_auth: bool = False,
-       slurm: bool = False, docker: bool = False) -> SandboxState:
+       slurm: bool = False, docker: bool = False, fake_gpus: int = 0) -> SandboxState:
     """Create the cluster and return its state; on any failure, remove what was made."""
     tools = check_prerequisites()
     if slurm:
@@ -78,6 +79,8 @@ def up(nodes: int, name: str = "tf", out: Path | None = None, slots: int = 2,
     check_name(name)
     if not 1 <= nodes <= 200:
         raise UsageError(f"--nodes must be between 1 and 200 (got {nodes})")
+    if not 0 <= fake_gpus <= 16:
+        raise UsageError(f"--fake-gpus must be between 0 and 16 (got {fake_gpus})")
     root = sandbox_root()
     directory = root / name
     with root_lock(root):
@@ -97,7 +100,7 @@ def up(nodes: int, name: str = "tf", out: Path | None = None, slots: int = 2,
                                           docker=docker)
         save(provisional)
     try:
-        state = _build(provisional, nodes, slots, tools, ssh_port, password_auth)
+        state = _build(provisional, nodes, slots, tools, ssh_port, password_auth, fake_gpus)
         if docker:
             docker_daemons.start(state)
         if slurm:
@@ -129,7 +132,7 @@ def _state(name: str, directory: Path, subnet: ipaddress.IPv4Network,
 
 
 def _build(state: SandboxState, count: int, slots: int, tools: dict[str, str], ssh_port: int,
-           password_auth: bool) -> SandboxState:
+           password_auth: bool, fake_gpus: int = 0) -> SandboxState:
     directory = Path(state.directory)
     subnet = ipaddress.ip_network(state.subnet)
     private = ipaddress.ip_network(state.private_subnet) if state.private_subnet else None
@@ -188,7 +191,10 @@ def _build(state: SandboxState, count: int, slots: int, tools: dict[str, str], s
         (node_dir / "etc").mkdir()
         (node_dir / "etc-work").mkdir()
         docker_host = docker_daemons.docker_host(directory, name) if state.docker else ""
-        (node_dir / "sshd_config").write_text(sshd_config(node_dir, address, ssh_port, password_auth, docker_host))
+        if fake_gpus:
+            fake.install(fake.host_folder(directory, name), fake_gpus, len(nodes))
+        (node_dir / "sshd_config").write_text(sshd_config(node_dir, address, ssh_port, password_auth, docker_host,
+                                                          fake.PATH if fake_gpus else ""))
         host_key = (node_dir / "ssh_host_ed25519_key.pub").read_text().split()
         name_in_file = address if ssh_port == 22 else f"[{address}]:{ssh_port}"
         known_hosts.append(f"{name_in_file} {host_key[0]} {host_key[1]}")

@@ -17,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 
 from trainfleet.errors import SandboxError, UsageError
+from trainfleet.sandbox import fake_gpus
 from trainfleet.sandbox.docker import node_dir
 from trainfleet.sandbox.host import (
     check_prerequisites,
@@ -47,6 +48,8 @@ class FaultKind(str, Enum):
     CONTROLLER_LINK = "controller-link"
     """The controller's SSH link to a node gone (a laptop's Wi-Fi, a VPN), both ways; the
     training network between the nodes stays up."""
+    GPU = "gpu"
+    """A fake GPU's state changed (an Xid in the kernel log, ECC errors, a narrow link...)."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def _link_rules(port: int, mode: str) -> list[list[str]]:
 
 def inject(name: str, node_name: str, kind: FaultKind, *, port: int | None = None, mode: str = "drop",
            rate: str | None = None, delay: str | None = None, path: str = SANDBOX_WORKDIR,
-           docker_data_root: bool = False) -> Fault:
+           docker_data_root: bool = False, gpu: dict[str, object] | None = None) -> Fault:
     check_prerequisites()
     state = load_state(name)
     faults = active(state)
@@ -146,7 +149,8 @@ def inject(name: str, node_name: str, kind: FaultKind, *, port: int | None = Non
         path = str(node_dir(state.directory, node.name) / "data")
     if kind is FaultKind.FILL_DISK and not path.startswith("/"):
         raise UsageError(f"fill-disk --path {path}: not an absolute path", fix="name a directory such as /tmp/data")
-    if any(f.node == node.name and f.kind == kind for f in faults) and kind is not FaultKind.BLOCK_PORT:
+    if any(f.node == node.name and f.kind == kind for f in faults) and kind not in (FaultKind.BLOCK_PORT,
+                                                                                   FaultKind.GPU):
         raise SandboxError(f"{node.name} already has a {kind.value} fault",
                            fix=f"`trainfleet sandbox fault clear {node.name} --name {name}` first")
     if kind is FaultKind.BLOCK_PORT:
@@ -188,6 +192,15 @@ def inject(name: str, node_name: str, kind: FaultKind, *, port: int | None = Non
         run([*enter, "mount", "-t", "tmpfs", "-o", f"size={FILL_SIZE}", "trainfleet-fault", path])
         run([*enter, "dd", "if=/dev/zero", f"of={path}/.fill", "bs=1M", "count=64"], check=False)
         fault = Fault(node.name, kind, f"{path} is a full {FILL_SIZE} tmpfs", path)
+    elif kind is FaultKind.GPU:
+        folder = fake_gpus.host_folder(state.directory, node.name)
+        if not fake_gpus.count(folder):
+            raise UsageError(f"sandbox {name}: {node.name} has no fake GPUs",
+                             fix="make the sandbox with `trainfleet sandbox up --fake-gpus N`")
+        try:
+            fault = Fault(node.name, kind, fake_gpus.inject(folder, **(gpu or {})))  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise UsageError(f"fault gpu {node.name}: {exc}") from None
     elif kind is FaultKind.KILL:
         if node.sshd_pid and running(node.sshd_pid):
             os.kill(node.sshd_pid, signal.SIGKILL)
@@ -247,6 +260,8 @@ def clear(name: str, node_name: str | None = None) -> list[Fault]:
                     check=False)
         elif fault.kind is FaultKind.KILL:
             state = _restart(state, node, tools)
+        elif fault.kind is FaultKind.GPU:
+            fake_gpus.reset(fake_gpus.host_folder(state.directory, node.name), state.nodes.index(node))
     _record(state, [f for f in faults if f not in chosen])
     return chosen
 

@@ -16,7 +16,8 @@ SANDBOX_WORKDIR = "/tmp/trainfleet"
 
 
 def sshd_config(node_dir: Path, address: str, port: int = 22, password_auth: bool = False,
-                 docker_host: str = "") -> str:
+                 docker_host: str = "", path: str = "") -> str:
+    session_env = ([f"DOCKER_HOST={docker_host}"] if docker_host else []) + ([f"PATH={path}"] if path else [])
     return "\n".join([
         f"ListenAddress {address}",
         f"Port {port}",
@@ -37,8 +38,9 @@ def sshd_config(node_dir: Path, address: str, port: int = 22, password_auth: boo
         "MaxStartups 200:30:400",
         "MaxSessions 128",
         "Subsystem sftp internal-sftp",
-        # The node's own dockerd, for every session (as /var/run/docker.sock would be on a machine).
-        *([f"SetEnv DOCKER_HOST={docker_host}"] if docker_host else []),
+        # The node's own dockerd, for every session (as /var/run/docker.sock would be on a machine);
+        # fake GPUs' tools first on the PATH (one line: sshd takes the first SetEnv only).
+        *([f"SetEnv {' '.join(session_env)}"] if session_env else []),
         "",
     ])
 

@@ -1,0 +1,145 @@
+"""A node's GPUs as NVIDIA's own tools see them: `nvidia-smi -q -x` (ECC, row remapping,
+retired pages, PCIe link, clock slowdowns, persistence) and the kernel log's Xid events.
+Read without root where the node allows it; what could not be read is said, not guessed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from typing import List, Optional, Tuple
+from xml.etree import ElementTree
+
+from .protocol import GpuHealth, GpuHealthInfo, XidEvent
+
+XID = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2})(?:\.\d)?\): (\d+)(.*)")
+"""`NVRM: Xid (PCI:0000:4e:00): 79, pid=..., name=..., GPU has fallen off the bus.`"""
+HARDWARE_SLOWDOWN = ("hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")
+
+
+def _run(argv: List[str], timeout: float = 20) -> Tuple[int, str]:
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                              timeout=timeout)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return 127, str(exc)
+    return done.returncode, done.stdout if done.returncode == 0 else (done.stderr or done.stdout).strip()
+
+
+def _text(element: Optional[ElementTree.Element], *path: str) -> Optional[str]:
+    for name in path:
+        if element is None:
+            return None
+        element = element.find(name)
+    if element is None or element.text is None:
+        return None
+    value = element.text.strip()
+    return None if value in ("", "N/A", "[N/A]", "Unknown Error", "[Unknown Error]") else value
+
+
+def _number(value: Optional[str]) -> Optional[int]:
+    found = re.match(r"^(\d+)", value or "")
+    return int(found.group(1)) if found else None
+
+
+def _yes(value: Optional[str]) -> Optional[bool]:
+    return None if value is None else value.lower() in ("yes", "enabled", "active")
+
+
+def parse_smi_xml(text: str) -> List[GpuHealth]:
+    """Every <gpu> of `nvidia-smi -q -x`. Field names changed across drivers (clocks
+    throttle reasons became clocks event reasons in 535; ECC counts moved from
+    single/double bit to SRAM/DRAM): both forms are read."""
+    root = ElementTree.fromstring(text)
+    found = []
+    for position, gpu in enumerate(root.findall("gpu")):
+        bus = gpu.get("id") or _text(gpu, "pci", "pci_bus_id") or ""
+        link = gpu.find("pci/pci_gpu_link_info")
+        reasons = gpu.find("clocks_event_reasons")
+        if reasons is None:
+            reasons = gpu.find("clocks_throttle_reasons")
+        active = []
+        idle = False
+        for child in list(reasons) if reasons is not None else []:
+            reason = re.sub(r"^clocks_(event|throttle)_reason_", "", child.tag)
+            if _yes((child.text or "").strip()) and reason in HARDWARE_SLOWDOWN:
+                active.append(reason)
+            if reason == "gpu_idle" and _yes((child.text or "").strip()):
+                idle = True
+        volatile = gpu.find("ecc_errors/volatile")
+        uncorrected = None
+        if volatile is not None:
+            counts = [_number(_text(volatile, name)) for name in ("sram_uncorrectable", "dram_uncorrectable")]
+            counts += [_number(_text(volatile, "double_bit", "total"))]
+            known = [c for c in counts if c is not None]
+            uncorrected = sum(known) if known else None
+        retired = gpu.find("retired_pages")
+        pending = _text(retired, "pending_retirement") or _text(retired, "pending_blacklist")
+        found.append(GpuHealth(
+            index=_text(gpu, "minor_number") or str(position),
+            uuid=_text(gpu, "uuid") or "",
+            bus_id=bus,
+            name=_text(gpu, "product_name") or "",
+            memory_mib=_number(_text(gpu, "fb_memory_usage", "total")),
+            persistence=_yes(_text(gpu, "persistence_mode")),
+            pcie_gen=_number(_text(link, "pcie_gen", "current_link_gen")),
+            pcie_gen_max=_number(_text(link, "pcie_gen", "max_link_gen")),
+            pcie_width=_number(_text(link, "link_widths", "current_link_width")),
+            pcie_width_max=_number(_text(link, "link_widths", "max_link_width")),
+            ecc_uncorrected=uncorrected,
+            retired_pending=_yes(pending),
+            remap_pending=_yes(_text(gpu, "remapped_rows", "remapped_row_pending")),
+            remap_failure=_yes(_text(gpu, "remapped_rows", "remapped_row_failure")),
+            slowdown=active,
+            idle=idle,
+        ))
+    return found
+
+
+def parse_xids(text: str) -> List[XidEvent]:
+    events = []
+    for line in text.splitlines():
+        found = XID.search(line)
+        if found:
+            when = line[:found.start()].strip().strip("[]").replace("kernel:", "").strip()
+            events.append(XidEvent(xid=int(found.group(2)), bus_id=found.group(1), text=line[found.start():].strip(),
+                                   when=when))
+    return events
+
+
+def same_bus(xid_bus: str, smi_bus: str) -> bool:
+    """`0000:4e:00` (the kernel's) against `00000000:4E:00.0` (nvidia-smi's)."""
+    def parts(bus: str) -> Tuple[int, int, int]:
+        domain, bus_number, device = bus.split(".")[0].split(":")[-3:]
+        return int(domain, 16), int(bus_number, 16), int(device, 16)
+
+    try:
+        return parts(xid_bus) == parts(smi_bus)
+    except ValueError:
+        return False
+
+
+def kernel_log() -> Tuple[Optional[str], str]:
+    """(the kernel log since boot, where it came from) or (None, why it could not be read):
+    dmesg (restricted to root on many distributions), the journal (users in `adm` or
+    `systemd-journal`), then sudo without a password."""
+    tried = []
+    for argv, source in ((["dmesg"], "dmesg"), (["journalctl", "-k", "-b", "--no-pager", "-q"], "journalctl -k"),
+                         (["sudo", "-n", "dmesg"], "sudo dmesg")):
+        code, out = _run(argv)
+        if code == 0:
+            return out, source
+        tried.append("%s: %s" % (source, (out.strip().splitlines() or ["no output"])[-1][:120]))
+    return None, "; ".join(tried)
+
+
+def health() -> GpuHealthInfo:
+    code, out = _run(["nvidia-smi", "-q", "-x"], timeout=60)
+    if code != 0:
+        return GpuHealthInfo(error="nvidia-smi -q -x failed: %s" % (out.splitlines() or ["no output"])[-1][:200])
+    try:
+        gpus = parse_smi_xml(out)
+    except ElementTree.ParseError as exc:
+        return GpuHealthInfo(error="nvidia-smi -q -x gave no readable XML: %s" % exc)
+    log, source = kernel_log()
+    return GpuHealthInfo(gpus=gpus, xids=parse_xids(log) if log is not None else [],
+                         kernel_log=source if log is not None else "not readable (%s)" % source)
