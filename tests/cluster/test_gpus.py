@@ -5,6 +5,8 @@ the right node and GPU, with the fix; cleared, the GPUs pass."""
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,3 +72,44 @@ def test_a_fault_on_a_sandbox_without_gpus_is_one_line(cluster3: sb.SandboxState
     assert done.returncode != 0 and done.stderr.count("\n") == 1 and "has no fake GPUs" in done.stderr
     assert "--fake-gpus" in done.stderr
     assert Path(cluster3.directory).is_dir()
+
+
+GPU_JOB = """\
+import os, time
+log = "/tmp/.trainfleet-fake-gpus/kern.log"
+print("ready", flush=True)
+for _ in range(900):
+    if os.environ.get("NODE_RANK") == "1" and "Xid" in open(log).read():
+        raise RuntimeError("CUDA error: unspecified launch failure")
+    time.sleep(0.1)
+"""
+
+
+def test_a_job_that_dies_after_a_hardware_xid_names_the_gpu(gpus: sb.SandboxState, tmp_path: Path) -> None:
+    project = tmp_path / "gpujob"
+    project.mkdir()
+    (project / "job.py").write_text(GPU_JOB)
+    fleet = gpus.fleet_file
+    started = tf("run", "-f", fleet, "--launcher", "command", "--detach", "--sync-dir", str(project), "job.py",
+                 timeout=120)
+    assert started.returncode == 0, started.stderr
+    job = started.stdout.strip().splitlines()[-1]
+    try:
+        for _ in range(100):
+            if "ready" in tf("logs", "-f", fleet, job).stdout:
+                break
+            time.sleep(0.2)
+        tf("sandbox", "fault", "gpu", "node1", "--gpu", "1", "--xid", "79", "-f", fleet, check=True)
+        for _ in range(150):
+            shown = tf("status", "-f", fleet, job)
+            if "running" not in shown.stdout.splitlines()[0]:
+                break
+            time.sleep(0.2)
+        text = shown.stdout
+        assert "failed" in text.splitlines()[0], text
+        assert re.search(r"node1 GPU 1 \(GPU-[0-9a-f-]+, bus 0000:28:00\): Xid 79, fallen off the bus at "
+                         r"\d\d:\d\d:\d\d", text), text
+        assert "trainfleet cordon node1" in text and "CUDA error" not in text.splitlines()[1], text
+    finally:
+        tf("stop", "-f", fleet, job, timeout=60)
+        tf("sandbox", "fault", "clear", "-f", fleet, check=True)

@@ -127,3 +127,25 @@ def test_a_full_disk_is_the_cause_not_the_rank_that_could_not_write() -> None:
     assert root.headline() == (f"node1: no space left on device in /data/trainfleet at {at}; rank 1 failed after it; "
                                "fix: free space there (`trainfleet doctor` shows what is free where)")
     assert "Errno 28" in root.first.detail
+
+
+def test_a_gpu_that_failed_under_the_ranks_is_the_cause_not_their_errors() -> None:
+    import time
+
+    from trainfleet.agent.protocol import XidEvent
+
+    sick = state("node1", "failed", record("node1", 3, 5.2, "RuntimeError: CUDA error: unspecified launch failure"))
+    sick.gpu_faults = [XidEvent(xid=79, bus_id="0000:4e:00", text="NVRM: Xid (PCI:0000:4e:00): 79, pid=1, GPU has "
+                                "fallen off the bus.", when="1234.5", at=5.0, gpu="1 GPU-abc")]
+    states = {"node0": state("node0", "failed", record("node0", 0, 5.1, "torch.distributed.DistBackendError: NCCL "
+                                                                       "watchdog timeout")), "node1": sick}
+    root = find_root_cause(states, [], {}, {})
+    assert root is not None
+    at = time.strftime("%H:%M:%S", time.localtime(5.0))
+    assert root.headline() == (f"node1 GPU 1 (GPU-abc, bus 0000:4e:00): Xid 79, fallen off the bus at {at}; rank 3 "
+                               f"failed after it; fix: `trainfleet doctor` on node1, then reset the GPU or "
+                               f"`trainfleet cordon node1` and resume elsewhere")
+    assert "GPU has fallen off the bus" in root.first.detail
+    # An application Xid never reaches the job's record (the node keeps hardware ones only): ranks as before.
+    sick.gpu_faults = []
+    assert find_root_cause(states, [], {}, {}).first.who == "rank 0 on node0"  # type: ignore[union-attr]

@@ -13,6 +13,30 @@ from .protocol import GpuHealth, GpuHealthInfo, XidEvent
 
 XID = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2})(?:\.\d)?\): (\d+)(.*)")
 """`NVRM: Xid (PCI:0000:4e:00): 79, pid=..., name=..., GPU has fallen off the bus.`"""
+# NVIDIA's Xid catalogue (docs.nvidia.com/deploy/xid-errors): what each means, and whose it is.
+HARDWARE_XIDS = {
+    48: "double-bit ECC error",
+    61: "internal micro-controller breakpoint",
+    62: "internal micro-controller halt",
+    63: "ECC page retirement or row remapping event",
+    64: "ECC page retirement or row remapping failure",
+    74: "NVLink error",
+    79: "fallen off the bus",
+    92: "high single-bit ECC error rate",
+    94: "contained ECC error",
+    95: "uncontained ECC error",
+    119: "GSP RPC timeout",
+    120: "GSP error",
+    123: "SPI PMU RPC failure",
+    140: "unrecovered ECC error",
+}
+APPLICATION_XIDS = {
+    13: "graphics engine exception (an illegal address or instruction in a kernel)",
+    31: "GPU memory page fault (a kernel read or wrote memory it did not own)",
+    43: "GPU stopped processing (a job's kernel was killed)",
+    45: "preemptive cleanup (a job's contexts torn down)",
+    68: "video processor exception",
+}
 HARDWARE_SLOWDOWN = ("hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")
 
 
@@ -118,13 +142,14 @@ def same_bus(xid_bus: str, smi_bus: str) -> bool:
         return False
 
 
-def kernel_log() -> Tuple[Optional[str], str]:
+def kernel_log(sudo: bool = True) -> Tuple[Optional[str], str]:
     """(the kernel log since boot, where it came from) or (None, why it could not be read):
     dmesg (restricted to root on many distributions), the journal (users in `adm` or
-    `systemd-journal`), then sudo without a password."""
+    `systemd-journal`), then sudo without a password (doctor's, asked for by the user: a
+    refused sudo is logged on the node, so a job's own watch never tries it)."""
     tried = []
-    for argv, source in ((["dmesg"], "dmesg"), (["journalctl", "-k", "-b", "--no-pager", "-q"], "journalctl -k"),
-                         (["sudo", "-n", "dmesg"], "sudo dmesg")):
+    ways = [(["dmesg"], "dmesg"), (["journalctl", "-k", "-b", "--no-pager", "-q"], "journalctl -k")]
+    for argv, source in ways + ([(["sudo", "-n", "dmesg"], "sudo dmesg")] if sudo else []):
         code, out = _run(argv)
         if code == 0:
             return out, source
@@ -143,3 +168,58 @@ def health() -> GpuHealthInfo:
     log, source = kernel_log()
     return GpuHealthInfo(gpus=gpus, xids=parse_xids(log) if log is not None else [],
                          kernel_log=source if log is not None else "not readable (%s)" % source)
+
+
+def uptime_origin() -> Optional[float]:
+    """When the node booted (epoch seconds): dmesg's stamps count from there."""
+    import time
+
+    try:
+        with open("/proc/uptime") as handle:
+            return time.time() - float(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Watch:
+    """A job's view of its node's GPUs: the Xid events already in the kernel log when it
+    started, and the GPUs' bus ids then (a GPU that falls off the bus answers no more)."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.seen = 0
+        self.gpus = {}  # type: dict
+        import shutil
+
+        if shutil.which("nvidia-smi") is None:
+            return
+        log, _ = kernel_log(sudo=False)
+        if log is None:
+            return
+        self.active = True
+        self.seen = len(parse_xids(log))
+        code, out = _run(["nvidia-smi", "--query-gpu=index,pci.bus_id,uuid", "--format=csv,noheader"], timeout=10)
+        for line in out.splitlines() if code == 0 else []:
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) == 3:
+                self.gpus[parts[1]] = "%s %s" % (parts[0], parts[2])
+
+    def hardware_faults(self) -> List[XidEvent]:
+        """Hardware Xid events since the job started, each with its GPU and time where known."""
+        if not self.active:
+            return []
+        log, _ = kernel_log(sudo=False)
+        if log is None:
+            return []
+        origin = uptime_origin()
+        found = []
+        for event in parse_xids(log)[self.seen:]:
+            if event.xid not in HARDWARE_XIDS:
+                continue
+            try:
+                event.at = origin + float(event.when) if origin is not None else None
+            except ValueError:
+                pass
+            event.gpu = next((name for bus, name in self.gpus.items() if same_bus(event.bus_id, bus)), "")
+            found.append(event)
+        return found

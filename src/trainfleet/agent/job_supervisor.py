@@ -94,7 +94,14 @@ def disk_is_full(path: str) -> bool:
     except OSError:
         return False
     return found.f_bavail * found.f_frsize < FULL_BELOW
+
+
 STOP_NOTICE_WAIT = 1.0
+"""Seconds a part that failed waits for a stop that may be on its way (see _record_end)."""
+WAIT_SAMPLE_EVERY = 5.0
+"""Seconds between two looks at where each rank is (the straggler's evidence)."""
+GPU_WATCH_WAIT = 10.0
+"""Seconds a failed part waits for the look at its GPUs taken at launch (nvidia-smi, the kernel log)."""
 
 
 def _duration(seconds: float) -> str:
@@ -125,6 +132,9 @@ class Supervisor:
         self.peer: Optional[Any] = None
         self.no_space: Optional[float] = None
         """When a process of the job first said ENOSPC (the time a full disk is dated by)."""
+        self.gpu_watch: Optional[Any] = None
+        """The node's GPUs as the job found them (gpu_health.Watch), to name a GPU fault later."""
+        self.gpu_watching: Optional[threading.Thread] = None
         self.guard = threading.Lock()
         self.log: Optional[IO[str]] = None
         self.log_guard = threading.Lock()
@@ -356,6 +366,8 @@ class Supervisor:
                 if self.stop.is_set():
                     self._record_idle_spare(self.peer)
                     return
+        self.gpu_watching = threading.Thread(target=self._watch_gpus, daemon=True)
+        self.gpu_watching.start()  # beside the launch: the job never waits for it
         try:
             with self.launch_guard:
                 self._start_launcher()
@@ -366,6 +378,7 @@ class Supervisor:
             os.write(ready, (json.dumps({"pid": self.state.launcher_pid}) + "\n").encode())
             os.close(ready)
             self._watch(self.peer)
+        threading.Thread(target=self._sample_waits, daemon=True).start()
         while not self.stop.is_set():
             with self.launch_guard:
                 code = self.child.poll()  # type: ignore[union-attr]
@@ -379,6 +392,42 @@ class Supervisor:
         self.pump.join(10)
         self._close_log()
         self._record_end(code, left, self.peer)
+
+    def _sample_waits(self) -> None:
+        """Every WAIT_SAMPLE_EVERY seconds, each rank's stack without pausing it (py-spy
+        --nonblocking): inside a collective or not. About 30 ms of py-spy per rank each
+        time, off the ranks' own CPU time; nothing where the node has no py-spy."""
+        from . import stacks
+
+        if self.request.env.get("TRAINFLEET_STACK_DUMP") == "faulthandler":
+            return
+        spy = stacks.find_py_spy(self.request.path)
+        if spy is None:
+            return
+        while not self.stop.wait(WAIT_SAMPLE_EVERY) and not self.part_done:
+            counts = {}
+            for pid, rank in procs.rank_processes(self.request.job_id):
+                lines = stacks.py_spy_dump(spy, pid, nonblocking=True)
+                inside = stacks.waiting(lines[1:]) if lines else None
+                if inside is not None:
+                    counts[str(rank)] = inside
+            if not counts:
+                continue
+            with self.guard:
+                if self.part_done:
+                    return
+                for rank, inside in counts.items():
+                    samples, waits = self.state.waits.get(rank, [0, 0])
+                    self.state.waits[rank] = [samples + 1, waits + int(inside)]
+                write_state(self.directory, self.state)
+
+    def _watch_gpus(self) -> None:
+        try:
+            from .gpu_health import Watch
+
+            self.gpu_watch = Watch()  # (inactive on a node without nvidia-smi)
+        except Exception:  # the job never fails for trainfleet's look at its GPUs
+            self.gpu_watch = None
 
     def _start_launcher(self) -> None:
         """The launcher (under launch_guard), its output into the log."""
@@ -586,6 +635,13 @@ class Supervisor:
         if code != 0 and self.state.disk_full is None and disk_is_full(where):
             # The ranks' failures follow from it: the disk is what `status` must name.
             self.state.disk_full, self.state.disk_full_path = self.no_space or time.time(), where
+        if code != 0 and self.gpu_watching is not None:
+            self.gpu_watching.join(GPU_WATCH_WAIT)
+            try:  # a GPU that failed under the ranks is what `status` must name, not their exits
+                if self.gpu_watch is not None:
+                    self.state.gpu_faults = self.gpu_watch.hardware_faults()
+            except Exception:
+                pass
         if code != 0 and peer is not None and not self.stop.is_set():
             # A stop reaching another node first ends the ranks here too (their peers went)
             # before its word does: a part that failed just then waits a moment for it.

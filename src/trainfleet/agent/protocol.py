@@ -180,6 +180,10 @@ class XidEvent:
     """As the line gives it (PCI:0000:4e:00)."""
     text: str
     when: str = ""
+    at: Optional[float] = None
+    """When it happened (epoch seconds), where the node could tell (dmesg's seconds since boot)."""
+    gpu: str = ""
+    """The GPU's index and UUID on the node, where known (`3 GPU-...`)."""
 
 
 @dataclass
@@ -499,6 +503,8 @@ class JobState:
     """When writing this node's records first failed for want of space (they went on in
     memory from then); `disk_full_path` is where."""
     disk_full_path: str = ""
+    gpu_faults: List["XidEvent"] = field(default_factory=list)
+    """Hardware Xid events on this node's GPUs while the job ran (read when its part failed)."""
     controller_gone: Optional[float] = None
     """When the link to the controller that started this attached job last closed (the job
     goes on); None while it is there, and for a detached job."""
@@ -509,6 +515,9 @@ class JobState:
     metrics: Dict[str, float] = field(default_factory=dict)
     """The latest value of each metric in this node's output (lowest rank first), as
     `status` asks for it; not kept in the record."""
+    waits: Dict[str, List[int]] = field(default_factory=dict)
+    """Rank -> [stack samples taken while it ran, of which inside a collective]: the ranks
+    that wait least are the ones the others wait for (supervise/straggler.py)."""
 
 
 @dataclass

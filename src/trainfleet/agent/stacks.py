@@ -44,18 +44,20 @@ def blocks(lines: List[str]) -> Dict[int, List[Tuple[bool, List[Tuple[str, int, 
     return found
 
 
+def collective(frames: List[Tuple[str, int, str]]) -> Optional[str]:
+    """The torch.distributed call a stack is in (innermost first), or None."""
+    names = []
+    for path, _, func in frames:
+        name = func.rsplit(".", 1)[-1]  # py-spy names a closure `record.<locals>.wrap.<locals>.wrapper`
+        if "torch/distributed" in path and "torch/distributed/elastic" not in path and \
+                name not in ("wrapper", "<module>"):
+            names.append(name)
+    # The API the user called (init_process_group), not its private helper (_new_process_group_helper).
+    return next((n for n in names if not n.startswith("_")), names[0] if names else None)
+
+
 def where(threads: List[Tuple[bool, List[Tuple[str, int, str]]]]) -> Optional[str]:
     """`all_reduce (train.py:42)`: the collective a rank waits in, and the user's line."""
-    def collective(frames: List[Tuple[str, int, str]]) -> Optional[str]:
-        names = []
-        for path, _, func in frames:
-            name = func.rsplit(".", 1)[-1]  # py-spy names a closure `record.<locals>.wrap.<locals>.wrapper`
-            if "torch/distributed" in path and "torch/distributed/elastic" not in path and \
-                    name not in ("wrapper", "<module>"):
-                names.append(name)
-        # The API the user called (init_process_group), not its private helper (_new_process_group_helper).
-        return next((n for n in names if not n.startswith("_")), names[0] if names else None)
-
     chosen = next((frames for _, frames in threads if collective(frames)), None)
     if chosen is None:
         chosen = next((frames for current, frames in threads if current), threads[0][1] if threads else [])
@@ -86,12 +88,14 @@ def find_py_spy(path: List[str]) -> Optional[str]:
     return shutil.which("py-spy", path=search)
 
 
-def py_spy_dump(spy: str, pid: int) -> Optional[List[str]]:
+def py_spy_dump(spy: str, pid: int, nonblocking: bool = False) -> Optional[List[str]]:
     """The process's stacks as py-spy prints them; None where it cannot (no ptrace
-    permission, a process that is gone): the caller falls back to faulthandler."""
+    permission, a process that is gone): the caller falls back to faulthandler.
+    `nonblocking`: read without pausing the process (a sample of a running job)."""
     try:
-        done = subprocess.run([spy, "dump", "--full-filenames", "--pid", str(pid)], stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=15)
+        done = subprocess.run([spy, "dump", "--full-filenames", "--pid", str(pid)] + (["--nonblocking"] if nonblocking
+                                                                                      else []),
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=15)
     except (OSError, subprocess.SubprocessError):
         return None
     if done.returncode != 0 or "Thread" not in done.stdout:
@@ -100,3 +104,11 @@ def py_spy_dump(spy: str, pid: int) -> Optional[List[str]]:
     # From the first thread on: the header repeats the process's command line (perhaps a secret).
     start = next((i for i, line in enumerate(lines) if SPY_THREAD.match(line)), len(lines))
     return ["py-spy dump of pid %d:" % pid] + lines[start:]
+
+
+def waiting(lines: List[str]) -> Optional[bool]:
+    """Whether a py-spy dump (unmarked lines) shows the process's main thread inside a
+    torch.distributed collective; None for a dump with no main thread."""
+    threads = blocks(["[tf:rank0] " + line for line in lines]).get(0, [])
+    main = next((frames for current, frames in threads if current), None)
+    return None if main is None else collective(main) is not None

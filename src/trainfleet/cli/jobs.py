@@ -80,6 +80,9 @@ def status_command(fleet_file: str | None, job_id: str, as_json: bool) -> None:
             click.echo("  spares: " + ", ".join(f"{n} {what}" for n, what in view.spares.items()))
         if view.metrics and (job_id or view.state.live):
             click.echo("  last: " + ", ".join(f"{k} {v:g}" for k, v in view.metrics.items()))
+        straggler = view.straggler if (job_id or view.state.live) else None
+        if straggler:
+            click.echo(f"  {straggler}")
         root = view.root_cause()
         if view.state in (JobStatus.STOPPED, JobStatus.LOST) and view.reason and root is None:
             click.echo(f"  {view.reason}")

@@ -199,6 +199,16 @@ def fault_kill(node: str, name: str | None, fleet_file: str | None) -> None:
     _inject(name, fleet_file, node, "kill")
 
 
+@sandbox_fault.command(name="slow-cpu")
+@click.argument("node")
+@click.argument("share")
+@sandbox_name
+@fleet_option
+def fault_slow_cpu(node: str, share: str, name: str | None, fleet_file: str | None) -> None:
+    """Hold every process of NODE to SHARE of one CPU (e.g. 30%): a straggler."""
+    _inject(name, fleet_file, node, "slow-cpu", share=share)
+
+
 @sandbox_fault.command(name="gpu")
 @click.argument("node")
 @click.option("--gpu", "index", type=int, default=0, show_default=True, help="which of the node's GPUs")

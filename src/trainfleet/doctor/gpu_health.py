@@ -5,33 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from trainfleet.agent.gpu_health import APPLICATION_XIDS, HARDWARE_XIDS
 from trainfleet.agent.protocol import GpuHealth, GpuHealthInfo, XidEvent
 from trainfleet.results import fold_nodes
 
-# NVIDIA's Xid catalogue (docs.nvidia.com/deploy/xid-errors): what each means, and whose it is.
-HARDWARE_XIDS = {
-    48: "double-bit ECC error",
-    61: "internal micro-controller breakpoint",
-    62: "internal micro-controller halt",
-    63: "ECC page retirement or row remapping event",
-    64: "ECC page retirement or row remapping failure",
-    74: "NVLink error",
-    79: "fallen off the bus",
-    92: "high single-bit ECC error rate",
-    94: "contained ECC error",
-    95: "uncontained ECC error",
-    119: "GSP RPC timeout",
-    120: "GSP error",
-    123: "SPI PMU RPC failure",
-    140: "unrecovered ECC error",
-}
-APPLICATION_XIDS = {
-    13: "graphics engine exception (an illegal address or instruction in a kernel)",
-    31: "GPU memory page fault (a kernel read or wrote memory it did not own)",
-    43: "GPU stopped processing (a job's kernel was killed)",
-    45: "preemptive cleanup (a job's contexts torn down)",
-    68: "video processor exception",
-}
 REPLACE = "leave it out (`trainfleet cordon {node}`) and ask the provider for a replacement, sending them {evidence}"
 
 

@@ -67,6 +67,13 @@ class JobView:
         return {n: s.spare for n, s in sorted(self.nodes.items()) if s.spare}
 
     @property
+    def straggler(self) -> str | None:
+        """The node the others wait for, where one stands out (supervise/straggler.py)."""
+        from trainfleet.supervise.straggler import slowest
+
+        return slowest(self.nodes)
+
+    @property
     def metrics(self) -> dict[str, float]:
         """The latest value of each metric the job printed (node 0's, where it has it)."""
         latest: dict[str, float] = {}
@@ -92,12 +99,13 @@ class JobView:
         return {
             "job_id": self.job_id, "state": self.state, "started": self.started, "ended": self.ended,
             "lost": self.lost, "unreachable": self.unreachable, "reason": self.reason, "metrics": self.metrics,
-            "spares": self.spares, "restarts": [asdict(r) for r in self.restarts],
+            "spares": self.spares, "restarts": [asdict(r) for r in self.restarts], "straggler": self.straggler,
             "root_cause": None if root is None else {"summary": root.headline(), "node": root.first.node,
                                                      "rank": root.first.rank, "exit_code": root.first.exit_code,
                                                      "signal": root.first.signal, "detail": root.first.detail},
             "nodes": {n: {"state": s.state, "exit_code": s.exit_code, "signal": s.signal, "reason": s.reason,
-                          "started": s.started, "ended": s.ended, "hang": s.hang} for n, s in self.nodes.items()},
+                          "started": s.started, "ended": s.ended, "hang": s.hang, "waits": s.waits}
+                      for n, s in self.nodes.items()},
         }
 
 

@@ -247,6 +247,13 @@ def down(name: str, missing_ok: bool = False) -> list[str]:
     for namespace in namespaces:
         run(["ip", "netns", "del", namespace], check=False)
         removed.append(f"namespace {namespace}")
+    for root in (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")):  # a slow-cpu fault's group, now empty
+        for group in root.glob(f"trainfleet-{name}-*"):
+            try:
+                group.rmdir()
+                removed.append(f"cgroup {group}")
+            except OSError:
+                pass
     host_interface = f"tfc-{name}"
     if run(["ip", "link", "show", host_interface], check=False).returncode == 0:
         run(["ip", "link", "del", host_interface], check=False)

@@ -147,7 +147,9 @@ def inject(folder: Path, gpu: int, *, xid: int | None = None, ecc: int = 0, pcie
     done = []
     if xid is not None:
         bus = chosen["bus"]  # 00000000:18:00.0 -> PCI:0000:18:00, as the driver writes it
-        line = f"[ 4242.{gpu:06d}] NVRM: Xid (PCI:{bus[4:14].lower()}): {xid}, pid=4242, name=python, " \
+        # Stamped as dmesg does, in seconds since the machine booted (the node's clock is the host's).
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        line = f"[{uptime:12.6f}] NVRM: Xid (PCI:{bus[4:14].lower()}): {xid}, pid=4242, name=python, " \
                f"{XID_TEXT.get(xid, 'event')}\n"
         with open(folder / "kern.log", "a") as log:
             log.write(line)

@@ -48,6 +48,8 @@ class FaultKind(str, Enum):
     CONTROLLER_LINK = "controller-link"
     """The controller's SSH link to a node gone (a laptop's Wi-Fi, a VPN), both ways; the
     training network between the nodes stays up."""
+    SLOW_CPU = "slow-cpu"
+    """Every process of the node held to a share of one CPU (a cgroup's CPU quota): a straggler."""
     GPU = "gpu"
     """A fake GPU's state changed (an Xid in the kernel log, ECC errors, a narrow link...)."""
 
@@ -135,7 +137,7 @@ def _link_rules(port: int, mode: str) -> list[list[str]]:
 
 def inject(name: str, node_name: str, kind: FaultKind, *, port: int | None = None, mode: str = "drop",
            rate: str | None = None, delay: str | None = None, path: str = SANDBOX_WORKDIR,
-           docker_data_root: bool = False, gpu: dict[str, object] | None = None) -> Fault:
+           docker_data_root: bool = False, gpu: dict[str, object] | None = None, share: str = "") -> Fault:
     check_prerequisites()
     state = load_state(name)
     faults = active(state)
@@ -192,6 +194,8 @@ def inject(name: str, node_name: str, kind: FaultKind, *, port: int | None = Non
         run([*enter, "mount", "-t", "tmpfs", "-o", f"size={FILL_SIZE}", "trainfleet-fault", path])
         run([*enter, "dd", "if=/dev/zero", f"of={path}/.fill", "bs=1M", "count=64"], check=False)
         fault = Fault(node.name, kind, f"{path} is a full {FILL_SIZE} tmpfs", path)
+    elif kind is FaultKind.SLOW_CPU:
+        fault = Fault(node.name, kind, _slow_cpu(state, node, share))
     elif kind is FaultKind.GPU:
         folder = fake_gpus.host_folder(state.directory, node.name)
         if not fake_gpus.count(folder):
@@ -209,6 +213,73 @@ def inject(name: str, node_name: str, kind: FaultKind, *, port: int | None = Non
         raise UsageError(f"unknown fault {kind}")
     _record(state, faults + [fault])
     return fault
+
+
+CPU_V1 = Path("/sys/fs/cgroup/cpu")
+CPU_V2 = Path("/sys/fs/cgroup")
+PERIOD_US = 100_000
+
+
+def _cgroup(state: SandboxState, node: SandboxNode) -> tuple[Path, Path]:
+    """(the node's CPU cgroup, the root one its processes go back to): v1's cpu
+    controller where it is mounted, else the unified hierarchy."""
+    root = CPU_V1 if (CPU_V1 / "cpu.cfs_quota_us").exists() else CPU_V2
+    return root / f"trainfleet-{state.name}-{node.name}", root
+
+
+def _node_pids(node: SandboxNode) -> list[int]:
+    """Every process in the node's PID namespace (sshd, and all it started)."""
+    try:
+        mine = os.readlink(f"/proc/{node.sshd_pid}/ns/pid")
+    except OSError:
+        raise SandboxError(f"{node.name} is not running", fix="`trainfleet sandbox fault clear` restarts it") from None
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/pid") == mine:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _slow_cpu(state: SandboxState, node: SandboxNode, share: str) -> str:
+    found = re.fullmatch(r"(\d{1,3})%", share.strip())
+    if not found or not 1 <= int(found.group(1)) <= 100:
+        raise UsageError(f"slow-cpu {share!r}: give a share of one CPU such as 30%", fix="e.g. `sandbox fault "
+                                                                                       "slow-cpu node2 30%`")
+    quota = PERIOD_US * int(found.group(1)) // 100
+    group, root = _cgroup(state, node)
+    if not root.exists():
+        raise SandboxError("no CPU cgroup controller is mounted here", fix="mount cgroup v1's cpu or cgroup v2")
+    group.mkdir(exist_ok=True)
+    if root == CPU_V1:
+        (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(quota))
+    else:
+        (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+    for pid in _node_pids(node):  # what they start later stays in the group
+        try:
+            (group / "cgroup.procs").write_text(str(pid))
+        except OSError:
+            pass  # (a process that ended meanwhile)
+    return f"{share.strip()} of one CPU for every process of the node"
+
+
+def _full_cpu(state: SandboxState, node: SandboxNode) -> None:
+    group, root = _cgroup(state, node)
+    if not group.exists():
+        return
+    for line in (group / "cgroup.procs").read_text().split():
+        try:
+            (root / "cgroup.procs").write_text(line)
+        except OSError:
+            pass
+    try:
+        group.rmdir()
+    except OSError:
+        pass
 
 
 def _cap_controller(state: SandboxState, faults: list[Fault], kind: FaultKind, rate: str | None) -> Fault:
@@ -260,6 +331,8 @@ def clear(name: str, node_name: str | None = None) -> list[Fault]:
                     check=False)
         elif fault.kind is FaultKind.KILL:
             state = _restart(state, node, tools)
+        elif fault.kind is FaultKind.SLOW_CPU:
+            _full_cpu(state, node)
         elif fault.kind is FaultKind.GPU:
             fake_gpus.reset(fake_gpus.host_folder(state.directory, node.name), state.nodes.index(node))
     _record(state, [f for f in faults if f not in chosen])

@@ -110,6 +110,10 @@ def find_root_cause(states: Mapping[str, JobState], exits: Sequence[RankExit],
                    f"space there (`trainfleet doctor` shows what is free where)")
         return RootCause(first=Failure(node=state.node, rank=None, exit_code=state.exit_code or 1, summary=summary,
                                        detail=tail or "\n".join(node_tails.get(state.node, ())), time=state.disk_full))
+    faulty = sorted((s for s in states.values() if s.gpu_faults),
+                    key=lambda s: min((e.at or float("inf")) for e in s.gpu_faults))
+    if faulty and ended:  # the GPU failed under the ranks: their exits and NCCL timeouts follow from it
+        return RootCause(first=_gpu_failure(faulty[0], exits, rank_tails))
     gone = dict(lost or {})
     for state in states.values():
         for name in state.lost:
@@ -154,6 +158,26 @@ def find_root_cause(states: Mapping[str, JobState], exits: Sequence[RankExit],
     first, *others = [Failure(node=s.node, rank=None, exit_code=s.exit_code or 1, summary=_node_summary(s),
                               detail="\n".join(node_tails.get(s.node, ())), signal=s.signal) for s in failed]
     return RootCause(first=first, others=tuple(others))
+
+
+def _gpu_failure(state: JobState, exits: Sequence[RankExit],
+                 rank_tails: Mapping[tuple[str, int], Sequence[str]]) -> Failure:
+    """`node1 GPU 3 (GPU-…, bus 0000:4e:00): Xid 79, fallen off the bus, at 12:03:04; rank 11 failed after it`."""
+    from trainfleet.agent.gpu_health import HARDWARE_XIDS
+
+    event = min(state.gpu_faults, key=lambda e: e.at or float("inf"))
+    index, _, uuid = event.gpu.partition(" ")
+    gpu = f"GPU {index} ({uuid + ', ' if uuid else ''}bus {event.bus_id})" if event.gpu else f"the GPU at bus {event.bus_id}"
+    moment = f" at {time.strftime('%H:%M:%S', time.localtime(event.at))}" if event.at else ""
+    failed = sorted({e.rank for e in exits if e.node == state.node} | {r.rank for r in state.errors})
+    after = f"; rank {','.join(str(r) for r in failed)} failed after it" if failed else ""
+    summary = (f"{state.node} {gpu}: Xid {event.xid}, "
+               f"{HARDWARE_XIDS.get(event.xid, 'a hardware fault')}{moment}{after}; fix: `trainfleet doctor` on "
+               f"{state.node}, then reset the GPU or `trainfleet cordon {state.node}` and resume elsewhere")
+    detail = "\n".join([e.text for e in state.gpu_faults[:5]] +
+                        [line for rank in failed[:1] for line in rank_tails.get((state.node, rank), ())])
+    return Failure(node=state.node, rank=None, exit_code=state.exit_code or 1, summary=summary, detail=detail,
+                   time=event.at)
 
 
 def _node_summary(state: JobState) -> str:
