@@ -182,3 +182,39 @@ def test_the_job_ports_are_closed_to_strangers_and_revoke_opens_them_again(fresh
     finally:
         listener.kill()
         listener.wait()
+
+
+def test_a_fleet_file_that_asks_for_closed_ports_gets_them_before_the_job_starts(fresh: Sandboxes,
+                                                                                 tmp_path: Path) -> None:
+    """`firewall: closed`: `run` closes the job's ports to everyone but the fleet before the
+    rendezvous listens; a stranger never reaches it, the job trains, and the rules stay
+    (for the next job) until `firewall revoke`."""
+    import yaml
+
+    state = fresh.make(2, slots=1)
+    data = yaml.safe_load(Path(state.fleet_file).read_text())
+    data["firewall"] = "closed"
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(yaml.safe_dump(data, sort_keys=False))
+    started = tf("run", "-f", str(fleet), "--sync-dir", str(JOBS), "--detach", "--job-id", "tf-asked-closed",
+                 "ranks.py", "--tick", "--seconds", "20", timeout=180)
+    assert started.returncode == 0, started.stderr
+    assert "firewall: the job's ports closed to everyone but the fleet on node[0-1]" in started.stderr, started.stderr
+    try:
+        assert connects_from_outside(state.nodes[0].address, 29500) == "TimeoutError"
+        assert connects_from_outside(state.nodes[0].address, 22) == "open"
+    finally:
+        tf("stop", "-f", str(fleet), "tf-asked-closed")
+    import re
+
+    assert re.search(r"tick \d+", tf("logs", "-f", str(fleet), "tf-asked-closed").stdout)
+    again = tf("run", "-f", str(fleet), "--sync-dir", str(JOBS), "ranks.py", timeout=180)  # idempotent
+    assert again.returncode == 0, again.stderr
+    tf("firewall", "revoke", "-f", str(fleet), check=True)
+    rules = subprocess.run(["ip", "netns", "exec", state.nodes[0].namespace, "iptables", "-S"], capture_output=True,
+                           text=True).stdout
+    assert "TF-" not in rules, rules
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**data, "firewall": "shut"}, sort_keys=False))
+    refused = tf("check", "-f", str(bad))
+    assert refused.returncode == 2 and "firewall" in refused.stderr and refused.stderr.count("\n") == 1

@@ -144,3 +144,55 @@ def test_an_address_outside_the_fleet_is_closed_before_a_byte_or_a_slot() -> Non
     finally:
         stop.set()
         server.close()
+
+
+def test_after_the_handshake_each_line_is_the_peers_next_or_the_end() -> None:
+    """A real connection: both sides derive the same key; a forged, replayed, reordered,
+    reflected or altered line is refused; the key is never the peer's own word."""
+    accepted: list[dict[str, object]] = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def on_peer(conn: socket.socket, fields: dict[str, object]) -> None:
+        accepted.append(fields)
+        held.append(conn)
+
+    threading.Thread(target=handshake.accept_loop, args=(server, "tok", on_peer, lambda: not stop.is_set()),
+                     daemon=True).start()
+    try:
+        sock = connect(server)
+        key = handshake.client_session(sock, "tok", {"hello": "node1", "_session": "00" * 32})
+        deadline = time.monotonic() + 5
+        while not accepted and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert key is not None and accepted[0]["_session"] == key != "00" * 32
+        client = handshake.Sealed(sock, key, server=False)
+        listening = handshake.Sealed(held[0], str(accepted[0]["_session"]), server=True)
+        for message in ({"beat": 1}, {"stop": "by the user"}):
+            assert client.send(message)
+        received = handshake.read_line(held[0], 65536, 5) or b""
+        second = handshake.read_line(held[0], 65536, 5) or b""
+        assert listening.open(received) == {"beat": 1}
+        assert listening.open(received) is None  # replayed
+        altered = json.loads(second)
+        altered["b"] = json.dumps({"stop": "forged"})
+        assert listening.open(json.dumps(altered).encode()) is None
+        assert listening.open(second) == {"stop": "by the user"}
+        # The server's own line sent back to it (reflected) is not the client's.
+        assert listening.send({"beat": 2})
+        reflected = handshake.read_line(sock, 65536, 5) or b""
+        assert listening.open(reflected) is None and client.open(reflected) == {"beat": 2}
+        # A line out of order (one skipped), even with a MAC made under the key, is refused too.
+        skipped = json.dumps({"b": "{}", "n": 4, "m": client._mac(client.outgoing, 4, "{}")}).encode()
+        assert listening.open(skipped) is None
+        # Without the key (a token guessed wrong would give another), nothing is believed.
+        stranger = handshake.Sealed(socket.socket(), "11" * 32, server=False)
+        guessed = json.dumps({"b": "{}", "n": 3, "m": stranger._mac(stranger.outgoing, 3, "{}")}).encode()
+        assert listening.open(guessed) is None
+    finally:
+        stop.set()
+        server.close()

@@ -68,6 +68,58 @@ def check_hello(token: str, server_nonce: str, line: bytes) -> Optional[Dict[str
     return body if body and isinstance(body.get("nonce"), str) else None
 
 
+def session_key(token: str, server_nonce: str, client_nonce: str) -> str:
+    """The connection's own key, from the token and both nonces: each side knows it once
+    the other has proven the token; nobody who has only watched the handshake does."""
+    return _mac(token, b"session", server_nonce.encode(), client_nonce.encode())
+
+
+class Sealed:
+    """Lines after the handshake, each with a MAC under the connection's own key over its
+    direction, its sequence number and its text: an on-path peer can neither inject a line
+    (a forged stop, a heartbeat for a dead node), replay or reorder one, nor reflect one
+    back. A line that fails is the end of the connection."""
+
+    def __init__(self, sock: socket.socket, key: str, server: bool) -> None:
+        self.sock = sock
+        self.key = bytes.fromhex(key)
+        self.outgoing, self.incoming = (b"s2c", b"c2s") if server else (b"c2s", b"s2c")
+        self.sent = 0
+        self.received = 0
+        self.lock = threading.Lock()
+
+    def _mac(self, direction: bytes, number: int, body: str) -> str:
+        return hmac.new(self.key, b"\0".join([direction, str(number).encode(), body.encode()]),
+                        hashlib.sha256).hexdigest()
+
+    def send(self, message: Dict[str, Any]) -> bool:
+        body = json.dumps(message)
+        try:
+            with self.lock:
+                self.sent += 1
+                line = json.dumps({"b": body, "n": self.sent, "m": self._mac(self.outgoing, self.sent, body)})
+                self.sock.sendall((line + "\n").encode())
+            return True
+        except OSError:
+            return False
+
+    def open(self, line: bytes) -> Optional[Dict[str, Any]]:
+        """The message, if the line is the next one the peer sent; else None."""
+        found = _object(line)
+        if not found or not isinstance(found.get("b"), str) or not isinstance(found.get("m"), str) or \
+                found.get("n") != self.received + 1:
+            return None
+        if not _same(self._mac(self.incoming, self.received + 1, found["b"]), found["m"]):
+            return None
+        message = _object(found["b"].encode())
+        if message is not None:
+            self.received += 1
+        return message
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def proof_line(token: str, client_nonce: str) -> bytes:
     return (json.dumps({"mac": _mac(token, b"server", client_nonce.encode())}) + "\n").encode()
 
@@ -128,23 +180,33 @@ def serve_handshake(conn: socket.socket, token: str) -> Optional[Dict[str, Any]]
         conn.sendall(proof_line(token, fields["nonce"]))
     except OSError:
         return None
+    fields["_session"] = session_key(token, mine, fields["nonce"])  # (set here: never the peer's word)
     return fields
+
+
+def client_session(sock: socket.socket, token: str, fields: Dict[str, Any],
+                   timeout: float = HELLO_TIMEOUT) -> Optional[str]:
+    """The connecting side: the connection's key once both have proven the token to each
+    other, else None."""
+    challenge = read_line(sock, HELLO_LIMIT, timeout)
+    server_nonce = parse_challenge(challenge) if challenge else None
+    if server_nonce is None:
+        return None
+    mine = nonce()
+    try:
+        sock.sendall(hello_line(token, server_nonce, mine, fields))
+    except OSError:
+        return None
+    proof = read_line(sock, HELLO_LIMIT, timeout)
+    if proof is None or not check_proof(token, mine, proof):
+        return None
+    return session_key(token, server_nonce, mine)
 
 
 def client_handshake(sock: socket.socket, token: str, fields: Dict[str, Any],
                      timeout: float = HELLO_TIMEOUT) -> bool:
     """The connecting side: True once both have proven the token to each other."""
-    challenge = read_line(sock, HELLO_LIMIT, timeout)
-    server_nonce = parse_challenge(challenge) if challenge else None
-    if server_nonce is None:
-        return False
-    mine = nonce()
-    try:
-        sock.sendall(hello_line(token, server_nonce, mine, fields))
-    except OSError:
-        return False
-    proof = read_line(sock, HELLO_LIMIT, timeout)
-    return proof is not None and check_proof(token, mine, proof)
+    return client_session(sock, token, fields, timeout) is not None
 
 
 def _plain(address: str) -> str:

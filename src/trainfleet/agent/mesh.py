@@ -23,31 +23,27 @@ down when node 0's part has ended.
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from .handshake import MESSAGE_LIMIT, accept_loop, client_handshake
+from .handshake import MESSAGE_LIMIT, Sealed, accept_loop, client_session
 from .protocol import JobStatus, Mesh
 
 BEAT = 1.0
 FINISH_JOIN_WAIT = 5.0
 
 
-def _send(sock: socket.socket, lock: threading.Lock, message: Dict[str, Any]) -> bool:
-    data = (json.dumps(message) + "\n").encode()
-    try:
-        with lock:
-            sock.sendall(data)
-        return True
-    except OSError:
-        return False
+def _send(channel: Sealed, lock: threading.Lock, message: Dict[str, Any]) -> bool:
+    with lock:
+        return channel.send(message)
 
 
-def _lines(sock: socket.socket, alive: Callable[[], bool]):  # type: ignore[no-untyped-def]
-    """Messages from `sock` until it closes (or fails): None for each quiet second."""
+def _lines(channel: Sealed, alive: Callable[[], bool]):  # type: ignore[no-untyped-def]
+    """Messages from the peer until the connection closes (or fails, or carries a line
+    that is not the peer's next: then it is over): None for each quiet second."""
+    sock = channel.sock
     sock.settimeout(BEAT)
     pending = b""
     while alive():
@@ -65,10 +61,10 @@ def _lines(sock: socket.socket, alive: Callable[[], bool]):  # type: ignore[no-u
             return  # no heartbeat is that long
         while b"\n" in pending:
             line, pending = pending.split(b"\n", 1)
-            try:
-                yield json.loads(line)
-            except ValueError:
-                continue
+            message = channel.open(line)
+            if message is None:
+                return  # forged, replayed or out of order: nothing more from it is believed
+            yield message
 
 
 class Node:
@@ -114,7 +110,7 @@ class Coordinator:
     def __init__(self, mesh: Mesh, node: Node) -> None:
         self.mesh = mesh
         self.node = node
-        self.peers: Dict[str, socket.socket] = {}
+        self.peers: Dict[str, Sealed] = {}
         self.locks: Dict[str, threading.Lock] = {}
         self.beats: Dict[str, float] = {}
         self.outputs: Dict[str, float] = {}
@@ -144,8 +140,9 @@ class Coordinator:
                          kwargs={"allowed": allowed}, daemon=True).start()
         threading.Thread(target=self._watch, daemon=True).start()
 
-    def _serve(self, conn: socket.socket, hello: Dict[str, Any]) -> None:
+    def _serve(self, sock: socket.socket, hello: Dict[str, Any]) -> None:
         """A peer that proved the job's token: one of the job's nodes, or it is closed."""
+        conn = Sealed(sock, hello["_session"], server=True)
         messages = _lines(conn, lambda: not self.node.ended)
         name = hello.get("hello")
         if name not in self.mesh.nodes or name == self.mesh.node:
@@ -342,7 +339,7 @@ class Member:
     def __init__(self, mesh: Mesh, node: Node) -> None:
         self.mesh = mesh
         self.node = node
-        self.sock: Optional[socket.socket] = None
+        self.sock: Optional[Sealed] = None
         self.lock = threading.Lock()
         self.joined = threading.Event()
         """Set once this node has said hello to the coordinator, or given up trying."""
@@ -352,7 +349,7 @@ class Member:
     def start(self) -> None:
         threading.Thread(target=self._run, daemon=True).start()
 
-    def _connect(self) -> "tuple[Optional[socket.socket], str]":
+    def _connect(self) -> "tuple[Optional[Sealed], str]":
         """Connected and past the handshake, tried again until the join timeout (the
         coordinator's handshake slots may be held by others for a while); else why not."""
         deadline = time.time() + self.mesh.join_timeout
@@ -363,8 +360,9 @@ class Member:
             except OSError:
                 time.sleep(0.5)
                 continue
-            if client_handshake(sock, self.mesh.token, {"hello": self.mesh.node}):
-                return sock, ""
+            key = client_session(sock, self.mesh.token, {"hello": self.mesh.node})
+            if key is not None:
+                return Sealed(sock, key, server=False), ""
             sock.close()
             why = "did not prove the job's token"
             time.sleep(0.5)

@@ -10,6 +10,10 @@ workdir: ~/trainfleet
 # The Python on the nodes that has torch installed (a venv or conda path works too).
 python: python3
 
+# closed: `run` first closes the job's ports to everyone but these nodes (needs root or
+# passwordless sudo on the nodes; `trainfleet firewall revoke` undoes it). SSH stays open.
+# firewall: closed
+
 # Environment for every rank on every node (not for secrets).
 env: {}
 #   NCCL_DEBUG: WARN

@@ -164,6 +164,8 @@ class Fleet:
     """The project's launcher when `run` names none."""
     container: Container | None = None
     storage: tuple[Storage, ...] = ()
+    firewall: str = "open"
+    """"closed": `run` closes the job's ports to everyone but the fleet first (`firewall apply`)."""
     source: str = field(default="<memory>", compare=False)
 
     def node(self, name: str) -> Node:
@@ -214,4 +216,4 @@ class Fleet:
                                           for k, v in data["container"].items()}) if data.get("container") else None,
                    storage=tuple(Storage(**{**entry, "options": tuple(entry.get("options", ()))})
                                  for entry in data.get("storage", ())),
-                   source=data["source"])
+                   firewall=data.get("firewall", "open"), source=data["source"])

@@ -200,6 +200,7 @@ class FleetModel(_Strict):
     launcher: str = Fleet.launcher
     container: ContainerModel | None = None
     storage: list[StorageModel] = Field(default_factory=list)
+    firewall: Literal["open", "closed"] = "open"
 
     @field_validator("setup")
     @classmethod
@@ -363,6 +364,7 @@ def resolve(model: FleetModel, source: str, base_dir: Path, state_dir: str = "",
         launcher=model.launcher,
         container=Container(**_frozen(model.container.model_dump())) if model.container else None,
         storage=storage,
+        firewall=model.firewall,
         ssh=SSHSettings(
             known_hosts=local_path(defaults.known_hosts) or "",
             connect_timeout=defaults.connect_timeout,

@@ -35,13 +35,19 @@ async def plan(fleet: Fleet, port: int) -> tuple[NodeFirewall, ...]:
 
 
 async def apply(fleet: Fleet, port: int) -> FirewallOutcome:
-    tag = fleet_tag(fleet)
     async with await FleetSession.open(fleet) as session:
         session.unreachable.require("cannot apply the firewall rules", fleet)
-        plans = {p.node: p for p in await _plan(session, port)}
-        replies = await session.call_all(
-            lambda n: FirewallRequest(action="apply", tag=tag, steps=steps(plans[n.name], tag)), timeout=120)
-    error = FleetError("firewall apply failed", replies, fleet) if replies.failures else None
+        return await apply_in(session, port)
+
+
+async def apply_in(session: FleetSession, port: int, what: str = "firewall apply failed") -> FirewallOutcome:
+    """The plan's rules and the closing chain on every node of an open session."""
+    fleet = session.fleet
+    tag = fleet_tag(fleet)
+    plans = {p.node: p for p in await _plan(session, port)}
+    replies = await session.call_all(
+        lambda n: FirewallRequest(action="apply", tag=tag, steps=steps(plans[n.name], tag)), timeout=120)
+    error = FleetError(what, replies, fleet) if replies.failures else None
     return FirewallOutcome(replies=replies.answers, error=error)
 
 

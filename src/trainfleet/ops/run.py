@@ -152,6 +152,24 @@ async def preflight(session: FleetSession, job: JobSpec, project: Project, wante
     return facts, choices
 
 
+async def close_ports(session: FleetSession, port: int, status: Status) -> None:
+    """`firewall: closed`: the job's ports closed to everyone but the fleet before anything
+    listens (what `firewall apply` does; idempotent, and left in place for the next job)."""
+    from trainfleet.ops.firewall import apply_in
+
+    outcome = await apply_in(session, port, "cannot start the job: the fleet file asks for `firewall: closed`")
+    if outcome.error is not None:
+        raise outcome.error
+    open_still = [f"{n}: {r.still_open}" for n, r in outcome.replies.items() if r.still_open]
+    if open_still:
+        raise TrainfleetError("cannot start the job: the fleet file asks for `firewall: closed`, but "
+                              + "; ".join(open_still), fix="run the nodes' firewall commands as root (passwordless "
+                                                           "sudo), or set `firewall: open`")
+    closed = sorted(n for n, r in outcome.replies.items() if r.closed)
+    if closed:
+        status(f"firewall: the job's ports closed to everyone but the fleet on {fold_nodes(closed)}")
+
+
 async def check_container(session: FleetSession) -> None:
     """The image on every node (pulled where it is missing), before anything starts."""
     fleet = session.fleet
@@ -299,6 +317,8 @@ async def _start(session: FleetSession, fleet: Fleet, job: JobSpec, options: Run
                f"{options.project.remote(fleet)} on {len(fleet.nodes)} node(s) in "
                f"{time.monotonic() - started:.1f}s")
     facts, _ = await preflight(session, job, options.project, options.port, synced, status)
+    if fleet.firewall == "closed":
+        await close_ports(session, facts.rdzv_port, status)
     await ensure_mounted(session, secrets, status)
     plan = plan_job(fleet, job, facts, options.project.remote(fleet))
     if fleet.container is not None:
