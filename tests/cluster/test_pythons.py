@@ -91,3 +91,8 @@ def test_the_controller_passes_the_unit_tests_and_runs_a_job_on_python(
         assert "Traceback" not in doctor.stderr + doctor.stdout and "node[0-1]" in doctor.stdout, doctor.stdout
     finally:
         sandboxes.remove(state)
+    if minor in ("3.10", "3.12"):  # Ubuntu 22.04's and 24.04's: the README's quick start, from bare nodes to clean
+        quick = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout", "600",
+                                "tests/cluster/test_quick_start.py"], cwd=REPO, capture_output=True, text=True,
+                               timeout=900, env=env, stdin=subprocess.DEVNULL)
+        assert quick.returncode == 0 and "1 passed" in quick.stdout, f"Python {minor}:\n{quick.stdout[-4000:]}"

@@ -5,9 +5,10 @@ the nodes hold nothing of trainfleet's; the user's code and checkpoints stay."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
-import site
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from trainfleet.ops.clean import trust_tag
 from trainfleet.fleet.load import load_fleet
 
 README = (REPO / "README.md").read_text()
+RANK_PYTHON = os.environ.get("TRAINFLEET_TEST_RANK_PYTHON", sys.executable)
 VENV = "/tmp/tf-quick-venv"  # (each sandbox node's own /tmp)
 WORKDIR = "/tmp/tf-quick"
 
@@ -63,10 +65,13 @@ def readme_fleet(sandbox_fleet: Path) -> dict:  # type: ignore[type-arg]
     data = yaml.safe_load(block_after("A fleet file for four Ubuntu machines", "yaml"))
     sandbox = yaml.safe_load(sandbox_fleet.read_text())
     assert data["python"] == "~/venv/bin/python" and "python3 -m venv ~/venv" in data["setup"][0]
-    packages = site.getsitepackages()[0]
-    minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    # The nodes' Python: this suite's (with torch), also when the controller runs on another
+    # Python without torch (tests/cluster/test_pythons.py runs this test so).
+    packages, minor = subprocess.run(
+        [RANK_PYTHON, "-c", "import site, sys; print(site.getsitepackages()[0]); print('python%d.%d' % "
+                            "sys.version_info[:2])"], capture_output=True, text=True, check=True).stdout.split()
     data.update(workdir=WORKDIR, python=f"{VENV}/bin/python", ssh=sandbox["ssh"], nodes=sandbox["nodes"],
-                setup=[f"{sys.executable} -m venv {VENV} && echo {packages} > {VENV}/lib/{minor}/site-packages/suite.pth"])
+                setup=[f"{RANK_PYTHON} -m venv {VENV} && echo {packages} > {VENV}/lib/{minor}/site-packages/suite.pth"])
     return data
 
 
