@@ -91,7 +91,8 @@ async def pull(fleet: Fleet, nodes: Sequence[Node], plan: PullPlan, progress: Pr
             local = plan.local[node.name]
             local.parent.mkdir(parents=True, exist_ok=True)
             async with limit:
-                return await _rsync_node(rsync_pull_argv(shell, node, fleet, plan.remote, local), node.name, progress)
+                return await _rsync_node(rsync_pull_argv(shell, node, fleet, plan.remote, local), node.name, progress,
+                                         session)
 
         result = FleetResult(tuple(await asyncio.gather(*(one(n) for n in session.nodes))))
     result.require(f"pull of {shlex.quote(posixpath.basename(plan.remote))} failed", fleet)

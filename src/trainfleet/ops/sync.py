@@ -134,7 +134,13 @@ def rsync_argv(remote_shell: str, node: Node, source: Path, destination: str, ex
 _PERCENT = re.compile(rb"(\d+)%")
 
 
-async def _rsync_node(argv: list[str], node: str, progress: Progress | None) -> NodeResult:
+async def _rsync_node(argv: list[str], node: str, progress: Progress | None,
+                     session: FleetSession | None = None) -> NodeResult:
+    """One rsync; with `session` (whose relay carries it), what the node's side wrote to
+    stderr is taken from the relay when rsync itself showed nothing (it may end, and end
+    its remote shell, before that arrives)."""
+    if session is not None:
+        session.relayed_errors.pop(node, None)
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
                                                    stderr=asyncio.subprocess.PIPE)
@@ -149,6 +155,8 @@ async def _rsync_node(argv: list[str], node: str, progress: Progress | None) -> 
     _, err = await asyncio.gather(watch(), process.stderr.read())
     code = await process.wait()
     stderr = err.decode(errors="replace")
+    if code != 0 and not stderr.strip() and session is not None:
+        stderr = session.relayed_errors.get(node, b"").decode(errors="replace")
     error = None
     if code != 0:
         last = stderr.strip().splitlines()
@@ -224,7 +232,7 @@ async def sync(session: FleetSession, project: Project, *, excludes: Sequence[st
                 return result
         async with limit:
             result = await _rsync_node(rsync_argv(await session.remote_shell(), node, project.source, destination,
-                                                  every, delete), node.name, progress)
+                                                  every, delete), node.name, progress, session)
         if result.ok:
             await session.call(node.name, ManifestRequest(workdir=fleet.workdir, project=project.name,
                                                           digest=listed.digest, files=listed.files), timeout=60)

@@ -49,6 +49,8 @@ class FleetSession:
         self._ready: dict[str, asyncio.Task[None]] = {}
         self._relay: asyncio.AbstractServer | None = None
         self._relay_path = ""
+        self.relayed_errors: dict[str, bytes] = {}
+        """What each node's commands through the relay wrote to stderr, the latest 8 KiB."""
         self._relay_lock = asyncio.Lock()
         self._kept = kept_agents(fleet)
         self._refusals_said: set[str] = set()
@@ -272,6 +274,8 @@ class FleetSession:
 
             async def downstream(stream: Any, kind: bytes) -> None:
                 while chunk := await stream.read(65536):
+                    if kind == b"e":  # kept too: rsync may end (and end this relay) before it shows it
+                        self.relayed_errors[node] = (self.relayed_errors.get(node, b"") + chunk)[-8192:]
                     frame(kind, chunk)
                     await writer.drain()
 
