@@ -7,7 +7,7 @@ whole commands (Python start, connections, checks included):
   trainfleet  `trainfleet pull ckpt/model.bin --to DIR`
   by hand     `rsync -a --partial -e "ssh OPTIONS" NODE:PATH DIR/` (the same pinned host keys)
 first into an empty folder, then again with the file unchanged (nothing to carry), then
-after a pull cut off halfway (resumed: rsync's --partial on both sides). Ratios are
+after a pull interrupted halfway with Ctrl-C (resumed: rsync's --partial keeps what arrived). Ratios are
 trainfleet / by hand; every copy is checked by sha256.
 """
 
@@ -18,6 +18,7 @@ import hashlib
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -38,16 +39,18 @@ def digest(path: Path) -> str:
 
 def timed(argv: list[str]) -> float:
     started = time.monotonic()
-    subprocess.run(argv, check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:4])} failed: {done.stderr.strip()}")
     return time.monotonic() - started
 
 
 def cut_off(argv: list[str], after: float) -> None:
-    """Start a copy and kill it partway (a dropped link, a Ctrl-C)."""
+    """Start a copy and interrupt it partway, as Ctrl-C does (SIGINT to its process group)."""
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                                start_new_session=True)
     time.sleep(after)
-    os.killpg(process.pid, 9)
+    os.killpg(process.pid, signal.SIGINT)
     process.wait()
 
 

@@ -30,8 +30,7 @@ checkpoint in the project would go back to every node with the next sync)."""
 def pull(fleet_file: str | None, node_names: str | None, every: bool, job_id: str, destination: Path, source: Path,
          dry_run: bool, path: str) -> None:
     """Copy PATH (a file or a folder in the project's directory on the nodes, e.g. the
-    checkpoints the job wrote) back here. Only what changed travels again; a file cut
-    off midway is resumed."""
+    checkpoints the job wrote) back here. Only what changed travels again."""
     from trainfleet.errors import UsageError
     from trainfleet.ops.pull import plan_pull
     from trainfleet.ops.pull import pull as pull_nodes

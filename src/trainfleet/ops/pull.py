@@ -1,7 +1,8 @@
 """`trainfleet pull`: a path of the project's (or a job's) directory on the nodes, back
 to this machine by rsync over the session's connections (host keys pinned as always).
-A second pull of the same path sends only what changed, and resumes a file cut off
-midway (`--partial`)."""
+A second pull of the same path sends only what changed. (rsync's `--partial` is passed,
+but a pull interrupted by Ctrl-C does not resume yet: bench/pull.py measures it, and the
+next pull after one has failed with rsync's code 12 here; run it again.)"""
 
 from __future__ import annotations
 
