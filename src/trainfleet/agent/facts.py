@@ -115,14 +115,21 @@ def torch_info() -> Optional[TorchInfo]:
     return info
 
 
+MISSING_PYTHON = "`%s` was not found by a non-interactive SSH shell"
+
+
+def find_job_python(python: str) -> Optional[str]:
+    """The fleet's `python:` as this shell finds it (a leading ~/ is this node's home)."""
+    return shutil.which(os.path.expanduser(python) if python.startswith("~/") else python)
+
+
 def software(python: str, reply: FactsReply) -> None:
     """The job's Python (the fleet's `python:`) and its torch. The agent runs on it where a
     non-interactive shell finds it; otherwise (a bare node: `setup:` has not made it yet)
     on python3, and that Python is asked in a process of its own."""
-    wanted = os.path.expanduser(python) if python.startswith("~/") else python
-    found = shutil.which(wanted) if python else sys.executable
+    found = find_job_python(python) if python else sys.executable
     if found is None:
-        reply.python_missing = "`%s` was not found by a non-interactive SSH shell" % python
+        reply.python_missing = MISSING_PYTHON % python
         return
     if os.path.abspath(found) == os.path.abspath(sys.executable):
         reply.python = PythonInfo(version=sys.version.split()[0], executable=sys.executable)
@@ -297,9 +304,8 @@ def gather(request: FactsRequest) -> FactsReply:
         reply.free_port = reply.free_ports[0]
     if FactSection.SOFTWARE in wanted:
         software(request.python, reply)
-    elif FactSection.PYTHON in wanted and request.python and shutil.which(
-            os.path.expanduser(request.python) if request.python.startswith("~/") else request.python) is None:
-        reply.python_missing = "`%s` was not found by a non-interactive SSH shell" % request.python
+    elif FactSection.PYTHON in wanted and request.python and find_job_python(request.python) is None:
+        reply.python_missing = MISSING_PYTHON % request.python
     if FactSection.GPU in wanted:
         reply.gpu = gpu_info()
         driver = read_text("/proc/driver/nvidia/version")

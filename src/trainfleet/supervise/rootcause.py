@@ -102,7 +102,7 @@ def find_root_cause(states: Mapping[str, JobState], exits: Sequence[RankExit],
     full = sorted((s for s in states.values() if s.disk_full), key=lambda s: s.disk_full or 0.0)
     if full and ended:  # trainfleet's own records could not be written: the disk is the cause, not the ranks
         state = full[0]
-        failed = sorted({e.rank for e in exits if e.node == state.node} | {r.rank for r in state.errors})
+        failed = _failed_ranks(state, exits)
         after = f"; rank {','.join(str(r) for r in failed)} failed after it" if failed else ""
         moment = time.strftime("%H:%M:%S", time.localtime(state.disk_full))
         tail = "\n".join(line for rank in failed for line in rank_tails.get((state.node, rank), ()))
@@ -160,6 +160,11 @@ def find_root_cause(states: Mapping[str, JobState], exits: Sequence[RankExit],
     return RootCause(first=first, others=tuple(others))
 
 
+def _failed_ranks(state: JobState, exits: Sequence[RankExit]) -> list[int]:
+    """The ranks of a node that failed, from its launcher's report and its ranks' own records."""
+    return sorted({e.rank for e in exits if e.node == state.node} | {r.rank for r in state.errors})
+
+
 def _gpu_failure(state: JobState, exits: Sequence[RankExit],
                  rank_tails: Mapping[tuple[str, int], Sequence[str]]) -> Failure:
     """`node1 GPU 3 (GPU-…, bus 0000:4e:00): Xid 79, fallen off the bus, at 12:03:04; rank 11 failed after it`."""
@@ -169,7 +174,7 @@ def _gpu_failure(state: JobState, exits: Sequence[RankExit],
     index, _, uuid = event.gpu.partition(" ")
     gpu = f"GPU {index} ({uuid + ', ' if uuid else ''}bus {event.bus_id})" if event.gpu else f"the GPU at bus {event.bus_id}"
     moment = f" at {time.strftime('%H:%M:%S', time.localtime(event.at))}" if event.at else ""
-    failed = sorted({e.rank for e in exits if e.node == state.node} | {r.rank for r in state.errors})
+    failed = _failed_ranks(state, exits)
     after = f"; rank {','.join(str(r) for r in failed)} failed after it" if failed else ""
     summary = (f"{state.node} {gpu}: Xid {event.xid}, "
                f"{HARDWARE_XIDS.get(event.xid, 'a hardware fault')}{moment}{after}; fix: `trainfleet doctor` on "
