@@ -311,6 +311,75 @@ def test_a_launcher_without_restarts_of_its_own_is_started_again_whole(fleet: Pa
     assert "failed: node node1 failed first: exited with status 3" in spent.stderr, spent.stderr
 
 
+def test_a_deepspeed_job_that_loses_a_node_starts_again_with_a_spare_in_its_place(
+        fleet: Path, durable: sb.SandboxState, workdir: Path) -> None:
+    """DeepSpeed cannot go on without a node: its job was planned ahead without each one.
+    node1 is killed; with no controller needed, every node's supervisor starts its part
+    of the plan without node1, node2 (the spare) in its place, and the script resumes
+    from its checkpoint on as many ranks as before."""
+    shared = Path("/dev/shm") / f"tf-test-ds-{time.time_ns()}.pt"
+    try:
+        run = tf_start("run", "-f", str(fleet), "--sync-dir", str(workdir), "--launcher", "deepspeed", "--spares", "1",
+                       "--max-restarts", "1", "ds_train.py", "--deepspeed", "--deepspeed_config", "ds.json",
+                       "--steps", "60", "--sleep", "0.5", "--checkpoint", str(shared))
+        seen = wait_for_line(run, r"^\[node0:0\] step 8 world 4", timeout=300)
+        assert not any(line.startswith("[node2") for line in seen)  # the spare ran nothing yet
+        killed = time.monotonic()
+        faults.inject(durable.name, "node1", faults.FaultKind.KILL)
+        seen += wait_for_line(run, r"^\[node0:0\] resumed at step (9|[1-9]\d) on 4 ranks", timeout=180)
+        resumed_after = time.monotonic() - killed
+        out, err = run.communicate(timeout=600)
+        output = "".join(seen) + out
+        assert run.returncode == 0, output[-3000:] + err[-3000:]
+        assert ("node1 was lost; the job starts again without it on node[0,2], a spare (node2) in its place, 4 "
+                "process(es)" in err), err
+        assert re.search(r"^\[node2:\d\] rank \d local_rank_arg \d env RANK=[23] .* WORLD_SIZE=4 ", output,
+                         re.MULTILINE), output[-3000:]
+        assert re.search(r"^\[node0:0\] step 59 world 4", output, re.MULTILINE), output[-3000:]
+        assert "spare node2 took its place" in err and "node1 is cordoned" in err, err
+        job_id = re.search(r"job (tf-\S+):", err).group(1)  # type: ignore[union-attr]
+        record = job_state(fleet, job_id)
+        assert record["state"] == "succeeded" and record["spares"] == {"node2": "joined"}, record
+        [restart] = record["restarts"]
+        assert restart["lost"] == "node1" and restart["nodes"] == ["node0", "node2"], restart
+        assert ranks_running(durable, ["node0", "node2"]) == []
+        print(f"deepspeed, node1 killed, a spare in its place: resumed {resumed_after:.1f} s after the kill")
+    finally:
+        shared.unlink(missing_ok=True)
+
+
+def test_an_accelerate_job_that_loses_node0_moves_and_goes_on_with_the_nodes_left(
+        fleet: Path, durable: sb.SandboxState, workdir: Path) -> None:
+    """node0 holds Accelerate's rendezvous and the supervisors' mesh; killed, node1's
+    supervisor coordinates, and the job starts again on node1 and node2 with the master
+    there: 4 processes where there were 6, from the checkpoint."""
+    shared = Path("/dev/shm") / f"tf-test-acc-{time.time_ns()}.pt"
+    try:
+        run = tf_start("run", "-f", str(fleet), "--sync-dir", str(workdir), "--launcher", "accelerate",
+                       "--max-restarts", "1", "acc_train.py", "--steps", "60", "--sleep", "0.5",
+                       "--checkpoint", str(shared))
+        seen = wait_for_line(run, r"^\[node0:0\] step 8 world 6", timeout=300)
+        killed = time.monotonic()
+        faults.inject(durable.name, "node0", faults.FaultKind.KILL)
+        seen += wait_for_line(run, r"^\[node1:0\] resumed at step (9|[1-9]\d) on 4 ranks", timeout=180)
+        resumed_after = time.monotonic() - killed
+        out, err = run.communicate(timeout=600)
+        output = "".join(seen) + out
+        assert run.returncode == 0, output[-3000:] + err[-3000:]
+        assert ("node0 was lost; the job's supervisors meet again on node1; the job starts again without it on "
+                "node[1-2], 4 process(es)" in err), err
+        assert re.search(r"^\[node1:0\] step 59 world 4", output, re.MULTILINE), output[-3000:]
+        job_id = re.search(r"job (tf-\S+):", err).group(1)  # type: ignore[union-attr]
+        record = job_state(fleet, job_id)
+        assert record["state"] == "succeeded", record
+        [restart] = record["restarts"]
+        assert restart["lost"] == "node0" and restart["nodes"] == ["node1", "node2"], restart
+        assert ranks_running(durable, ["node1", "node2"]) == []
+        print(f"accelerate, node0 killed, no spare: resumed {resumed_after:.1f} s after the kill")
+    finally:
+        shared.unlink(missing_ok=True)
+
+
 @pytest.mark.parametrize("dump", ["py-spy", "faulthandler"])
 def test_a_rank_that_blocks_forever_gets_its_stack_shown_and_the_job_ends(fleet: Path, durable: sb.SandboxState,
                                                                         workdir: Path, dump: str) -> None:

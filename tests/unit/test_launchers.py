@@ -342,8 +342,11 @@ def test_spares_are_refused_where_they_cannot_work() -> None:
     spec = fleet_from_data(marked, "fleet.yaml")
     cases = [
         (lambda: plan_job(spec, JobSpec(entrypoint="t.py", job_id="j"), FACTS, "~/p"), "needs --max-restarts N"),
-        (lambda: plan_job(spec, JobSpec(entrypoint="t.py", job_id="j", launcher="deepspeed", max_restarts=1), FACTS,
-                          "~/p"), "gpu2: a spare (`spare: true`) takes a lost node's place through torchrun's"),
+        (lambda: plan_job(spec, JobSpec(entrypoint="t.py", job_id="j", launcher="mpirun", max_restarts=1), FACTS,
+                          "~/p"), "gpu2: a spare (`spare: true`) cannot take a lost node's place in a job of --launcher "
+                                  "mpirun"),
+        (lambda: plan_job(spec, JobSpec(entrypoint="t.py", job_id="j", launcher="deepspeed"), FACTS, "~/p"),
+         "a spare (gpu2) joins the job when it restarts: it needs --max-restarts N"),
         (lambda: spare_plan(SPARE_FLEET, spares=3), "--spares 3 leaves no node to train on"),
         (lambda: spare_plan(SPARE_FLEET, spares=-1), "--spares cannot be negative"),
     ]
@@ -369,3 +372,43 @@ def test_a_launcher_without_restarts_of_its_own_is_restarted_whole_by_the_nodes(
     torchrun = plan_job(spec, JobSpec(entrypoint="train.py", job_id="j", max_restarts=2), FACTS, "~/p")
     assert torchrun.restarts == 0 and "TRAINFLEET_RESTART_COUNT" not in torchrun.render()  # it restarts itself
     assert "--max-restarts=2" in torchrun.render()
+
+
+def replan(launcher: str, max_restarts: int, **options: object) -> "object":
+    spec = fleet_from_data(SPARE_FLEET, "fleet.yaml")
+    return plan_job(spec, JobSpec(entrypoint="train.py", job_id="tf-golden", launcher=launcher,
+                                  max_restarts=max_restarts, options=options),
+                    LaunchFacts(rdzv_port=29555, successor_ports=(29601, 29602)), "~/job/proj")
+
+
+def test_a_job_without_elastic_restarts_is_planned_ahead_for_each_loss_it_can_survive() -> None:
+    """DeepSpeed on three nodes, one a spare, two restarts: a plan for each lost node and
+    each pair; a spare takes the lost node's place, ranked last; without node 0 the
+    master moves to the next node, on the port asked for there."""
+    launch_plan = replan("deepspeed", 2, spares=1)
+    check_golden("plan_deepspeed_replans.txt", launch_plan.render())  # type: ignore[attr-defined]
+    plans = {r.key: r for r in launch_plan.replans}  # type: ignore[attr-defined]
+    # (without gpu0 and gpu1 both, the job's mesh would have to move twice: it ends)
+    assert sorted(plans) == ["gpu0", "gpu0,gpu2", "gpu1", "gpu1,gpu2", "gpu2"], sorted(plans)
+    assert [n.node for n in plans["gpu1"].nodes] == ["gpu0", "gpu2"] and plans["gpu1"].world_size == 4
+    moved = plans["gpu0"].nodes
+    assert [n.node for n in moved] == ["gpu1", "gpu2"] and "--master_addr=10.0.0.11" in moved[0].argv
+    assert "--master_port=29601" in moved[1].argv and "--node_rank=1" in moved[1].argv
+    assert [n.node for n in plans["gpu1,gpu2"].nodes] == ["gpu0"] and plans["gpu1,gpu2"].world_size == 2
+    assert "gpu0,gpu1,gpu2" not in plans  # (nothing is left to train on)
+    assert launch_plan.spares == ("gpu2",) and launch_plan.successor == "gpu1"  # type: ignore[attr-defined]
+    spare = launch_plan.nodes[-1]  # type: ignore[attr-defined]
+    assert spare.node == "gpu2" and spare.spare and "--node_rank=1" in spare.argv
+    for node in (*launch_plan.nodes, *(n for r in launch_plan.replans for n in r.nodes)):  # type: ignore[attr-defined]
+        assert dict(node.env)["TRAINFLEET_RESTART_COUNT"] == "0"
+    # Accelerate and command count the nodes and processes again too; one restart plans one loss.
+    accelerate = {r.key: r for r in replan("accelerate", 1).replans}  # type: ignore[attr-defined]
+    assert sorted(accelerate) == ["gpu0", "gpu1", "gpu2"]
+    assert "--num_machines=2" in accelerate["gpu2"].nodes[0].argv and "--num_processes=4" in accelerate["gpu2"].nodes[
+        0].argv
+    command = {r.key: r for r in replan("command", 1).replans}  # type: ignore[attr-defined]
+    assert dict(command["gpu0"].nodes[1].env)["NODE_RANK"] == "1" and dict(command["gpu0"].nodes[0].env)[
+        "MASTER_ADDR"] == "10.0.0.11"
+    # Launchers that restart by themselves, or whose runner starts every node, plan nothing ahead.
+    assert replan("torchrun", 1).replans == () and replan("mpirun", 1).replans == ()  # type: ignore[attr-defined]
+    assert replan("deepspeed", 0).replans == ()  # type: ignore[attr-defined]

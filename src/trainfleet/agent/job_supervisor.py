@@ -16,6 +16,7 @@ state.json, output.log, errors/ (the rank wrapper's first-exception records) and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from typing import IO, Any, Dict, List, Optional
 
 from . import procs
 from .lock import release_lock
-from .protocol import (NODE_KEY_VARIABLE, RESTART_VARIABLE, EnvFile, JobState, JobStatus, LaunchRequest, Mesh, Proc,
+from .protocol import (NODE_KEY_VARIABLE, RESTART_VARIABLE, EnvFile, JobState, JobStatus, LaunchRequest, Proc,
                        Restart)
 from .rankwrap import node_key, rank_mark, redact, secret_fragments
 from .records import (FULL, LOG_NAME, job_dir, log_lines, log_paths, overflow_dir, read_errors, remove_secrets,
@@ -150,6 +151,8 @@ class Supervisor:
         self.launch_guard = threading.RLock()
         """Held while the launcher is started or swapped (a failover starts it again)."""
         self.failed_over = False
+        self.moved = threading.Event()
+        """Set once a failover has started this node's part again with the moved rendezvous."""
         self.generation = 0
         """Whole-job restarts so far (the mesh's count, as this node heard it)."""
         self.restart_answer = threading.Event()
@@ -341,10 +344,7 @@ class Supervisor:
         """Start the job, supervise it to its end, record how it ended. `ready` hears once
         whether it started (the launcher's pid, or why not)."""
         request = self.request
-        env = self.env = rank_environment(request, dict(os.environ))
-        cwd = os.path.expanduser(request.cwd)
-        if request.env_file is not None:
-            env[request.env_file.variable] = write_env_file(self.directory, cwd, request.env_file, {})
+        env = self.env = self._environment()
         write_state(self.directory, self.state)
         try:
             self.peer = self._meet()
@@ -392,6 +392,27 @@ class Supervisor:
         self.pump.join(10)
         self._close_log()
         self._record_end(code, left, self.peer)
+
+    def _environment(self) -> Dict[str, str]:
+        request = self.request
+        env = rank_environment(request, dict(os.environ))
+        if request.env_file is not None:
+            env[request.env_file.variable] = write_env_file(self.directory, os.path.expanduser(request.cwd),
+                                                            request.env_file, {})
+        return env
+
+    def _take_replan(self, key: str, generation: int) -> bool:
+        """This node's part of the plan made without the nodes of `key` becomes its part
+        (argv and variables), told which start it is; False where it has none there."""
+        part = self.request.replans.get(key)
+        if part is None:
+            return False
+        self.request.argv, self.request.env = list(part.argv), dict(part.env)
+        self.env = self._environment()
+        self.env[RESTART_VARIABLE] = str(generation)
+        with self.guard:
+            self.state.argv = list(part.argv)
+        return True
 
     def _sample_waits(self) -> None:
         """Every WAIT_SAMPLE_EVERY seconds, each rank's stack without pausing it (py-spy
@@ -450,21 +471,32 @@ class Supervisor:
         again on the successor, and this node's launcher starts again with the rendezvous
         there. False where the job cannot go on without node 0 (it then ends)."""
         mesh = self.request.mesh
-        if mesh is None or not mesh.successor or not self.request.failover or self.failed_over:
+        if mesh is None or not mesh.successor or self.failed_over:
             return False
         if self.stop.is_set() or self.ended:
+            return False
+        lost = sorted(set(self.state.lost) | {head})
+        key = ",".join(lost)
+        if mesh.replans:
+            nodes = mesh.replans.get(key)
+            if nodes is None or self.generation >= mesh.restarts:
+                return False
+        elif not self.request.failover:
             return False
         self.failed_over = True
         from .mesh import Coordinator, Member
 
         order = [mesh.successor] + [n for n in mesh.nodes if n not in (head, mesh.successor)]
-        moved = Mesh(coordinator=mesh.successor_address, port=mesh.successor_port, token=mesh.token, nodes=order,
-                     node=mesh.node, loss_timeout=mesh.loss_timeout, join_timeout=mesh.join_timeout,
-                     min_nodes=mesh.min_nodes, hang_timeout=mesh.hang_timeout, spares=list(mesh.spares),
-                     addresses=list(mesh.addresses), restarts=mesh.restarts)
+        moved = dataclasses.replace(mesh, coordinator=mesh.successor_address, port=mesh.successor_port, nodes=order)
         self.note_lost(head)
-        self.write_lines(["[trainfleet] %s; the rendezvous moves to %s, and this node's launcher starts again there"
-                          % (cause, mesh.successor)])
+        if mesh.replans:
+            self.generation += 1
+            self.write_lines(["[trainfleet] %s; the job's supervisors meet again on %s, and the job starts again "
+                              "without %s on %s (restart %d)" % (cause, mesh.successor, " and ".join(lost),
+                                                                 ", ".join(nodes), self.generation)])
+        else:
+            self.write_lines(["[trainfleet] %s; the rendezvous moves to %s, and this node's launcher starts again "
+                              "there" % (cause, mesh.successor)])
         try:
             peer = Coordinator(moved, self) if mesh.node == mesh.successor else Member(moved, self)  # type: ignore[arg-type]
         except OSError as exc:
@@ -472,15 +504,26 @@ class Supervisor:
                                                                              mesh.successor_port, exc))
             return True
         if isinstance(peer, Coordinator):
-            peer.spares_released = True  # a spare starts at once: the survivors' next round is its place
-            self.note_restart(head, cause, order)
-        self.request.mesh, self.request.argv = moved, list(self.request.failover)
+            peer.lost = list(lost)
+            if mesh.replans:
+                peer.generation, peer.current = self.generation, list(nodes)
+                self.note_restart(head, "%s (restart %d of %d)" % (cause, self.generation, mesh.restarts), nodes)
+            else:
+                peer.spares_released = True  # a spare starts at once: the survivors' next round is its place
+                self.note_restart(head, cause, order)
+        self.request.mesh = moved
         self.peer = peer
+        if mesh.replans:
+            part = self._take_replan(key, self.generation)
+        else:
+            self.request.argv, part = list(self.request.failover), True
         peer.start()
         if self.spare and not self.released.is_set():
-            self.released.set()  # it starts with the moved rendezvous (run() reads argv after this)
-            return True
-        threading.Thread(target=self._relaunch, daemon=True).start()
+            if part:
+                self.released.set()  # it starts with the moved rendezvous (run() reads argv after this)
+        elif part:
+            self._relaunch()
+        self.moved.set()
         return True
 
     def _relaunch(self) -> None:
@@ -517,14 +560,28 @@ class Supervisor:
         self.restart_answer.wait(mesh.loss_timeout + 10)
         return self.generation > asked and not self.stop.is_set()
 
-    def relaunch(self, generation: int) -> None:
-        """From the mesh: this node's part starts again (every node's does), told which start it is."""
+    def relaunch(self, generation: int, without: str = "") -> None:
+        """From the mesh: this node's part starts again (every node's does), told which start
+        it is; with `without`, its part of the plan made without those lost nodes (a spare
+        that waited starts it, one not chosen goes on waiting)."""
         with self.guard:
             if generation <= self.generation or self.part_done or self.stop.is_set():
                 return
             self.generation = generation
-        self.env[RESTART_VARIABLE] = str(generation)
-        self.write_lines(["[trainfleet] the whole job starts again on every node (restart %d)" % generation])
+        if without:
+            mesh = self.request.mesh
+            nodes = mesh.replans.get(without, []) if mesh is not None else []
+            if not self._take_replan(without, generation):
+                return
+            self.write_lines(["[trainfleet] %s lost: the job starts again without it on %s (restart %d)" % (
+                " and ".join(without.split(",")), ", ".join(nodes), generation)])
+            if self.spare and not self.released.is_set():
+                self.released.set()  # (run() starts the launcher)
+                self.restart_answer.set()
+                return
+        else:
+            self.env[RESTART_VARIABLE] = str(generation)
+            self.write_lines(["[trainfleet] the whole job starts again on every node (restart %d)" % generation])
         self._relaunch()
         with self.guard:
             if self.state.restarts and self.state.restarts[-1].resumed is None:
@@ -540,18 +597,19 @@ class Supervisor:
         by starting it again (it has, or does within the loss timeout); False when node 0
         is still there (its heartbeats go on), or the job cannot move."""
         mesh = self.request.mesh
-        if self.failed_over:
+        if self.moved.is_set():
             with self.launch_guard:
                 return self.child is not None and self.child.poll() is None
-        if mesh is None or not mesh.successor or not self.request.failover or mesh.node == mesh.nodes[0]:
+        if mesh is None or not mesh.successor or not (self.request.failover or mesh.replans) or \
+                mesh.node == mesh.nodes[0]:
             return False
         exited = time.time()
         deadline = exited + mesh.loss_timeout + 2
-        while time.time() < deadline and not self.failed_over and not self.stop.is_set():
-            if getattr(self.peer, "heard", 0.0) > exited + 1.5:
+        while time.time() < deadline and not self.moved.is_set() and not self.stop.is_set():
+            if getattr(self.peer, "heard", 0.0) > exited + 1.5 and not self.failed_over:
                 return False
             time.sleep(0.2)
-        return self.failed_over
+        return self.moved.is_set()
 
     def _close_log(self) -> None:
         with self.log_guard:
@@ -653,11 +711,13 @@ class Supervisor:
         self.state.errors = read_errors(self.directory)
         remove_secrets(request.job_id)
         with self.guard:
+            # (a re-planned job's spare runs whatever it was given: ranks or not, it took a place)
+            took = self.has_ranks() or (self.released.is_set() and bool(request.mesh and request.mesh.replans))
             if self.spare:
-                self.state.spare = "joined" if self.has_ranks() else "not needed"
+                self.state.spare = "joined" if took else "not needed"
             if self.stopped_by:
                 self.state.state, self.state.reason = JobStatus.STOPPED, self.stopped_by
-            elif self.spare and not self.ran:
+            elif self.spare and not took:
                 # Waiting in the rendezvous, it ends when the job does (torchrun's agent even
                 # fails as it leaves a closed rendezvous): nothing of the job failed here.
                 self.state.state, self.state.reason = JobStatus.SUCCEEDED, self.reason or "not needed"

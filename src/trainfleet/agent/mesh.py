@@ -15,7 +15,12 @@ supervisor meets again on the successor (node 1, at a port chosen before the job
 started), which coordinates from then on, and each starts its launcher again with the
 rendezvous there (the plan's `failover` argv).
 
-Spares: their launchers start only once every other node's ranks run (so that the
+Launchers that cannot go on without a node (DeepSpeed, Accelerate, command) have their
+job planned ahead for each loss it can survive (`mesh.replans`): when a node is lost, and
+restarts are left, every node's part starts again with its part of that smaller plan (a
+spare's with the lost node's place), node 0's loss included (the mesh moves first).
+
+Spares (torchrun): their launchers start only once every other node's ranks run (so that the
 nodes that train are the ones torchrun's first round takes), and wait in its rendezvous.
 A spare lost while it waits costs the job nothing; one never needed is told to stand
 down when node 0's part has ended.
@@ -33,6 +38,9 @@ from .protocol import JobStatus, Mesh
 
 BEAT = 1.0
 FINISH_JOIN_WAIT = 5.0
+RESTART_SETTLE = 2.0
+"""A failed part's restart waits this long: a node lost just then (its peers' ranks fail
+because it went) is planned around, not started again with the others."""
 
 
 def _send(channel: Sealed, lock: threading.Lock, message: Dict[str, Any]) -> bool:
@@ -101,7 +109,7 @@ class Node:
     part_done: bool
     """This node's launcher has ended for good (its end is being recorded)."""
 
-    def relaunch(self, generation: int) -> None: ...
+    def relaunch(self, generation: int, without: str = "") -> None: ...
 
     def restart_refused(self, generation: int) -> None: ...
 
@@ -118,7 +126,9 @@ class Coordinator:
         self.lost: List[str] = []
         self.active: set = set()
         """Nodes whose ranks have run (a spare joins it once it takes a place)."""
-        self.spares_released = not mesh.spares
+        self.spares_released = not mesh.spares or bool(mesh.replans)  # (a re-plan chooses its spare)
+        self.current = [n for n in mesh.nodes if n not in mesh.spares]
+        """The nodes the job runs on now (a re-plan changes them)."""
         self.generation = 0
         """Whole-job restarts so far (each a new generation of every node's launcher)."""
         self.settled = threading.Event()
@@ -156,7 +166,7 @@ class Coordinator:
             self.peers[name] = conn
             self.locks[name] = threading.Lock()
             self.beats[name] = time.time()
-            late_spare = name in self.mesh.spares and self.spares_released
+            late_spare = name in self.mesh.spares and self.spares_released and not self.mesh.replans
         if late_spare:
             _send(conn, self.locks[name], {"spare_go": True})
         for message in messages:
@@ -196,6 +206,7 @@ class Coordinator:
         are left and no part has ended; else that node is told no (its failure then ends
         the job as any failure does). Several nodes asking for the same failure (the others'
         ranks lose their peers too) make one restart."""
+        time.sleep(RESTART_SETTLE)
         with self.guard:
             if generation != self.generation or self.node.stop.is_set():
                 return
@@ -203,7 +214,7 @@ class Coordinator:
                 not self.node.part_done
             if can:
                 self.generation += 1
-            nodes = [n for n in self.mesh.nodes if n not in self.lost]
+            nodes = list(self.current)
             number = self.generation
         if not can:
             if name == self.mesh.node:
@@ -241,12 +252,18 @@ class Coordinator:
             # A spare that stood down (or whose launcher ended) is no longer there to join.
             left = [n for n in self.mesh.nodes if n not in self.lost and
                     not (n in self.mesh.spares and self.ended.get(n) and n not in self.active)]
-            idle_spare = name in self.mesh.spares and name not in self.active
+            idle_spare = name in self.mesh.spares and (name not in self.current if self.mesh.replans else
+                                                        name not in self.active)
         reason = "%s was lost (%s)" % (name, why)
         self.node.note_lost(name)
         self.broadcast({"lost": name})
         if idle_spare:
             return  # it held no rank: the job goes on as it was
+        if self.mesh.replans:
+            if not self.replan(name, reason):
+                self.broadcast({"stop": reason, "lost_node": name})
+                self.node.stop_job(reason, lost=name)
+            return
         if self.mesh.min_nodes and len(left) >= self.mesh.min_nodes:
             self.node.note_restart(name, reason, left)
             self.broadcast({"restart": name})
@@ -254,6 +271,21 @@ class Coordinator:
         else:
             self.broadcast({"stop": reason, "lost_node": name})
             self.node.stop_job(reason, lost=name)
+
+    def replan(self, name: str, reason: str) -> bool:
+        """Every node's part starts again on the plan made for the nodes lost so far; False
+        where there is none, or no restart is left (the job then ends)."""
+        with self.guard:
+            key = ",".join(sorted(self.lost))
+            nodes = self.mesh.replans.get(key)
+            if nodes is None or self.generation >= self.mesh.restarts or self.node.part_done:
+                return False
+            self.generation += 1
+            number, self.current = self.generation, list(nodes)
+        self.node.note_restart(name, "%s (restart %d of %d)" % (reason, number, self.mesh.restarts), nodes)
+        self.broadcast({"relaunch": number, "without": key})
+        self.node.relaunch(number, key)
+        return True
 
     def _watch(self) -> None:
         hung = False
@@ -398,7 +430,8 @@ class Member:
             elif "restart" in message:
                 self.node.restart_ranks(message["restart"])
             elif "relaunch" in message:
-                threading.Thread(target=self.node.relaunch, args=(int(message["relaunch"]),), daemon=True).start()
+                threading.Thread(target=self.node.relaunch, args=(int(message["relaunch"]), str(message.get(
+                    "without", ""))), daemon=True).start()
             elif "restart_refused" in message:
                 self.node.restart_refused(int(message["restart_refused"]))
             elif "spare_go" in message:

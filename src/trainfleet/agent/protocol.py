@@ -469,6 +469,9 @@ class Mesh:
     (empty: any address may try the handshake)."""
     restarts: int = 0
     """Whole-job restarts on the same nodes when a part fails (launchers without their own)."""
+    replans: Dict[str, List[str]] = field(default_factory=dict)
+    """Sorted lost nodes ("node1,node3") -> the nodes the job starts again on without them,
+    in rank order (launchers that cannot go on without a node by themselves)."""
 
 
 @dataclass
@@ -566,6 +569,14 @@ torchrun's TORCHELASTIC_RESTART_COUNT: a script that resumes from a checkpoint r
 
 
 @dataclass
+class NodeReplan:
+    """This node's part of the job planned again without some lost nodes."""
+
+    argv: List[str]
+    env: Dict[str, str]
+
+
+@dataclass
 class LaunchRequest(Request[JobState]):
     """Start `argv` under a node supervisor that outlives this agent. Streams the job's
     output as OutputEvents and answers with its final state. With `detach` the
@@ -613,6 +624,9 @@ class LaunchRequest(Request[JobState]):
     """The node of each rank whose output this node relays (mpirun), by global rank."""
     failover: List[str] = field(default_factory=list)
     """The argv to start instead should node 0 be lost (`mesh.successor` then coordinates)."""
+    replans: Dict[str, NodeReplan] = field(default_factory=dict)
+    """This node's part once the nodes of a key of `mesh.replans` are lost (none: it has no
+    part then, as a spare another spare is chosen over)."""
 
 
 @dataclass

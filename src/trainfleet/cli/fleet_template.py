@@ -42,7 +42,7 @@ nodes:
     name: node1
     slots: 8
     # port: 2222
-  # A spare waits outside torchrun jobs and takes a lost node's place (with --max-restarts):
+  # A spare waits outside the job and takes a lost node's place (with --max-restarts):
   # - host: 203.0.113.12
   #   name: node2
   #   slots: 8

@@ -44,7 +44,11 @@ def job_options(command):  # type: ignore[no-untyped-def]
         click.option("--nproc-per-node", type=int, help="processes per node (default: each node's slots)"),
         click.option("-m", "--module", is_flag=True, help="SCRIPT is a Python module name, as in `python -m`"),
         click.option("--max-restarts", type=int, default=0, show_default=True, help="restarts on failure: torchrun's own; for other launchers the whole job starts "
-                     "again on every node (TRAINFLEET_RESTART_COUNT says which start it is)"),
+                     "again on every node, without a lost node where it can (TRAINFLEET_RESTART_COUNT says which "
+                     "start it is)"),
+        click.option("--spares", f"{OPTION_PREFIX}spares", type=int, metavar="K",
+                     help="hold the fleet's last K nodes back to take a lost node's place (with --max-restarts; "
+                          "also `spare: true` in the fleet file; not mpirun or head)"),
         click.option("--job-id", help="rendezvous id and log name (default: tf-DATE-TIME-RANDOM)"),
         click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE", help="extra environment for this job"),
         click.option("--launcher", type=click.Choice(launcher_names()),

@@ -106,6 +106,25 @@ class NodePrepare:
 
 
 @dataclass(frozen=True)
+class Replan:
+    """The job planned again on the nodes left once `lost` are gone, a spare in each lost
+    node's place while spares last: what every node's supervisor starts, with no
+    controller, when the job's mesh says those nodes are lost (for launchers that cannot
+    go on without a node by themselves: DeepSpeed, Accelerate, command)."""
+
+    lost: tuple[str, ...]
+    """Sorted: the mesh looks a loss up by `key`."""
+    nodes: tuple[NodeLaunch, ...]
+    """Each node's launch in the smaller job, in its new rank order (node 0 first)."""
+    rendezvous: str
+    world_size: int
+
+    @property
+    def key(self) -> str:
+        return ",".join(self.lost)
+
+
+@dataclass(frozen=True)
 class LaunchPlan:
     job_id: str
     launcher: str
@@ -132,12 +151,21 @@ class LaunchPlan:
     rank_nodes: tuple[str, ...] = ()
     """The node each rank runs on, by global rank, where one node's runner starts every
     rank and relays all their output (mpirun): their lines are shown as that node's."""
+    replans: tuple[Replan, ...] = ()
+    """The job on fewer nodes, planned ahead for each loss it can survive (with `restarts`)."""
 
     def render(self) -> str:
         lines = [f"# job {self.job_id}: {self.launcher} on {len(self.nodes)} node(s), {self.world_size} "
                  f"process(es), {self.rendezvous}"]
         if self.restarts:
             lines.append(f"# when a part fails, every node's part starts again, up to {self.restarts} time(s)")
+        if self.replans:
+            lines.append("# when a node is lost, the job starts again without it (a spare in its place while one "
+                         "waits), planned ahead:")
+        for replan in self.replans:
+            names = ", ".join(n.node for n in replan.nodes)
+            lines.append(f"#   without {' and '.join(replan.lost)}: {names}; {replan.world_size} process(es), "
+                         f"{replan.rendezvous}")
         for launch in self.nodes:
             interface = launch.interface or "(detected on the node at launch)"
             role = "spare (joins once a node is lost)" if launch.spare else f"node_rank={launch.node_rank}"
@@ -173,6 +201,9 @@ class LaunchPlan:
                        "runner_env": dict(n.env_file.values) if n.env_file else {}}
                       for n in self.nodes],
             "prepare": [{"node": p.node, "env": dict(p.env), "write": dict(p.write)} for p in self.prepare],
+            "replans": [{"lost": list(r.lost), "rendezvous": r.rendezvous, "world_size": r.world_size,
+                         "nodes": [{"node": n.node, "node_rank": n.node_rank, "argv": list(n.argv), "env": dict(n.env)}
+                                   for n in r.nodes]} for r in self.replans],
         }
 
 

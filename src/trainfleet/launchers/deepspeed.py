@@ -76,6 +76,8 @@ class DeepSpeed:
             raise UsageError(f"--include/--exclude choose the fleet's nodes; {placement.scheduler} chooses them in "
                              f"its allocation", fix="leave them out of the export")
         info = world_info(fleet, job)
+        if not placement.for_scheduler:  # (spares wait outside the world)
+            info = {node: slots for node, slots in info.items() if any(p.node == node for p in placement.places)}
         if placement.for_scheduler:
             info = {name: list(range(placement.places[0].nproc)) for name in info}
             places = list(placement.places)

@@ -18,8 +18,6 @@ class Torchrun:
     options: ClassVar[tuple[LauncherOption, ...]] = (
         LauncherOption("min-nodes", "after a node is lost, go on with at least this many (with --max-restarts)",
                        metavar="N", type=int),
-        LauncherOption("spares", "hold the fleet's last K nodes back to take a lost node's place (with "
-                       "--max-restarts; also `spare: true` in the fleet file)", metavar="K", type=int),
     )
     script_entry: ClassVar[bool] = True
     needs_gpu_facts: ClassVar[bool] = False

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from trainfleet.agent.protocol import (EnvFile, ErrorRecord, FollowRequest, JobState, JobStatus, LaunchRequest,
-                                       LostEvent, Mesh, OutputEvent, PrepareRequest, Proc, Request, StopRequest,
-                                       SweepRequest, decode)
+                                       LostEvent, Mesh, NodeReplan, OutputEvent, PrepareRequest, Proc, Request,
+                                       StopRequest, SweepRequest, decode)
 from trainfleet.job.plan import LaunchPlan, NodeLaunch
 from trainfleet.supervise.rankexits import rank_exits
 from trainfleet.results import fold_nodes
@@ -151,7 +151,8 @@ class Supervisor:
                         loss_timeout=self.loss_timeout, spares=list(self.plan.spares),
                         successor=self.successor if self.successor_port else "",
                         successor_address=self.successor_address, successor_port=self.successor_port,
-                        addresses=list(self.mesh_addresses), restarts=self.plan.restarts) if self.mesh_port else None
+                        addresses=list(self.mesh_addresses), restarts=self.plan.restarts,
+                        replans={r.key: [n.node for n in r.nodes] for r in self.plan.replans}) if self.mesh_port else None
             found[launch.node] = LaunchRequest(
                 job_id=self.plan.job_id, argv=list(launch.argv), cwd=launch.cwd, workdir=self.workdir,
                 env=dict(launch.env), secrets=dict(self.secrets), files=self._files(launch.site), grace=self.grace,
@@ -159,6 +160,8 @@ class Supervisor:
                 after=[list(c) for c in launch.after],
                 env_file=env_file(launch), mesh=mesh, detach=self.detach, tether=self.tether,
                 failover=list(launch.failover) if self.successor_port else [],
+                replans={r.key: NodeReplan(argv=list(n.argv), env=dict(n.env)) for r in self.plan.replans
+                         for n in r.nodes if n.node == launch.node},
                 holds_lock=self.holds_lock,
                 nproc=launch.nproc if self.plan.wraps_ranks else 0, launcher=self.plan.launcher,
                 wrapped=self.plan.wraps_ranks, rank_nodes=list(self.plan.rank_nodes))
@@ -280,6 +283,8 @@ class Supervisor:
         """What the nodes do next (node 0's coordinator decides it the same way)."""
         if name in self.plan.spares and name not in self.joined:
             return "it was a spare waiting for a place: the job goes on as it was"
+        if self.plan.replans:
+            return self._replanned(name)
         left = len(self.plan.nodes) - len(self.lost)
         if not self.plan.min_nodes or left < self.plan.min_nodes:
             return "the job ends on every node"
@@ -294,6 +299,20 @@ class Supervisor:
             return (f"{moves}its ranks restart, and a spare ({fold_nodes(spares)}) takes its place in torchrun's "
                     f"next rendezvous (the script resumes from its checkpoint)")
         return f"{moves}the job goes on without it (--min-nodes {self.plan.min_nodes})"
+
+    def _replanned(self, name: str) -> str:
+        """A launcher that cannot go on without a node: the plan made ahead for the nodes
+        lost so far, which the nodes' supervisors start (while restarts are left)."""
+        replan = {r.key: r for r in self.plan.replans}.get(",".join(sorted(self.lost)))
+        if replan is None:
+            return "the job ends on every node (no smaller plan for the nodes lost)"
+        names = [n.node for n in replan.nodes]
+        spares = [n for n in names if n in self.plan.spares and n not in self.joined]
+        self.joined.update(spares)
+        moves = f"the job's supervisors meet again on {self.successor}; " if name == self.plan.nodes[0].node else ""
+        filled = f", a spare ({fold_nodes(spares)}) in its place" if spares else ""
+        return (f"{moves}the job starts again without it on {fold_nodes(names)}{filled}, {replan.world_size} "
+                f"process(es), while restarts are left (the script resumes from its checkpoint)")
 
     async def _tick(self, router: OutputRouter) -> None:
         while True:
