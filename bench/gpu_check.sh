@@ -36,16 +36,22 @@ PY
 trainfleet exec -f "$fleet" -n "$node" -- nvidia-smi -q -x | sed "s/^$node: //" > "$out/nvidia-smi-q-x.xml"
 trainfleet exec -f "$fleet" -n "$node" -- 'dmesg 2>/dev/null || journalctl -k -b --no-pager -q' \
     | sed "s/^$node: //" | grep -i 'NVRM' > "$out/kernel-nvrm.log" || true
-python3 - "$out/nvidia-smi-q-x.xml" "$out/kernel-nvrm.log" <<'PY'
+trainfleet exec -f "$fleet" -n "$node" -- nvidia-smi nvlink -s | sed "s/^$node: //" > "$out/nvlink-s.txt" || true
+trainfleet exec -f "$fleet" -n "$node" -- 'for p in /sys/class/infiniband/*/ports/*; do echo "$p $(cat $p/state) $(cat $p/phys_state) $(cat $p/rate)"; done' \
+    | sed "s/^$node: //" > "$out/ib-ports.txt" || true
+python3 - "$out/nvidia-smi-q-x.xml" "$out/kernel-nvrm.log" "$out/nvlink-s.txt" <<'PY'
 import dataclasses, sys
-from trainfleet.agent.gpu_health import parse_smi_xml, parse_xids
+from trainfleet.agent.gpu_health import parse_nvlinks, parse_smi_xml, parse_xids
 text = open(sys.argv[1]).read()
 text = text[text.index("<?xml"):] if "<?xml" in text else text
 for gpu in parse_smi_xml(text):
     print("gpu_check: parsed: %s" % dataclasses.asdict(gpu))
 for event in parse_xids(open(sys.argv[2]).read()):
     print("gpu_check: xid: %s" % dataclasses.asdict(event))
+for uuid, (links, down) in parse_nvlinks(open(sys.argv[3]).read()).items():
+    print("gpu_check: nvlink: %s links %d down %s" % (uuid, links, down))
 PY
+sed 's/^/gpu_check: rdma on the node: /' "$out/ib-ports.txt"
 
 # 3. One node, every GPU: an NCCL all-reduce through `trainfleet run`.
 project="$out/nccl"

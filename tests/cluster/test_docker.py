@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import Sandboxes
-from helpers import REPO, job_processes_on, tf, tf_start, wait_for_line
+from helpers import REPO, job_processes_on, text_files_holding, tf, tf_start, wait_for_line
 from trainfleet.sandbox import cluster as sb
 from trainfleet.sandbox import docker
 
@@ -64,10 +64,24 @@ def test_the_example_and_a_deepspeed_job_train_in_containers_on_every_node(docke
     secret_fleet = tmp_path / "secret.yaml"
     secret_fleet.write_text(yaml.safe_dump({**data, "secrets": ["TF_TEST_TOKEN"]}))
     value = "s3cr3t-" + os.urandom(6).hex()
-    secret = tf("run", "-f", str(secret_fleet), "--no-sync", "--sync-dir", str(workdir), "secret.py", "1",
-                env={"TF_TEST_TOKEN": value}, timeout=300)
-    assert secret.returncode == 0 and secret.stdout.count("secret is *** (argv clean)") == 4, secret.stderr[-2000:]
-    assert value not in secret.stdout + secret.stderr
+    secret = tf_start("run", "-f", str(secret_fleet), "--no-sync", "--sync-dir", str(workdir), "secret.py", "6",
+                      env={"TF_TEST_TOKEN": value})
+    seen = wait_for_line(secret, r"^\[node1:\d\] holding", timeout=240)
+    # While the ranks hold it, no engine keeps its value: not in a container's configuration
+    # (what `-e NAME` would do), nor in any file of its data root.
+    for node in docker_sandbox.nodes:
+        host = docker.docker_host(docker_sandbox.directory, node.name)
+        running = subprocess.run(["docker", "-H", host, "ps", "-q"], capture_output=True, text=True).stdout.split()
+        assert running, node.name
+        inspected = subprocess.run(["docker", "-H", host, "inspect", *running], capture_output=True, text=True)
+        assert inspected.returncode == 0 and value not in inspected.stdout, node.name
+        assert text_files_holding(value, [docker.node_dir(docker_sandbox.directory, node.name) / "data"]) == []
+    out, err = secret.communicate(timeout=300)
+    stdout = "".join(seen) + out
+    assert secret.returncode == 0 and stdout.count("secret is *** (argv clean)") == 4, err[-2000:]
+    assert value not in stdout + err
+    job_id = re.search(r"job (tf-\S+):", err).group(1)  # type: ignore[union-attr]
+    assert not list(Path("/dev/shm").glob(f"trainfleet-{job_id}-*"))  # taken back when the job ended
     assert left_behind(docker_sandbox) == ([[], []], [[], []])
 
 

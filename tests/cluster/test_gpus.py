@@ -39,7 +39,8 @@ def test_each_gpu_fault_is_named_on_its_node_and_gpu(gpus: sb.SandboxState) -> N
     try:
         for node, args in (("node1", ["--gpu", "1", "--xid", "79"]), ("node2", ["--gpu", "0", "--ecc", "2"]),
                            ("node2", ["--gpu", "1", "--row-remap-pending"]), ("node0", ["--xid", "13"]),
-                           ("node0", ["--gpu", "1", "--pcie-width", "4", "--slowdown", "hw_power_brake_slowdown"])):
+                           ("node0", ["--gpu", "1", "--pcie-width", "4", "--slowdown", "hw_power_brake_slowdown"]),
+                           ("node1", ["--gpu", "0", "--nvlink-down", "3"])):
             tf("sandbox", "fault", "gpu", node, *args, "-f", fleet, check=True)
         found = {(f["verdict"], tuple(f["nodes"]), f["summary"].split(": ", 1)[-1][:40]) for f in gpu_findings(fleet)
                  if f["check"] == "gpu health"}
@@ -55,6 +56,7 @@ def test_each_gpu_fault_is_named_on_its_node_and_gpu(gpus: sb.SandboxState) -> N
         node0 = by[("warn", "node0")]
         assert any("GPU 1 " in s and "PCIe link x4, below its x16" in s for s in node0), found
         assert any("hw_power_brake_slowdown" in s for s in node0), found
+        assert any("GPU 0 " in s and "NVLink link(s) 3 of its 18 are down" in s for s in by[("FAIL", "node1")]), found
         fix = next(f["remedy"] for f in said if "Xid 79" in f["summary"])
         assert "sudo nvidia-smi -r -i 1" in fix and "trainfleet cordon node1" in fix
         # The fix, as the finding gives it: a reset applies the pending remap.
@@ -113,3 +115,33 @@ def test_a_job_that_dies_after_a_hardware_xid_names_the_gpu(gpus: sb.SandboxStat
     finally:
         tf("stop", "-f", fleet, job, timeout=60)
         tf("sandbox", "fault", "clear", "-f", fleet, check=True)
+
+
+NCCL_JOB = '''
+import os, sys, time
+if os.environ["RANK"] == "1":  # NCCL's first word of a failing InfiniBand link, as NCCL prints it (fd 2)
+    os.write(2, (sys.argv[1] + "\\n").encode())
+time.sleep(1.5)
+raise RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error (run with NCCL_DEBUG=INFO "
+                   "for details), NCCL version 2.21.5")
+'''
+
+
+def test_nccls_first_warning_is_the_root_cause_not_every_ranks_error(gpus: sb.SandboxState, tmp_path: Path) -> None:
+    """Every rank fails with an NCCL error that names no culprit; one rank printed NCCL's
+    warning naming the transport and the peer first: the node supervisor keeps that line
+    (NCCL_DEBUG=WARN is set for the job), and the root cause is it."""
+    project = tmp_path / "nccljob"
+    project.mkdir()
+    (project / "job.py").write_text(NCCL_JOB)
+    line = (Path(__file__).resolve().parents[1] / "captures" / "nccl-ib-failure.log").read_text().splitlines()[0]
+    done = tf("run", "-f", gpus.fleet_file, "--nproc-per-node", "1", "--sync-dir", str(project), "job.py", line,
+              timeout=240)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert ("rank 1 on node1 failed first: NCCL WARN NET/IB : Got completion from peer 10.0.0.12<51234> with "
+            "status=12" in done.stderr), done.stderr[-3000:]
+    assert "over NET/IB, peer 10.0.0.12); fix: `trainfleet doctor` on node1 and on the node at 10.0.0.12" in done.stderr
+    assert re.search(r"other ranks failed after it: NCCL system error", done.stderr), done.stderr[-3000:]
+    job = re.search(r"job (tf-\S+):", done.stderr).group(1)  # type: ignore[union-attr]
+    shown = tf("status", "-f", gpus.fleet_file, job).stdout
+    assert "NCCL WARN NET/IB" in shown, shown

@@ -62,6 +62,21 @@ def test_setup_gives_full_trust_is_idempotent_and_revocable(fresh3: sb.SandboxSt
     direct = subprocess.run(["ssh", "-F", str(ssh_config), "node2", "hostname"], capture_output=True, text=True,
                             timeout=30)
     assert direct.stdout.strip() == f"{fresh3.name}-node2", direct.stderr
+    # The fleet key, which every node holds, is accepted from the fleet's own addresses only:
+    # root on one rented node cannot use it from anywhere else (here: from the controller,
+    # which is no node of the fleet and logs in with a key of its own).
+    assert "accepted from the fleet's" in first.stdout, first.stdout
+    fleet_public = (ssh_config.parent / "id_ed25519.pub").read_text().split()[1]
+    nodes = yaml.safe_load(Path(fleet).read_text())["nodes"]
+    for node in fresh3.nodes:
+        keys = (Path(fresh3.directory) / "nodes" / node.name / "ssh" / "authorized_keys").read_text().splitlines()
+        [line] = [k for k in keys if fleet_public in k]
+        assert line.startswith('from="') and {n["host"] for n in nodes} <= set(line.split('"')[1].split(",")), line
+    stolen = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i",
+                             str(ssh_config.parent / "id_ed25519"), "-o", f"UserKnownHostsFile={ssh_config.parent}"
+                             f"/known_hosts", "-p", str(nodes[2].get("port", 22)), f"{nodes[2].get('user', 'root')}@"
+                             f"{nodes[2]['host']}", "true"], capture_output=True, text=True, timeout=30)
+    assert stolen.returncode == 255 and "Permission denied" in stolen.stderr, stolen.stderr
 
     files = snapshot(fresh3)
     second = tf("ssh", "setup", "-f", fleet, "--yes")

@@ -108,7 +108,11 @@ def test_the_dashboard_shows_the_fleet_its_jobs_and_live_charts(ui: tuple[Any, s
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     # Nothing without the token, nor with a wrong one, nor from a page that names another host.
     token = url.split("token=")[1]
-    assert status_code(base) == 403
+    # The page's shell holds nothing of the fleet and no token, and sets no cookie (a cookie
+    # for 127.0.0.1 would go to every port there): the page sends the token in a header.
+    with urllib.request.urlopen(base, timeout=10) as shell:
+        assert token not in shell.read().decode() and shell.headers.get("Set-Cookie") is None
+    assert status_code(base, Host="attacker.example:80") == 403
     assert status_code(base + "api/jobs") == 403
     assert status_code(base + "api/jobs?token=" + "x" * len(token)) == 403
     assert status_code(base + "api/jobs?token=" + token, Host="attacker.example:80") == 403
@@ -148,6 +152,9 @@ def test_the_dashboard_shows_the_fleet_its_jobs_and_live_charts(ui: tuple[Any, s
         until(lambda: {e.get_attribute("data-job") for e in driver.find_elements(By.CSS_SELECTOR, "tr.job")} >=
               {training, chatty}, message="both jobs listed")
         driver.save_screenshot(str(ARTIFACTS / "jobs.png"))
+        driver.refresh()  # the tab keeps its token (not in the address, not in a cookie): a reload works
+        until(lambda: {e.get_attribute("data-job") for e in driver.find_elements(By.CSS_SELECTOR, "tr.job")} >=
+              {training, chatty}, message="both jobs listed after a reload")
 
         # The example's page: a loss chart that grows while the job runs.
         driver.get(base + f"#/job/{training}")

@@ -115,3 +115,20 @@ def test_hashed_known_hosts_entries_count_as_pinned(tmp_path: Path) -> None:
     path.write_text(f"|1|{base64.b64encode(salt).decode()}|{digest} ssh-ed25519 AAAA\n")
     assert host_pinned([str(path)], Node(name="a", host="10.0.0.1", port=2222, user="u", slots=1, identity_file=None, address="10.0.0.1", interface=None, jump=None))
     assert not host_pinned([str(path)], Node(name="a", host="10.0.0.1", port=22, user="u", slots=1, identity_file=None, address="10.0.0.1", interface=None, jump=None))
+
+
+def test_the_fleet_key_is_accepted_from_the_fleets_own_addresses(tmp_path: Path) -> None:
+    """`from=` takes addresses: every node's and jump host's IP, the loopback and what an
+    earlier setup saw nodes come from; a host name is left to be seen (its reverse DNS
+    would decide otherwise)."""
+    from trainfleet.fleet.schema import fleet_from_data
+    from trainfleet.ops.trust import SOURCES_FILE, fleet_sources
+
+    fleet = fleet_from_data({"nodes": [
+        {"name": "a", "host": "203.0.113.10", "address": "10.0.0.10"},
+        {"name": "b", "host": "gpu-b.example.com", "address": "fd00::11", "jump": "ops@198.51.100.7:2200"}]},
+        "fleet.yaml", state_dir=str(tmp_path), check_keys=False)
+    assert fleet_sources(fleet) == ["10.0.0.10", "127.0.0.1", "198.51.100.7", "203.0.113.10", "::1", "fd00::11"]
+    (tmp_path / SOURCES_FILE).write_text("192.0.2.44\n")  # a NAT's address, seen by the last setup
+    assert fleet_sources(fleet, ["192.0.2.45", "not-an-address"])[:3] == ["10.0.0.10", "127.0.0.1", "192.0.2.44"]
+    assert "192.0.2.45" in fleet_sources(fleet, ["192.0.2.45"])

@@ -76,3 +76,19 @@ def test_a_gpu_model_that_differs_from_the_fleet_is_named() -> None:
     assert nodes == ("gpu2",) and "Tesla V100-SXM2-16GB, 16160 MiB here but NVIDIA H100 80GB HBM3, 81559 MiB on " \
         "gpu[0-1]" in summary
     assert fleet_findings({"gpu0": GpuHealthInfo(gpus=h100), "gpu1": GpuHealthInfo(gpus=h100)}) == []
+
+
+def test_an_nvlink_link_that_is_down_is_named_on_its_gpu() -> None:
+    from trainfleet.agent.gpu_health import parse_nvlinks
+    from trainfleet.agent.protocol import GpuHealth
+
+    links = parse_nvlinks((CAPTURES / "nvidia-smi-nvlink-s.txt").read_text())
+    first, second = "GPU-4f1e2b3c-0000-4000-8000-000000000001", "GPU-4f1e2b3c-0000-4000-8000-000000000002"
+    assert links == {first: (4, [3]), second: (4, [])}  # (the PCIe GPU lists no link: left out)
+    gpu = GpuHealth(index="0", uuid=first, bus_id="00000000:18:00.0", name="NVIDIA H100 80GB HBM3", nvlinks=4,
+                    nvlinks_down=[3])
+    [(verdict, summary, fix, _)] = node_findings("node1", GpuHealthInfo(gpus=[gpu], kernel_log="dmesg"))
+    assert verdict == "FAIL" and summary.endswith("NVLink link(s) 3 of its 4 are down (NCCL sends that GPU's traffic "
+                                                  "the slower way, or a job across them hangs; an Xid 74 often came "
+                                                  "with it)")
+    assert "sudo nvidia-smi -r -i 0" in fix and "`nvidia-smi nvlink -s -i 0`" in fix

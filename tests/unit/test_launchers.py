@@ -119,10 +119,17 @@ def test_a_container_wraps_each_nodes_command_and_passes_variables_by_name() -> 
     wrapped = containerize(planned, spec, FACTS.homes, {"gpu0": 8, "gpu1": 0})
     check_golden("plan_torchrun_docker.txt", wrapped.render())
     head = wrapped.nodes[0].argv
-    assert head[:7] == ("docker", "run", "--rm", "--name=tf-tf-golden-gpu0", "--network=host", "--ipc=host",
-                        "--gpus=all")
+    assert head[:8] == ("docker", "run", "--rm", "--name=tf-tf-golden-gpu0", "--network=host", "--ipc=host",
+                        "--log-driver=none", "--gpus=all")
     assert "--gpus=all" not in wrapped.nodes[1].argv  # gpu1 has none
-    assert ("-e", "WANDB_API_KEY") in zip(head, head[1:]) and not any("WANDB_API_KEY=" in w for w in head)
+    # A secret goes neither by value nor by name (the engine would keep its value on its disk):
+    # the node's in-memory file is mounted, and the container's Python puts it in the environment.
+    assert ("-e", "WANDB_API_KEY") not in zip(head, head[1:]) and not any("WANDB_API_KEY" in w for w in head)
+    shm = "/dev/shm/trainfleet-tf-golden-gpu0-secrets"
+    assert ("-v", f"{shm}:{shm}:ro") in zip(head, head[1:]) and wrapped.nodes[0].secrets_file
+    inner = head[head.index("nvcr.io/nvidia/pytorch:24.05-py3") + 1:]
+    assert inner[:2] == ("python", "-c") and inner[3:5] == (shm, "python")
+    assert ("-e", "TRAINFLEET_NODE") in zip(head, head[1:])
     assert ("-v", "/home/u/job/proj:/home/u/job/proj") in zip(head, head[1:])
     assert wrapped.nodes[0].after == (("docker", "rm", "-f", "tf-tf-golden-gpu0"),)
     with pytest.raises(UsageError, match="outside any container"):

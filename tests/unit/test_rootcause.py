@@ -149,3 +149,64 @@ def test_a_gpu_that_failed_under_the_ranks_is_the_cause_not_their_errors() -> No
     # An application Xid never reaches the job's record (the node keeps hardware ones only): ranks as before.
     sick.gpu_faults = []
     assert find_root_cause(states, [], {}, {}).first.who == "rank 0 on node0"  # type: ignore[union-attr]
+
+
+CAPTURES = __import__("pathlib").Path(__file__).resolve().parents[1] / "captures"
+
+
+def test_nccls_own_warning_names_the_link_every_rank_failed_over() -> None:
+    """Every rank ends with an NCCL error that names no culprit; the first NCCL WARN line, on
+    node1, names the transport and the peer: that is the cause, whatever order the ranks'
+    exceptions were recorded in."""
+    import time
+
+    from trainfleet.agent import nccl
+    from trainfleet.agent.protocol import NcclLine
+
+    lines = (CAPTURES / "nccl-ib-failure.log").read_text().splitlines()
+    said = [nccl.problem(line) for line in lines]
+    assert said[0] is not None and said[0].startswith("NCCL WARN NET/IB : Got completion from peer 10.0.0.12<51234> "
+                                                      "with status=12")
+    assert said[1:4] == [None, None, None]  # NCCL INFO lines: the unwinding, not news
+    assert said[5] == "NCCL watchdog: collective ALLREDUCE (sequence number 4811) timed out"
+    assert (nccl.peer(lines[0]), nccl.transport(lines[0])) == ("10.0.0.12", "NET/IB")
+    assert nccl.peer(lines[4]) == "10.0.0.11" and nccl.transport(lines[5]) == ""
+
+    node0 = state("node0", "failed", record("node0", 0, 5.0, "torch.distributed.DistBackendError: NCCL error in: "
+                                                             "ProcessGroupNCCL.cpp:1970, remote process exited or "
+                                                             "there was a network error"))
+    node0.nccl = [NcclLine(at=4.9, rank=1, text=str(said[4]))]
+    node1 = state("node1", "failed", record("node1", 3, 5.3, "torch.distributed.DistBackendError: NCCL error in: "
+                                                             "ProcessGroupNCCL.cpp:1970, unhandled system error"))
+    node1.nccl = [NcclLine(at=4.2, rank=3, text=str(said[0]))]
+    root = find_root_cause({"node0": node0, "node1": node1}, [], {}, {})
+    assert root is not None and root.first.who == "rank 3 on node1"
+    at = time.strftime("%H:%M:%S", time.localtime(4.2))
+    assert root.headline().startswith("rank 3 on node1 failed first: NCCL WARN NET/IB : Got completion from peer "
+                                      "10.0.0.12<51234> with status=12")
+    assert root.headline().endswith(f"(NCCL's first word of the failure, at {at}, over NET/IB, peer 10.0.0.12); fix: "
+                                    "`trainfleet doctor` on node1 and on the node at 10.0.0.12 (GPUs, NICs, InfiniBand "
+                                    "ports); `trainfleet bench net` measures the links")
+    assert root.others_line() == ("2 other ranks failed after it: NCCL system error; NCCL: a peer exited or the network "
+                                  "failed (node0: rank 0; node1: rank 3)")
+    # A bug of the script's own that came first is still the cause: NCCL's words followed from it.
+    node0.errors = [record("node0", 0, 4.0, "ValueError: bad batch")]
+    assert find_root_cause({"node0": node0, "node1": node1}, [], {}, {}).first.summary == "ValueError: bad batch"  # type: ignore[union-attr]
+
+
+def test_a_hang_that_followed_a_hardware_xid_is_named_by_the_gpu() -> None:
+    """A GPU that fell off the bus often leaves its ranks waiting forever rather than failing:
+    the hang is ended, and the GPU is its cause."""
+    from trainfleet.agent.protocol import XidEvent
+
+    sick = state("node1", "failed")
+    sick.reason, sick.hang = "hung: no rank wrote anything for 600s", "rank 3 in all_reduce (train.py:51)"
+    sick.gpu_faults = [XidEvent(xid=79, bus_id="0000:4e:00", text="NVRM: Xid (PCI:0000:4e:00): 79, GPU has fallen "
+                                "off the bus.", at=5.0, gpu="1 GPU-abc")]
+    quiet = state("node0", "failed")
+    quiet.reason, quiet.hang = sick.reason, "rank 0 in all_reduce (train.py:51)"
+    root = find_root_cause({"node0": quiet, "node1": sick}, [], {}, {})
+    assert root is not None and root.headline().startswith("node1 GPU 1 (GPU-abc, bus 0000:4e:00): Xid 79, fallen off "
+                                                           "the bus at ")
+    sick.gpu_faults = []
+    assert find_root_cause({"node0": quiet, "node1": sick}, [], {}, {}).headline().startswith("hung")  # type: ignore[union-attr]

@@ -314,6 +314,10 @@ def gather(request: FactsRequest) -> FactsReply:
         from .gpu_health import health
 
         reply.gpu_health = health()
+    if FactSection.RDMA in wanted:
+        from .rdma import ib_ports
+
+        reply.ib_ports = ib_ports()
     if FactSection.DISK in wanted:
         reply.disk = disk_free(request.workdir)
         root = container_root(request.container_engine, request.container_root)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 from xml.etree import ElementTree
 
 from .protocol import GpuHealth, GpuHealthInfo, XidEvent
@@ -157,6 +157,28 @@ def kernel_log(sudo: bool = True) -> Tuple[Optional[str], str]:
     return None, "; ".join(tried)
 
 
+NVLINK_GPU = re.compile(r"^GPU (\d+): .*\(UUID: (\S+)\)")
+NVLINK_LINK = re.compile(r"^\s*Link (\d+): (.*)$")
+
+
+def parse_nvlinks(text: str) -> Dict[str, Tuple[int, List[int]]]:
+    """`nvidia-smi nvlink -s`: each GPU's UUID -> (its links, the inactive ones). A GPU
+    without NVLink lists no link (or says it is not supported) and is left out."""
+    found: Dict[str, Tuple[int, List[int]]] = {}
+    uuid = ""
+    for line in text.splitlines():
+        gpu = NVLINK_GPU.match(line)
+        if gpu:
+            uuid = gpu.group(2)
+            continue
+        link = NVLINK_LINK.match(line)
+        if link and uuid:
+            count, down = found.get(uuid, (0, []))
+            inactive = "inactive" in link.group(2).lower()
+            found[uuid] = (count + 1, down + [int(link.group(1))] if inactive else down)
+    return found
+
+
 def health() -> GpuHealthInfo:
     code, out = _run(["nvidia-smi", "-q", "-x"], timeout=60)
     if code != 0:
@@ -165,6 +187,11 @@ def health() -> GpuHealthInfo:
         gpus = parse_smi_xml(out)
     except ElementTree.ParseError as exc:
         return GpuHealthInfo(error="nvidia-smi -q -x gave no readable XML: %s" % exc)
+    code, out = _run(["nvidia-smi", "nvlink", "-s"], timeout=30)
+    links = parse_nvlinks(out) if code == 0 else {}
+    for gpu in gpus:
+        if gpu.uuid in links:
+            gpu.nvlinks, gpu.nvlinks_down = links[gpu.uuid]
     log, source = kernel_log()
     return GpuHealthInfo(gpus=gpus, xids=parse_xids(log) if log is not None else [],
                          kernel_log=source if log is not None else "not readable (%s)" % source)

@@ -15,7 +15,7 @@ from typing import Callable, List
 from . import procs
 from .logs import follow
 from .protocol import Empty, JobState, JobStatus, LaunchRequest, PrepareRequest, StopRequest, to_wire
-from .records import discard_overflow, job_dir, node_dir, read_state_at, secrets_path, supervisor_pid, write_files, write_paths, write_state
+from .records import discard_overflow, job_dir, node_dir, read_state_at, supervisor_pid, write_files, write_paths, write_secrets, write_state
 from .secrets_keeper import start_keeper
 
 SUPERVISOR_EXIT_WAIT = 30.0
@@ -28,11 +28,7 @@ def prepare(request: PrepareRequest) -> Empty:
     with open(os.path.join(directory, "node.env"), "w") as handle:
         json.dump(request.env, handle)
     if request.secrets:
-        node = request.env.get("TRAINFLEET_NODE", "")
-        # A new file of our own, never one that is there already (a link planted in /dev/shm).
-        fd = os.open(secrets_path(request.job_id, node), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(request.secrets, handle)
+        write_secrets(request.job_id, request.env.get("TRAINFLEET_NODE", ""), request.secrets)
         start_keeper(request.job_id)
     write_paths(request.write)
     return Empty()

@@ -25,13 +25,13 @@ import threading
 import time
 from typing import IO, Any, Dict, List, Optional
 
-from . import procs
+from . import nccl, procs
 from .lock import release_lock
-from .protocol import (NODE_KEY_VARIABLE, RESTART_VARIABLE, EnvFile, JobState, JobStatus, LaunchRequest, Proc,
-                       Restart)
-from .rankwrap import node_key, rank_mark, redact, secret_fragments
+from .protocol import (NODE_KEY_VARIABLE, RESTART_VARIABLE, EnvFile, JobState, JobStatus, LaunchRequest, NcclLine,
+                       Proc, Restart)
+from .rankwrap import RANK_LINE, node_key, rank_mark, redact, secret_fragments
 from .records import (FULL, LOG_NAME, job_dir, log_lines, log_paths, overflow_dir, read_errors, remove_secrets,
-                      settle_overflow, viewer_seen, write_record, write_state)
+                      settle_overflow, viewer_seen, write_record, write_secrets, write_state)
 
 
 def write_env_file(directory: str, cwd: str, spec: EnvFile, extra: Dict[str, str]) -> str:
@@ -84,6 +84,8 @@ def signal_name(code: int) -> Optional[str]:
 
 MESH_GRACE = 2.0
 NO_SPACE = b"No space left on device"
+NCCL_KEPT = 5
+"""Lines of NCCL's own about a failure kept per node (the first: what came after follows from it)."""
 SETTLE_AFTER = 3.0
 FULL_BELOW = 1 << 20
 """Bytes free under which a disk counts as full (a job that failed then failed of it)."""
@@ -297,8 +299,21 @@ class Supervisor:
             self.last_output = time.time()
             if self.no_space is None and NO_SPACE in raw:
                 self.no_space = self.last_output
+            if len(self.state.nccl) < NCCL_KEPT and any(marker in raw for marker in nccl.MARKERS):
+                self._note_nccl(self.last_output, self._clean(raw.rstrip(b"\n")))
             with self.log_guard:
                 self._log("%.3f %s\n" % (self.last_output, self._clean(raw.rstrip(b"\n"))))
+
+    def _note_nccl(self, moment: float, text: str) -> None:
+        """A line in which NCCL says what failed: kept (the first few) for the root cause."""
+        said = nccl.problem(text)
+        if said is None:
+            return
+        marked = RANK_LINE.match(text)
+        rank = int(marked.group(1)) if marked else None
+        with self.guard:
+            self.state.nccl.append(NcclLine(at=moment, rank=rank, text=said))
+            write_state(self.directory, self.state)
 
     def _watch_tether(self) -> None:
         """The controller's link closing (its laptop asleep, its Wi-Fi gone, the client
@@ -346,6 +361,13 @@ class Supervisor:
         request = self.request
         env = self.env = self._environment()
         write_state(self.directory, self.state)
+        if request.secrets_file:
+            try:
+                write_secrets(request.job_id, self.state.node, request.secrets)
+            except OSError as exc:
+                self._failed_to_start(ready, 1, "cannot write the job's secrets file in /dev/shm (a container reads "
+                                                "them there): %s" % (exc.strerror or exc))
+                return
         try:
             self.peer = self._meet()
         except OSError as exc:

@@ -87,6 +87,8 @@ class FactSection(Name):
     PYTHON = "python"
     GPU_HEALTH = "gpu_health"
     """`nvidia-smi -q -x` and the kernel log's Xid events (doctor's; about a second on 8 GPUs)."""
+    RDMA = "rdma"
+    """InfiniBand / RoCE ports as the kernel sees them (/sys/class/infiniband)."""
     """Only whether the fleet's `python:` is there (SOFTWARE's cheap part, for `run`)."""
 
 
@@ -169,6 +171,19 @@ class GpuHealth:
     slowdown: List[str] = field(default_factory=list)
     """Clock event reasons held for hardware causes: hw_slowdown, hw_thermal_slowdown, hw_power_brake_slowdown."""
     idle: bool = False
+    nvlinks: Optional[int] = None
+    """NVLink links the GPU has (`nvidia-smi nvlink -s`); None where it has none, or was not asked."""
+    nvlinks_down: List[int] = field(default_factory=list)
+    """Those of its links that are inactive."""
+
+
+@dataclass
+class NcclLine:
+    """A line in which NCCL said what went wrong (agent/nccl.py), as a rank printed it."""
+
+    at: float
+    rank: Optional[int]
+    text: str
 
 
 @dataclass
@@ -193,6 +208,23 @@ class GpuHealthInfo:
     kernel_log: str = ""
     """Where the Xid events were read from, or why they could not be."""
     error: Optional[str] = None
+
+
+@dataclass
+class IbPort:
+    """One port of an RDMA device (InfiniBand or RoCE), from /sys/class/infiniband."""
+
+    device: str
+    """mlx5_0"""
+    port: int
+    state: str
+    """ACTIVE, DOWN, INIT, ARMED (the number the kernel prints is left out)."""
+    phys_state: str = ""
+    """LinkUp, Polling, Disabled, ..."""
+    rate: str = ""
+    """As the kernel says it: `200 Gb/sec (4X HDR)`."""
+    link_layer: str = ""
+    """InfiniBand, or Ethernet for RoCE."""
 
 
 @dataclass
@@ -253,6 +285,7 @@ class FactsReply:
     agent then ran on the node's python3, and `python`/`torch` are left empty)."""
     gpu: Optional[GpuInfo] = None
     gpu_health: Optional[GpuHealthInfo] = None
+    ib_ports: List[IbPort] = field(default_factory=list)
     driver: Optional[str] = None
     disk: Optional[Disk] = None
     container_disk: Optional[Disk] = None
@@ -508,6 +541,8 @@ class JobState:
     disk_full_path: str = ""
     gpu_faults: List["XidEvent"] = field(default_factory=list)
     """Hardware Xid events on this node's GPUs while the job ran (read when its part failed)."""
+    nccl: List["NcclLine"] = field(default_factory=list)
+    """The first lines (up to NCCL_KEPT) in which NCCL said what went wrong on this node."""
     controller_gone: Optional[float] = None
     """When the link to the controller that started this attached job last closed (the job
     goes on); None while it is there, and for a detached job."""
@@ -624,6 +659,9 @@ class LaunchRequest(Request[JobState]):
     """The node of each rank whose output this node relays (mpirun), by global rank."""
     failover: List[str] = field(default_factory=list)
     """The argv to start instead should node 0 be lost (`mesh.successor` then coordinates)."""
+    secrets_file: bool = False
+    """Write `secrets` to the node's in-memory secrets file before the start (a container
+    mounts it), and remove it at the end."""
     replans: Dict[str, NodeReplan] = field(default_factory=dict)
     """This node's part once the nodes of a key of `mesh.replans` are lost (none: it has no
     part then, as a spare another spare is chosen over)."""
@@ -798,6 +836,10 @@ class TrustRequest(Request[TrustReply]):
     known_hosts: str
     ssh_config: str
     hosts: str = ""
+    controller_key: str = ""
+    """The controller's own public key: accepted from anywhere (a laptop's address changes)."""
+    sources: List[str] = field(default_factory=list)
+    """The addresses the fleet key is accepted from (`from=`); empty: from anywhere."""
 
 
 @dataclass
@@ -841,6 +883,8 @@ class CleanRequest(Request[CleanReply]):
 class Reach:
     ok: bool
     error: str = ""
+    source: str = ""
+    """The address the other node saw this connection come from (its SSH_CONNECTION)."""
 
 
 @dataclass

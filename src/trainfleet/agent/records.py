@@ -189,6 +189,14 @@ def secrets_path(job_id: str, node: str) -> str:
     return "%s/trainfleet-%s-%s-secrets" % (SECRETS_DIRECTORY, job_id, node)
 
 
+def write_secrets(job_id: str, node: str, secrets: Dict[str, str]) -> None:
+    """The job's secrets into the node's in-memory file: a new file of our own (0600), never
+    one that is there already (a link planted in /dev/shm)."""
+    fd = os.open(secrets_path(job_id, node), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(secrets, handle)
+
+
 def remove_secrets(job_id: str) -> None:
     """Every node's secrets file of the job (those this node can see)."""
     prefix = "trainfleet-%s-" % job_id

@@ -70,15 +70,23 @@ def trust(request: TrustRequest) -> TrustReply:
 
     authorized = os.path.join(ssh, "authorized_keys")
     current = _read(authorized)
-    line = "%s trainfleet:%s" % (request.public_key.split(" trainfleet:")[0].strip(), tag)
+    mark = " trainfleet:%s" % tag
+    # The fleet key (every node holds it) only from the fleet's own addresses; the
+    # controller's own key (never on a node) from anywhere.
+    restriction = 'from="%s" ' % ",".join(request.sources) if request.sources else ""
+    lines = [restriction + request.public_key.split(" trainfleet:")[0].strip() + mark]
+    if request.controller_key:
+        lines.append(request.controller_key.split(" trainfleet:")[0].strip() + mark)
     if current is None:
         state.setdefault("authorized_keys_created", True)
         current = ""
-    if line not in current.splitlines():
-        if current and not current.endswith("\n"):
+    others = [line for line in current.splitlines(True) if not line.rstrip("\n").endswith(mark)]
+    if [line.rstrip("\n") for line in current.splitlines(True) if line.rstrip("\n").endswith(mark)] != lines:
+        text = "".join(others)
+        if text and not text.endswith("\n"):
             state["authorized_keys_newline_added"] = True
-            current += "\n"
-        _write_if_changed(authorized, current + line + "\n", 0o600, changed)
+            text += "\n"
+        _write_if_changed(authorized, text + "".join(line + "\n" for line in lines), 0o600, changed)
 
     config_path = os.path.join(ssh, "config")
     config = _read(config_path)
@@ -166,10 +174,12 @@ def ssh_matrix(request: SSHMatrixRequest) -> SSHMatrixReply:
     def attempt(alias: str) -> None:
         try:
             done = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % request.timeout, alias,
-                                   "true"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   'echo "$SSH_CONNECTION"'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   universal_newlines=True, timeout=request.timeout + 10)
             last = done.stderr.strip().splitlines()[-1:]
-            reach[alias] = Reach(ok=done.returncode == 0, error=last[0] if last else "")
+            seen = (done.stdout.strip().splitlines() or [""])[-1].split()
+            reach[alias] = Reach(ok=done.returncode == 0, error=last[0] if last else "",
+                                 source=seen[0] if done.returncode == 0 and seen else "")
         except (OSError, subprocess.SubprocessError) as exc:
             reach[alias] = Reach(ok=False, error=str(exc))
 

@@ -150,6 +150,7 @@ def top(fleet_file: str | None, once: bool, interval: float) -> None:
     from rich.markup import escape
 
     from trainfleet.job.plan import RANK_LINE
+    from trainfleet.ops.jobs import stragglers
     from trainfleet.ops.jobs import top as watch
 
     def shown_line(text: str) -> str:
@@ -175,6 +176,10 @@ def top(fleet_file: str | None, once: bool, interval: float) -> None:
                              str(job.processes) if job else "", f"{job.cpu_percent:.0f}%" if job else "",
                              f"{job.steps_per_s:.2f}" if job and job.steps_per_s else "",
                              shown_line(job.last_line) if job else "")
+        slow = stragglers(answers)
+        if slow:  # (nothing when no node stands out)
+            grid.caption = "\n".join(escape(f"{job_id}: {said}") for job_id, said in slow.items())
+            grid.caption_justify = "left"
         return grid
 
     if once:

@@ -218,13 +218,15 @@ def fault_slow_cpu(node: str, share: str, name: str | None, fleet_file: str | No
 @click.option("--row-remap-pending", is_flag=True, help="a row remap waits for the next reset")
 @click.option("--slowdown", type=click.Choice(["hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"]),
               help="clocks held down for this hardware reason")
+@click.option("--nvlink-down", type=int, metavar="LINK", help="this NVLink link of the GPU goes down")
 @sandbox_name
 @fleet_option
 def fault_gpu(node: str, index: int, xid: int | None, ecc: int, pcie_width: int | None, row_remap_pending: bool,
-              slowdown: str | None, name: str | None, fleet_file: str | None) -> None:
+              slowdown: str | None, nvlink_down: int | None, name: str | None, fleet_file: str | None) -> None:
     """Break one of NODE's fake GPUs (a sandbox made with --fake-gpus)."""
     _inject(name, fleet_file, node, "gpu", gpu={"gpu": index, "xid": xid, "ecc": ecc, "pcie_width": pcie_width,
-                                                 "remap_pending": row_remap_pending, "slowdown": slowdown or ""})
+                                                 "remap_pending": row_remap_pending, "slowdown": slowdown or "",
+                                                 "nvlink_down": nvlink_down})
 
 
 @sandbox_fault.command(name="clear")

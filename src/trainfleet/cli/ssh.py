@@ -59,6 +59,12 @@ def ssh_setup(fleet_file: str | None, yes: bool, ask_password: bool, hosts_file:
             click.echo(f"{node}: updated {', '.join(files)}")
     click.echo(f"fleet key tag {report.key.tag}: {total} file(s) changed on the nodes"
                + ("" if total else " (already set up)"))
+    if report.sources:
+        click.echo(f"the fleet key (on every node) is accepted from the fleet's {len(report.sources)} address(es) "
+                   f"only; this machine logs in with a key of its own, which no node holds")
+    if report.unrestricted:
+        echo_err(f"trainfleet: warning: {report.unrestricted}; fix: see which address a node comes from with "
+                 f"`ssh NODE0 'echo $SSH_CONNECTION'` on that node, and add it to the fleet file (`address:`)")
     click.echo(f"your own tools: ssh -F {fleet.ssh.ssh_config} {fleet.head.name}  "
                f"(pdsh: PDSH_SSH_ARGS_APPEND='-F {fleet.ssh.ssh_config}')")
     if report.errors:

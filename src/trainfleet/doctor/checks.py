@@ -482,6 +482,25 @@ def check_gpu_health(data: Gathered) -> list[Finding]:
     return findings
 
 
+def check_rdma(data: Gathered) -> list[Finding]:
+    """InfiniBand / RoCE ports: down where NCCL would use them, NCCL_IB_HCA naming none,
+    and links slower than the rest's (doctor/rdma.py)."""
+    from trainfleet.doctor.rdma import fleet_findings, node_findings
+
+    hca = data.fleet.env.get("NCCL_IB_HCA", "")
+    ports = {n: data.facts[n].ib_ports for n in data.live}
+    if not any(ports.values()) and not hca:
+        return []  # no RDMA anywhere: nothing to say
+    findings = [Finding("rdma", Verdict(verdict), (name,), summary, remedy)
+                for name, listed in ports.items() for verdict, summary, remedy in node_findings(name, listed, hca)]
+    findings += [Finding("rdma", Verdict.WARN, nodes, summary, remedy) for nodes, summary, remedy in
+                 fleet_findings(ports, hca)]
+    healthy = [n for n, listed in ports.items() if listed and not any(n in f.nodes for f in findings)]
+    if healthy:
+        findings.append(Finding("rdma", Verdict.OK, tuple(healthy), "RDMA ports up, at the same rate as the rest"))
+    return findings
+
+
 def check_disk(data: Gathered) -> list[Finding]:
     findings = []
     container = data.fleet.container
@@ -639,6 +658,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("code", check_code),
     ("gpus", check_gpus),
     ("gpu health", check_gpu_health),
+    ("rdma", check_rdma),
     ("disk", check_disk),
     ("storage", check_storage),
     ("clock", check_clock),

@@ -76,6 +76,12 @@ def node_findings(node: str, info: GpuHealthInfo) -> list[tuple[str, str, str, s
             found.append(("warn", f"{name}: clocks held down by the hardware ({', '.join(gpu.slowdown)})",
                           "check cooling and power (`nvidia-smi -q -d PERFORMANCE,TEMPERATURE,POWER`); "
                           "ask the provider if it persists", ""))
+        if gpu.nvlinks_down:
+            links = ", ".join(str(n) for n in gpu.nvlinks_down)
+            found.append(("FAIL", f"{name}: NVLink link(s) {links} of its {gpu.nvlinks} are down (NCCL sends that "
+                          f"GPU's traffic the slower way, or a job across them hangs; an Xid 74 often came with it)",
+                          f"reset it when idle (`sudo nvidia-smi -r -i {gpu.index}`); if they stay down, "
+                          + REPLACE.format(node=node, evidence=f"`nvidia-smi nvlink -s -i {gpu.index}` of it"), ""))
         if gpu.persistence is False:
             found.append(("warn", f"{name}: persistence mode is off (each job pays the driver's start-up, and "
                           f"settings reset)", "`sudo nvidia-smi -pm 1` on the node", ""))

@@ -89,6 +89,12 @@ class SSHSettings:
         return os.path.join(self.state_dir, "id_ed25519") if self.state_dir else ""
 
     @property
+    def controller_key(self) -> str:
+        """The key this controller logs in with after `ssh setup`: never copied to a node
+        (the fleet key, which every node holds, is accepted from the fleet's own addresses only)."""
+        return os.path.join(self.state_dir, "id_ed25519_controller") if self.state_dir else ""
+
+    @property
     def fleet_known_hosts(self) -> str:
         return os.path.join(self.state_dir, "known_hosts") if self.state_dir else ""
 

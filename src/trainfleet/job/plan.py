@@ -74,6 +74,9 @@ class NodeLaunch:
     """Commands run on the node when the job has ended, however it ended."""
     spare: bool = False
     """Started only once the others train, outside the job until a node is lost."""
+    secrets_file: bool = False
+    """The node writes the secrets to their in-memory file before the start (a container
+    reads them there: its engine would keep variables' values on its disk)."""
     failover: tuple[str, ...] = ()
     """The argv this node starts instead should node 0 be lost (the rendezvous then on
     node 1); empty where the job cannot go on without node 0."""

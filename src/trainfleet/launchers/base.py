@@ -83,6 +83,9 @@ def base_env(fleet: Fleet, job: JobSpec, place: Place, placement: Placement) -> 
         env["NCCL_SOCKET_IFNAME"] = place.interface
     if fleet.secrets:
         env["TRAINFLEET_SECRET_NAMES"] = ",".join(fleet.secrets)
+    # NCCL's warnings name the NIC and the peer when a link fails (the root cause reads them);
+    # quiet otherwise. The fleet or the job may say otherwise.
+    env["NCCL_DEBUG"] = "WARN"
     env.update(fleet.env)
     env.update(job.env)
     env.update(supervised_env(fleet, job, placement))  # last: how the job's processes are found and ended

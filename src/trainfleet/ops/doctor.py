@@ -26,7 +26,8 @@ from trainfleet.transport.agent_client import AgentError, AgentFailed
 from trainfleet.transport.session import FleetSession
 
 THROUGHPUT_BYTES = 8 * 1024 * 1024
-SECTIONS = [FactSection.NET, FactSection.SOFTWARE, FactSection.GPU, FactSection.GPU_HEALTH, FactSection.DISK, FactSection.JOBS,
+SECTIONS = [FactSection.NET, FactSection.SOFTWARE, FactSection.GPU, FactSection.GPU_HEALTH, FactSection.RDMA,
+            FactSection.DISK, FactSection.JOBS,
             FactSection.PROJECT, FactSection.WORKDIR]
 
 
@@ -56,6 +57,33 @@ class DoctorReport:
                 "network": {n: {"interface": c.interface, "address": c.address, "reason": c.reason}
                             for n, c in self.gathered.choices.items()},
                 "ring": self.ring}
+
+
+async def deep(fleet: Fleet, seconds: float) -> list[Finding]:
+    """`doctor --deep`: every node's devices exercised at once (doctor/deep.py), the slow
+    or broken ones named."""
+    from trainfleet.doctor import deep as burn
+
+    session = await FleetSession.open(fleet)
+    async with session:
+        # (the job's Python: a container's, with its image, is not what this reaches)
+        ran = await session.run(burn.burn_command(fleet.python, seconds), timeout=seconds * 3 + 120)
+    devices: list[burn.Device] = []
+    findings: list[Finding] = []
+    for result in ran.results:
+        found = burn.parse(result.node, result.stdout) if result.exit_status == 0 else None
+        if found is None:
+            tail = (result.stderr or result.stdout or result.error or "").strip().splitlines()[-1:] or ["no output"]
+            missing = "No module named 'torch'" in (result.stderr or "")
+            findings.append(Finding("deep", Verdict.FAIL, (result.node,), f"the burn did not run ({tail[0][:200]})",
+                                    "install torch for the fleet's `python:` (`setup:` in the fleet file, then "
+                                    "`trainfleet setup`)" if missing else "run doctor (without --deep) for the "
+                                    "node's GPU health, then try again"))
+            continue
+        devices += found
+    findings += [Finding("deep", Verdict(verdict), nodes, summary, remedy)
+                 for verdict, nodes, summary, remedy in burn.findings(devices)]
+    return findings
 
 
 async def examine(fleet: Fleet, rdzv_port: int = DEFAULT_RDZV_PORT, connect_timeout: float = 2.0,

@@ -276,12 +276,26 @@ TopView = tuple[dict[str, TopReply], dict[str, str]]
 """Every node's answer, and why the others gave none."""
 
 
+def stragglers(answers: Mapping[str, TopReply]) -> dict[str, str]:
+    """Each running job whose slow node stands out: job id -> what `status` says of it."""
+    from trainfleet.supervise.straggler import slowest
+
+    jobs: dict[str, dict[str, JobState]] = {}
+    for node, answer in answers.items():
+        for state in answer.states:
+            if state.state == JobStatus.RUNNING:
+                jobs.setdefault(state.job_id, {})[node] = state
+    found = {job_id: slowest(states) for job_id, states in sorted(jobs.items())}
+    return {job_id: said for job_id, said in found.items() if said}
+
+
 async def top(fleet: Fleet, show: Callable[[TopView], Awaitable[bool]], interval: float) -> None:
     """Looks at every node, shows it, and again every `interval` seconds while `show` says
     go on: one session for the whole watch, one request per node per look."""
     async with await FleetSession.open(fleet) as session:
         while True:
-            replies = await session.call_all(TopRequest(workdir=fleet.workdir), timeout=30)
+            # (the records too: who the others wait for is read from every node's at once)
+            replies = await session.call_all(TopRequest(workdir=fleet.workdir, states=True), timeout=30)
             if not await show((replies.answers, {n: f.error or "no answer" for n, f in replies.failures.items()})):
                 return
             await asyncio.sleep(interval)

@@ -142,7 +142,8 @@ async def run_setup(session: FleetSession, project: Project, *, force: bool, sec
                 argv = setup_argv(fleet, job_id, node, script, cwd, [*env, *secrets], gpus.get(node, 0) > 0)
                 after = [remove_argv(fleet.container, container_name(job_id, node))]
             request = LaunchRequest(job_id=job_id, argv=argv, cwd=project.remote(fleet), workdir=fleet.workdir, env=env,
-                                    secrets=dict(secrets), filled=list(secrets), grace=10.0, path=list(python_path(fleet)), after=after)
+                                    secrets=dict(secrets), filled=list(secrets), grace=10.0, path=list(python_path(fleet)),
+                                    after=after, secrets_file=fleet.container is not None and bool(fleet.secrets))
             try:
                 states[node] = await session.call(node, request, on_event=take, timeout=None)
             except (AgentFailed, AgentError) as exc:

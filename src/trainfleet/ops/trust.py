@@ -53,6 +53,10 @@ class SetupReport:
     changed: dict[str, list[str]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     local_files: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    """The addresses the fleet key is accepted from (empty: from any)."""
+    unrestricted: str = ""
+    """Why the fleet key is accepted from any address, where it had to be."""
 
 
 def _state_dir(fleet: Fleet) -> Path:
@@ -62,21 +66,57 @@ def _state_dir(fleet: Fleet) -> Path:
     return Path(fleet.ssh.state_dir)
 
 
-def ensure_fleet_key(fleet: Fleet) -> FleetKey:
-    """The fleet's ed25519 key pair, made once (0700 directory, 0600 key)."""
-    directory = _state_dir(fleet)
+def _key_pair(directory: Path, name: str, comment: str) -> tuple[Path, str]:
+    """An ed25519 key pair in `directory`, made once (0700 directory, 0600 key): its path
+    and public line."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(directory, 0o700)
-    private = directory / "id_ed25519"
+    private = directory / name
     if not private.exists():
-        private_key, public_key = new_key_pair("trainfleet fleet key")
+        private_key, public_key = new_key_pair(comment)
         fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(private_key)
-        (directory / "id_ed25519.pub").write_bytes(public_key)
-    public = (directory / "id_ed25519.pub").read_text().split()
-    tag = hashlib.sha256(public[1].encode()).hexdigest()[:12]
-    return FleetKey(private_path=private, public_line=f"{public[0]} {public[1]}", tag=tag)
+        (directory / f"{name}.pub").write_bytes(public_key)
+    public = (directory / f"{name}.pub").read_text().split()
+    return private, f"{public[0]} {public[1]}"
+
+
+def ensure_fleet_key(fleet: Fleet) -> FleetKey:
+    """The fleet's key pair, which every node holds to reach the others."""
+    private, public = _key_pair(_state_dir(fleet), "id_ed25519", "trainfleet fleet key")
+    tag = hashlib.sha256(public.split()[1].encode()).hexdigest()[:12]
+    return FleetKey(private_path=private, public_line=public, tag=tag)
+
+
+def ensure_controller_key(fleet: Fleet) -> str:
+    """This controller's own key pair (its public line): never copied to a node."""
+    return _key_pair(_state_dir(fleet), Path(fleet.ssh.controller_key).name, "trainfleet controller key")[1]
+
+
+SOURCES_FILE = "sources"
+"""In the state directory: addresses the nodes were seen to connect from (beyond the fleet
+file's), kept so that the next setup writes the same restriction."""
+
+
+def fleet_sources(fleet: Fleet, seen: Collection[str] = ()) -> list[str]:
+    """What the fleet key is accepted from: every address of the fleet file (nodes, jump
+    hosts) that is an IP address, the loopback, what an earlier setup saw, and `seen`."""
+    import ipaddress
+
+    found = {"127.0.0.1", "::1", *seen}
+    for node in fleet.nodes:
+        found.update(a for a in (node.host, node.address, node.jump.host if node.jump else "") if a)
+    kept = _state_dir(fleet) / SOURCES_FILE
+    if kept.exists():
+        found.update(kept.read_text().split())
+    addresses = []
+    for text in found:
+        try:
+            addresses.append(ipaddress.ip_address(text.strip("[]")))
+        except ValueError:
+            continue  # (a host name: `from=` would need the node's reverse DNS; its address is seen instead)
+    return [str(a) for a in sorted(addresses, key=lambda a: (a.version, a))]
 
 
 def known_hosts_name(host: str, port: int) -> str:
@@ -182,8 +222,11 @@ async def setup(fleet: Fleet, *, confirm: Confirm, ask_password: PasswordPrompt 
         request = TrustRequest(tag=key.tag, private_key=key.private_path.read_text(),
                                public_key=f"{key.public_line} trainfleet:{key.tag}", known_hosts=known_hosts_text,
                                ssh_config=render_ssh_config(fleet, node_identity, node_known),
-                               hosts=render_hosts(fleet, {}, hostnames) if hosts_file else "")
+                               hosts=render_hosts(fleet, {}, hostnames) if hosts_file else "",
+                               controller_key=ensure_controller_key(fleet), sources=fleet_sources(fleet))
         replies = await session.call_all(request, timeout=60)
+        if not replies.failures:
+            report.sources, report.unrestricted = await _restrict(session, request)
     for name, failed in replies.failures.items():
         report.errors[name] = failed.error or f"exit {failed.exit_status}"
     for name, answer in replies.answers.items():
@@ -194,12 +237,51 @@ async def setup(fleet: Fleet, *, confirm: Confirm, ask_password: PasswordPrompt 
     return report
 
 
+async def _probe(session: FleetSession) -> dict[str, Reach]:
+    """Every node logs in to node 0 by its alias (node 0 to node 1): whether it could, and
+    the address node 0 saw it come from. N connections, not N×N: a node's address as
+    others see it is the same whichever node it reaches."""
+    names = [n.name for n in session.fleet.nodes]
+    target = {name: names[0] if name != names[0] or len(names) == 1 else names[1] for name in names}
+    replies = await session.call_all(lambda node: SSHMatrixRequest(aliases=[target[node.name]]), timeout=60)
+    found = {name: answer.reach[target[name]] for name, answer in replies.answers.items()}
+    found.update((name, Reach(ok=False, error=failed.error or "no answer")) for name, failed in
+                 replies.failures.items())
+    return found
+
+
+async def _restrict(session: FleetSession, request: TrustRequest) -> tuple[list[str], str]:
+    """The fleet key accepted from the fleet's addresses only, checked from every node: where
+    a node comes from an address no file names (a NAT's), the nodes are asked once without
+    the restriction to learn it. Returns the addresses, or (where no restriction lets every
+    node in) why the key stays accepted from anywhere."""
+    fleet = session.fleet
+    reached = await _probe(session)
+    if all(r.ok for r in reached.values()):
+        return request.sources, ""
+    open_request = dataclasses.replace(request, sources=[])
+    (await session.call_all(open_request, timeout=60)).require("ssh setup failed", fleet)
+    seen = await _probe(session)
+    if not all(r.ok for r in seen.values()):
+        return [], ""  # the nodes cannot reach each other at all: `ssh check` says why
+    sources = fleet_sources(fleet, [r.source for r in seen.values() if r.source])
+    (await session.call_all(dataclasses.replace(request, sources=sources), timeout=60)).require("ssh setup failed", fleet)
+    again = await _probe(session)
+    if all(r.ok for r in again.values()):
+        (_state_dir(fleet) / SOURCES_FILE).write_text("".join(f"{r.source}\n" for r in seen.values() if r.source))
+        return sources, ""
+    (await session.call_all(open_request, timeout=60)).require("ssh setup failed", fleet)
+    refused = sorted(name for name, r in again.items() if not r.ok)
+    return [], (f"{', '.join(refused)} could not log in to another node even from the address it was seen to "
+                f"come from, so the fleet key is accepted from any address")
+
+
 def _write_local(fleet: Fleet, key: FleetKey, known_hosts_text: str) -> list[str]:
     """The pinned host keys (read by trainfleet from now on) and an ssh_config for your own tools."""
     written = []
     files = {
         Path(fleet.ssh.fleet_known_hosts): known_hosts_text,
-        Path(fleet.ssh.ssh_config): render_ssh_config(fleet, str(key.private_path), fleet.ssh.fleet_known_hosts),
+        Path(fleet.ssh.ssh_config): render_ssh_config(fleet, fleet.ssh.controller_key, fleet.ssh.fleet_known_hosts),
     }
     for path, text in files.items():
         if not path.exists() or path.read_text() != text:

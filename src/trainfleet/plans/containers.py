@@ -3,9 +3,13 @@
 What multi-node training needs from the engine: the host's network (ranks reach each
 other at the nodes' addresses, on any port), the host's IPC namespace (NCCL's shared
 memory), the GPUs when the node has them, the project and job directories at the same
-paths, and the job's environment passed by name (`-e NAME`: values, secrets included,
-come from the engine's own environment, never from its command line). The container is
-named after the job and node, and removed when the job ends however it ended.
+paths, and the job's environment passed by name (`-e NAME`: values come from the
+engine's own environment, never from its command line). Secrets are not passed so: the
+engine would keep their values in the container's configuration, on its data root's
+disk, for the container's life (and after a crash). The node's in-memory secrets file is
+mounted read-only instead, and a line of Python in the container puts them in the
+environment and runs the command. The container is named after the job and node, and
+removed when the job ends however it ended.
 """
 
 from __future__ import annotations
@@ -13,10 +17,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 
+from trainfleet.agent.records import secrets_path
 from trainfleet.errors import UsageError
 from trainfleet.fleet.model import Container, Fleet
 from trainfleet.job.plan import LaunchPlan, job_path
 from trainfleet.shellwords import shell_word
+
+SECRETS_SHIM = ("import json,os,sys; os.environ.update(json.load(open(sys.argv[1]))); "
+                "os.execvp(sys.argv[2], sys.argv[2:])")
+"""Run inside the container by its Python: the secrets file's variables, then the command."""
+
 
 def container_name(job_id: str, node: str) -> str:
     return f"tf-{job_id}-{node}"
@@ -38,12 +48,17 @@ def data_root(container: Container) -> str:
 
 
 def run_argv(container: Container, name: str, inner: Iterable[str], cwd: str, env_names: Iterable[str],
-             mounts: Iterable[str], gpus: bool) -> list[str]:
-    argv = [*engine(container), "run", "--rm", f"--name={name}", "--network=host", "--ipc=host"]
+             mounts: Iterable[str], gpus: bool, secrets_file: str = "") -> list[str]:
+    # No log of the engine's own (`--log-driver=none`): it would keep the job's output, secrets
+    # a script printed included, on its disk; trainfleet keeps the output, redacted.
+    argv = [*engine(container), "run", "--rm", f"--name={name}", "--network=host", "--ipc=host", "--log-driver=none"]
     if gpus:
         argv.append("--gpus=all" if container.engine == "docker" else "--device=nvidia.com/gpu=all")
     for mount in dict.fromkeys(mounts):
         argv += ["-v", f"{mount}:{mount}"]
+    if secrets_file:
+        argv += ["-v", f"{secrets_file}:{secrets_file}:ro"]
+        inner = [container.python, "-c", SECRETS_SHIM, secrets_file, *inner]
     argv += ["-w", cwd]
     for name_ in dict.fromkeys(env_names):
         argv += ["-e", name_]
@@ -89,11 +104,15 @@ def containerize(plan: LaunchPlan, fleet: Fleet, homes: Mapping[str, str], gpus:
         inner = [absolute(word, home) for word in launch.argv]
         if inner and inner[0] == fleet.python:
             inner[0] = container.python
-        names = [k for k, _ in launch.env] + list(launch.filled)  # every variable the plan names, passed in
+        # Every variable the plan names, passed in by name; the secrets through their file.
+        names = [k for k, _ in launch.env] + [n for n in launch.filled if n not in fleet.secrets]
         name = container_name(plan.job_id, launch.node)
+        secrets_file = secrets_path(plan.job_id, launch.node) if fleet.secrets else ""
         argv = run_argv(container, name, inner, cwd, names,
-                        [cwd, absolute(job_path(fleet.workdir, plan.job_id), home)], gpus.get(launch.node, 0) > 0)
-        launches.append(dataclasses.replace(launch, argv=tuple(argv), after=(tuple(remove_argv(container, name)),)))
+                        [cwd, absolute(job_path(fleet.workdir, plan.job_id), home)], gpus.get(launch.node, 0) > 0,
+                        secrets_file)
+        launches.append(dataclasses.replace(launch, argv=tuple(argv), after=(tuple(remove_argv(container, name)),),
+                                            secrets_file=bool(secrets_file)))
     return dataclasses.replace(plan, nodes=tuple(launches),
                                rendezvous=f"{plan.rendezvous}, in {container.image or container.rootfs}")
 
@@ -103,5 +122,7 @@ def setup_argv(fleet: Fleet, job_id: str, node: str, script: str, cwd: str, env_
     """The setup script inside the container, in the project directory (mounted)."""
     container = fleet.container
     assert container is not None
-    return run_argv(container, container_name(job_id, node), ["sh", "-c", script], cwd, env_names, [cwd], gpus)
+    secrets_file = secrets_path(job_id, node) if fleet.secrets else ""
+    return run_argv(container, container_name(job_id, node), ["sh", "-c", script], cwd,
+                    [n for n in env_names if n not in fleet.secrets], [cwd], gpus, secrets_file)
 

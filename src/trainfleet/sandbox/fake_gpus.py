@@ -1,6 +1,6 @@
 """GPUs for the sandbox that answer like real ones: each node gets, in its private /tmp,
 an `nvidia-smi` that answers from the node's own state (the queries trainfleet makes,
-`-q -x`, `-L`, `-r`, `-pm`) and a `dmesg` that prints the node's kernel log, both first
+`-q -x`, `nvlink -s`, `-L`, `-r`, `-pm`) and a `dmesg` that prints the node's kernel log, both first
 on the PATH of every SSH session (sshd's SetEnv). `sandbox fault gpu` changes that state
 and writes the Xid line a real driver would, where the agent reads it."""
 
@@ -79,6 +79,11 @@ elif any(a.startswith("--query-gpu=") for a in args):
         print(", ".join(value(g, f) for f in fields))
 elif any(a.startswith("--query-compute-apps=") for a in args):
     pass
+elif args[:1] == ["nvlink"] and ("-s" in args or "--status" in args):
+    for g in gpus:
+        print("GPU %s: %s (UUID: %s)" % (g["index"], g["name"], g["uuid"]))
+        for link in range(g["nvlinks"]):
+            print("\t Link %d: %s" % (link, "<inactive>" if link in g["nvlinks_down"] else "26.562 GB/s"))
 elif "-L" in args:
     for g in gpus:
         print("GPU %s: %s (UUID: %s)" % (g["index"], g["name"], g["uuid"]))
@@ -86,7 +91,7 @@ elif "-r" in args:
     chosen = args[args.index("-i") + 1] if "-i" in args else None
     for g in gpus:
         if chosen in (None, g["index"]):
-            g["ecc"], g["remap_pending"] = 0, False
+            g["ecc"], g["remap_pending"], g["nvlinks_down"] = 0, False, []
             print("GPU %s was successfully reset." % g["bus"])
     save()
 elif "-pm" in args:
@@ -116,7 +121,8 @@ def healthy(count: int, node_index: int) -> dict[str, object]:
     gpus = [{"index": str(i), "uuid": f"GPU-{node_index:08x}-{i:04x}-4000-8000-{0xfeed00000000 + node_index:012x}",
              "bus": f"00000000:{0x18 + 0x10 * i:02X}:00.0", "name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559,
              "persistence": True, "gen": 5, "gen_max": 5, "width": 16, "width_max": 16, "ecc": 0,
-             "remap_pending": False, "remap_failure": False, "slowdown": []} for i in range(count)]
+             "remap_pending": False, "remap_failure": False, "slowdown": [], "nvlinks": 18, "nvlinks_down": []}
+            for i in range(count)]
     return {"driver": "550.127.05", "cuda": "12.4", "gpus": gpus}
 
 
@@ -137,7 +143,7 @@ def count(folder: Path) -> int:
 
 
 def inject(folder: Path, gpu: int, *, xid: int | None = None, ecc: int = 0, pcie_width: int | None = None,
-           remap_pending: bool = False, slowdown: str = "") -> str:
+           remap_pending: bool = False, slowdown: str = "", nvlink_down: int | None = None) -> str:
     """Change one GPU's state as the fault would; returns what was done, in words."""
     state = json.loads((folder / "state.json").read_text())
     gpus = state["gpus"]
@@ -168,8 +174,14 @@ def inject(folder: Path, gpu: int, *, xid: int | None = None, ecc: int = 0, pcie
     if slowdown:
         chosen["slowdown"] = sorted(set(chosen["slowdown"]) | {slowdown})
         done.append(slowdown)
+    if nvlink_down is not None:
+        if not 0 <= nvlink_down < chosen["nvlinks"]:
+            raise ValueError(f"--nvlink-down {nvlink_down}: the GPU has links 0 to {chosen['nvlinks'] - 1}")
+        chosen["nvlinks_down"] = sorted(set(chosen["nvlinks_down"]) | {nvlink_down})
+        done.append(f"NVLink link {nvlink_down} down")
     if not done:
-        raise ValueError("say what goes wrong: --xid N, --ecc N, --pcie-width W, --row-remap-pending or --slowdown")
+        raise ValueError("say what goes wrong: --xid N, --ecc N, --pcie-width W, --row-remap-pending, --slowdown or "
+                         "--nvlink-down L")
     (folder / "state.json").write_text(json.dumps(state))
     return f"GPU {gpu}: " + ", ".join(done)
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from trainfleet.agent.protocol import JobStatus, ErrorRecord, JobState
+from trainfleet.agent.protocol import JobStatus, ErrorRecord, JobState, NcclLine
 from trainfleet.job.plan import RankExit
 
 _CONSEQUENCES = (
@@ -24,6 +24,10 @@ _CONSEQUENCES = (
     ("recvVector failed", "lost the rendezvous store"),
     ("DistNetworkError", "lost a peer"),
     ("Socket Timeout", "timed out waiting for a peer"),
+    ("Watchdog caught collective operation timeout", "NCCL watchdog timeout"),
+    ("unhandled system error", "NCCL system error"),
+    ("remote process exiting", "NCCL: a peer exited or the network failed"),
+    ("remote process exited", "NCCL: a peer exited or the network failed"),
 )
 _STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
 
@@ -94,6 +98,10 @@ def find_root_cause(states: Mapping[str, JobState], exits: Sequence[RankExit],
     ended = [s for s in states.values() if s.state != JobStatus.SUCCEEDED]
     if states and not ended and not (lost and len(lost) == len(states) + len(lost)):
         return None  # every node's part succeeded (after restarts, perhaps): earlier failures are history
+    faulty = sorted((s for s in states.values() if s.gpu_faults),
+                    key=lambda s: min((e.at or float("inf")) for e in s.gpu_faults))
+    if faulty and ended:  # the GPU failed under the ranks: their exits, NCCL timeouts and a hang follow from it
+        return RootCause(first=_gpu_failure(faulty[0], exits, rank_tails))
     hung = [s for s in states.values() if s.hang or s.reason.startswith("hung")]
     if hung and ended:
         why = next((s.reason for s in hung if s.reason.startswith("hung")), "hung")
@@ -110,10 +118,6 @@ def find_root_cause(states: Mapping[str, JobState], exits: Sequence[RankExit],
                    f"space there (`trainfleet doctor` shows what is free where)")
         return RootCause(first=Failure(node=state.node, rank=None, exit_code=state.exit_code or 1, summary=summary,
                                        detail=tail or "\n".join(node_tails.get(state.node, ())), time=state.disk_full))
-    faulty = sorted((s for s in states.values() if s.gpu_faults),
-                    key=lambda s: min((e.at or float("inf")) for e in s.gpu_faults))
-    if faulty and ended:  # the GPU failed under the ranks: their exits and NCCL timeouts follow from it
-        return RootCause(first=_gpu_failure(faulty[0], exits, rank_tails))
     gone = dict(lost or {})
     for state in states.values():
         for name in state.lost:
@@ -146,11 +150,20 @@ def find_root_cause(states: Mapping[str, JobState], exits: Sequence[RankExit],
         failures[(exit.node, exit.rank)] = Failure(node=exit.node, rank=exit.rank, exit_code=exit.exit_code,
                                                    summary=summary, detail=tail, consequence=consequence,
                                                    signal=exit.signal)
+    ordered = sorted(failures.values(), key=lambda f: (f.consequence is not None, f.time is None,
+                                                       f.time or 0.0, f.node, f.rank or 0))
+    said = sorted(((line.at, node, line) for node, state in states.items() for line in state.nccl),
+                  key=lambda found: (found[0], found[1]))
+    if said and ended:
+        at, node, line = said[0]
+        # NCCL's first word names the link or peer, unless the ranks' own error came first (a bug).
+        own = [f for f in ordered if f.consequence is None and "NCCL" not in f.summary and f.time is not None and
+               f.time < at]
+        if not own:
+            return RootCause(first=_nccl_failure(node, line, [found[2] for found in said if found[1] == node]),
+                             others=tuple(ordered))
     if failures:
-        ordered = sorted(failures.values(), key=lambda f: (f.consequence is not None, f.time is None,
-                                                           f.time or 0.0, f.node, f.rank or 0))
-        first = ordered[0]
-        return RootCause(first=first, others=tuple(ordered[1:]))
+        return RootCause(first=ordered[0], others=tuple(ordered[1:]))
     failed = sorted((s for s in states.values() if s.state in (JobStatus.FAILED, JobStatus.LOST)),
                     key=lambda s: s.ended or float("inf"))
     if not failed:
@@ -183,6 +196,20 @@ def _gpu_failure(state: JobState, exits: Sequence[RankExit],
                         [line for rank in failed[:1] for line in rank_tails.get((state.node, rank), ())])
     return Failure(node=state.node, rank=None, exit_code=state.exit_code or 1, summary=summary, detail=detail,
                    time=event.at)
+
+
+def _nccl_failure(node: str, line: NcclLine, lines: Sequence[NcclLine]) -> Failure:
+    """`rank 3 on node1 failed first: NCCL WARN NET/IB : ... (NCCL's first word, at 12:03:04, over NET/IB, peer 10.0.0.12)`."""
+    from trainfleet.agent import nccl
+
+    moment = time.strftime("%H:%M:%S", time.localtime(line.at))
+    over, peer = nccl.transport(line.text), nccl.peer(line.text)
+    where = "".join([f", over {over}" if over else "", f", peer {peer}" if peer else ""])
+    also = f" and on the node at {peer}" if peer else ""
+    summary = (f"{line.text} (NCCL's first word of the failure, at {moment}{where}); fix: `trainfleet doctor` on "
+               f"{node}{also} (GPUs, NICs, InfiniBand ports); `trainfleet bench net` measures the links")
+    return Failure(node=node, rank=line.rank, exit_code=1, summary=summary,
+                   detail="\n".join(other.text for other in lines), time=line.at)
 
 
 def _node_summary(state: JobState) -> str:

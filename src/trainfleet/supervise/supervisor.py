@@ -159,7 +159,7 @@ class Supervisor:
                 filled=list(launch.filled), path=list(launch.path), python_path=list(launch.python_path),
                 after=[list(c) for c in launch.after],
                 env_file=env_file(launch), mesh=mesh, detach=self.detach, tether=self.tether,
-                failover=list(launch.failover) if self.successor_port else [],
+                failover=list(launch.failover) if self.successor_port else [], secrets_file=launch.secrets_file,
                 replans={r.key: NodeReplan(argv=list(n.argv), env=dict(n.env)) for r in self.plan.replans
                          for n in r.nodes if n.node == launch.node},
                 holds_lock=self.holds_lock,

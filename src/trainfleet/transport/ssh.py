@@ -125,14 +125,18 @@ def _explain(node: Node, ssh: SSHSettings, exc: BaseException) -> str:
 
 
 def client_keys(node: Node, ssh: SSHSettings) -> list[str] | None:
-    """The node's key (or the usual defaults), then the fleet key once `ssh setup` made one."""
+    """The node's key (or the usual defaults), then the controller key once `ssh setup` made one."""
     if node.identity_file:
         keys = [node.identity_file]
     else:
         keys = [p for p in (os.path.expanduser(f"~/.ssh/{name}") for name in ("id_ed25519", "id_ecdsa", "id_rsa"))
                 if os.path.isfile(p)]
-    if ssh.fleet_key and os.path.isfile(ssh.fleet_key):
-        keys.append(ssh.fleet_key)
+    # The controller's own key where `ssh setup` made one; the fleet key only where it did not (a
+    # setup of an older trainfleet, whose nodes accept that key from anywhere).
+    for key in (ssh.controller_key, ssh.fleet_key):
+        if key and os.path.isfile(key):
+            keys.append(key)
+            break
     return keys or None
 
 

@@ -1,10 +1,12 @@
 """The dashboard's web server: Starlette routes over a FleetWatch, served by uvicorn on
 127.0.0.1 only (a controller in the cloud is reached through `ssh -L`).
 
-Nothing is served without the token printed in the URL: the page's first load trades it
-for a cookie (HttpOnly, SameSite=Strict), and anything that changes the fleet (stop, a
-doctor run) also needs it in a header, which another site's page cannot send. Requests
-whose Host is not this address are refused too (DNS rebinding)."""
+Nothing of the fleet is served without the token printed in the URL: the page (a shell
+with no data, and its scripts) takes it from its address into the tab's session storage
+and sends it in a header with every request, its streams too (no cookie: a cookie for
+127.0.0.1 goes to every port there); anything that changes the fleet (stop, a doctor
+run) needs the header, which another site's page cannot send. Requests whose Host is not
+this address are refused too (DNS rebinding)."""
 
 from __future__ import annotations
 
@@ -30,15 +32,19 @@ from trainfleet.errors import TrainfleetError
 from trainfleet.ui.views import fleet_view, job_row, timeline
 from trainfleet.ui.watch import FleetWatch
 
-COOKIE = "trainfleet_ui"
 HEADER = "x-trainfleet-token"
 BATCH = 5000
 """Lines per server-sent event (a long job's history arrives in pieces the page can take)."""
 
 
+OPEN_PATHS = ("/", "/static/")
+"""The page's shell and its scripts: the same for everyone, holding nothing of the fleet."""
+
+
 class TokenGate:
-    """Every request carries the token (query, cookie, or header; the header only, for one
-    that changes something) and names this server as its Host, or gets 403."""
+    """Every request names this server as its Host, and every one but the page's shell
+    carries the token (header or query; the header only, for one that changes something),
+    or gets 403."""
 
     def __init__(self, app: ASGIApp, token: str, hosts: set[str]) -> None:
         self.app, self.token, self.hosts = app, token, hosts
@@ -61,11 +67,12 @@ class TokenGate:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        cookies = dict(part.strip().split("=", 1) for part in headers.get("cookie", "").split(";") if "=" in part)
         changes = scope["method"] not in ("GET", "HEAD")
+        path = scope.get("path", "")
+        shell = not changes and (path == "/" or path.startswith(OPEN_PATHS[1]))
         allowed = self._our_host(headers.get("host", "")) and (
-            self._matches(headers.get(HEADER)) if changes else
-            any(self._matches(v) for v in (headers.get(HEADER), cookies.get(COOKIE), *query.get("token", []))))
+            shell or (self._matches(headers.get(HEADER)) if changes else
+                      any(self._matches(v) for v in (headers.get(HEADER), *query.get("token", [])))))
         if not allowed:
             await PlainTextResponse("forbidden: open the URL `trainfleet ui` printed (it carries the token)\n",
                                     status_code=403)(scope, receive, send)
@@ -84,12 +91,10 @@ def make_app(watch: FleetWatch, token: str, hosts: set[str], closing: asyncio.Ev
     static = resources.files("trainfleet.ui") / "static"
 
     async def index(request: Request) -> Response:
-        page = (static / "index.html").read_text().replace("{{token}}", token)
-        response = HTMLResponse(page, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
-                                               "Content-Security-Policy": "default-src 'self'; "
-                                               "style-src 'self' 'unsafe-inline'; img-src 'self' data:"})
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
-        return response
+        return HTMLResponse((static / "index.html").read_text(),
+                            headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+                                     "Content-Security-Policy": "default-src 'self'; "
+                                     "style-src 'self' 'unsafe-inline'; img-src 'self' data:"})
 
     async def fleet(request: Request) -> Response:
         answers, failures, looked = watch.top

@@ -3,8 +3,12 @@
 // output is whatever its script printed.
 "use strict";
 
-const TOKEN = document.querySelector('meta[name="tf-token"]').content;
-history.replaceState(null, "", location.pathname + location.hash);  // the token out of the address bar
+// The token comes in the URL `trainfleet ui` printed; it is kept for this tab only (a
+// reload keeps working; no cookie, which every port on 127.0.0.1 would be sent) and taken
+// out of the address bar. Every request sends it in a header, the streams too.
+const TOKEN = new URLSearchParams(location.search).get("token") || sessionStorage.getItem("tf-token") || "";
+if (TOKEN) sessionStorage.setItem("tf-token", TOKEN);
+history.replaceState(null, "", location.pathname + location.hash);
 const page = document.getElementById("page");
 let leave = () => {};  // what the current page stops when another is shown
 
@@ -20,6 +24,33 @@ function el(tag, attrs, ...children) {
     if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
   }
   return node;
+}
+
+// Server-sent events over fetch (EventSource cannot send a header): `onData` gets each
+// event's JSON, `onEnd` the `end` event. Returns what closes the stream.
+function stream(path, onData, onEnd) {
+  const aborted = new AbortController();
+  (async () => {
+    const response = await fetch(path, {headers: {"X-Trainfleet-Token": TOKEN}, signal: aborted.signal});
+    if (!response.ok || !response.body) return;
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let held = "";
+    for (;;) {
+      const {value, done} = await reader.read();
+      if (done) return;
+      held += value;
+      let cut;
+      while ((cut = held.indexOf("\n\n")) >= 0) {
+        const event = held.slice(0, cut);
+        held = held.slice(cut + 2);
+        const kind = (event.match(/^event: (.*)$/m) || [])[1];
+        const data = event.split("\n").filter(l => l.startsWith("data: ")).map(l => l.slice(6)).join("\n");
+        if (kind === "end") { aborted.abort(); onEnd(); return; }
+        if (data) onData(JSON.parse(data));
+      }
+    }
+  })().catch(() => {});  // (aborted when the page is left, or the server went)
+  return () => aborted.abort();
 }
 
 async function api(path, options) {
@@ -254,9 +285,8 @@ function jobPage(jobId) {
     else charts.querySelector("p.muted")?.remove();
   }
 
-  const source = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/stream`);
-  source.onmessage = (event) => take(JSON.parse(event.data));
-  source.addEventListener("end", () => { source.close(); stamp("the job has ended"); chart(); });
+  const close = stream(`/api/jobs/${encodeURIComponent(jobId)}/stream`, take,
+                      () => { stamp("the job has ended"); chart(); });
   const charting = setInterval(chart, 1000);
   const stopLooking = every(3, async () => {
     const job = await api(`/api/jobs/${encodeURIComponent(jobId)}`);
@@ -264,11 +294,12 @@ function jobPage(jobId) {
       el("p", {}, `${job.launcher || "?"} on ${Object.keys(job.nodes).sort().join(", ")}, started ${when(job.started)}, ` +
                   `${job.ended ? "ran" : "running for"} ${duration(job.started, job.ended)} `,
          ["running", "starting"].includes(job.state) ? stopButton(job.job_id) : null),
-      job.root_cause ? el("p", {class: "finding"}, job.root_cause.summary) : "");
+      job.root_cause ? el("p", {class: "finding"}, job.root_cause.summary) : "",
+      job.straggler && ["running", "starting"].includes(job.state) ? el("p", {class: "finding", id: "straggler"}, job.straggler) : "");
     events.replaceChildren(...job.timeline.map(e => el("li", {}, `${new Date(e.time * 1000).toLocaleTimeString()} `,
                                                        e.node ? el("strong", {}, e.node + " ") : "", e.text)));
   });
-  return () => { source.close(); clearInterval(charting); stopLooking(); };
+  return () => { close(); clearInterval(charting); stopLooking(); };
 }
 
 // ---- routing --------------------------------------------------------------------------
@@ -282,5 +313,9 @@ function route() {
   else if (hash.startsWith("#/jobs")) leave = jobsPage();
   else leave = fleetPage();
 }
-window.addEventListener("hashchange", route);
-route();
+if (TOKEN) {
+  window.addEventListener("hashchange", route);
+  route();
+} else {
+  page.replaceChildren(el("p", {class: "finding"}, "Open the URL `trainfleet ui` printed: it carries this dashboard's token."));
+}
