@@ -47,7 +47,12 @@ def doctor(fleet_file: str | None, port: int, as_json: bool, show_all: bool, plo
     report = run_async(examine(fleet, rdzv_port=port, project=project))
     if deep:
         status(f"exercising every node's devices for {seconds:g} s ...")
-        report = dataclasses.replace(report, findings=report.findings + tuple(run_async(exercise(fleet, seconds))))
+        import time
+
+        started = time.monotonic()
+        found = tuple(run_async(exercise(fleet, seconds)))
+        report = dataclasses.replace(report, findings=report.findings + found,
+                                     seconds=report.seconds + time.monotonic() - started)
     from trainfleet.fleet.state import save_latest
 
     save_latest(fleet, "doctor", report.to_json())  # what `trainfleet ui` shows

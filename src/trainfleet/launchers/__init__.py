@@ -88,7 +88,8 @@ def plan_job(fleet: Fleet, job: JobSpec, facts: LaunchFacts, cwd: str) -> Launch
                          fix="use torchrun, deepspeed, accelerate or command, or leave the spares out with -n")
     if placement.spares and not job.max_restarts and job.launcher != "torchrun":
         spares = ", ".join(p.node for p in placement.spares)
-        raise UsageError(f"a spare ({spares}) joins the job when it restarts: it needs --max-restarts N (N >= 1)")
+        raise UsageError(f"a spare ({spares}) joins the job when it restarts: it needs --max-restarts N (N >= 1)",
+                         fix="add --max-restarts 1 (or more), or leave the spares out with -n")
     plan = get_launcher(job.launcher).plan(fleet, job, placement)
     if job.max_restarts and job.launcher != "torchrun":
         # torchrun restarts on its own; the others are started again whole by the nodes'
