@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -53,13 +54,26 @@ def tf_start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[
 
 
 def wait_for_line(process: subprocess.Popen[str], pattern: str, timeout: float) -> list[str]:
+    """The lines up to the first that matches. Read from the pipe itself a byte at a time,
+    never ahead of that line: `communicate()` afterwards reads the pipe, not the text
+    reader, and would lose whatever a buffered reader had taken beyond it."""
     assert process.stdout is not None
+    fd = process.stdout.fileno()
     seen: list[str] = []
+    held = bytearray()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
             break
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        held += byte
+        if byte != b"\n":
+            continue
+        line = held.decode(errors="replace")
+        held.clear()
         seen.append(line)
         if re.search(pattern, line):
             return seen
