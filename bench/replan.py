@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from failover import Lines  # (the output of a run, line by line, with when each came)
+from failover import Lines, reset  # (a run's output line by line, with when each came; nodes as after boot)
 from trainfleet.sandbox import cluster as sb
 from trainfleet.sandbox import faults
 
@@ -56,13 +56,7 @@ def once(state: sb.SandboxState, launcher: str, victim: str, restarts: bool, cap
     finally:
         process.kill()
         process.wait()
-        # Every node as after boot (all its processes gone, sshd back), none cordoned.
-        faults.clear(state.name)
-        for node in state.nodes:
-            faults.inject(state.name, node.name, faults.FaultKind.KILL)
-        faults.clear(state.name)
-        subprocess.run([sys.executable, "-m", "trainfleet", "uncordon", "-f", state.fleet_file, "node[0-2]"],
-                       check=True, capture_output=True)
+        reset(state)  # every node as after boot, none cordoned
         Path(checkpoint).unlink(missing_ok=True)
 
 

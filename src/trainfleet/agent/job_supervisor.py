@@ -299,10 +299,11 @@ class Supervisor:
             self.last_output = time.time()
             if self.no_space is None and NO_SPACE in raw:
                 self.no_space = self.last_output
+            line = self._clean(raw.rstrip(b"\n"))
             if len(self.state.nccl) < NCCL_KEPT and any(marker in raw for marker in nccl.MARKERS):
-                self._note_nccl(self.last_output, self._clean(raw.rstrip(b"\n")))
+                self._note_nccl(self.last_output, line)
             with self.log_guard:
-                self._log("%.3f %s\n" % (self.last_output, self._clean(raw.rstrip(b"\n"))))
+                self._log("%.3f %s\n" % (self.last_output, line))
 
     def _note_nccl(self, moment: float, text: str) -> None:
         """A line in which NCCL says what failed: kept (the first few) for the root cause."""
@@ -734,7 +735,8 @@ class Supervisor:
         remove_secrets(request.job_id)
         with self.guard:
             # (a re-planned job's spare runs whatever it was given: ranks or not, it took a place)
-            took = self.has_ranks() or (self.released.is_set() and bool(request.mesh and request.mesh.replans))
+            took = self.spare and (self.has_ranks() or (self.released.is_set() and
+                                                         bool(request.mesh and request.mesh.replans)))
             if self.spare:
                 self.state.spare = "joined" if took else "not needed"
             if self.stopped_by:

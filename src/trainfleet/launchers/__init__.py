@@ -4,8 +4,8 @@ is one file in this package and one line in `_LAUNCHERS`."""
 from __future__ import annotations
 
 import importlib
-
 from dataclasses import replace
+from itertools import combinations
 
 from trainfleet.agent.protocol import RESTART_VARIABLE
 from trainfleet.errors import SpecError, UsageError
@@ -128,7 +128,6 @@ def plan_replans(fleet: Fleet, job: JobSpec, facts: LaunchFacts, cwd: str, place
     spares = [p.node for p in placement.spares]
     candidates = training + spares
     sets: list[tuple[str, ...]] = []
-    from itertools import combinations
     for size in range(1, min(job.max_restarts, len(candidates) - 1) + 1):
         more = [tuple(sorted(c)) for c in combinations(candidates, size)]
         if size > 1 and len(sets) + len(more) > REPLAN_LIMIT:
